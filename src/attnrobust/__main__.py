@@ -1,0 +1,3 @@
+from attnrobust.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,251 @@
+"""The command line: each verb parses its arguments and calls one plain Python function.
+
+Everything the CLI does is callable from Python under the same names (attnrobust.study.run_study,
+attnrobust.train.train, attnrobust.evaluate.evaluate_checkpoints, attnrobust.report.build_report, ...). Modules are
+imported inside the handlers so that `attnrobust --help` stays instant (torch takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from attnrobust.errors import UserError
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_common(p: argparse.ArgumentParser, data: bool = True, device: bool = True) -> None:
+    if data:
+        p.add_argument("--data-dir", type=Path, default=None,
+                       help="folder holding the dataset files (default: $ATTNROBUST_DATA, then the user cache)")
+    if device:
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def _add_attack_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attacks", default="fgsm,pgd", help="comma-separated: fgsm, pgd, apgd (default: fgsm,pgd)")
+    p.add_argument("--fgsm-eps", type=_floats, default=None,
+                   help="FGSM budgets in [0,1] pixel units (default: 0,0.05,...,0.3)")
+    p.add_argument("--pgd-eps", type=float, default=None, help="PGD/APGD L-inf budget (default: 0.2)")
+    p.add_argument("--pgd-alpha", type=float, default=None, help="PGD step size (default: 0.01)")
+    p.add_argument("--pgd-steps", type=_ints, default=None, help="PGD iteration counts (default: 5,10,20)")
+    p.add_argument("--random-start", action="store_true", help="PGD starts at a random point of the eps-ball")
+    p.add_argument("--keep-best", action="store_true",
+                   help="count a sample as broken once any iterate fools the model (AutoAttack's convention)")
+    p.add_argument("--n", type=int, default=None, help="attack only the first N test images (default: all)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per attack batch (default: 256)")
+    p.add_argument("--out", type=Path, default=None, help="append the result records to this JSONL file")
+    p.add_argument("--seed", type=int, default=0, help="seed for random starts (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnrobust",
+        description="Does an attention module make an image classifier more or less robust to adversarial "
+                    "attacks? Train, attack and report, reproducing Agrawal et al. (2021).")
+    from attnrobust import __version__
+    parser.add_argument("--version", action="version", version=f"attnrobust {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = verbs.add_parser("run", help="run a study (train, attack, report) from a config",
+                         description="Run a whole study: train every dataset x model x seed not yet trained, "
+                                     "attack (white-box and transfer), then build the report. Resumable: "
+                                     "rerun the same command after an interruption.")
+    p.add_argument("config", nargs="?", default="quick",
+                   help="a TOML file or a shipped config: quick (default), fashion-mnist, cifar10, cifar100, paper")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable; value in TOML syntax)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_common(p)
+    p.set_defaults(handler=cmd_run)
+
+    p = verbs.add_parser("train", help="train one model on one dataset",
+                         description="Train one model; resumes from the last checkpoint in --out.")
+    p.add_argument("--dataset", required=True, help="fashion-mnist, fashion-mnist-mini, cifar10, cifar100")
+    p.add_argument("--model", required=True, help="a registered model (see `attnrobust models`)")
+    p.add_argument("--width", type=int, default=None, help="channels of the first stage (64 = paper size)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints/ and logs/")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = verbs.add_parser("attack", help="white-box attacks on one checkpoint",
+                         description="FGSM sweep, PGD iteration sweep (and APGD) on a trained checkpoint, "
+                                     "on the test split of the dataset it was trained on.")
+    p.add_argument("checkpoint", type=Path, help="a .safetensors checkpoint written by `attnrobust train`")
+    _add_attack_args(p)
+    _add_common(p)
+    p.set_defaults(handler=cmd_attack)
+
+    p = verbs.add_parser("transfer", help="transfer attacks: craft on a source, score on targets",
+                         description="Craft adversarial images on --source once per attack setting and score "
+                                     "them on every --target (and the source itself: the white-box diagonal).")
+    p.add_argument("--source", type=Path, required=True, help="checkpoint that crafts the attack")
+    p.add_argument("--target", type=Path, action="append", required=True,
+                   help="checkpoint scored on the attack (repeatable)")
+    _add_attack_args(p)
+    _add_common(p)
+    p.set_defaults(handler=cmd_transfer)
+
+    p = verbs.add_parser("report", help="(re)build a run's report from its results.jsonl",
+                         description="Tables II/III (md, csv, tex), figures, paper comparison and verdicts, "
+                                     "written to RUN/report/.")
+    p.add_argument("run_dir", type=Path, metavar="RUN", help="a run folder holding results.jsonl")
+    p.set_defaults(handler=cmd_report)
+
+    p = verbs.add_parser("ls", help="list runs: config, jobs done, report")
+    p.add_argument("runs", type=Path, nargs="?", default=Path("runs"), help="folder of runs (default: runs/)")
+    p.set_defaults(handler=cmd_ls)
+
+    p = verbs.add_parser("data", help="download, verify or describe a dataset",
+                         description="Datasets are looked for in --data-dir or $ATTNROBUST_DATA, then the "
+                                     "user cache, then downloaded from the official URL.")
+    p.add_argument("action", choices=["download", "verify", "info"])
+    p.add_argument("name", help="fashion-mnist, fashion-mnist-mini, cifar10, cifar100")
+    _add_common(p, device=False)
+    p.set_defaults(handler=cmd_data)
+
+    p = verbs.add_parser("models", help="list registered models with their parameter counts")
+    p.add_argument("--dataset", default="cifar10", help="dataset whose shape and class count to use")
+    p.add_argument("--width", type=int, default=64, help="width to build them at (default: 64)")
+    p.set_defaults(handler=cmd_models)
+    return parser
+
+
+# ---- handlers: thin; parse -> call -> print ------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from attnrobust.study import run_study
+
+    run_study(args.config, out=args.out, overrides=args.overrides, device=args.device,
+              data_dir=args.data_dir, quiet=args.quiet)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from attnrobust.train import TrainConfig, train
+
+    cfg = TrainConfig.for_dataset(args.dataset, model=args.model, seed=args.seed, **{
+        k: v for k, v in dict(width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              weight_decay=args.weight_decay, label_smoothing=args.label_smoothing).items()
+        if v is not None})
+    cfg.compile = args.compile
+    path = train(cfg, args.out, device=args.device, data_dir=args.data_dir, quiet=args.quiet)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def _attack_config(args: argparse.Namespace):
+    from attnrobust.evaluate import AttackConfig
+
+    names = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    given = dict(fgsm_eps=args.fgsm_eps, pgd_eps=args.pgd_eps, pgd_alpha=args.pgd_alpha,
+                 pgd_steps=args.pgd_steps)
+    cfg = AttackConfig(attacks=names, random_start=args.random_start, keep_best=args.keep_best,
+                       **{k: v for k, v in given.items() if v is not None})
+    cfg.validate()
+    return cfg
+
+
+def _evaluate_and_print(args: argparse.Namespace, sources: list[Path], targets: list[Path] | None) -> int:
+    from attnrobust.evaluate import evaluate_checkpoints
+    from attnrobust.results import append_records, format_records
+
+    records = evaluate_checkpoints(sources, targets, _attack_config(args), n=args.n, batch_size=args.batch_size,
+                                   device=args.device, data_dir=args.data_dir, seed=args.seed, quiet=args.quiet)
+    print(format_records(records))
+    if args.out is not None:
+        append_records(args.out, records)
+        print(f"{len(records)} records appended to {args.out}")
+    return 0
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    return _evaluate_and_print(args, [args.checkpoint], None)
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    return _evaluate_and_print(args, [args.source], args.target)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from attnrobust.report import build_report
+
+    path = build_report(args.run_dir)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from attnrobust.study import list_runs
+
+    print(list_runs(args.runs))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from attnrobust import data
+
+    if args.action == "info":
+        for key, value in data.info(args.name, data_dir=args.data_dir).items():
+            print(f"{key}: {value}")
+    else:
+        getattr(data, args.action)(args.name, data_dir=args.data_dir)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from attnrobust.data import get_spec
+    from attnrobust.models import build_model, list_models
+
+    spec = get_spec(args.dataset)
+    print(f"{'model':<18} {'parameters':>12}   ({args.dataset}: {spec.channels}x32x32, "
+          f"{spec.num_classes} classes, width {args.width})")
+    for name in list_models():
+        model = build_model(name, spec.num_classes, in_channels=spec.channels, width=args.width)
+        print(f"{name:<18} {sum(p.numel() for p in model.parameters()):>12,}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args)
+    except UserError as err:
+        print(f"attnrobust: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attnrobust: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
