@@ -1,0 +1,49 @@
+"""The CLI's surface: every verb is listed and documented; user errors are one line and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from attnrobust.cli import build_parser, main
+
+VERBS = ["run", "train", "attack", "transfer", "report", "ls", "data", "models"]
+
+
+def test_help_lists_every_verb(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for verb in VERBS:
+        assert f"    {verb} " in out or f"    {verb}\n" in out, verb
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([verb, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: attnrobust " + verb in capsys.readouterr().out
+
+
+def test_parser_verbs_match_the_documented_list():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "verb")
+    assert sorted(subparsers.choices) == sorted(VERBS)
+
+
+def test_python_dash_m_runs_and_user_error_is_one_line_without_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "attnrobust", "run", str(tmp_path / "missing.toml")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("attnrobust: error: ") and "missing.toml" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_no_verb_prints_help(capsys):
+    assert main([]) == 0
+    assert "VERB" in capsys.readouterr().out

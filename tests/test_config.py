@@ -1,0 +1,82 @@
+"""Configs: every shipped one parses and validates; bad ones fail with one line naming the key."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from attnrobust.config import SHIPPED, load_config, parse_config, to_toml
+from attnrobust.errors import UserError
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_config_parses_and_validates(name):
+    cfg = load_config(name)
+    assert cfg.study.name == name
+    assert cfg.study.datasets and cfg.study.models and cfg.study.seeds
+    # the paper's attack settings are the defaults of every shipped config
+    assert cfg.attack.pgd_eps == 0.2 and cfg.attack.pgd_alpha == 0.01 and list(cfg.attack.pgd_steps) == [5, 10, 20]
+    assert [round(e, 2) for e in cfg.attack.fgsm_eps] == [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_resolved_config_round_trips_through_toml(name):
+    cfg = load_config(name)
+    data = cfg.to_dict()
+    assert tomllib.loads(to_toml(data)) == data
+    assert parse_config(tomllib.loads(to_toml(data))).to_dict() == data
+
+
+def test_overrides_apply_with_toml_values():
+    cfg = load_config("quick", ["train.epochs=2", "study.seeds=[0, 1]", "attack.pgd_steps=[1,2]",
+                                "study.name=other"])
+    assert cfg.train["epochs"] == 2 and cfg.study.seeds == [0, 1]
+    assert list(cfg.attack.pgd_steps) == [1, 2] and cfg.study.name == "other"
+
+
+def _data(**sections):
+    data = load_config("quick").to_dict()
+    for section, table in sections.items():
+        data[section] = {**data[section], **table}
+    return data
+
+
+@pytest.mark.parametrize("bad, words", [
+    (dict(study={"modles": ["resnet14"]}), ["study.modles", "unknown key", "models"]),
+    (dict(study={"models": ["resnet15"]}), ["study.models[0]", "resnet15", "resnet14"]),
+    (dict(study={"datasets": ["mnist"]}), ["study.datasets[0]", "mnist", "fashion-mnist"]),
+    (dict(study={"seeds": [0, 0]}), ["study.seeds", "duplicates"]),
+    (dict(study={"seeds": "0"}), ["study.seeds", "list"]),
+    (dict(train={"epochs": "ten"}), ["train.epochs", "int"]),
+    (dict(train={"epochs": 0}), ["epochs"]),
+    (dict(train={"model": "vgg16"}), ["train.model", "study.models"]),
+    (dict(train={"nosuch": 1}), ["train.nosuch", "unknown key"]),
+    (dict(attack={"pgd_eps": 1.5}), ["eps"]),
+    (dict(attack={"pgd_steps": [0, 5]}), ["steps"]),
+    (dict(attack={"attacks": ["fgsm", "cw"]}), ["cw"]),
+    (dict(eval={"n": -1}), ["eval.n"]),
+])
+def test_bad_values_name_the_key(bad, words):
+    with pytest.raises(UserError) as err:
+        parse_config(_data(**bad))
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_unknown_section_and_shipped_name():
+    with pytest.raises(UserError, match="paperz"):
+        load_config("paperz")
+    with pytest.raises(UserError, match="unknown key"):
+        parse_config({**_data(), "extra": {}})
+
+
+def test_bad_toml_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[study\nname = 1")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_config(path)
+    with pytest.raises(UserError, match="SECTION.KEY=VALUE"):
+        load_config("quick", ["epochs=3"])
