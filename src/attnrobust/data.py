@@ -1,0 +1,699 @@
+"""Datasets: specs, readers of the official files, download and MD5 verification, a decoded cache, and the
+device-resident loader.
+
+Where a dataset's files are looked for, first hit wins:
+
+1. the data directory: the `data_dir` argument (`--data-dir`), else $ATTNROBUST_DATA; as DIR/<name>/<file> or
+   DIR/<file> (so both `--data-dir ../shared/data` and `--data-dir ../shared/data/fashion-mnist` work);
+2. the user cache: $ATTNROBUST_CACHE, else $XDG_CACHE_HOME/attnrobust, else ~/.cache/attnrobust; as
+   CACHE/<name>/<file>;
+3. a download from the official URL ($ATTNROBUST_MIRROR replaces it: MIRROR/<file>) into CACHE/<name>/, written
+   under a temporary name, MD5-checked, then renamed; a failed download leaves nothing behind.
+
+Only official distribution files are read: Fashion-MNIST's four IDX .gz files, and for CIFAR-10/100 the *binary*
+archives (cifar-10-binary.tar.gz, cifar-100-binary.tar.gz), read straight from the .tar.gz. Reading the archive
+rather than extracted copies is deliberate: the archive is what has a published MD5, so every byte we decode has
+been checked. (The pickled "python version" of CIFAR is never read: no pickle anywhere.)
+
+Decoded once, the arrays are cached as CACHE/decoded/<name>-<key>.npz (uint8, no pickle), where <key> is derived
+from the sources' MD5s, so different source bytes can never be served from a stale cache. The cache also records
+each source's path, size and mtime when it was hashed: a later load whose sources are unchanged by those
+measures skips re-hashing (hashing the 170 MB CIFAR archive alone takes about half a second) and takes well
+under a second. `attnrobust data verify` always hashes in full.
+
+`fashion-mnist-mini` is embedded in the package (attnrobust/embedded/fashion-mnist-mini.npz, made from the real
+files by scripts/make_fashion_mnist_mini.py): no download, no data directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.client
+import math
+import os
+import struct
+import tarfile
+import urllib.request
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attnrobust.errors import UserError
+from attnrobust.runtime import atomic_path
+
+SPLITS = ("train", "test")
+AUGMENTATIONS = (None, "crop", "crop_flip")
+# Random-crop padding in pixels: the standard CIFAR recipe (pad 4, crop back to 32).
+CROP_PAD = 4
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# The 100 fine labels in the order of the archive's fine_label_names.txt (alphabetical = label index).
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck",
+    "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)
+
+# Per-channel mean/std of pixel values in [0,1] over all pixels of the training split (what the models use to
+# normalize inside themselves).
+# Fashion-MNIST: computed here from the official train-images-idx3-ubyte.gz (60000 images): 0.2860 / 0.3530.
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+# CIFAR-10/100: the standard values over the 50000 training images (the dataset-wide pixel std; the other
+# triple often quoted for CIFAR-10, (0.2023, 0.1994, 0.2010), is an average of per-image stds, not this).
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+# Arrays = {"train_images": uint8 [N,C,H,W], "train_labels": uint8 [N], "test_images": ..., "test_labels": ...}
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One official distribution file and its official MD5."""
+
+    name: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset is (shape, classes, normalization, augmentation) and where its bytes come from.
+
+    A dataset is a spec plus a reader: `reader(spec, paths)` turns the verified source files (file name -> Path)
+    into uint8 arrays; `embedded` names a file in attnrobust/embedded/ instead of source files.
+    """
+
+    name: str
+    num_classes: int
+    channels: int
+    height: int
+    width: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: str  # "crop" | "crop_flip": what training applies (DeviceLoader's augment)
+    train_size: int
+    test_size: int
+    files: tuple[SourceFile, ...] = ()
+    urls: tuple[str, ...] = ()  # official base URLs, tried in order; a file's URL is base + file name
+    reader: Callable[[DatasetSpec, dict[str, Path]], Arrays] | None = field(default=None, compare=False,
+                                                                            repr=False)
+    embedded: str | None = None
+    citation: str = ""
+
+    def size(self, split: str) -> int:
+        return self.train_size if split == "train" else self.test_size
+
+
+# ---- errors: one line each, saying what, where and what to do ------------------------------------------------
+
+
+def _malformed(path: Path | str, problem: str) -> UserError:
+    return UserError(f"{path}: {problem}; the file is damaged or not the official one: delete it and download "
+                     f"it again")
+
+
+def _download_hint(spec: DatasetSpec, name: str) -> str:
+    urls = " or ".join(base + name for base in _base_urls(spec))
+    return f"download it from {urls} or run `attnrobust data download {spec.name}`"
+
+
+# ---- readers: official formats -> uint8 arrays ---------------------------------------------------------------
+
+
+def _gunzip(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return gzip.decompress(f.read())
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise _malformed(path, f"not a complete gzip file ({err})") from None
+
+
+def read_idx(path: Path | str, ndim: int | None = None) -> np.ndarray:
+    """Read a gzipped IDX file of uint8 (Fashion-MNIST's format) into an array of the shape its header gives.
+
+    Checks the magic (0x000008NN: uint8 data, NN dimensions), that ndim matches when given, and that the data is
+    exactly as long as the dimensions say: a truncated or padded file is an error, never a short dataset.
+    """
+    path = Path(path)
+    raw = _gunzip(path)
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or (ndim is not None and raw[3] != ndim):
+        want = f"0x000008{ndim:02x}" if ndim is not None else "0x000008NN"
+        found = f"0x{raw[:4].hex()}" if len(raw) >= 4 else f"{len(raw)} bytes"
+        raise _malformed(path, f"bad IDX magic {found} (expected {want}: uint8 data)")
+    header = 4 + 4 * raw[3]
+    if len(raw) < header:
+        raise _malformed(path, f"IDX header truncated ({len(raw)} bytes)")
+    dims = struct.unpack(f">{raw[3]}I", raw[4:header])
+    expected = math.prod(dims)
+    if len(raw) - header != expected:
+        state = "truncated" if len(raw) - header < expected else "longer than its header says"
+        raise _malformed(path, f"IDX data {state}: {len(raw) - header} bytes, header dims {dims} need {expected}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def _check_split(spec: DatasetSpec, split: str, images: np.ndarray, labels: np.ndarray, where: str) -> None:
+    shape = (spec.size(split), spec.channels, spec.height, spec.width)
+    if images.shape != shape or labels.shape != (shape[0],):
+        raise _malformed(where, f"{split} split has images {tuple(images.shape)} and labels "
+                                f"{tuple(labels.shape)}, expected {shape} and ({shape[0]},)")
+    if labels.size and int(labels.max()) >= spec.num_classes:
+        raise _malformed(where, f"{split} labels go up to {int(labels.max())}, "
+                                f"expected < {spec.num_classes}")
+
+
+def read_fashion_mnist(spec: DatasetSpec, paths: dict[str, Path]) -> Arrays:
+    """Decode Fashion-MNIST's four IDX files (paths: official file name -> Path)."""
+    out: Arrays = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        img_path, lbl_path = paths[f"{prefix}-images-idx3-ubyte.gz"], paths[f"{prefix}-labels-idx1-ubyte.gz"]
+        images = read_idx(img_path, ndim=3)[:, None]  # N,28,28 -> N,1,28,28 (channel-first like CIFAR)
+        labels = read_idx(lbl_path, ndim=1)
+        _check_split(spec, split, images, labels, f"{img_path} / {lbl_path.name}")
+        out[f"{split}_images"], out[f"{split}_labels"] = images, labels
+    return out
+
+
+def parse_cifar_records(raw: bytes, label_bytes: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split CIFAR binary records (label byte(s) + 3072 pixel bytes: 1024 R, 1024 G, 1024 B, row-major).
+
+    label_bytes is 1 for CIFAR-10 and 2 for CIFAR-100 (coarse, fine); the last label byte is returned.
+    """
+    record = label_bytes + 3 * 32 * 32
+    if not raw or len(raw) % record:
+        raise _malformed(where, f"{len(raw)} bytes is not a positive multiple of the {record}-byte record "
+                                f"(truncated?)")
+    rows = np.frombuffer(raw, np.uint8).reshape(-1, record)
+    return rows[:, label_bytes:].reshape(-1, 3, 32, 32), rows[:, label_bytes - 1]
+
+
+def read_tar_members(path: Path, wanted: list[str], optional: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Read the named regular files out of a .tar.gz in one streaming pass; a missing member is an error."""
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                if member.isfile() and (member.name in wanted or member.name in optional):
+                    found[member.name] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        raise _malformed(path, f"not a readable .tar.gz ({err})") from None
+    missing = [m for m in wanted if m not in found]
+    if missing:
+        raise _malformed(path, f"archive lacks {', '.join(missing)}")
+    return found
+
+
+def read_cifar(spec: DatasetSpec, paths: dict[str, Path], *, folder: str, train: tuple[str, ...],
+               test: tuple[str, ...], label_bytes: int, names_file: str) -> Arrays:
+    """Decode a CIFAR binary archive: the batch files of each split, and the label names file if present."""
+    (archive,) = paths.values()
+    members = [f"{folder}/{m}" for m in train + test]
+    found = read_tar_members(archive, members, optional=(f"{folder}/{names_file}",))
+    names_raw = found.get(f"{folder}/{names_file}")
+    if names_raw is not None:
+        names = tuple(line.strip() for line in names_raw.decode("utf-8", "replace").splitlines() if line.strip())
+        if names != spec.class_names:
+            raise _malformed(archive, f"{names_file} lists {len(names)} names that differ from the "
+                                      f"{spec.num_classes} {spec.name} classes")
+    out: Arrays = {}
+    for split, files in (("train", train), ("test", test)):
+        parts = [parse_cifar_records(found[f"{folder}/{m}"], label_bytes, f"{archive}:{folder}/{m}")
+                 for m in files]
+        images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        _check_split(spec, split, images, labels, str(archive))
+        out[f"{split}_images"], out[f"{split}_labels"] = images, labels
+    return out
+
+
+# ---- the datasets --------------------------------------------------------------------------------------------
+
+_FASHION_CITATION = ("Fashion-MNIST (Zalando SE, MIT licence): H. Xiao, K. Rasul, R. Vollgraf, arXiv:1708.07747, "
+                     "2017")
+_CIFAR_CITATION = ("A. Krizhevsky, Learning Multiple Layers of Features from Tiny Images, Tech. Report, "
+                   "University of Toronto, 2009")
+
+DATASETS: dict[str, DatasetSpec] = {
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist", num_classes=10, channels=1, height=28, width=28,
+        class_names=FASHION_MNIST_CLASSES, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, augment="crop",
+        train_size=60000, test_size=10000,
+        files=(SourceFile("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+               SourceFile("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+               SourceFile("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+               SourceFile("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310")),
+        urls=("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+              "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
+        reader=read_fashion_mnist, citation=_FASHION_CITATION),
+    "fashion-mnist-mini": DatasetSpec(
+        name="fashion-mnist-mini", num_classes=10, channels=1, height=28, width=28,
+        class_names=FASHION_MNIST_CLASSES, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, augment="crop",
+        train_size=6000, test_size=1000, embedded="fashion-mnist-mini.npz",
+        citation="600 train + 100 test images per class of " + _FASHION_CITATION),
+    "cifar10": DatasetSpec(
+        name="cifar10", num_classes=10, channels=3, height=32, width=32,
+        class_names=CIFAR10_CLASSES, mean=CIFAR10_MEAN, std=CIFAR10_STD, augment="crop_flip",
+        train_size=50000, test_size=10000,
+        files=(SourceFile("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530"),),
+        urls=("https://www.cs.toronto.edu/~kriz/",),
+        reader=functools.partial(read_cifar, folder="cifar-10-batches-bin",
+                                 train=tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+                                 test=("test_batch.bin",), label_bytes=1, names_file="batches.meta.txt"),
+        citation="CIFAR-10: " + _CIFAR_CITATION),
+    "cifar100": DatasetSpec(
+        name="cifar100", num_classes=100, channels=3, height=32, width=32,
+        class_names=CIFAR100_CLASSES, mean=CIFAR100_MEAN, std=CIFAR100_STD, augment="crop_flip",
+        train_size=50000, test_size=10000,
+        files=(SourceFile("cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8"),),
+        urls=("https://www.cs.toronto.edu/~kriz/",),
+        reader=functools.partial(read_cifar, folder="cifar-100-binary", train=("train.bin",),
+                                 test=("test.bin",), label_bytes=2, names_file="fine_label_names.txt"),
+        citation="CIFAR-100 (fine labels): " + _CIFAR_CITATION),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The spec of a dataset by name; an unknown name is a UserError listing the valid ones."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise UserError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}") from None
+
+
+# ---- where files are -----------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """The per-user cache: $ATTNROBUST_CACHE, else $XDG_CACHE_HOME/attnrobust, else ~/.cache/attnrobust."""
+    if os.environ.get("ATTNROBUST_CACHE"):
+        return Path(os.environ["ATTNROBUST_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "attnrobust"
+
+
+def _data_dir(data_dir: Path | str | None) -> Path | None:
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    env = os.environ.get("ATTNROBUST_DATA")
+    return Path(env).expanduser() if env else None
+
+
+def _candidates(spec: DatasetSpec, name: str, data_dir: Path | str | None) -> list[Path]:
+    root = _data_dir(data_dir)
+    places = [root / spec.name / name, root / name] if root is not None else []
+    return places + [cache_dir() / spec.name / name]
+
+
+def _locate(spec: DatasetSpec, name: str, data_dir: Path | str | None) -> Path | None:
+    return next((p for p in _candidates(spec, name, data_dir) if p.is_file()), None)
+
+
+def _missing(spec: DatasetSpec, name: str, data_dir: Path | str | None, why: str = "") -> UserError:
+    looked = ", ".join(str(p.parent) for p in _candidates(spec, name, data_dir))
+    return UserError(f"{spec.name}: file {name} not found (looked in {looked}){why}; "
+                     f"{_download_hint(spec, name)}")
+
+
+def _base_urls(spec: DatasetSpec, base_url: str | None = None) -> tuple[str, ...]:
+    mirror = base_url or os.environ.get("ATTNROBUST_MIRROR")
+    if mirror:
+        return (mirror if mirror.endswith("/") else mirror + "/",)
+    return spec.urls
+
+
+# ---- checksums, atomic writes, downloads ---------------------------------------------------------------------
+
+
+def file_md5(path: Path | str) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_md5(path: Path | str, expected: str, dataset: str) -> None:
+    """Raise a UserError (expected vs actual, the path, what to do) unless the file's MD5 is `expected`."""
+    actual = file_md5(path)
+    if actual != expected:
+        raise UserError(f"checksum mismatch for {path}: expected MD5 {expected}, got {actual}; the file is "
+                        f"corrupt or not the official one: delete it and run `attnrobust data download "
+                        f"{dataset}`")
+
+
+def _fetch(url: str, dest: Path, md5: str, quiet: bool) -> None:
+    """Download url to dest via a temporary name, checking the MD5 before the rename."""
+    from tqdm import tqdm
+
+    with atomic_path(dest) as tmp:
+        h, size = hashlib.md5(), 0
+        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0)
+            # disable=None: a progress bar on a terminal, none in logs and pipes.
+            with tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name,
+                      disable=True if quiet else None, leave=False) as bar:
+                while chunk := resp.read(1 << 20):
+                    out.write(chunk)
+                    h.update(chunk)
+                    size += len(chunk)
+                    bar.update(len(chunk))
+        # read(n) returns b"" when the server hangs up early instead of raising: say so rather than "bad MD5".
+        if total and size != total:
+            raise ValueError(f"connection closed after {size} of {total} bytes")
+        if h.hexdigest() != md5:
+            raise ValueError(f"checksum mismatch: expected MD5 {md5}, got {h.hexdigest()}")
+
+
+def _download_file(spec: DatasetSpec, src: SourceFile, dest_dir: Path, base_url: str | None,
+                   quiet: bool) -> Path:
+    """Fetch one file into dest_dir, trying each base URL; raise UserError naming every failure."""
+    failures = []
+    for base in _base_urls(spec, base_url):
+        try:
+            _fetch(base + src.name, dest_dir / src.name, src.md5, quiet)
+            return dest_dir / src.name
+        except (OSError, ValueError, http.client.HTTPException) as err:
+            failures.append(f"{base + src.name}: {err}")
+    raise UserError(f"{spec.name}: could not download {src.name} into {dest_dir} ({'; '.join(failures)}); "
+                    f"check the network, or put the official file there by hand")
+
+
+def download(name: str, data_dir: Path | str | None = None, *, base_url: str | None = None,
+             quiet: bool = False) -> list[Path]:
+    """Make sure every source file of a dataset is present and verified, downloading what is missing.
+
+    Downloads go to DATA_DIR/<name>/ when a data directory is given (argument or $ATTNROBUST_DATA), else to the
+    user cache. base_url (or $ATTNROBUST_MIRROR) replaces the official URLs. Returns the files' paths.
+    """
+    spec = get_spec(name)
+    if spec.embedded:
+        if not quiet:
+            print(f"{name} is embedded in the package: nothing to download")
+        return []
+    root = _data_dir(data_dir)
+    dest_dir = (root if root is not None else cache_dir()) / spec.name
+    paths = []
+    for src in spec.files:
+        path = _locate(spec, src.name, data_dir)
+        if path is not None:
+            check_md5(path, src.md5, spec.name)
+            state = "already present"
+        else:
+            path = _download_file(spec, src, dest_dir, base_url, quiet)
+            state = "downloaded"
+        if not quiet:
+            print(f"OK  {path}  ({state}, MD5 {src.md5})")
+        paths.append(path)
+    return paths
+
+
+def verify(name: str, data_dir: Path | str | None = None, *, quiet: bool = False) -> list[Path]:
+    """Hash every source file of a dataset against its official MD5 (no download); print a line per file."""
+    spec = get_spec(name)
+    if spec.embedded:
+        path = _embedded_path(spec)
+        arrays = _load_embedded(spec)
+        if not quiet:
+            print(f"OK  {path}  (embedded: {len(arrays['train_labels'])} train, {len(arrays['test_labels'])} "
+                  f"test images, shapes and labels checked)")
+        return [path]
+    paths = []
+    for src in spec.files:
+        path = _locate(spec, src.name, data_dir)
+        if path is None:
+            raise _missing(spec, src.name, data_dir)
+        check_md5(path, src.md5, spec.name)
+        if not quiet:
+            print(f"OK  {path}  (MD5 {src.md5})")
+        paths.append(path)
+    return paths
+
+
+def info(name: str, data_dir: Path | str | None = None) -> dict[str, object]:
+    """What a dataset is and where its files are (found or not; nothing is hashed or downloaded)."""
+    spec = get_spec(name)
+    out: dict[str, object] = {
+        "name": spec.name,
+        "classes": f"{spec.num_classes}: {', '.join(spec.class_names)}",
+        "images": f"{spec.channels}x{spec.height}x{spec.width} uint8"
+                  + (" (the loader pads to 32x32)" if (spec.height, spec.width) != (32, 32) else ""),
+        "train": spec.train_size,
+        "test": spec.test_size,
+        "mean": spec.mean,
+        "std": spec.std,
+        "augment": spec.augment,
+        "source": spec.citation,
+    }
+    if spec.embedded:
+        out["file"] = f"{_embedded_path(spec)} (embedded)"
+    for src in spec.files:
+        path = _locate(spec, src.name, data_dir)
+        out[src.name] = (f"{path} (MD5 {src.md5})" if path is not None else
+                         f"not found; {_download_hint(spec, src.name)}")
+    if spec.files:
+        out["cache"] = cache_dir()
+    return out
+
+
+# ---- loading -------------------------------------------------------------------------------------------------
+
+
+def _embedded_path(spec: DatasetSpec) -> Path:
+    return Path(str(resources.files("attnrobust") / "embedded" / spec.embedded))
+
+
+def _load_embedded(spec: DatasetSpec) -> Arrays:
+    path = _embedded_path(spec)
+    if not path.is_file():
+        raise UserError(f"{spec.name}: the embedded file {path} is missing from the installed package; "
+                        f"reinstall attnrobust (or run scripts/make_fashion_mnist_mini.py)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {f"{s}_{k}": z[f"{s}_{k}"] for s in SPLITS for k in ("images", "labels")}
+    except (OSError, ValueError, KeyError, zlib.error, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: unreadable embedded dataset ({err}); reinstall attnrobust") from None
+    for split in SPLITS:
+        _check_split(spec, split, arrays[f"{split}_images"], arrays[f"{split}_labels"], str(path))
+    return arrays
+
+
+def _stamp(path: Path, md5: str) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{md5}"
+
+
+def _decoded_path(spec: DatasetSpec) -> Path:
+    key = hashlib.md5("".join(f.md5 for f in spec.files).encode()).hexdigest()[:16]
+    return cache_dir() / "decoded" / f"{spec.name}-{key}.npz"
+
+
+def _read_decoded(path: Path, keys: list[str]) -> Arrays | None:
+    """The cached arrays, or None when absent or unreadable (an unreadable cache is rebuilt, not an error)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in keys}
+    except (OSError, ValueError, KeyError, zlib.error, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _write_decoded(path: Path, arrays: Arrays) -> None:
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)  # uncompressed: loading is then a plain read, well under a second
+    except OSError as err:
+        warnings.warn(f"could not cache decoded arrays at {path} ({err}); the next load decodes again",
+                      stacklevel=3)
+
+
+def _load_files(spec: DatasetSpec, split: str, data_dir: Path | str | None, download: bool) -> Arrays:
+    paths = {}
+    for src in spec.files:
+        path = _locate(spec, src.name, data_dir)
+        if path is None:
+            if not download:
+                raise _missing(spec, src.name, data_dir)
+            try:
+                path = _download_file(spec, src, cache_dir() / spec.name, None, quiet=False)
+            except UserError as err:
+                raise _missing(spec, src.name, data_dir, f" and the download failed: {err}") from None
+        paths[src.name] = path
+    keys = [f"{split}_images", f"{split}_labels"]
+    target = _decoded_path(spec)
+    stamps = [_stamp(paths[src.name], src.md5) for src in spec.files]
+    cached = _read_decoded(target, keys + ["sources"])
+    if cached is not None and cached.pop("sources").tolist() == stamps:
+        return cached  # the sources are the very files hashed when this cache was written
+    for src in spec.files:
+        check_md5(paths[src.name], src.md5, spec.name)
+    if cached is not None:
+        return cached  # same MD5s -> same bytes -> same arrays, only found elsewhere or touched
+    arrays = spec.reader(spec, paths)
+    _write_decoded(target, {**arrays, "sources": np.array(stamps)})
+    return {k: arrays[k] for k in keys}
+
+
+def load_dataset(name: str, split: str, data_dir: Path | str | None = None, *,
+                 download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split as (uint8 images [N,C,H,W] at native size, int64 labels [N]) CPU tensors.
+
+    Files are found in data_dir / $ATTNROBUST_DATA, then the user cache, then downloaded (unless
+    download=False), MD5-checked, decoded once and cached (see the module docstring).
+    """
+    spec = get_spec(name)
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r} for {name}; valid splits: {', '.join(SPLITS)}")
+    arrays = _load_embedded(spec) if spec.embedded else _load_files(spec, split, data_dir, download)
+    # A freshly decoded array can be a read-only view of the file's bytes; torch wants a writable one.
+    images = torch.from_numpy(np.require(arrays[f"{split}_images"], requirements=["C", "W"]))
+    labels = torch.from_numpy(arrays[f"{split}_labels"].astype(np.int64))
+    return images, labels
+
+
+# ---- the device-resident loader ------------------------------------------------------------------------------
+
+
+def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A CPU generator for (seed, epoch, stream): a pure function of them, so resumed runs replay batches.
+
+    CPU so that it works whatever the device (indexes are moved to the device afterwards); SeedSequence mixes
+    the three numbers so that neighbouring seeds/epochs give unrelated streams.
+    """
+    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor | None = None,
+              pad: int = CROP_PAD) -> torch.Tensor:
+    """Random-crop (with `pad` pixels of zero padding) and optionally mirror a batch.
+
+    x: [B,C,H,W]; dy, dx: int64 [B] crop offsets in [0, 2*pad] into the padded image (pad, pad = no shift);
+    flip: bool [B] or None. Returns [B,C,H,W].
+    """
+    h, w = x.shape[-2:]
+    return _crop_padded(F.pad(x, (pad, pad, pad, pad)), dy, dx, flip, h, w)
+
+
+def _crop_padded(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor | None,
+                 h: int, w: int) -> torch.Tensor:
+    """The h x w window at (dy, dx) of each already-padded image, mirrored where flip: one gather, no per-sample
+    Python. Every output pixel's source index is computed by index arithmetic, the flip folded in with
+    torch.where (output column j reads column w-1-j of the window)."""
+    b, c, hp, wp = padded.shape
+    rows = dy[:, None] + torch.arange(h, device=padded.device)  # [B,h]
+    cols = torch.arange(w, device=padded.device).expand(b, w)
+    if flip is not None:
+        cols = torch.where(flip[:, None], w - 1 - cols, cols)
+    cols = dx[:, None] + cols  # [B,w]
+    index = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
+    return padded.reshape(b, c, hp * wp).gather(2, index).reshape(b, c, h, w)
+
+
+class DeviceLoader:
+    """Batches of a whole split kept on `device` as uint8, made by indexing; augmentation batched on device.
+
+    Every epoch's order is a permutation drawn from a CPU generator seeded by (seed, epoch), so `epoch(e)` is a
+    pure function of (seed, e): a resumed run sees the same batches, bit for bit. Images smaller than pad_to
+    are zero-padded (centred) once, at construction (Fashion-MNIST 28 -> 32). augment: None, "crop" (random
+    crop with 4-pixel zero padding) or "crop_flip" (plus horizontal flip); its random numbers come from a
+    second generator seeded by (seed, epoch, rank). Batches are float32 in [0,1] on the device, labels int64.
+
+    Distributed: every rank draws the same permutation and takes its own contiguous slice of
+    N // world_size samples, so the ranks are disjoint and equal in size (what DDP training needs); the
+    remainder (fewer than world_size samples, different ones each shuffled epoch) is dropped. With
+    equal_shards=False the slices instead cover every sample exactly once, their sizes differing by at most one
+    (what evaluation needs: no test image lost). With world_size=1 nothing is ever dropped.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
+                 device: str | torch.device = "cpu", shuffle: bool = False, augment: str | None = None,
+                 seed: int = 0, drop_last: bool = False, pad_to: int = 32, rank: int = 0, world_size: int = 1,
+                 equal_shards: bool = True):
+        images, labels = torch.as_tensor(images), torch.as_tensor(labels)
+        if images.ndim != 4 or images.dtype != torch.uint8:
+            raise UserError(f"DeviceLoader needs uint8 images [N,C,H,W], got {images.dtype} "
+                            f"{tuple(images.shape)}")
+        if labels.shape != images.shape[:1]:
+            raise UserError(f"DeviceLoader: {len(images)} images but labels of shape {tuple(labels.shape)}")
+        if augment not in AUGMENTATIONS:
+            raise UserError(f"unknown augmentation {augment!r}; valid: none, crop, crop_flip")
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}")
+        if seed < 0:
+            raise UserError(f"seed must be >= 0, got {seed}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UserError(f"bad distributed setting: rank {rank} of world size {world_size}")
+        h, w = images.shape[-2:]
+        if h > pad_to or w > pad_to:
+            raise UserError(f"images of {h}x{w} do not fit pad_to={pad_to}")
+        self.device = torch.device(device)
+        self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
+        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.pad_to = pad_to
+        # Padded once, here: centred to pad_to, plus the crop margin when augmenting, so that a batch is one
+        # index_select and one gather with no per-batch padding. self.images is the pad_to x pad_to view.
+        m = CROP_PAD if augment else 0
+        top, left = (pad_to - h) // 2 + m, (pad_to - w) // 2 + m
+        self._store = F.pad(images.to(self.device),
+                            (left, pad_to + 2 * m - w - left, top, pad_to + 2 * m - h - top)).contiguous()
+        self.images = self._store[..., m:m + pad_to, m:m + pad_to]
+        self.labels = labels.to(self.device, torch.int64)
+        n = len(images)
+        if equal_shards:
+            self._shard = (rank * (n // world_size), (rank + 1) * (n // world_size))
+        else:
+            self._shard = (rank * n // world_size, (rank + 1) * n // world_size)
+        self.num_samples = self._shard[1] - self._shard[0]  # this rank's share per epoch
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch(0)
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        """This rank's sample indices for `epoch`, in batch order (CPU int64)."""
+        n = len(self.labels)
+        order = torch.randperm(n, generator=_generator(self.seed, epoch, 0)) if self.shuffle else torch.arange(n)
+        return order[self._shard[0]:self._shard[1]]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (x float32 [B,C,pad_to,pad_to] in [0,1], y int64 [B]) on the device for this epoch."""
+        order = self.indices(epoch)
+        if self.augment is not None:
+            # Drawn for the whole epoch up front: one small transfer per epoch instead of one per batch.
+            gen = _generator(self.seed, epoch, 1 + self.rank)
+            shift = torch.randint(0, 2 * CROP_PAD + 1, (len(order), 2), generator=gen).to(self.device)
+            flip = (torch.randint(0, 2, (len(order),), generator=gen).bool().to(self.device)
+                    if self.augment == "crop_flip" else None)
+        order = order.to(self.device)
+        stop = len(self) * self.batch_size
+        for start in range(0, min(stop, len(order)), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = self._store.index_select(0, idx)  # index_select: much faster than x[idx] on the CPU
+            if self.augment is not None:
+                part = slice(start, start + len(idx))
+                x = _crop_padded(x, shift[part, 0], shift[part, 1], None if flip is None else flip[part],
+                                 self.pad_to, self.pad_to)
+            yield x.to(torch.float32).div_(255), self.labels.index_select(0, idx)
