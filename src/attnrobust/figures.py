@@ -1,0 +1,119 @@
+"""Figures for the report, in the spirit of the paper's Figures 2-7, as PNG (matplotlib, Agg backend).
+
+`curves` draws panels of lines (accuracy vs eps, error vs iterations) from plain data the report prepares, so
+this file knows nothing of records. `attention_figure` shows CBAM's last spatial attention map over clean and
+FGSM images; it needs a checkpoint and the dataset files, and the report builds without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+DPI = 110
+# PNG metadata fixed so that the same data gives the same bytes whatever the matplotlib version.
+_META = {"Software": "attnrobust"}
+
+
+def curves(path: Path, title: str, panels: list[dict]) -> None:
+    """One row of panels. panel: {"title", "xlabel", "ylabel", "xticks", "series": [{"label", "x", "y",
+    "err" (CI half-widths or None), "color", "style": "solid" | "dashed" | "paper"}]}; y in percent."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for s in panel["series"]:
+            style = s.get("style", "solid")
+            kw = dict(color=s["color"], label=s["label"])
+            if style == "paper":  # the published curve: thin, dotted, hollow markers
+                ax.plot(s["x"], s["y"], linestyle=":", linewidth=1.2, marker="o", markersize=3,
+                        markerfacecolor="none", alpha=0.8, **kw)
+            elif s.get("err") is not None and any(e is not None for e in s["err"]):
+                ax.errorbar(s["x"], s["y"], yerr=[e or 0.0 for e in s["err"]], capsize=3, marker="o",
+                            markersize=4, linestyle="--" if style == "dashed" else "-", **kw)
+            else:
+                ax.plot(s["x"], s["y"], marker="o", markersize=4, linestyle="--" if style == "dashed" else "-",
+                        **kw)
+        ax.set_title(panel["title"], fontsize=10)
+        ax.set_xlabel(panel["xlabel"])
+        ax.set_ylabel(panel["ylabel"])
+        if panel.get("xticks"):
+            ax.set_xticks(panel["xticks"])
+        ax.set_ylim(-2, 102)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, metadata=_META)
+    plt.close(fig)
+
+
+def attention_figure(path: Path, checkpoint: Path, eps: float, count: int = 6) -> str:
+    """Clean vs FGSM(eps) images of the test split with the last CBAM's spatial attention over them.
+
+    Returns a one-line caption. Raises ImportError/UserError/OSError/RuntimeError when the checkpoint, the
+    dataset files or a piece of the package is missing; the caller skips the figure then.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from attnrobust.attacks import fgsm
+    from attnrobust.checkpoint import load_model
+    from attnrobust.data import DeviceLoader, get_spec, load_dataset
+    from attnrobust.errors import UserError
+    from attnrobust.models import attention_maps
+
+    model = load_model(checkpoint)
+    dataset = model.meta["dataset"]
+    spec = get_spec(dataset)
+    images, labels = load_dataset(dataset, "test", download=False)
+    x, y = next(iter(DeviceLoader(images[:count], labels[:count], batch_size=count)))
+    clean_maps = attention_maps(model, x)
+    if not clean_maps:
+        raise UserError(f"{checkpoint} has no CBAM module")
+    x_adv = fgsm(model, x, y, [eps])[0]
+    adv_maps = attention_maps(model, x_adv)
+    with torch.no_grad():
+        pred_clean, pred_adv = model(x).argmax(1), model(x_adv).argmax(1)
+
+    def overlay(maps):
+        # The last CBAM sees the most semantic features; bilinear upsampling puts its map over the image.
+        spatial = maps[-1]["spatial"].float()
+        return F.interpolate(spatial, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+    att_clean, att_adv = overlay(clean_maps), overlay(adv_maps)
+    both = torch.cat([att_clean, att_adv], dim=1).flatten(1)
+    scale_lo, scale_hi = both.min(1).values, both.max(1).values
+    rows = [("clean", x, None, pred_clean), ("clean + attention", x, att_clean, pred_clean),
+            (f"FGSM eps={eps:g}", x_adv, None, pred_adv), ("FGSM + attention", x_adv, att_adv, pred_adv)]
+    fig, axes = plt.subplots(len(rows), count, figsize=(1.6 * count, 1.75 * len(rows)), squeeze=False)
+    for r, (name, imgs, att, pred) in enumerate(rows):
+        for c in range(count):
+            ax = axes[r][c]
+            img = imgs[c].detach().cpu().permute(1, 2, 0).numpy()
+            if img.shape[2] == 1:
+                ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(img.clip(0, 1))
+            if att is not None:
+                # One colour scale per column, shared by the clean and the adversarial map: trained gates often
+                # vary over a narrow range, and the question is how the map moves under attack.
+                lo, hi = float(scale_lo[c]), float(scale_hi[c])
+                ax.imshow(att[c].cpu().numpy(), cmap="jet", alpha=0.5, vmin=lo, vmax=max(hi, lo + 1e-6))
+            ok = int(pred[c]) == int(y[c])
+            ax.set_title(spec.class_names[int(pred[c])][:12], fontsize=7, color="green" if ok else "red")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7)
+    name = model.build_args.get("name", checkpoint.stem)
+    fig.suptitle(f"{dataset}: {name} spatial attention (last CBAM), clean vs FGSM eps={eps:g}\n"
+                 f"titles: prediction (green right, red wrong); colours: blue low, red high, one scale per column",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, metadata=_META)
+    plt.close(fig)
+    return f"{name} on {dataset} ({checkpoint.name}), first {count} test images, FGSM eps={eps:g}"

@@ -1,0 +1,429 @@
+"""`attnrobust report RUN`: rebuild RUN/report/ from RUN/results.jsonl alone.
+
+Writes Tables II and III (Markdown, CSV, LaTeX), the paired attention-vs-twin comparison, the paper's numbers
+beside ours, verdicts, figures (PNG) and a README.md that shows all of it. Only results.jsonl is required;
+config.toml and env.json (for the header) and checkpoints/ (for the attention maps) are used when present.
+
+The whole folder is written beside the old one and swapped in, so a reader never sees half a report, and the
+same results give the same bytes (no timestamps; figures with fixed metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tomllib
+from pathlib import Path
+
+from attnrobust.errors import UserError
+from attnrobust.paper import (comparison_rows, load_paper, matches_paper_pgd, paper_model,
+                              paper_value, reduced_notes)
+from attnrobust.results import read_records
+from attnrobust.tables import (CLEAN, Grid, Setting, csv_text, markdown_table, table2, table3, to_csv,
+                               to_latex, to_markdown)
+from attnrobust.verdicts import format_diff, format_paper, paired_rows, summaries, verdict_table, verdicts
+
+__all__ = ["build_report", "load_records", "verdicts", "verdict_table"]  # verdicts: re-exported for the study
+
+
+# ---- input ------------------------------------------------------------------------------------------------------
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """The records of a results.jsonl; UserError (one line) when it is missing, empty or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found: run the study first (`attnrobust run`), or point `attnrobust report` "
+                        f"at a run folder that holds results.jsonl")
+    records = read_records(path)  # checks every record's keys; UserError naming the file and line
+    if not records:
+        raise UserError(f"{path} holds no result records; run the attacks (`attnrobust run`) before the report")
+    return records
+
+
+def _read_config(run_dir: Path) -> tuple[str | None, dict | None]:
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        return None, None
+    text = path.read_text()
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return text, None  # shown verbatim; only the reduced-size notes use its values
+
+
+def _read_env(run_dir: Path) -> dict:
+    try:
+        env = json.loads((run_dir / "env.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return env if isinstance(env, dict) else {}
+
+
+# ---- figures ----------------------------------------------------------------------------------------------------
+
+
+def _fgsm_settings(grid: Grid, d: str) -> list[Setting]:
+    return [s for s in grid.settings(d) if s.attack == "fgsm"]
+
+
+def _pgd_settings(grid: Grid, d: str) -> list[Setting]:
+    """The PGD settings of one variant (eps, alpha, start, keep-best): the paper's if we ran it, else the first."""
+    pgd = [s for s in grid.settings(d) if s.attack == "pgd"]
+    variants: dict[tuple, list[Setting]] = {}
+    for s in pgd:
+        variants.setdefault((s.eps, s.alpha, s.random_start, s.keep_best), []).append(s)
+    for group in variants.values():
+        if any(matches_paper_pgd(s) for s in group):
+            return group
+    return next(iter(variants.values()), [])
+
+
+def _points(settings: list[Setting], clean_at_zero: bool) -> list[tuple[float, Setting]]:
+    """(x, setting) along a curve: eps for FGSM (clean accuracy at eps 0), iterations for PGD."""
+    head = [(0.0, CLEAN)] if clean_at_zero else []
+    return head + [(s.eps if s.attack == "fgsm" else s.steps, s) for s in settings]
+
+
+def _series(grid: Grid, d: str, src: str, tgt: str, settings: list[Setting], label: str, color: str,
+            style: str, clean_at_zero: bool) -> dict | None:
+    found = [(x, grid.summary(d, src, tgt, s)) for x, s in _points(settings, clean_at_zero)]
+    found = [(x, v) for x, v in found if v is not None]
+    if not found:
+        return None
+    return {"label": label, "x": [x for x, _ in found], "y": [v[0] for _, v in found],
+            "err": [v[1] for _, v in found], "color": color, "style": style}
+
+
+def _paper_series(d: str, src: str, tgt: str, settings: list[Setting], clean_at_zero: bool, color: str,
+                  label: str) -> dict | None:
+    found = [(x, paper_value(d, src, tgt, s)) for x, s in _points(settings, clean_at_zero)]
+    found = [(x, y) for x, y in found if y is not None]
+    if not found:
+        return None
+    return {"label": label, "x": [x for x, _ in found], "y": [y for _, y in found], "color": color,
+            "style": "paper"}
+
+
+def _figures(grid: Grid, out: Path) -> list[tuple[str, str]]:
+    """Line figures; returns (relative path, caption) in README order."""
+    from attnrobust.figures import PALETTE, curves
+
+    made = []
+    names = load_paper()["models"]
+    for d in grid.datasets():
+        models = grid.models(d)
+        color = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)}
+        fgsm, pgd = _fgsm_settings(grid, d), _pgd_settings(grid, d)
+        pgd_title = "PGD" + (f" (eps {pgd[0].eps:g}, step {pgd[0].alpha:g})" if pgd and pgd[0].alpha else "")
+        # White-box (Figs 2-4): every model, with the paper's curve of its family dotted.
+        panels = [{"title": "FGSM (white-box)", "xlabel": "eps", "ylabel": "accuracy (%)", "settings": fgsm,
+                   "zero": True},
+                  {"title": f"{pgd_title} (white-box)", "xlabel": "iterations", "ylabel": "error (%)",
+                   "settings": pgd, "zero": False}]
+        for p in panels:
+            p["series"], seen = [], set()
+            for m in models:
+                s = _series(grid, d, m, m, p["settings"], m, color[m], "solid", p["zero"])
+                if s is not None:
+                    p["series"].append(s)
+                ref = paper_model(m)
+                if ref is not None and ref not in seen:
+                    seen.add(ref)
+                    s = _paper_series(d, m, m, p["settings"], p["zero"], color[m], f"paper: {names[ref]}")
+                    if s is not None:
+                        p["series"].append(s)
+            p["xticks"] = sorted({x for s in p["series"] for x in s["x"]})
+        panels = [p for p in panels if p["series"]]
+        if panels:
+            rel = f"figures/whitebox_{d}.png"
+            curves(out / rel, f"{d}: white-box attacks", panels)
+            made.append((rel, f"{d}: white-box FGSM accuracy vs eps and PGD error vs iterations, every model "
+                              f"(paper's published curves dotted, for the matching families)"))
+        # Transfer (Figs 5-7): per source, its own white-box curve and every target's.
+        for src in models:
+            targets = [t for t in models if t != src and grid.has(d, src, t)]
+            if not targets or not grid.has(d, src, src):
+                continue
+            panels = []
+            for title, settings, zero, ylabel, xlabel in (
+                    ("FGSM", fgsm, True, "accuracy (%)", "eps"), (pgd_title, pgd, False, "error (%)", "iterations")):
+                series = [_series(grid, d, src, src, settings, f"{src} (source, white-box)", color[src], "solid",
+                                  zero)]
+                series += [_series(grid, d, src, t, settings, f"{src} -> {t}", color[t], "dashed", zero)
+                           for t in targets]
+                series = [s for s in series if s is not None]
+                if series:
+                    panels.append({"title": f"{title}: crafted on {src}", "xlabel": xlabel, "ylabel": ylabel,
+                                   "series": series, "xticks": sorted({x for s in series for x in s["x"]})})
+            if panels:
+                rel = f"figures/transfer_{d}_{src}.png"
+                curves(out / rel, f"{d}: attacks crafted on {src}", panels)
+                made.append((rel, f"{d}: attacks crafted on {src}, scored on {src} itself (white-box, solid) "
+                                  f"and on {', '.join(targets)} (transfer, dashed)"))
+    return made
+
+
+def _attention_figures(grid: Grid, run_dir: Path, out: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """CBAM attention maps from the run's checkpoints, when they and the dataset files are at hand."""
+    folder = run_dir / "checkpoints"
+    paths = sorted(p for p in folder.glob("*.safetensors") if not p.name.endswith(".state.safetensors")) \
+        if folder.is_dir() else []
+    if not paths:
+        return [], ["attention maps: no checkpoints in the run folder (the report needs only results.jsonl)"]
+    try:
+        from attnrobust.checkpoint import read_meta
+        from attnrobust.figures import attention_figure
+    except ImportError as err:
+        return [], [f"attention maps skipped: {err}"]
+    chosen: dict[tuple[str, str], tuple[int, Path]] = {}
+    notes = []
+    for p in paths:
+        try:
+            meta = read_meta(p)
+        except (UserError, OSError) as err:
+            notes.append(f"attention maps: skipped {p.name}: {err}")
+            continue
+        name, dataset, seed = meta["build_args"].get("name", ""), meta.get("dataset"), meta.get("seed", 0)
+        if name.startswith("cbam_") and dataset in grid.datasets():
+            if (dataset, name) not in chosen or seed < chosen[(dataset, name)][0]:
+                chosen[(dataset, name)] = (seed, p)
+    made = []
+    for (dataset, name), (_, p) in sorted(chosen.items()):
+        fgsm = [s.eps for s in _fgsm_settings(grid, dataset)]
+        # The smallest budget: the perturbation stays nearly invisible, yet it is where accuracy falls most.
+        eps = min(fgsm) if fgsm else 0.05
+        rel = f"figures/attention_{dataset}_{name}.png"
+        try:
+            made.append((rel, attention_figure(out / rel, p, eps)))
+        except (ImportError, UserError, OSError, RuntimeError, KeyError, ValueError) as err:
+            notes.append(f"attention maps: skipped {p.name}: {str(err).splitlines()[0] if str(err) else err!r}")
+    return made, notes
+
+
+# ---- README -----------------------------------------------------------------------------------------------------
+
+
+def _verdict_markdown(rows: list[dict]) -> str:
+    header = ["dataset", "attention vs twin", "scenario", "attack", "seeds", "attention acc", "twin acc",
+              "diff pp [95% CI]", "verdict", "paper: diff pp (verdict)", "reproduced"]
+    body = [[r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["attack"].upper(),
+             str(r["seeds"]), f"{r['attention_accuracy']:.2f}", f"{r['baseline_accuracy']:.2f}",
+             format_diff(r), f"**{r['verdict']}**", format_paper(r), r["reproduced"]]
+            for r in rows]
+    return markdown_table(header, body)
+
+
+_VERDICT_KEYS = ["dataset", "attention_model", "baseline_model", "scenario", "attack", "seeds", "attention_accuracy",
+                 "baseline_accuracy", "difference", "ci_low", "ci_high", "verdict", "paper_difference",
+                 "paper_verdict", "reproduced", "method", "settings"]
+_PAIRED_KEYS = ["dataset", "attention_model", "baseline_model", "scenario", "setting", "seeds", "attention_accuracy",
+                "baseline_accuracy", "difference", "ci_low", "ci_high", "verdict", "paper_difference",
+                "paper_verdict", "method"]
+
+
+_COMPARISON_KEYS = ["dataset", "source", "target", "setting", "ours", "ours_ci95", "paper", "difference"]
+
+
+def _comparison_markdown(rows: list[dict]) -> str:
+    header = ["dataset", "model (source -> target)", "setting", "ours", "paper", "ours - paper (pp)"]
+    body = [[r["dataset"], r["source"] if r["source"] == r["target"] else f"{r['source']} -> {r['target']}",
+             r["setting"], f"{r['ours']:.2f}" + ("" if r["ours_ci95"] is None else f" ± {r['ours_ci95']:.2f}"),
+             f"{r['paper']:.2f}", f"{r['difference']:+.2f}"] for r in rows]
+    return markdown_table(header, body, right=3)
+
+
+def _rows_csv(rows: list[dict], keys: list[str]) -> str:
+    return csv_text(keys, [[_csv_value(r[k]) for k in keys] for r in rows])
+
+
+def _csv_value(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, list):
+        return "; ".join(map(str, v))
+    return str(v)
+
+
+def _paired_markdown(rows: list[dict]) -> str:
+    header = ["dataset", "attention vs twin", "scenario", "setting", "seeds", "diff pp [95% CI]", "verdict",
+              "paper: diff pp (verdict)"]
+    body = [[r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["setting"],
+             str(r["seeds"]), format_diff(r), r["verdict"], format_paper(r)] for r in rows]
+    return markdown_table(header, body)
+
+
+def _summary_lines(rows: list[dict]) -> list[str]:
+    """Per dataset and attention pair, in words: white-box and transfer, with each comparison's numbers."""
+    lines = []
+    for s in summaries(rows):
+        mine = [r for r in rows if (r["dataset"], r["attention_model"], r["baseline_model"]) ==
+                (s["dataset"], s["attention_model"], s["baseline_model"]) and r["scenario"].startswith(s["scope"])]
+        detail = "; ".join(f"{'' if r['scenario'] == 'white-box' else r['scenario'] + ' '}{r['attack'].upper()} "
+                           f"{format_diff(r)} pp: {r['verdict']}" for r in mine)
+        ours = {"no significant difference": "**no significant difference**",
+                "mixed": "**mixed** (significant effects in both directions)"}.get(s["ours"],
+                                                                                 f"attention **{s['ours']}**")
+        paper = (f" The paper concluded: {s['paper']} -> **{s['agreement']}**." if s["paper"]
+                 else " (No counterpart in the paper.)")
+        if s["paper_tables"] is not None and s["paper_tables"] != s["paper"]:
+            paper += f" (The paper's own tables, judged by the same rule: {s['paper_tables']}.)"
+        lines.append(f"- **{s['dataset']}**, {s['attention_model']} vs {s['baseline_model']}, {s['scope']} "
+                     f"attacks ({s['seeds']} seed{'s' if s['seeds'] != 1 else ''}): {ours} ({detail}).{paper}")
+    return lines
+
+
+def _header(run_dir: Path, grid: Grid, records: list[dict], env: dict) -> list[str]:
+    datasets = grid.datasets()
+    models = sorted({m for d in datasets for m in grid.models(d)}, key=lambda m: (paper_model(m) or "~", m))
+    ns = sorted({r["n"] for r in records})
+    lines = [f"# attnrobust report: {run_dir.resolve().name}", "",
+             "Does an attention module (CBAM) make an image classifier more or less robust to adversarial "
+             "examples? A reproduction of Agrawal et al. (2021), *Impact of Attention on Adversarial Robustness "
+             "of Image Classification Models*.", "",
+             f"- Built by `attnrobust report` from `results.jsonl` alone ({len(records)} records); rebuilding "
+             f"from the same results gives the same files.",
+             f"- Datasets: {', '.join(datasets)}. Models: {', '.join(models)}. Seeds: "
+             f"{', '.join(map(str, grid.seeds()))}. Test images attacked per model (n): "
+             f"{', '.join(map(str, ns))}."]
+    shown = [k for k in ("attnrobust", "python", "torch", "cuda", "device", "device_name", "world_size",
+                         "git_commit") if env.get(k) is not None]
+    if shown:
+        lines.append("- Environment (env.json): " + ", ".join(f"{k} {env[k]}" for k in shown) + ".")
+    return lines
+
+
+def _readme(run_dir: Path, grid: Grid, records: list[dict], config_text: str | None, config: dict | None,
+            env: dict, tables: dict, rows: list[dict], paired: list[dict], comparison: list[dict],
+            figures: list[tuple[str, str]], notes: list[str]) -> str:
+    several = len(grid.seeds()) > 1
+    out = _header(run_dir, grid, records, env)
+    out += ["", "## Verdicts", "",
+            "Does attention help, hurt, or make no significant difference? For each attention model and its "
+            "no-attention twin, the robust accuracy averaged over the attack's settings (FGSM: every eps > 0; "
+            "PGD: every iteration count) is compared, attention minus twin, in percentage points (pp; > 0 means "
+            "attention is more robust). Scenarios: *white-box* (each model attacked on its own gradients); "
+            "*transfer (twin)*: the attention model scored on attacks crafted on its twin vs the twin scored on "
+            "attacks crafted on the attention model (the paper's first two transfer scenarios); *transfer from "
+            "VGG*: both as targets of the same attacks crafted on VGG. Rule: 95% CI above 0 -> helps, below 0 -> "
+            "hurts, containing 0 -> no significant difference.", ""]
+    out += _summary_lines(rows) or ["- No attention model with its no-attention twin in the results."]
+    if rows:
+        out += ["", _verdict_markdown(rows)]
+        out.append("Statistics: " + (
+            "paired by seed (each attention model with its twin trained with the same seed), 95% t interval "
+            "over seeds: it measures training randomness; every seed is scored on the same test images, so the "
+            "noise of the test sample itself is not in it." if several else
+            "**one seed**: the interval only reflects the finite test set (binomial, Agresti-Caffo standard "
+            "error, the two models treated as independent and settings bounded by their average SE, both "
+            "conservative); it says nothing about how much another training seed would move the numbers. Run "
+            "several seeds (`study.seeds`) for a verdict about the architectures rather than these weights."))
+        out.append("The paper column applies the same comparison to the paper's published numbers, over the "
+                   "settings we share with it, and judges it by the one-seed rule with n = 10000 (the paper "
+                   "reports one run on the full test split). Full rows: [verdicts.csv](verdicts.csv).")
+    out += ["", "## Table II: white-box attacks", "",
+            "Clean and FGSM columns are accuracy (%), PGD columns error (%) = 100 - accuracy under attack, all "
+            "over the n test images" + (", mean ± 95% CI half-width over seeds" if several else "") +
+            ". Files: [md](table2.md), [csv](table2.csv), [tex](table2.tex).", "", tables["table2"],
+            "## Table III: transfer attacks", "",
+            "Row = attacks crafted on *source*, scored on *target*; source = target is the white-box result. "
+            "Clean = the target's clean accuracy. Files: [md](table3.md), [csv](table3.csv), "
+            "[tex](table3.tex).", "", tables["table3"]]
+    if paired:
+        out += ["## Paired comparison per setting", "",
+                "Attention model minus its twin, robust accuracy in pp, for every setting (the verdicts "
+                "average these). Also in [paired.csv](paired.csv).", "", _paired_markdown(paired)]
+    out += ["## Comparison with the paper", ""]
+    if comparison:
+        out += ["Our numbers beside the paper's Tables II and III (reference data: "
+                "`attnrobust/reference/paper.json`, see its README) for every setting the paper also measured. "
+                "Models are matched by family: resnet* -> ResNet-50, cbam_resnet* -> CBAM+ResNet-50, vgg16* -> "
+                "VGG-16; fashion-mnist-mini -> Fashion-MNIST. Clean accuracy is compared with Table II. Also in "
+                "[paper_comparison.csv](paper_comparison.csv)."]
+        reduced = reduced_notes(grid, config)
+        if reduced:
+            out += ["", "**The comparison is indicative only**: " + "; ".join(reduced) + "."]
+        out += ["", _comparison_markdown(comparison)]
+    else:
+        out += ["None of our settings matches one of the paper's (datasets, model families, FGSM eps or PGD "
+                "eps 0.2 / step 0.01).", ""]
+    out += ["## Figures", ""]
+    for rel, caption in figures:
+        out += [f"![{caption}]({rel})", "", f"*{caption}.*", ""]
+    if not figures:
+        out += ["No figures.", ""]
+    if notes:
+        out += [f"- {n}" for n in notes] + [""]
+    out += ["## Caveats and definitions", "",
+            "- Denominators: clean accuracy, robust accuracy and error are over all n attacked test images; error "
+            "= 1 - robust accuracy (not the attack success rate). The attack success rate in results.jsonl is "
+            "over the images the target classified correctly when clean (`target_clean_correct`).",
+            "- eps is an L-inf budget in [0, 1] pixel units (0.05 = 12.75/255); the models normalize inside.",
+            "- Transfer (twin) mixes two effects, as the paper's comparison does: how robust the target is and "
+            "how well the source's attacks transfer. The VGG-source scenario isolates the target.",
+            "- A model counts as an attention model when its name starts with cbam_ or se_; its twin is the same "
+            "name without that prefix."]
+    if config_text is not None:
+        out += ["", "## Config", "", "The run's resolved `config.toml`:", "", "```toml", config_text.rstrip(),
+                "```"]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ---- build ------------------------------------------------------------------------------------------------------
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
+    grid = Grid.from_records(records)
+    config_text, config = _read_config(run_dir)
+    env = _read_env(run_dir)
+    tables = {}
+    for table in (table2(grid), table3(grid)):
+        tables[table.name] = to_markdown(table)
+        _write(out / f"{table.name}.md", tables[table.name])
+        _write(out / f"{table.name}.csv", to_csv(table))
+        _write(out / f"{table.name}.tex", to_latex(table))
+    rows = verdicts(records)
+    paired = paired_rows(grid)
+    _write(out / "verdicts.csv", _rows_csv(rows, _VERDICT_KEYS))
+    _write(out / "verdicts.txt", verdict_table(records) + "\n")
+    _write(out / "paired.csv", _rows_csv(paired, _PAIRED_KEYS))
+    comparison = comparison_rows(grid)
+    _write(out / "paper_comparison.csv", _rows_csv(comparison, _COMPARISON_KEYS))
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    figures = _figures(grid, out)
+    attention, notes = _attention_figures(grid, run_dir, out)
+    _write(out / "README.md", _readme(run_dir, grid, records, config_text, config, env, tables, rows, paired,
+                                      comparison, figures + attention, notes))
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Rebuild run_dir/report/ from run_dir/results.jsonl; returns the report folder.
+
+    Raises UserError (one line) when results.jsonl is missing, empty or malformed.
+    """
+    run_dir = Path(run_dir)
+    records = load_records(run_dir / "results.jsonl")
+    final = run_dir / "report"
+    tmp = run_dir / f".report.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_report(tmp, run_dir, records)
+        # Swap the finished folder in: the old report stays whole until the new one is complete.
+        old = run_dir / f".report.old-{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

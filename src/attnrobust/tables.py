@@ -1,0 +1,288 @@
+"""Result records -> a grid of cells -> Tables II and III as Markdown, CSV and LaTeX.
+
+A cell is one (dataset, source, target) pair: source == target is the white-box result, anything else a transfer
+result. Each cell holds, per attack setting (a column of the tables) and per seed, the record that measured it.
+Values are kept as fractions and shown in percent with 2 decimals, like the paper; with several seeds a value is
+"mean ± half-width of the 95% t interval over seeds".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from attnrobust.stats import mean_ci
+
+# Column order: clean first, then the paper's two attacks, then anything else.
+_ATTACK_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "apgd": 3}
+# Family order, as in the paper's tables: the plain ResNet, its attention twins, then VGG.
+_FAMILY_ORDER = (("resnet", 0), ("cbam_", 1), ("se_", 2), ("vgg", 3))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One attack setting, i.e. one column: FGSM at an eps, or PGD/APGD after some iterations."""
+
+    attack: str  # "clean" | "fgsm" | "pgd" | "apgd" | ...
+    eps: float = 0.0
+    steps: int = 0
+    alpha: float | None = None
+    random_start: bool = False
+    keep_best: bool = False
+
+    @property
+    def is_error(self) -> bool:
+        """Iterative attacks are reported as error (1 - robust accuracy), as in the paper's PGD columns."""
+        return self.attack not in ("clean", "fgsm")
+
+    def sort_key(self) -> tuple:
+        return (_ATTACK_ORDER.get(self.attack, 9), self.attack, self.eps, self.steps, self.alpha or 0.0,
+                self.random_start, self.keep_best)
+
+    def accuracy(self, record: dict) -> float:
+        """The accuracy (fraction over n) this setting measures in `record`."""
+        return record["clean_accuracy"] if self.attack == "clean" else record["robust_accuracy"]
+
+    def correct(self, record: dict) -> int:
+        return record["target_clean_correct"] if self.attack == "clean" else record["robust_correct"]
+
+    def value(self, record: dict) -> float:
+        """What the tables show: accuracy, or error for iterative attacks (fraction)."""
+        acc = self.accuracy(record)
+        return 1.0 - acc if self.is_error else acc
+
+
+def setting_of(record: dict) -> Setting:
+    steps = record.get("steps")
+    alpha = record.get("alpha")
+    return Setting(record["attack"], float(record["eps"]), int(steps) if steps is not None else 0,
+                   float(alpha) if alpha is not None and record["attack"] != "fgsm" else None,
+                   bool(record.get("random_start", False)) and record["attack"] != "fgsm",
+                   bool(record.get("keep_best", False)) and record["attack"] != "fgsm")
+
+
+CLEAN = Setting("clean")
+
+
+def model_sort_key(name: str) -> tuple:
+    for prefix, rank in _FAMILY_ORDER:
+        if name.startswith(prefix):
+            return (rank, len(name), name)
+    return (9, len(name), name)
+
+
+@dataclass
+class Grid:
+    """cells[(dataset, source, target)][setting][seed] = record."""
+
+    cells: dict[tuple[str, str, str], dict[Setting, dict[int, dict]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_records(cls, records: list[dict]) -> "Grid":
+        cells: dict = defaultdict(lambda: defaultdict(dict))
+        for r in records:
+            key = (r["dataset"], r["source"], r["target"])
+            seed = int(r["seed"])
+            s = setting_of(r)
+            # FGSM at eps 0 is the clean image: the clean column already shows it.
+            if not (s.attack == "fgsm" and s.eps == 0):
+                cells[key][s][seed] = r  # a later record of the same key supersedes an earlier one
+            cells[key][CLEAN].setdefault(seed, r)
+        return cls({k: dict(v) for k, v in cells.items()})
+
+    def datasets(self) -> list[str]:
+        return sorted({d for d, _, _ in self.cells})
+
+    def models(self, dataset: str) -> list[str]:
+        names = {m for d, s, t in self.cells if d == dataset for m in (s, t)}
+        return sorted(names, key=model_sort_key)
+
+    def has(self, dataset: str, source: str, target: str) -> bool:
+        return (dataset, source, target) in self.cells
+
+    def settings(self, dataset: str | None = None) -> list[Setting]:
+        found = {s for (d, _, _), cell in self.cells.items() if dataset in (None, d) for s in cell}
+        return sorted(found, key=Setting.sort_key)
+
+    def runs(self, dataset: str, source: str, target: str, setting: Setting) -> dict[int, dict]:
+        """seed -> record for one cell and setting ({} when not measured)."""
+        return self.cells.get((dataset, source, target), {}).get(setting, {})
+
+    def summary(self, dataset: str, source: str, target: str, setting: Setting) -> tuple[float, float | None] | None:
+        """(mean, CI half-width) in percent of the value shown for this cell and setting, over seeds."""
+        runs = self.runs(dataset, source, target, setting)
+        if not runs:
+            return None
+        mean, half = mean_ci([100 * setting.value(runs[seed]) for seed in sorted(runs)])
+        return mean, half
+
+    def seeds(self, dataset: str | None = None) -> list[int]:
+        return sorted({seed for (d, _, _), cell in self.cells.items() if dataset in (None, d)
+                       for runs in cell.values() for seed in runs})
+
+    def n_images(self, dataset: str, source: str, target: str) -> list[int]:
+        return sorted({r["n"] for runs in self.cells.get((dataset, source, target), {}).values()
+                       for r in runs.values()})
+
+
+# ---- column labels ----------------------------------------------------------------------------------------------
+
+
+def _fmt_num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _labels(settings: list[Setting], sep: str, titles: bool) -> list[str]:
+    """Short column labels that show only what differs between settings of the same attack."""
+    by_attack: dict[str, list[Setting]] = defaultdict(list)
+    for s in settings:
+        by_attack[s.attack].append(s)
+
+    def varies(attack: str, attr: str) -> bool:
+        return len({getattr(s, attr) for s in by_attack[attack]}) > 1
+
+    out = []
+    for s in settings:
+        if s.attack == "clean":
+            out.append("clean")
+            continue
+        name = s.attack.upper() if titles else s.attack
+        parts = [name]
+        if s.attack == "fgsm":
+            parts.append(_fmt_num(s.eps))
+        else:
+            if varies(s.attack, "eps"):
+                parts.append(f"eps{_fmt_num(s.eps)}")
+            if varies(s.attack, "alpha") and s.alpha is not None:
+                parts.append(f"a{_fmt_num(s.alpha)}")
+            parts.append(str(s.steps))
+            if varies(s.attack, "random_start") and s.random_start:
+                parts.append("rs")
+            if varies(s.attack, "keep_best") and s.keep_best:
+                parts.append("best")
+        out.append(sep.join(parts))
+    return out
+
+
+def column_names(settings: list[Setting]) -> list[str]:
+    """Machine-friendly names for CSV headers: clean, fgsm_0.05, pgd_5, ..."""
+    return _labels(settings, "_", titles=False)
+
+
+def column_titles(settings: list[Setting]) -> list[str]:
+    """Human titles: 'clean', 'FGSM 0.05', 'PGD 5' (FGSM = accuracy, PGD = error, said in the caption)."""
+    return _labels(settings, " ", titles=True)
+
+
+# ---- tables -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """Key columns (strings) followed by value columns (one per setting) holding (mean, half-width) or None."""
+
+    name: str
+    caption: str
+    keys: list[str]
+    settings: list[Setting]
+    rows: list[tuple[list[str], list[tuple[float, float | None] | None]]]
+
+
+def _cell_text(v: tuple[float, float | None] | None, pm: str) -> str:
+    if v is None:
+        return "-"
+    mean, half = v
+    return f"{mean:.2f}" if half is None else f"{mean:.2f}{pm}{half:.2f}"
+
+
+def table2(grid: Grid) -> Table:
+    """White-box: one row per dataset x model (the diagonal cells)."""
+    settings = grid.settings()
+    rows = []
+    for d in grid.datasets():
+        for m in grid.models(d):
+            if not grid.has(d, m, m):
+                continue
+            seeds = sorted({s for st in settings for s in grid.runs(d, m, m, st)})
+            n = "/".join(str(v) for v in grid.n_images(d, m, m))
+            rows.append(([d, m, str(len(seeds)), n], [grid.summary(d, m, m, st) for st in settings]))
+    return Table("table2", "White-box attacks (cf. the paper's Table II): clean and FGSM accuracy (%), "
+                 "PGD error (%) = 100 - accuracy under attack, over all n test images.",
+                 ["dataset", "model", "seeds", "n"], settings, rows)
+
+
+def table3(grid: Grid) -> Table:
+    """Transfer: one row per dataset x source x target (the diagonal, source == target, is white-box)."""
+    settings = grid.settings()
+    rows = []
+    for d in grid.datasets():
+        models = grid.models(d)
+        for src in models:
+            for tgt in models:
+                if not grid.has(d, src, tgt):
+                    continue
+                seeds = sorted({s for st in settings for s in grid.runs(d, src, tgt, st)})
+                n = "/".join(str(v) for v in grid.n_images(d, src, tgt))
+                kind = "white-box" if src == tgt else "transfer"
+                rows.append(([d, src, tgt, kind, str(len(seeds)), n],
+                             [grid.summary(d, src, tgt, st) for st in settings]))
+    return Table("table3", "Transfer attacks (cf. the paper's Table III): crafted on the source, scored on the "
+                 "target; clean = the target's clean accuracy; FGSM accuracy (%), PGD error (%), over all n "
+                 "test images.", ["dataset", "source", "target", "kind", "seeds", "n"], settings, rows)
+
+
+def to_markdown(table: Table) -> str:
+    rows = [keys + [_cell_text(v, " ± ") for v in values] for keys, values in table.rows]
+    return markdown_table(table.keys + column_titles(table.settings), rows, right=len(table.settings))
+
+
+def to_csv(table: Table) -> str:
+    """Means in percent (2 decimals) and, beside each, its 95% CI half-width over seeds (empty with one seed)."""
+    names = column_names(table.settings)
+    rows = []
+    for keys, values in table.rows:
+        cells = []
+        for v in values:
+            cells += ["", ""] if v is None else [f"{v[0]:.2f}", "" if v[1] is None else f"{v[1]:.2f}"]
+        rows.append(keys + cells)
+    return csv_text(table.keys + [c for name in names for c in (name, f"{name}_ci95")], rows)
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX.get(c, c) for c in text)
+
+
+def to_latex(table: Table) -> str:
+    """A standalone `table` environment using only core LaTeX (tabular, hline)."""
+    header = table.keys + column_titles(table.settings)
+    spec = "l" * len(table.keys) + "r" * len(table.settings)
+    lines = [r"\begin{table}[ht]", r"\centering", r"\caption{" + tex_escape(table.caption) + "}",
+             r"\label{tab:" + table.name + "}", r"\begin{tabular}{" + spec + "}", r"\hline",
+             " & ".join(tex_escape(h) for h in header) + r" \\", r"\hline"]
+    for keys, values in table.rows:
+        cells = [tex_escape(k) for k in keys] + [_cell_text(v, r" $\pm$ ") for v in values]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(header: list[str], rows: list[list[str]], right: int = 0) -> str:
+    """A plain Markdown table; the last `right` columns are right-aligned (numbers)."""
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * (len(header) - right) + ["---:"] * right) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(header: list[str], rows: list[list[str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -1,0 +1,400 @@
+"""The report stage: tables, statistics, verdicts, paper reference data, files on disk, bad input.
+
+Records are synthetic but consistent (counts and ratios agree, robust <= clean) and follow the record keys of
+.plan/INTERFACES.md; an "effect" added to the CBAM model's robust accuracy makes verdicts known in advance.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from attnrobust.errors import UserError
+from attnrobust.paper import load_paper, paper_value
+from attnrobust.report import build_report, verdict_table, verdicts
+from attnrobust.results import make_record
+from attnrobust.stats import mean_ci, proportion_diff_se, t_quantile, t_two_sided_cdf
+from attnrobust.tables import Setting
+from attnrobust.verdicts import summaries
+
+EPS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+STEPS = [5, 10, 20]
+MODELS = ["resnet14", "cbam_resnet14", "vgg16_bn"]
+DATASETS = ["fashion-mnist-mini", "cifar10"]
+
+
+def _record(dataset, seed, source, target, attack, eps, steps, n, clean, source_clean, robust):
+    # Robust-correct images are taken among the clean-correct ones (true for FGSM/PGD in practice).
+    both = min(clean, source_clean)
+    return make_record(dataset=dataset, seed=seed, source=source, target=target, attack=attack, eps=eps,
+                       steps=steps, alpha=None if attack == "fgsm" else 0.01, random_start=False, keep_best=False,
+                       counts={"n": n, "target_clean_correct": clean, "source_clean_correct": source_clean,
+                               "both_clean_correct": both, "robust_correct": robust,
+                               "robust_correct_on_both": min(robust, both),
+                               "robust_correct_on_target_clean": robust},
+                       flags={"robust_le_clean": {"ok": True, "detail": ""}} if source == target else {})
+
+
+def make_records(seeds=(0,), effect=0.0, datasets=DATASETS, n=500):
+    """Full transfer matrices for 3 models; `effect` (fraction, or {seed: fraction}) is added to the CBAM
+    model's robust accuracy as a target, so attention helps (> 0) or hurts (< 0) by construction."""
+    records = []
+    for d in datasets:
+        for seed in seeds:
+            extra = effect[seed] if isinstance(effect, dict) else effect
+            clean = {m: round(n * (0.84 + 0.02 * i + 0.005 * seed)) for i, m in enumerate(MODELS)}
+            for src in MODELS:
+                for tgt in MODELS:
+                    strength = 1.0 if src == tgt else 0.4  # white-box attacks are stronger than transferred
+
+                    def robust(fraction_of_clean):
+                        acc = clean[tgt] / n * fraction_of_clean + (extra if tgt.startswith("cbam_") else 0.0)
+                        return max(0, min(clean[tgt], round(acc * n)))
+
+                    for eps in EPS:
+                        r = clean[tgt] if eps == 0 else robust(0.15 + 0.85 * math.exp(-10 * strength * eps))
+                        records.append(_record(d, seed, src, tgt, "fgsm", eps, None, n, clean[tgt], clean[src], r))
+                    for steps in STEPS:
+                        r = robust(0.2 + 0.5 * math.exp(-0.05 * strength * steps))
+                        records.append(_record(d, seed, src, tgt, "pgd", 0.2, steps, n, clean[tgt], clean[src], r))
+    return records
+
+
+def write_run(tmp_path, records, name="run"):
+    run = tmp_path / name
+    run.mkdir()
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---- statistics -------------------------------------------------------------------------------------------------
+
+
+def test_t_quantile_known_values():
+    # Student t 0.975 quantiles (two-sided 95%) from tables.
+    for df, expected in [(1, 12.7062047), (2, 4.3026527), (4, 2.7764451), (9, 2.2621572), (30, 2.0422725)]:
+        assert t_quantile(df) == pytest.approx(expected, abs=1e-6)
+    assert t_two_sided_cdf(t_quantile(5, 0.9), 5) == pytest.approx(0.9, abs=1e-10)
+
+
+def test_t_quantile_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 6, 11, 50):
+        assert t_quantile(df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-9)
+
+
+def test_mean_ci_known_value():
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert half == pytest.approx(4.30265273 / math.sqrt(3), rel=1e-7)  # t(0.975, 2) * sd / sqrt(k), sd = 1
+    assert mean_ci([5.0]) == (5.0, None)
+
+
+def test_proportion_se_never_zero():
+    # 100% vs 100% (PGD error 0 on both) must not give a zero-width interval.
+    assert proportion_diff_se(500, 500, 500, 500) > 0
+    assert proportion_diff_se(250, 500, 250, 500) == pytest.approx(math.sqrt(2 * 0.25 / 502), rel=1e-9)
+
+
+# ---- paper reference data ---------------------------------------------------------------------------------------
+
+
+def test_paper_json_complete_and_in_range():
+    ref = load_paper()
+    eps_keys = [f"{e:g}" for e in ref["fgsm_eps"]]
+    steps_keys = [str(s) for s in ref["pgd"]["steps"]]
+    assert eps_keys == ["0", "0.05", "0.1", "0.15", "0.2", "0.25", "0.3"] and steps_keys == ["5", "10", "20"]
+    assert set(ref["table2"]) == set(ref["table3"]) == {"cifar10", "cifar100", "fashion-mnist"}
+    pairs = [("resnet50", "resnet50"), ("resnet50", "cbam_resnet50"), ("cbam_resnet50", "cbam_resnet50"),
+             ("cbam_resnet50", "resnet50"), ("vgg16", "vgg16"), ("vgg16", "resnet50"), ("vgg16", "cbam_resnet50")]
+    for d in ref["table2"]:
+        assert set(ref["table2"][d]) == {"resnet50", "cbam_resnet50"}
+        entries = list(ref["table2"][d].values()) + ref["table3"][d]
+        assert [(c["source"], c["target"]) for c in ref["table3"][d]] == pairs
+        for e in entries:
+            assert list(e["fgsm_accuracy"]) == eps_keys and list(e["pgd_error"]) == steps_keys
+            for v in list(e["fgsm_accuracy"].values()) + list(e["pgd_error"].values()):
+                assert 0 <= v <= 100
+            assert e["fgsm_accuracy"]["0"] > 70  # clean accuracies are all 71-93%
+            assert all(v >= 35 for v in e["pgd_error"].values())
+        # Table III's source columns repeat Table II (the check that its columns were read in the right order).
+        for m in ("resnet50", "cbam_resnet50"):
+            own = next(c for c in ref["table3"][d] if c["source"] == c["target"] == m)
+            assert own["fgsm_accuracy"] == ref["table2"][d][m]["fgsm_accuracy"]
+            assert own["pgd_error"] == ref["table2"][d][m]["pgd_error"]
+
+
+def test_paper_json_spot_checks_against_the_text():
+    ref = load_paper()
+    t2, t3 = ref["table2"], ref["table3"]
+
+    def cell(d, s, t):
+        return next(c for c in t3[d] if (c["source"], c["target"]) == (s, t))
+
+    assert t2["cifar10"]["cbam_resnet50"]["fgsm_accuracy"]["0.05"] == 0.37
+    assert t2["cifar10"]["resnet50"]["pgd_error"]["5"] == 99.98
+    assert t2["cifar100"]["cbam_resnet50"]["pgd_error"]["20"] == 97.16
+    assert t2["fashion-mnist"]["resnet50"]["fgsm_accuracy"]["0.05"] == 42.42
+    assert cell("fashion-mnist", "vgg16", "vgg16")["pgd_error"]["20"] == 90.55
+    assert cell("cifar10", "resnet50", "cbam_resnet50")["fgsm_accuracy"]["0"] == 74.52  # as printed
+    assert cell("cifar10", "cbam_resnet50", "resnet50")["pgd_error"]["20"] == 70.75
+    assert cell("cifar100", "vgg16", "cbam_resnet50")["pgd_error"]["10"] == 82.18
+    assert cell("cifar100", "resnet50", "cbam_resnet50")["fgsm_accuracy"]["0.05"] == 18.3
+    assert cell("fashion-mnist", "cbam_resnet50", "resnet50")["fgsm_accuracy"]["0.05"] == 69.29
+    assert cell("fashion-mnist", "vgg16", "resnet50")["pgd_error"]["5"] == 37.63
+    assert ref["conclusion"]["white-box"] == {"cifar10": "hurts", "cifar100": "helps", "fashion-mnist": "hurts"}
+
+
+PAPER_TEXT = Path(__file__).resolve().parents[2] / "shared" / "paper" / "000_0a12998f8b2ea3fc.txt"
+
+
+def _numeric_rows(lines):
+    """Rows of a text table that are a row label followed by numbers (tab-separated, cells possibly shifted)."""
+    rows = []
+    for line in lines:
+        cells = [c for c in line.strip().split("\t") if c]
+        if cells and all(re.fullmatch(r"[0-9.]+", c) for c in cells):
+            rows.append([float(c) for c in cells])
+    return rows
+
+
+@pytest.mark.skipif(not PAPER_TEXT.exists(), reason="the paper's text is not beside the repository")
+def test_paper_json_matches_every_number_of_the_text():
+    ref = load_paper()
+    lines = PAPER_TEXT.read_text().splitlines()
+    start2 = next(i for i, line in enumerate(lines) if line.startswith("TABLE II "))
+    start3 = next(i for i, line in enumerate(lines) if line.startswith("TABLE III"))
+    datasets = ["cifar10", "cifar100", "fashion-mnist"]
+    rows2 = _numeric_rows(lines[start2:start2 + 20])
+    assert len(rows2) == 10  # 7 FGSM rows, 3 PGD rows; columns: (ResNet-50, CBAM) per dataset
+    for row in rows2:
+        label, values = row[0], row[1:]
+        for j, d in enumerate(datasets):
+            for k, m in enumerate(["resnet50", "cbam_resnet50"]):
+                entry = ref["table2"][d][m]
+                got = entry["fgsm_accuracy"][f"{label:g}"] if label < 1 else entry["pgd_error"][f"{label:g}"]
+                assert got == values[2 * j + k], (d, m, label)
+    rows3 = _numeric_rows(lines[start3:start3 + 60])
+    assert len(rows3) == 30 and all(len(r) == 8 for r in rows3)  # per dataset: 7 + 3 rows of label + 7 values
+    for b, d in enumerate(datasets):
+        for row in rows3[10 * b:10 * (b + 1)]:
+            label, values = row[0], row[1:]
+            for col, value in zip(ref["table3"][d], values):
+                got = col["fgsm_accuracy"][f"{label:g}"] if label < 1 else col["pgd_error"][f"{label:g}"]
+                assert got == value, (d, col["source"], col["target"], label)
+
+
+def test_paper_value_maps_names_by_family():
+    fgsm05 = Setting("fgsm", 0.05)
+    pgd20 = Setting("pgd", 0.2, 20, 0.01)
+    assert paper_value("fashion-mnist-mini", "cbam_resnet14", "cbam_resnet14", fgsm05) == 17.59
+    assert paper_value("cifar10", "vgg16_bn", "vgg16_bn", pgd20) == 100
+    assert paper_value("cifar100", "vgg16_bn", "cbam_resnet26", pgd20) == 88.51
+    assert paper_value("cifar10", "resnet14", "cbam_resnet14", Setting("clean")) == 80.4  # Table II, not 74.52
+    assert paper_value("cifar10", "se_resnet14", "se_resnet14", fgsm05) is None
+    assert paper_value("cifar10", "resnet14", "resnet14", Setting("pgd", 0.1, 20, 0.01)) is None
+    assert paper_value("cifar10", "resnet14", "resnet14", Setting("fgsm", 0.07)) is None
+
+
+# ---- verdicts ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)])
+@pytest.mark.parametrize("effect,expected", [(0.15, "helps"), (-0.15, "hurts")])
+def test_verdicts_clear_effects(seeds, effect, expected):
+    rows = verdicts(make_records(seeds, effect=effect))
+    # 2 datasets x 1 pair x 3 scenarios (white-box, twin transfer, from VGG) x 2 attacks
+    assert len(rows) == 12
+    assert {r["verdict"] for r in rows} == {expected}
+    assert all((r["difference"] > 0) == (effect > 0) and r["ci_low"] <= r["difference"] <= r["ci_high"]
+               for r in rows)
+    assert {r["seeds"] for r in rows} == {len(seeds)}
+    fgsm = [r for r in rows if (r["scenario"], r["attack"]) == ("white-box", "fgsm")]
+    # The paper: attention hurts under white-box FGSM on CIFAR-10 and Fashion-MNIST.
+    assert {r["paper_verdict"] for r in fgsm} == {"hurts"}
+    assert {r["reproduced"] for r in fgsm} == {"yes" if expected == "hurts" else "no"}
+
+
+def test_verdict_noise_is_not_significant():
+    # Three seeds whose attention effects disagree in sign: the interval over seeds contains 0.
+    rows = verdicts(make_records((0, 1, 2), effect={0: 0.05, 1: -0.05, 2: 0.01}))
+    assert {r["verdict"] for r in rows} == {"no significant difference"}
+    assert all(r["reproduced"] == ("yes" if r["paper_verdict"] == "no significant difference" else "inconclusive")
+               for r in rows)
+    # One seed, no effect: only test-set noise, the difference is tiny next to it.
+    rows = verdicts(make_records((0,), effect=0.0))
+    assert {r["verdict"] for r in rows} == {"no significant difference"}
+
+
+def test_verdicts_definitions():
+    rows = verdicts(make_records((0,), effect=-0.1, datasets=["cifar10"]))
+    by = {(r["scenario"], r["attack"]): r for r in rows}
+    assert set(by) == {(s, a) for s in ("white-box", "transfer (twin)", "transfer from vgg16_bn")
+                       for a in ("fgsm", "pgd")}
+    fgsm = by[("white-box", "fgsm")]
+    assert fgsm["settings"] == ["FGSM 0.05", "FGSM 0.1", "FGSM 0.15", "FGSM 0.2", "FGSM 0.25", "FGSM 0.3"]
+    assert by[("white-box", "pgd")]["settings"] == ["PGD 5", "PGD 10", "PGD 20"]
+    assert fgsm["attention_model"] == "cbam_resnet14" and fgsm["baseline_model"] == "resnet14"
+    assert fgsm["difference"] == pytest.approx(fgsm["attention_accuracy"] - fgsm["baseline_accuracy"])
+    # The paper's own numbers under the same comparison: CIFAR-10 white-box FGSM, CBAM minus ResNet-50.
+    paper = (sum([0.37, 1.79, 4.6, 5.95, 6.51, 6.85]) - sum([13.57, 12.4, 11.91, 11.34, 10.88, 9.3])) / 6
+    assert fgsm["paper_difference"] == pytest.approx(paper)
+    assert fgsm["paper_verdict"] == "hurts"
+    # ... while its CIFAR-10 white-box PGD gap (0.02% vs 0% accuracy at 5 iterations) is within test-set noise.
+    assert by[("white-box", "pgd")]["paper_verdict"] == "no significant difference"
+    assert by[("white-box", "pgd")]["reproduced"] == "no"
+    # Twin transfer: CBAM as target of ResNet's attacks vs ResNet as target of CBAM's (paper: 37.6 vs 42.54 ...).
+    twin = by[("transfer (twin)", "fgsm")]
+    paper = (sum([37.6, 19, 13.11, 11.65, 11.49, 11.58]) - sum([42.54, 20.91, 14.12, 11.83, 10.88, 10.47])) / 6
+    assert twin["paper_difference"] == pytest.approx(paper)
+    text = verdict_table(make_records((0,), effect=-0.1, datasets=["cifar10"]))
+    assert "cbam_resnet14 vs resnet14" in text and "hurts" in text and "reproduced" in text
+
+
+def test_summaries_check_the_paper_conclusion():
+    rows = verdicts(make_records((0,), effect=0.15, datasets=["cifar100", "cifar10"]))
+    by = {(s["dataset"], s["scope"]): s for s in summaries(rows)}
+    assert by[("cifar100", "white-box")]["agreement"] == "reproduced"  # the paper: helps on CIFAR-100
+    assert by[("cifar10", "white-box")]["agreement"] == "contradicted"  # the paper: hurts on CIFAR-10
+    assert by[("cifar100", "transfer")]["agreement"] == "not reproduced (ours: helps)"  # paper: "very low"
+    assert by[("cifar10", "white-box")]["paper_tables"] == "hurts"
+    rows = verdicts(make_records((0,), effect=0.0, datasets=["cifar10"]))
+    assert {s["agreement"] for s in summaries(rows)} == {"not reproduced (no significant difference)"}
+
+
+def test_verdict_table_without_pairs():
+    records = [r for r in make_records() if "cbam" not in r["source"] + r["target"]]
+    assert "none" in verdict_table(records)
+
+
+# ---- the report on disk -----------------------------------------------------------------------------------------
+
+
+def _check_latex(text):
+    assert text.count("{") == text.count("}")
+    assert text.count(r"\begin{tabular}") == text.count(r"\end{tabular}") == 1
+    assert text.count(r"\begin{table}") == text.count(r"\end{table}") == 1
+    spec = re.search(r"\\begin\{tabular\}\{([lrc]+)\}", text).group(1)
+    body = text.split(r"\begin{tabular}")[1].split(r"\end{tabular}")[0]
+    rows = [line for line in body.splitlines() if line.endswith(r"\\")]
+    assert rows and all(line.count("&") - line.count(r"\&") == len(spec) - 1 for line in rows)
+    assert "_" not in re.sub(r"\\_", "", body)  # underscores escaped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)])
+def test_build_report_files(tmp_path, seeds):
+    records = make_records(seeds, effect=-0.1)
+    run = write_run(tmp_path, records)
+    (run / "config.toml").write_text('[study]\nname = "t"\n[train]\nwidth = 16\n')
+    report = build_report(run)
+    assert report == run / "report"
+    names = {p.relative_to(report).as_posix() for p in report.rglob("*") if p.is_file()}
+    expected = {"README.md", "verdicts.csv", "verdicts.txt", "paired.csv", "paper_comparison.csv"}
+    expected |= {f"table{i}.{ext}" for i in (2, 3) for ext in ("md", "csv", "tex")}
+    expected |= {f"figures/whitebox_{d}.png" for d in DATASETS}
+    expected |= {f"figures/transfer_{d}_{m}.png" for d in DATASETS for m in MODELS}
+    assert names == expected
+    assert not list(run.glob(".report*"))  # no temporary folder left behind
+
+    value_cols = ["clean"] + [f"fgsm_{e:g}" for e in EPS[1:]] + [f"pgd_{s}" for s in STEPS]
+    t2 = read_csv(report / "table2.csv")
+    assert list(t2[0]) == ["dataset", "model", "seeds", "n"] + [c for v in value_cols for c in (v, f"{v}_ci95")]
+    assert [(r["dataset"], r["model"]) for r in t2] == [(d, m) for d in sorted(DATASETS) for m in MODELS]
+    assert {r["seeds"] for r in t2} == {str(len(seeds))}
+    several = len(seeds) > 1
+    assert all((r["clean_ci95"] != "") == several for r in t2)
+    # clean column = mean clean accuracy in percent over seeds
+    mine = [r for r in records if (r["dataset"], r["target"], r["source"]) == ("cifar10", "vgg16_bn", "vgg16_bn")
+            and r["attack"] == "pgd" and r["steps"] == 10]
+    row = next(r for r in t2 if (r["dataset"], r["model"]) == ("cifar10", "vgg16_bn"))
+    assert float(row["clean"]) == pytest.approx(100 * sum(r["clean_accuracy"] for r in mine) / len(mine), abs=0.005)
+    assert float(row["pgd_10"]) == pytest.approx(100 * sum(r["error"] for r in mine) / len(mine), abs=0.005)
+
+    t3 = read_csv(report / "table3.csv")
+    assert len(t3) == len(DATASETS) * len(MODELS) ** 2
+    assert list(t3[0])[:6] == ["dataset", "source", "target", "kind", "seeds", "n"]
+    assert sum(r["kind"] == "white-box" for r in t3) == len(DATASETS) * len(MODELS)
+
+    md = (report / "table2.md").read_text().splitlines()
+    assert len(md) == 2 + len(t2) and all(line.count("|") == md[0].count("|") for line in md)
+    for name in ("table2.tex", "table3.tex"):
+        _check_latex((report / name).read_text())
+
+    comparison = read_csv(report / "paper_comparison.csv")
+    # every dataset maps (fashion-mnist-mini -> fashion-mnist); the paper has 7 of our 9 cells (no VGG target)
+    assert len(comparison) == len(DATASETS) * 7 * 10
+    assert list(comparison[0]) == ["dataset", "source", "target", "setting", "ours", "ours_ci95", "paper",
+                                   "difference"]
+    assert not [r for r in comparison if r["target"] == "vgg16_bn" and r["source"] != "vgg16_bn"]
+    row = next(r for r in comparison if (r["dataset"], r["source"], r["target"], r["setting"]) ==
+               ("cifar10", "cbam_resnet14", "cbam_resnet14", "FGSM 0.05"))
+    assert float(row["paper"]) == 0.37
+    assert float(row["difference"]) == pytest.approx(float(row["ours"]) - 0.37, abs=1e-3)
+    readme = (report / "README.md").read_text()
+    for needle in ("## Verdicts", "## Table II", "## Table III", "## Comparison with the paper",
+                   "indicative only", "figures/whitebox_cifar10.png", "## Config", "reduced width",
+                   "Denominators", "attention **hurts**"):
+        assert needle in readme
+    assert ("t interval over seeds" in readme) == several
+    assert ("**one seed**" in readme) == (not several)
+    assert len(read_csv(report / "verdicts.csv")) == 12
+    assert len(read_csv(report / "paired.csv")) == len(DATASETS) * 3 * 9  # 3 scenarios x 9 settings
+
+
+@pytest.mark.slow
+def test_rebuild_is_identical_and_replaces_stale_files(tmp_path):
+    run = write_run(tmp_path, make_records((0, 1), datasets=["cifar10"]))
+    first = build_report(run)
+    snapshot = {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    (first / "stale.txt").write_text("from an older report")
+    second = build_report(run)
+    assert {p.relative_to(second): p.read_bytes() for p in second.rglob("*") if p.is_file()} == snapshot
+
+
+def test_missing_results_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="results.jsonl not found"):
+        build_report(tmp_path)
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", '{"dataset": "cifar10"\n', "[1, 2]\n", '{"dataset": "x"}\n'])
+def test_empty_or_malformed_results_is_a_user_error(tmp_path, content):
+    (tmp_path / "results.jsonl").write_text(content)
+    with pytest.raises(UserError, match="results.jsonl") as err:
+        build_report(tmp_path)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.slow
+def test_attention_maps_from_a_checkpoint(tmp_path):
+    # An untrained tiny CBAM model on the embedded Fashion-MNIST subset: enough to exercise the plumbing.
+    torch = pytest.importorskip("torch")
+    from attnrobust.checkpoint import save_checkpoint
+    from attnrobust.models import build_model
+
+    run = write_run(tmp_path, make_records((0,), datasets=["fashion-mnist-mini"]))
+    torch.manual_seed(0)
+    model = build_model("cbam_resnet14", 10, in_channels=1, width=8)
+    for seed in (1, 0):  # the lowest seed is the one drawn
+        save_checkpoint(run / "checkpoints" / f"fashion-mnist-mini-cbam_resnet14-s{seed}.safetensors", model,
+                        {"dataset": "fashion-mnist-mini", "seed": seed})
+    save_checkpoint(run / "checkpoints" / "fashion-mnist-mini-resnet14-s0.safetensors",
+                    build_model("resnet14", 10, in_channels=1, width=8), {"dataset": "fashion-mnist-mini", "seed": 0})
+    report = build_report(run)
+    figure = report / "figures" / "attention_fashion-mnist-mini_cbam_resnet14.png"
+    assert figure.stat().st_size > 10_000
+    readme = (report / "README.md").read_text()
+    assert "figures/attention_fashion-mnist-mini_cbam_resnet14.png" in readme
+    assert "fashion-mnist-mini-cbam_resnet14-s0.safetensors" in readme
