@@ -1,0 +1,42 @@
+"""What every classifier in the registry shares: normalization inside the model and the weight initialization."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# "cifar": for 32x32 inputs; "imagenet": the published 224x224 networks (each family says what that changes).
+STEMS = ("cifar", "imagenet")
+
+
+class PixelClassifier(nn.Module):
+    """Base of every registered model: takes pixels in [0, 1] and normalizes them itself.
+
+    Attacks perturb pixels and clip to [0, 1], so the model, not the data loader, owns the normalization; eps is
+    then in pixel units whatever the dataset. `mean`/`std` are buffers of shape [1, C, 1, 1] (saved with the
+    weights). The registry passes per-channel values; mean 0 / std 1 (identity) when none are given.
+    """
+
+    def __init__(self, in_channels: int, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, in_channels, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, in_channels, 1, 1))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal convs (fan_out, as torchvision and the official CBAM code), BN gamma 1 / beta 0, conv biases
+    0, Linear layers left at PyTorch's default; then each attention module's own exceptions (CBAM's spatial BN)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in model.modules():
+        if hasattr(m, "reset_gate_parameters"):
+            m.reset_gate_parameters()
