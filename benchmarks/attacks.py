@@ -1,0 +1,154 @@
+"""Attack speed against torchattacks 3.5.1, on the same model, batch and machine, in one run.
+
+    python benchmarks/attacks.py [--batch 32] [--width 16] [--epochs 3] [--repeats 5] [--device cpu]
+                                 [--threads N] [--clock wall|cpu]
+
+Prints four ratios (targets from issue 6):
+  1. FGSM sweep over eps 0..0.3 (7 values), ours vs torchattacks.FGSM once per eps          target >= 2.5x
+  2. PGD at 5, 10, 20 iterations: one 20-step run vs torchattacks.PGD run three times        target >= 1.7x
+  3. PGD time per step vs the bare floor (one forward+backward w.r.t. the input)            overhead <= 10%
+  4. as 2, keeping the best iterate and pruning broken samples, on a trained model          target >= 3x
+
+The model is attnrobust.models' resnet14 (the quick study's bottleneck ResNet) at --width, trained with
+attnrobust.train for --epochs on the embedded fashion-mnist-mini subset so that (4) sees a model whose samples
+break the way a trained model's do; the batch is the first --batch test images. Times are the minimum over --repeats
+interleaved repeats (the minimum is the least disturbed by other processes on a shared machine). Each ratio is
+given twice: by wall-clock time and by process CPU time (--clock picks the one the verdicts use); on a machine
+other processes load, CPU time is the steadier measure of the work done, since time spent descheduled does not
+count. FGSM and PGD times are crafting only; line 1 also gives the ratio with one scoring forward per eps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from attnrobust.attacks import attack_hygiene, fgsm, pgd, predict
+from attnrobust.checkpoint import load_model
+from attnrobust.data import DeviceLoader, load_dataset
+from attnrobust.train import TrainConfig, train
+
+EPS = [round(0.05 * i, 2) for i in range(7)]
+PGD_EPS, PGD_ALPHA, PGD_STEPS = 0.2, 0.01, [5, 10, 20]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of fn()."""
+    sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def train_model(width: int, epochs: int, device: torch.device) -> tuple[torch.nn.Module, float]:
+    """attnrobust.train's recipe on fashion-mnist-mini, shortened (no augmentation: it learns faster)."""
+    cfg = TrainConfig.for_dataset("fashion-mnist-mini", model="resnet14", width=width, epochs=epochs,
+                                  warmup_epochs=0.2, augment=False, n_test=256)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_model(train(cfg, tmp, device=device, quiet=True), device=device)
+    return model, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs on fashion-mnist-mini (6000 images)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); 1 with --clock cpu is the steadiest on a busy "
+                             "machine, where one descheduled thread of two stalls the other at every barrier")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="which time the verdicts use (both are printed)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    import torchattacks
+
+    model, train_s = train_model(args.width, args.epochs, device)
+    if args.threads is not None:  # after training, which sets its own thread count
+        torch.set_num_threads(args.threads)
+    images, labels = load_dataset("fashion-mnist-mini", "test")
+    x, y = next(iter(DeviceLoader(images[:args.batch], labels[:args.batch], batch_size=args.batch, device=device)))
+    clean = (predict(model, x) == y).float().mean().item()
+    print(f"resnet14 width {args.width} ({sum(p.numel() for p in model.parameters()):,} parameters), trained "
+          f"{args.epochs} epoch(s) on fashion-mnist-mini in {train_s:.0f} s; batch {args.batch}x1x32x32 on "
+          f"{device} ({torch.get_num_threads()} threads); clean accuracy on the batch {clean:.1%}")
+
+    def ta(attack):
+        attack.set_device(device)
+        return attack
+
+    def score(advs):
+        for adv in advs:
+            predict(model, adv)
+
+    def floor_steps(n):
+        # the bare floor: forward+backward w.r.t. the input, parameters frozen, nothing else
+        with attack_hygiene(model):
+            for _ in range(n):
+                xr = x.detach().requires_grad_(True)
+                torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
+
+    ta_fgsm = [ta(torchattacks.FGSM(model, eps=e)) for e in EPS]
+    ta_pgd = [ta(torchattacks.PGD(model, eps=PGD_EPS, alpha=PGD_ALPHA, steps=s, random_start=False))
+              for s in PGD_STEPS]
+    runs = {
+        "ours fgsm": lambda: fgsm(model, x, y, EPS),
+        "ta fgsm": lambda: [a(x, y) for a in ta_fgsm],
+        "ours fgsm+score": lambda: score(fgsm(model, x, y, EPS)),
+        "ta fgsm+score": lambda: score([a(x, y) for a in ta_fgsm]),
+        "ours pgd": lambda: pgd(model, x, y, PGD_EPS, PGD_ALPHA, PGD_STEPS),
+        "ta pgd": lambda: [a(x, y) for a in ta_pgd],
+        "floor x20": lambda: floor_steps(max(PGD_STEPS)),
+        "ours pgd keep_best": lambda: pgd(model, x, y, PGD_EPS, PGD_ALPHA, PGD_STEPS, keep_best=True),
+    }
+    timed(runs["ours pgd"], device)  # warm-up: allocator, oneDNN primitives
+    best = {clock: {name: float("inf") for name in runs} for clock in ("wall", "cpu")}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            for clock, seconds in zip(("wall", "cpu"), timed(fn, device)):
+                best[clock][name] = min(best[clock][name], seconds)
+
+    # how fast samples break (explains ratio 4)
+    out = pgd(model, x, y, PGD_EPS, PGD_ALPHA, PGD_STEPS, keep_best=True)
+    acc = {s: (predict(model, out[s]) == y).float().mean().item() for s in PGD_STEPS}
+    steps = max(PGD_STEPS)
+    t, other = best[args.clock], best["cpu" if args.clock == "wall" else "wall"]
+    other_name = "cpu" if args.clock == "wall" else "wall"
+
+    def line(label, num, den, target, more=""):
+        ratio = t[num] / t[den]
+        verdict = "ok" if ratio >= target else "MISSED"
+        print(f"{label:<58} {ratio:6.2f}x  (target >= {target}x: {verdict}; {other_name} clock "
+              f"{other[num] / other[den]:.2f}x){more}")
+
+    print(f"\nratios by {args.clock} clock (minimum of {args.repeats} repeats)")
+    line("1. FGSM 7-eps sweep vs torchattacks.FGSM per eps", "ta fgsm", "ours fgsm", 2.5,
+         f"  [{t['ours fgsm']:.2f} s vs {t['ta fgsm']:.2f} s; with scoring "
+         f"{t['ta fgsm+score'] / t['ours fgsm+score']:.2f}x]")
+    line("2. PGD 5/10/20 one run vs torchattacks.PGD three runs", "ta pgd", "ours pgd", 1.7,
+         f"  [{t['ours pgd']:.2f} s vs {t['ta pgd']:.2f} s; ideal 35/20 = 1.75x]")
+    overhead = t["ours pgd"] / t["floor x20"] - 1
+    print(f"{'3. PGD per-step overhead over bare forward+backward':<58} {100 * overhead:+6.1f}%  (target <= 10%: "
+          f"{'ok' if overhead <= 0.10 else 'MISSED'}; {other_name} clock "
+          f"{100 * (other['ours pgd'] / other['floor x20'] - 1):+.1f}%)  [{1000 * t['ours pgd'] / steps:.0f} ms vs "
+          f"{1000 * t['floor x20'] / steps:.0f} ms per step]")
+    line("4. PGD 5/10/20 keep_best+pruning vs torchattacks three runs", "ta pgd", "ours pgd keep_best", 3.0,
+         f"  [{t['ours pgd keep_best']:.2f} s; robust accuracy "
+         f"{', '.join(f'{s}: {acc[s]:.1%}' for s in PGD_STEPS)}]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,359 @@
+"""Clean, white-box and transfer evaluation -> result records (see attnrobust.results for the schema).
+
+`transfer` is the one evaluation loop: for every batch and every source model it crafts each attack setting once
+(one gradient for the whole FGSM sweep, one PGD run for every iteration count) and scores the adversarial batch
+on every target in the same pass. The source is always among the targets, so the matrix's diagonal is the
+white-box result; `white_box` is `transfer` with one model. Counts are integers accumulated on the device (no
+per-batch host syncs) and, under torchrun, summed over ranks, each of which attacks its own shard of the split.
+
+Gradient-masking sanity checks (AutoAttack / Carlini et al. 2019 "On evaluating adversarial robustness") are
+stored per record in record["flags"] = {name: {"ok": bool, "detail": str}}:
+  white-box  unbounded_eps   PGD at eps = 1 (the whole pixel cube) drives accuracy to about 0 on a small subset;
+             pgd_ge_fgsm     PGD (or APGD) error >= FGSM error at the same eps, when the iterations can reach
+                             the whole ball (steps * alpha >= eps: PGD at 5 x 0.01 cannot match FGSM at 0.2);
+             monotone_steps  PGD error non-decreasing in iterations (with keep_best, where it is guaranteed);
+  transfer   transfer_ge_white_box  transfer accuracy on a target >= that target's white-box accuracy at the same
+             setting (only when the target is also a source of the same call; see `transfer_flags`).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from attnrobust.attacks import apgd, fgsm, pgd, predict
+from attnrobust.errors import UserError
+from attnrobust.results import COUNT_KEYS, make_record
+
+__all__ = ["AttackConfig", "clean_accuracy", "white_box", "transfer", "transfer_flags", "evaluate_checkpoints"]
+
+ATTACKS = ("fgsm", "pgd", "apgd")
+# The unbounded-eps check: eps = 1 allows any image, so 20 steps of 0.1 (keeping the best iterate) should break
+# essentially every sample of a model whose gradients are informative.
+UNBOUNDED_STEPS, UNBOUNDED_ALPHA, UNBOUNDED_MAX_ACCURACY = 20, 0.1, 0.05
+
+
+def _default_fgsm_eps() -> list[float]:
+    # round(): 0.05 * 3 is 0.15000000000000002; the records should say 0.15
+    return [round(0.05 * i, 10) for i in range(7)]
+
+
+@dataclass
+class AttackConfig:
+    """Which attacks to run and their budgets (the paper's defaults). eps are L-inf in [0, 1] pixel units."""
+
+    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
+    fgsm_eps: list[float] = field(default_factory=_default_fgsm_eps)
+    pgd_eps: float = 0.2  # also APGD's budget
+    pgd_alpha: float = 0.01
+    pgd_steps: list[int] = field(default_factory=lambda: [5, 10, 20])
+    random_start: bool = False  # PGD/APGD start uniformly in the eps-ball (seeded)
+    keep_best: bool = False  # PGD: a sample counts as broken once any iterate fools the model
+    apgd_steps: int = 20
+    sanity_checks: bool = True  # gradient-masking flags (costs one small eps = 1 PGD run per source)
+    sanity_n: int = 100  # images of the first batch used by the unbounded-eps check
+
+    def validate(self) -> AttackConfig:
+        """Raise UserError naming the first bad field; return self."""
+        def bad(name: str, what: str, value: Any) -> UserError:
+            return UserError(f"attack.{name}: {what}, got {value!r}")
+
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        def positive_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+        if not isinstance(self.attacks, (list, tuple)) or not self.attacks \
+                or any(a not in ATTACKS for a in self.attacks) or len(set(self.attacks)) != len(self.attacks):
+            raise bad("attacks", f"expected a non-empty list of distinct names from {', '.join(ATTACKS)}",
+                      self.attacks)
+        if not isinstance(self.fgsm_eps, (list, tuple)) or not self.fgsm_eps \
+                or any(not number(e) or not 0 <= e <= 1 for e in self.fgsm_eps):
+            raise bad("fgsm_eps", "expected a non-empty list of numbers in [0, 1]", self.fgsm_eps)
+        if not number(self.pgd_eps) or not 0 <= self.pgd_eps <= 1:
+            raise bad("pgd_eps", "expected a number in [0, 1]", self.pgd_eps)
+        if not number(self.pgd_alpha) or not self.pgd_alpha > 0:
+            raise bad("pgd_alpha", "expected a positive number", self.pgd_alpha)
+        if not isinstance(self.pgd_steps, (list, tuple)) or not self.pgd_steps \
+                or not all(positive_int(s) for s in self.pgd_steps):
+            raise bad("pgd_steps", "expected a non-empty list of positive integers", self.pgd_steps)
+        for name in ("random_start", "keep_best", "sanity_checks"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "expected true or false", getattr(self, name))
+        for name in ("apgd_steps", "sanity_n"):
+            if not positive_int(getattr(self, name)):
+                raise bad(name, "expected a positive integer", getattr(self, name))
+        return self
+
+    def settings(self) -> list[dict[str, Any]]:
+        """The records one source/target pair gets: one per (attack, eps, steps), in a fixed order."""
+        out = []
+        if "fgsm" in self.attacks:
+            out += [dict(attack="fgsm", eps=float(e), steps=None, alpha=None, random_start=False,
+                         keep_best=False) for e in self.fgsm_eps]
+        if "pgd" in self.attacks:
+            out += [dict(attack="pgd", eps=float(self.pgd_eps), steps=s, alpha=float(self.pgd_alpha),
+                         random_start=self.random_start, keep_best=self.keep_best)
+                    for s in sorted(set(self.pgd_steps))]
+        if "apgd" in self.attacks:
+            # APGD adapts its own step size (alpha null) and always keeps the best iterate
+            out.append(dict(attack="apgd", eps=float(self.pgd_eps), steps=self.apgd_steps, alpha=None,
+                            random_start=self.random_start, keep_best=True))
+        return out
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------------
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduce(t: Tensor) -> Tensor:
+    if _distributed():
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def _progress(iterable, total: int, desc: str, quiet: bool):
+    from tqdm.auto import tqdm
+
+    rank = torch.distributed.get_rank() if _distributed() else 0
+    show = not quiet and rank == 0 and sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, disable=not show, leave=False, unit="batch")
+
+
+def _batches(loader, device):
+    for x, y in loader:
+        yield (x, y) if device is None else (x.to(device), y.to(device))
+
+
+def clean_accuracy(model: nn.Module, loader, *, device=None, quiet: bool = True) -> float:
+    """Accuracy of `model` on every batch of `loader` (summed over torchrun ranks)."""
+    counts = None
+    for x, y in _progress(_batches(loader, device), len(loader), "clean", quiet):
+        c = torch.stack([(predict(model, x) == y).sum(), torch.tensor(len(y), device=y.device)])
+        counts = c if counts is None else counts + c
+    if counts is None:
+        raise UserError("clean_accuracy: the loader yielded no batches; give at least one test image")
+    correct, n = _all_reduce(counts).tolist()
+    return correct / n
+
+
+def _craft(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, settings: list[dict],
+           generator: torch.Generator) -> Iterable[tuple[int, Tensor]]:
+    """(index into settings, adversarial batch) for every setting, each attack computed once."""
+    by_attack: dict[str, list[int]] = {}
+    for i, s in enumerate(settings):
+        by_attack.setdefault(s["attack"], []).append(i)
+    if "fgsm" in by_attack:
+        yield from zip(by_attack["fgsm"], fgsm(model, x, y, [settings[i]["eps"] for i in by_attack["fgsm"]]))
+    if "pgd" in by_attack:
+        runs = pgd(model, x, y, cfg.pgd_eps, cfg.pgd_alpha, cfg.pgd_steps, random_start=cfg.random_start,
+                   keep_best=cfg.keep_best, generator=generator)
+        for i in by_attack["pgd"]:
+            yield i, runs[settings[i]["steps"]]
+    if "apgd" in by_attack:
+        (i,) = by_attack["apgd"]
+        yield i, apgd(model, x, y, cfg.pgd_eps, steps=cfg.apgd_steps, random_start=cfg.random_start,
+                      generator=generator)
+
+
+# ---- the evaluation loop ----------------------------------------------------------------------------------------
+
+
+def transfer(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loader, cfg: AttackConfig, *,
+             dataset: str, seed: int = 0, device=None, quiet: bool = False,
+             attack_seed: int | None = None) -> list[dict[str, Any]]:
+    """Craft every attack of `cfg` on each source, once per batch, and score it on every target and the source.
+
+    Returns one record per (source, target, attack, eps, steps); target == source is the white-box diagonal
+    (kind "white-box"). `seed` is recorded; random starts draw from a CPU generator seeded with attack_seed
+    (default: seed) and the rank, so a run is reproducible for a given world size. `device`: where batches go
+    (None: wherever the loader puts them); the models must already be there.
+    """
+    cfg.validate()
+    if not sources:
+        raise UserError("transfer: give at least one source model")
+    models: dict[str, nn.Module] = dict(targets)
+    for name, model in sources.items():
+        if name in models and models[name] is not model:
+            raise UserError(f"transfer: two different models are both named {name!r}; give them distinct names")
+        models[name] = model
+    settings = cfg.settings()
+    rank = torch.distributed.get_rank() if _distributed() else 0
+    counts: dict[tuple[str, str, int], Tensor] = {}  # (source, target, setting index) -> COUNT_KEYS counts
+    unbounded: dict[str, Tensor] = {}  # source -> (correct, n) of the eps = 1 check
+    generators = {s: torch.Generator().manual_seed((seed if attack_seed is None else attack_seed) * 65537 + rank)
+                  for s in sources}
+    desc = "attack " + ",".join(sources)
+    first = True
+    for x, y in _progress(_batches(loader, device), len(loader), desc, quiet):
+        n = torch.tensor(len(y), device=y.device)
+        clean = {t: predict(m, x) == y for t, m in models.items()}
+        for s, source in sources.items():
+            for i, adv in _craft(source, x, y, cfg, settings, generators[s]):
+                for t, target in models.items():
+                    robust = predict(target, adv) == y
+                    both = clean[t] & clean[s]
+                    c = torch.stack([n, clean[t].sum(), clean[s].sum(), both.sum(), robust.sum(),
+                                     (robust & both).sum(), (robust & clean[t]).sum()])
+                    key = (s, t, i)
+                    counts[key] = c if key not in counts else counts[key] + c
+            if first and cfg.sanity_checks:
+                m = min(cfg.sanity_n, len(y))
+                adv = pgd(source, x[:m], y[:m], 1.0, UNBOUNDED_ALPHA, [UNBOUNDED_STEPS], keep_best=True,
+                          generator=generators[s])[UNBOUNDED_STEPS]
+                unbounded[s] = torch.stack([(predict(source, adv) == y[:m]).sum(),
+                                            torch.tensor(m, device=y.device)])
+        first = False
+
+    keys = [(s, t, i) for s in sources for i in range(len(settings)) for t in models]
+    if not counts:
+        raise UserError("transfer: the loader yielded no batches; give at least one test image")
+    # one collective for everything: every rank has the same keys in the same order (ranks get equal shards)
+    checked = [s for s in sources if cfg.sanity_checks]
+    totals = _all_reduce(torch.cat([counts[k] for k in keys] + [unbounded[s] for s in checked])).tolist()
+    width = len(COUNT_KEYS)
+    records = []
+    for j, (s, t, i) in enumerate(keys):
+        row = totals[j * width:(j + 1) * width]
+        records.append(make_record(dataset=dataset, seed=seed, source=s, target=t, **settings[i],
+                                   counts=dict(zip(COUNT_KEYS, row))))
+    rest = totals[len(keys) * width:]
+    unbounded_totals = {s: rest[2 * j:2 * j + 2] for j, s in enumerate(checked)}
+    _white_box_flags(records, cfg, unbounded_totals)
+    return transfer_flags(records)
+
+
+def white_box(model: nn.Module, loader, cfg: AttackConfig, *, dataset: str, name: str = "model", seed: int = 0,
+              device=None, quiet: bool = False) -> list[dict[str, Any]]:
+    """White-box evaluation of one model: `transfer` with the model as its own only target."""
+    return transfer({name: model}, {}, loader, cfg, dataset=dataset, seed=seed, device=device, quiet=quiet)
+
+
+# ---- sanity flags -----------------------------------------------------------------------------------------------
+
+
+def _flag(ok: bool, detail: str) -> dict[str, Any]:
+    return {"ok": bool(ok), "detail": detail}
+
+
+def _pct(r: dict, key: str = "error") -> str:
+    value = r[key]
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _white_box_flags(records: list[dict], cfg: AttackConfig, unbounded: dict[str, list[int]]) -> None:
+    white = [r for r in records if r["kind"] == "white-box"]
+    for r in white:
+        if r["source"] in unbounded:
+            correct, m = unbounded[r["source"]]
+            r["flags"]["unbounded_eps"] = _flag(
+                correct <= UNBOUNDED_MAX_ACCURACY * m,
+                f"PGD at eps=1 ({UNBOUNDED_STEPS} steps of {UNBOUNDED_ALPHA}, best iterate) on {m} images: "
+                f"accuracy {100 * correct / m:.1f}% (expected about 0; more suggests masked gradients)")
+    fgsm_by = {(r["source"], round(r["eps"], 9)): r for r in white if r["attack"] == "fgsm"}
+    for r in white:
+        if r["attack"] not in ("pgd", "apgd"):
+            continue
+        f = fgsm_by.get((r["source"], round(r["eps"], 9)))
+        reaches = r["alpha"] is None or r["steps"] * r["alpha"] >= r["eps"] - 1e-9
+        if f is not None and reaches:
+            r["flags"]["pgd_ge_fgsm"] = _flag(
+                r["robust_correct"] <= f["robust_correct"],
+                f"{r['attack'].upper()}-{r['steps']} error {_pct(r)} vs FGSM error {_pct(f)} at eps={r['eps']:g} "
+                f"(an iterative attack weaker than one step suggests masked gradients)")
+    if cfg.keep_best:
+        pgd_runs = sorted((r for r in white if r["attack"] == "pgd"), key=lambda r: (r["source"], r["steps"]))
+        for prev, r in zip(pgd_runs, pgd_runs[1:]):
+            if prev["source"] == r["source"]:
+                r["flags"]["monotone_steps"] = _flag(
+                    r["robust_correct"] <= prev["robust_correct"],
+                    f"PGD error {_pct(prev)} at {prev['steps']} steps -> {_pct(r)} at {r['steps']} steps "
+                    f"(keeping the best iterate, it cannot decrease)")
+
+
+def transfer_flags(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set the transfer_ge_white_box flag on every transfer record whose target's white-box record (same dataset,
+    seed and setting) is in `records`: a transferred attack beating the white-box one on its own model suggests
+    the white-box gradients are masked. Call it on the union of records when sources were attacked separately."""
+    def setting(r: dict) -> tuple:
+        return (r["dataset"], r["seed"], r["attack"], round(r["eps"], 9), r["steps"], r["alpha"],
+                r["random_start"], r["keep_best"])
+
+    white = {(r["target"], *setting(r)): r for r in records if r["kind"] == "white-box"}
+    for r in records:
+        w = white.get((r["target"], *setting(r)))
+        if r["kind"] == "transfer" and w is not None:
+            r["flags"]["transfer_ge_white_box"] = _flag(
+                r["robust_correct"] >= w["robust_correct"],
+                f"accuracy of {r['target']} under {r['attack']} crafted on {r['source']}: "
+                f"{_pct(r, 'robust_accuracy')}; white-box on {r['target']}: {_pct(w, 'robust_accuracy')}")
+    return records
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------------
+
+
+def _names(paths: list[Path], metas: list[dict]) -> list[str]:
+    """The model name of each checkpoint (build_args["name"]), made unique with the file name where needed."""
+    base = [str(m["build_args"].get("name", p.stem)) for p, m in zip(paths, metas)]
+    names = [f"{b}@{p.stem}" if base.count(b) > 1 else b for b, p in zip(base, paths)]
+    return [f"{name}#{i}" if names.count(name) > 1 else name for i, name in enumerate(names, start=1)]
+
+
+def evaluate_checkpoints(sources: list[Path], targets: list[Path] | None, cfg: AttackConfig, *,
+                         n: int | None = None, batch_size: int = 256, device=None, data_dir=None, seed: int = 0,
+                         quiet: bool = False) -> list[dict[str, Any]]:
+    """White-box (targets None) or transfer evaluation of checkpoints on the test split they were trained on.
+
+    Every checkpoint must come from the same dataset and class count. The first `n` test images are attacked (all
+    when None). Records name each model by its model name (disambiguated by file name when two share one) and
+    carry the sources' training seed when they share one (else `seed`); `seed` seeds the random starts.
+    """
+    from attnrobust.checkpoint import load_model
+    from attnrobust.data import DeviceLoader, load_dataset
+    from attnrobust.runtime import dist_info, resolve_device
+
+    cfg.validate()
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise UserError(f"n (images to attack) must be a positive integer, got {n!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
+    device = resolve_device(device)
+    paths: list[Path] = []
+    for p in [*sources, *(targets or [])]:
+        if Path(p).resolve() not in [q.resolve() for q in paths]:
+            paths.append(Path(p))
+    models = [load_model(p, device=device) for p in paths]
+    metas = [m.meta for m in models]
+    first = metas[0]
+    for p, meta in zip(paths[1:], metas[1:]):
+        if meta.get("dataset") != first.get("dataset"):
+            raise UserError(f"{p} was trained on {meta.get('dataset')!r} but {paths[0]} on "
+                            f"{first.get('dataset')!r}; attack checkpoints of one dataset together")
+        if meta.get("num_classes") != first.get("num_classes"):
+            raise UserError(f"{p} has {meta.get('num_classes')} classes but {paths[0]} has "
+                            f"{first.get('num_classes')}; give checkpoints with the same classes")
+    names = _names(paths, metas)
+    by_path = {p.resolve(): (name, model) for p, name, model in zip(paths, names, models)}
+    source_models = dict(by_path[Path(p).resolve()] for p in sources)
+    target_models = dict(by_path[Path(p).resolve()] for p in (targets or []))
+    seeds = {by_path[Path(p).resolve()][1].meta.get("seed") for p in sources}
+    record_seed = seeds.pop() if len(seeds) == 1 and None not in seeds else seed
+
+    dataset = first["dataset"]
+    images, labels = load_dataset(dataset, "test", data_dir)
+    if n is not None:
+        images, labels = images[:n], labels[:n]
+    rank, world_size, _ = dist_info()
+    loader = DeviceLoader(images, labels, batch_size=batch_size, device=device, rank=rank, world_size=world_size)
+    return transfer(source_models, target_models, loader, cfg, dataset=dataset, seed=record_seed, device=device,
+                    quiet=quiet, attack_seed=seed)

@@ -1,0 +1,171 @@
+"""Result records: the schema, the JSONL store, and a compact text table.
+
+One record per (dataset, seed, source, target, attack, eps, steps). A record stores n and the integer counts
+beside every ratio, and names each ratio's denominator, so a number is never read against the wrong base:
+
+    robust_accuracy = robust_correct / n                    the paper's "Acc" (FGSM)
+    error           = 1 - robust_accuracy                   the paper's "Err" (PGD)
+    success_rate    = 1 - robust_correct_on_target_clean / target_clean_correct
+    accuracy_on_both_correct = robust_correct_on_both / both_clean_correct   (transfer: images both got right)
+
+A ratio whose denominator is 0 is null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+from attnrobust.errors import UserError
+
+__all__ = ["DENOMINATORS", "REQUIRED_KEYS", "make_record", "append_records", "write_records", "read_records",
+           "record_key", "format_records"]
+
+DENOMINATORS = {"clean_accuracy": "n", "robust_accuracy": "n", "error": "n",
+                "success_rate": "target_clean_correct", "accuracy_on_both_correct": "both_clean_correct"}
+
+COUNT_KEYS = ("n", "target_clean_correct", "source_clean_correct", "both_clean_correct", "robust_correct",
+              "robust_correct_on_both", "robust_correct_on_target_clean")
+
+REQUIRED_KEYS = ("dataset", "seed", "source", "target", "kind", "attack", "eps", "steps", "alpha", "random_start",
+                 "keep_best", *COUNT_KEYS, "clean_accuracy", "robust_accuracy", "error", "success_rate",
+                 "accuracy_on_both_correct", "denominators", "flags")
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def make_record(*, dataset: str, seed: int, source: str, target: str, attack: str, eps: float,
+                steps: int | None, alpha: float | None, random_start: bool, keep_best: bool,
+                counts: dict[str, int], flags: dict[str, dict] | None = None) -> dict[str, Any]:
+    """A complete record from its setting and its integer counts (the keys of COUNT_KEYS)."""
+    c = {k: int(counts[k]) for k in COUNT_KEYS}
+    n = c["n"]
+    robust = _ratio(c["robust_correct"], n)
+    fooled = c["target_clean_correct"] - c["robust_correct_on_target_clean"]
+    return {
+        "dataset": dataset, "seed": int(seed), "source": source, "target": target,
+        "kind": "white-box" if source == target else "transfer",
+        "attack": attack, "eps": float(eps), "steps": None if steps is None else int(steps),
+        "alpha": None if alpha is None else float(alpha),
+        "random_start": bool(random_start), "keep_best": bool(keep_best),
+        **c,
+        "clean_accuracy": _ratio(c["target_clean_correct"], n),
+        "robust_accuracy": robust,
+        "error": None if robust is None else 1.0 - robust,
+        "success_rate": _ratio(fooled, c["target_clean_correct"]),
+        "accuracy_on_both_correct": _ratio(c["robust_correct_on_both"], c["both_clean_correct"]),
+        "denominators": dict(DENOMINATORS),
+        "flags": dict(flags or {}),
+    }
+
+
+def record_key(r: dict[str, Any]) -> tuple:
+    """What identifies a record: (dataset, seed, source, target, attack, eps, steps). eps is rounded so that
+    0.1 + 0.05 and 0.15 name the same setting."""
+    return (r["dataset"], r["seed"], r["source"], r["target"], r["attack"], round(float(r["eps"]), 9), r["steps"])
+
+
+def _dumps(records: Iterable[dict[str, Any]]) -> str:
+    # allow_nan=False: a NaN would make a file that strict JSON readers (and the report) reject
+    return "".join(json.dumps(r, sort_keys=False, allow_nan=False) + "\n" for r in records)
+
+
+def append_records(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Append records to a JSONL file, flushed and fsynced before returning.
+
+    A kill mid-append can leave a partial last line; it is cut off here first (with a warning), so that the new
+    records do not get glued onto it and turn a recoverable tail into a corrupt line in the middle.
+    """
+    path = Path(path)
+    text = _dumps(records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                f.seek(0)
+                keep = f.read().rfind(b"\n") + 1
+                warnings.warn(f"{path}: dropping a truncated last line ({size - keep} bytes) before appending",
+                              stacklevel=2)
+                f.truncate(keep)
+        f.seek(0, os.SEEK_END)
+        f.write(text.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_records(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace a JSONL file with these records atomically (readers see the old file or the new one)."""
+    from attnrobust.runtime import atomic_write
+
+    atomic_write(path, _dumps(records))
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of a JSONL file. A malformed line is an error naming the file and line; the one exception is
+    a last line without its newline that does not parse (a kill mid-append), which is dropped with a warning."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such results file; run the attacks first (attnrobust attack/transfer/run)") \
+            from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read results file ({err}); check the file or rerun the attacks") from None
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            missing = [k for k in REQUIRED_KEYS if k not in record]
+            if missing:
+                raise ValueError(f"missing keys {', '.join(missing)}")
+        except ValueError as err:
+            truncated = number == len(lines)  # the last piece has no newline after it
+            if truncated and isinstance(err, json.JSONDecodeError):
+                warnings.warn(f"{path}:{number}: ignoring a truncated last line (an interrupted append)",
+                              stacklevel=2)
+                continue
+            raise UserError(f"{path}:{number}: malformed result record ({str(err).splitlines()[0]}); "
+                            f"fix or delete that line, or rerun the attacks") from None
+        records.append(record)
+    return records
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def format_records(records: Iterable[dict[str, Any]]) -> str:
+    """A compact text table: one line per record, accuracies in percent, failing sanity flags named."""
+    header = ("source", "target", "kind", "attack", "eps", "steps", "n", "clean%", "robust%", "error%",
+              "success%", "both%", "flags")
+    rows = []
+    for r in records:
+        failed = [name for name, flag in r.get("flags", {}).items() if not flag.get("ok", True)]
+        rows.append((r["source"], r["target"], r["kind"], r["attack"], f"{r['eps']:g}",
+                     "-" if r["steps"] is None else str(r["steps"]), str(r["n"]), _pct(r["clean_accuracy"]),
+                     _pct(r["robust_accuracy"]), _pct(r["error"]), _pct(r["success_rate"]),
+                     _pct(r["accuracy_on_both_correct"]),
+                     ("WARN " + ",".join(failed)) if failed else ("ok" if r.get("flags") else "")))
+    if not rows:
+        return "(no records)"
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    numeric = set(range(4, 12))
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])

@@ -1,0 +1,268 @@
+"""Evaluation loop, records, the JSONL store and checkpoint evaluation, on tiny models and data."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from attnrobust.attacks import predict
+from attnrobust.errors import UserError
+from attnrobust.evaluate import AttackConfig, clean_accuracy, evaluate_checkpoints, transfer, white_box
+from attnrobust.results import (DENOMINATORS, REQUIRED_KEYS, append_records, format_records, read_records,
+                                record_key, write_records)
+
+COUNTS = ("n", "target_clean_correct", "source_clean_correct", "both_clean_correct", "robust_correct",
+          "robust_correct_on_both", "robust_correct_on_target_clean")
+
+
+def tiny(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+
+
+def data(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def batches(x, y, size):
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+
+
+def fast_cfg(**kw) -> AttackConfig:
+    base = dict(fgsm_eps=[0.0, 0.1, 0.2], pgd_eps=0.2, pgd_alpha=0.05, pgd_steps=[2, 4], sanity_n=8)
+    return AttackConfig(**{**base, **kw})
+
+
+def by_key(records):
+    return {record_key(r): r for r in records}
+
+
+def test_default_config_is_the_papers():
+    cfg = AttackConfig().validate()
+    assert cfg.fgsm_eps == [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+    assert (cfg.pgd_eps, cfg.pgd_alpha, cfg.pgd_steps) == (0.2, 0.01, [5, 10, 20])
+    assert not cfg.random_start and not cfg.keep_best
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(attacks=["fgsm", "cw"]), "attack.attacks"), (dict(attacks=[]), "attack.attacks"),
+    (dict(fgsm_eps=[0.1, 1.2]), "attack.fgsm_eps"), (dict(pgd_eps=-0.1), "attack.pgd_eps"),
+    (dict(pgd_alpha=0), "attack.pgd_alpha"), (dict(pgd_steps=[5, 0]), "attack.pgd_steps"),
+    (dict(keep_best="yes"), "attack.keep_best"), (dict(apgd_steps=0), "attack.apgd_steps"),
+])
+def test_bad_config_names_the_field(change, field):
+    with pytest.raises(UserError, match=field):
+        AttackConfig(**change).validate()
+
+
+def test_records_have_every_key_and_consistent_ratios():
+    x, y = data()
+    records = white_box(tiny(0), batches(x, y, 10), fast_cfg(attacks=["fgsm", "pgd", "apgd"], apgd_steps=4),
+                        dataset="toy", name="a", quiet=True)
+    assert len(records) == 3 + 2 + 1
+    for r in records:
+        assert set(REQUIRED_KEYS) <= set(r)
+        assert r["denominators"] == DENOMINATORS and r["kind"] == "white-box"
+        assert r["n"] == 24 and r["robust_accuracy"] == r["robust_correct"] / 24
+        assert r["error"] == pytest.approx(1 - r["robust_accuracy"])
+        assert r["clean_accuracy"] == r["target_clean_correct"] / 24
+        if r["target_clean_correct"]:
+            assert r["success_rate"] == pytest.approx(
+                1 - r["robust_correct_on_target_clean"] / r["target_clean_correct"])
+        json.dumps(r, allow_nan=False)
+        assert "unbounded_eps" in r["flags"]
+    eps0 = next(r for r in records if r["attack"] == "fgsm" and r["eps"] == 0)
+    assert eps0["robust_correct"] == eps0["target_clean_correct"]  # eps 0 is the clean image
+    assert [r["steps"] for r in records if r["attack"] == "pgd"] == [2, 4]
+    assert next(r for r in records if r["attack"] == "apgd")["alpha"] is None
+
+
+def test_counts_do_not_depend_on_the_batching():
+    x, y = data()
+    for keep_best in (False, True):
+        cfg = fast_cfg(keep_best=keep_best, sanity_checks=False)
+        one = white_box(tiny(0), batches(x, y, 24), cfg, dataset="toy", quiet=True)
+        three = white_box(tiny(0), batches(x, y, 8), cfg, dataset="toy", quiet=True)
+        assert [{k: r[k] for k in COUNTS} for r in one] == [{k: r[k] for k in COUNTS} for r in three]
+
+
+@pytest.mark.parametrize("random_start", [False, True])
+def test_transfer_diagonal_equals_white_box(random_start):
+    x, y = data()
+    models = {"a": tiny(0), "b": tiny(1), "c": tiny(2)}
+    cfg = fast_cfg(random_start=random_start, keep_best=True)
+    loader = batches(x, y, 12)
+    matrix = transfer({"a": models["a"], "b": models["b"]}, models, loader, cfg, dataset="toy", seed=3, quiet=True)
+    assert len(matrix) == 2 * 3 * len(cfg.settings())
+    for name in ("a", "b"):
+        wb = by_key(white_box(models[name], loader, cfg, dataset="toy", name=name, seed=3, quiet=True))
+        diagonal = {k: r for k, r in by_key(matrix).items() if k[2] == k[3] == name}
+        assert diagonal.keys() == wb.keys()
+        for k in wb:
+            assert {c: diagonal[k][c] for c in COUNTS} == {c: wb[k][c] for c in COUNTS}
+    for r in matrix:
+        assert r["kind"] == ("white-box" if r["source"] == r["target"] else "transfer")
+        # both sources are also targets, so every transfer record onto a or b is checked against white-box
+        if r["kind"] == "transfer" and r["target"] in ("a", "b"):
+            assert "transfer_ge_white_box" in r["flags"]
+        if r["source"] == "a" and r["target"] == "b":
+            clean_a = (predict(models["a"], x) == y)
+            clean_b = (predict(models["b"], x) == y)
+            assert r["source_clean_correct"] == clean_a.sum().item()
+            assert r["target_clean_correct"] == clean_b.sum().item()
+            assert r["both_clean_correct"] == (clean_a & clean_b).sum().item()
+
+
+def test_sanity_flags():
+    x, y = data(32)
+    model = tiny(0)
+    y = predict(model, x)
+    cfg = fast_cfg(fgsm_eps=[0.2], pgd_steps=[1, 2, 4], keep_best=True, sanity_n=32)
+    records = white_box(model, batches(x, y, 32), cfg, dataset="toy", quiet=True)
+    pgd = {r["steps"]: r for r in records if r["attack"] == "pgd"}
+    assert "pgd_ge_fgsm" in pgd[4]["flags"] and "pgd_ge_fgsm" not in pgd[2]["flags"]  # 2 x 0.05 < 0.2
+    assert "monotone_steps" in pgd[2]["flags"] and pgd[2]["flags"]["monotone_steps"]["ok"]
+    assert records[0]["flags"]["unbounded_eps"]["ok"]
+    assert all(isinstance(f["detail"], str) for r in records for f in r["flags"].values())
+
+
+def test_robust_accuracy_not_above_clean():
+    x, y = data()
+    for r in white_box(tiny(0), batches(x, y, 12), fast_cfg(), dataset="toy", quiet=True):
+        assert r["robust_correct_on_target_clean"] <= r["target_clean_correct"]
+        if r["attack"] == "pgd":
+            assert r["robust_accuracy"] <= r["clean_accuracy"]
+
+
+def test_clean_accuracy():
+    x, y = data()
+    model = tiny(0)
+    assert clean_accuracy(model, batches(x, y, 5)) == pytest.approx((predict(model, x) == y).float().mean().item())
+
+
+def test_training_mode_restored_after_evaluation():
+    x, y = data()
+    model = tiny(0).train()
+    white_box(model, batches(x, y, 12), fast_cfg(), dataset="toy", quiet=True)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+# ---- the JSONL store ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def some_records():
+    x, y = data(8)
+    return white_box(tiny(0), batches(x, y, 8), fast_cfg(sanity_checks=False), dataset="toy", quiet=True)
+
+
+def test_append_and_read_round_trip(tmp_path, some_records):
+    path = tmp_path / "sub" / "results.jsonl"
+    append_records(path, some_records[:2])
+    append_records(path, some_records[2:])
+    assert read_records(path) == some_records
+    write_records(path, some_records[:1])
+    assert read_records(path) == some_records[:1]
+
+
+def test_truncated_last_line_is_ignored_with_a_warning(tmp_path, some_records):
+    path = tmp_path / "results.jsonl"
+    append_records(path, some_records)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-40])  # a kill -9 mid-append
+    with pytest.warns(UserWarning, match="truncated"):
+        assert read_records(path) == some_records[:-1]
+    with pytest.warns(UserWarning, match="truncated"):
+        append_records(path, some_records[-1:])  # the partial line is cut, not glued onto
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_records(path) == some_records
+
+
+def test_malformed_line_is_an_error_naming_file_and_line(tmp_path, some_records):
+    path = tmp_path / "results.jsonl"
+    lines = [json.dumps(r) for r in some_records]
+    lines[1] = lines[1][:-10]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=r"results\.jsonl:2"):
+        read_records(path)
+    path.write_text(json.dumps({"dataset": "toy"}) + "\n")
+    with pytest.raises(UserError, match=r"results\.jsonl:1: .*missing keys"):
+        read_records(path)
+    with pytest.raises(UserError, match="no such results file"):
+        read_records(tmp_path / "missing.jsonl")
+
+
+def test_record_key_and_format(some_records):
+    keys = {record_key(r) for r in some_records}
+    assert len(keys) == len(some_records)
+    assert record_key(some_records[0]) == ("toy", 0, "model", "model", "fgsm", 0.0, None)
+    table = format_records(some_records)
+    lines = table.splitlines()
+    assert len(lines) == 2 + len(some_records) and "robust%" in lines[0] and "pgd" in table
+    assert format_records([]) == "(no records)"
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def checkpoints(tmp_path):
+    checkpoint = pytest.importorskip("attnrobust.checkpoint")
+    models = pytest.importorskip("attnrobust.models")
+    paths = {}
+    for name, dataset, classes, seed in [("resnet14", "fashion-mnist-mini", 10, 0),
+                                         ("cbam_resnet14", "fashion-mnist-mini", 10, 0),
+                                         ("other", "cifar10", 10, 0), ("few", "fashion-mnist-mini", 5, 0)]:
+        arch = name if name in ("resnet14", "cbam_resnet14") else "resnet14"
+        torch.manual_seed(1)
+        model = models.build_model(arch, classes, in_channels=1 if dataset != "cifar10" else 3, width=4)
+        meta = {"dataset": dataset, "num_classes": classes, "seed": seed}
+        paths[name] = checkpoint.save_checkpoint(tmp_path / f"{name}.safetensors", model, meta)
+    return paths
+
+
+@pytest.mark.slow
+def test_evaluate_checkpoints_white_box_and_transfer(checkpoints):
+    cfg = fast_cfg(fgsm_eps=[0.0, 0.1], pgd_steps=[2], sanity_n=4)
+    wb = evaluate_checkpoints([checkpoints["resnet14"]], None, cfg, n=6, batch_size=4, device="cpu", quiet=True)
+    assert {(r["source"], r["target"]) for r in wb} == {("resnet14", "resnet14")}
+    assert all(r["n"] == 6 and r["dataset"] == "fashion-mnist-mini" for r in wb)
+    tr = evaluate_checkpoints([checkpoints["resnet14"]], [checkpoints["cbam_resnet14"], checkpoints["resnet14"]],
+                              cfg, n=6, batch_size=4, device="cpu", quiet=True)
+    assert {(r["source"], r["target"]) for r in tr} == {("resnet14", "resnet14"), ("resnet14", "cbam_resnet14")}
+    for r in tr:
+        if r["target"] == "resnet14":
+            assert {c: r[c] for c in COUNTS} == {c: by_key(wb)[record_key(r)][c] for c in COUNTS}
+
+
+@pytest.mark.slow
+def test_evaluate_checkpoints_refuses_mixed_datasets_and_class_counts(checkpoints):
+    cfg = fast_cfg()
+    with pytest.raises(UserError, match="cifar10"):
+        evaluate_checkpoints([checkpoints["resnet14"]], [checkpoints["other"]], cfg, n=4, device="cpu")
+    with pytest.raises(UserError, match="classes"):
+        evaluate_checkpoints([checkpoints["resnet14"]], [checkpoints["few"]], cfg, n=4, device="cpu")
+
+
+@pytest.mark.slow
+def test_cli_attack_and_transfer_write_records(checkpoints, tmp_path, capsys):
+    from attnrobust.cli import main
+
+    out = tmp_path / "results.jsonl"
+    common = ["--n", "4", "--batch-size", "4", "--fgsm-eps", "0,0.1", "--pgd-steps", "1,2", "--quiet",
+              "--device", "cpu", "--out", str(out)]
+    assert main(["attack", str(checkpoints["resnet14"]), *common]) == 0
+    assert main(["transfer", "--source", str(checkpoints["resnet14"]), "--target",
+                 str(checkpoints["cbam_resnet14"]), *common]) == 0
+    printed = capsys.readouterr().out
+    assert "robust%" in printed and "records appended" in printed
+    records = read_records(out)
+    assert len(records) == 4 + 8 and {r["kind"] for r in records} == {"white-box", "transfer"}
+    assert main(["attack", str(checkpoints["resnet14"]), *common, "--pgd-eps", "2"]) == 2
