@@ -223,11 +223,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     from attnrobust.models import build_model, list_models
 
     spec = get_spec(args.dataset)
+    counts = {name: sum(p.numel() for p in build_model(name, spec.num_classes, in_channels=spec.channels,
+                                                        width=args.width).parameters())
+              for name in list_models()}
     print(f"{'model':<18} {'parameters':>12}   ({args.dataset}: {spec.channels}x32x32, "
           f"{spec.num_classes} classes, width {args.width})")
-    for name in list_models():
-        model = build_model(name, spec.num_classes, in_channels=spec.channels, width=args.width)
-        print(f"{name:<18} {sum(p.numel() for p in model.parameters()):>12,}")
+    for name, count in counts.items():
+        print(f"{name:<18} {count:>12,}")
     return 0
 
 
@@ -242,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"attnrobust: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `attnrobust ... | head`: the reader left; not an error worth a traceback
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("attnrobust: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -1,0 +1,225 @@
+"""Where and how things run: device, seeds, threads, distributed init, env.json, atomic writes.
+
+Distributed runs are started by torchrun, which sets RANK, WORLD_SIZE and LOCAL_RANK; `dist_info()` joins the
+process group the first time it is asked (so every stage works under torchrun without extra calls) and is a
+no-op for a plain `python -m attnrobust ...` process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+from attnrobust.errors import UserError
+
+# ---- files ------------------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself lives in the directory entry; without this a power cut can undo it.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms/filesystems cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`, on failure removed.
+
+    Readers therefore see either the old file or the complete new one, never a half-written file, even if the
+    process is killed with SIGKILL mid-write (a stray `.tmp` file is all that can be left behind).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write `data` (text is UTF-8 encoded) to `path` atomically."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+# ---- device, seeds, threads -------------------------------------------------------------------------------------
+
+
+def resolve_device(name=None):
+    """A torch.device from a name ("cpu", "cuda", "cuda:1", ...) or None (CUDA if available, else the CPU).
+
+    Under torchrun a bare "cuda" means this process's own GPU, cuda:LOCAL_RANK.
+    """
+    import torch
+
+    if isinstance(name, torch.device):
+        device = name
+    elif name is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(str(name).strip())
+        except RuntimeError:
+            raise UserError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r}: CUDA is not available on this machine; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if device.index >= torch.cuda.device_count():
+            raise UserError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here; "
+                            f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif device.type != "cpu" and device.type != "mps":
+        raise UserError(f"unsupported device {name!r}; use cpu, cuda or cuda:N")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator training can touch (Python, torch CPU and CUDA). numpy is not used in training."""
+    import random
+
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def set_threads(n: int | None = None) -> int:
+    """Use `n` intra-op threads (default: $ATTNROBUST_THREADS, else the cores this process may run on).
+
+    torch's default can exceed the cores we are allowed (containers, taskset), which oversubscribes and slows
+    convolutions down; under torchrun on a CPU the cores are split between the local processes.
+    """
+    import torch
+
+    if n is None:
+        env = os.environ.get("ATTNROBUST_THREADS")
+        if env:
+            n = int(env)
+        else:
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except AttributeError:  # not on Linux
+                cores = os.cpu_count() or 1
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+            n = max(1, cores // max(1, local))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+# ---- distributed ------------------------------------------------------------------------------------------------
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Join the torchrun process group if this process was started by torchrun; return (rank, world, local_rank).
+
+    The backend serves both kinds of tensors (gloo for CPU ones, NCCL for CUDA ones when CUDA exists), so
+    collectives work whatever device a stage runs on.
+    """
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return 0, 1, 0
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            backend = "cpu:gloo,cuda:nccl"
+        else:
+            backend = "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) of this process; (0, 1, 0) when not distributed."""
+    return init_distributed()
+
+
+def is_main() -> bool:
+    """True on the process that writes files (rank 0, or the only process)."""
+    return dist_info()[0] == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# ---- environment record -----------------------------------------------------------------------------------------
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):  # no git installed, or it hangs
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def environment(device=None) -> dict:
+    """Versions, device, threads, git commit: what someone needs to know to reproduce a number."""
+    import torch
+
+    from attnrobust import __version__
+
+    device = resolve_device(device)
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = platform.processor() or platform.machine()
+    rank, world, _ = dist_info()
+    return {
+        "attnrobust": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": device_name,
+        "threads": torch.get_num_threads(),
+        "world_size": world,
+        "git_commit": _git_commit(),
+    }
+
+
+def write_env_json(path: str | Path, argv: list[str] | None = None, device=None) -> dict:
+    """Write `environment()` plus the command line and the time to `path` (atomically); return the dict."""
+    env = environment(device)
+    env["command"] = list(sys.argv if argv is None else argv)
+    env["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    atomic_write(path, json.dumps(env, indent=2) + "\n")
+    return env

@@ -1,0 +1,64 @@
+"""Runtime helpers: device names, atomic writes, env.json, distributed defaults."""
+
+import json
+
+import pytest
+import torch
+
+from attnrobust.errors import UserError
+from attnrobust.runtime import (atomic_path, atomic_write, dist_info, is_main, resolve_device, seed_everything,
+                                set_threads, write_env_json)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError, match="device"):
+        resolve_device("banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "sub" / "f.txt"
+    atomic_write(path, "one")
+    atomic_write(path, b"two")
+    assert path.read_text() == "two"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["f.txt"]
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_seed_everything_repeats():
+    seed_everything(3)
+    a = torch.rand(3)
+    seed_everything(3)
+    assert torch.equal(a, torch.rand(3))
+
+
+def test_env_json(tmp_path):
+    set_threads()
+    env = write_env_json(tmp_path / "env.json", ["attnrobust", "train"], device="cpu")
+    saved = json.loads((tmp_path / "env.json").read_text())
+    assert saved == env
+    assert saved["command"] == ["attnrobust", "train"]
+    assert saved["threads"] == torch.get_num_threads()
+    for key in ("torch", "python", "attnrobust", "device", "git_commit", "time"):
+        assert key in saved
+
+
+def test_not_distributed_by_default(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert dist_info() == (0, 1, 0)
+    assert is_main()

@@ -1,0 +1,126 @@
+"""End to end: a tiny study produces every report file; it resumes after an interruption with the same results."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attnrobust.cli import main
+from attnrobust.errors import UserError
+from attnrobust.results import read_records
+from attnrobust.study import list_runs, run_study
+
+MODELS = ["resnet14", "cbam_resnet14", "vgg16_bn"]
+# Seconds, not minutes: tiny widths, a few hundred training images, 1 epoch, 48 attacked images.
+TINY = ["train.width=4", "train.epochs=1", "train.n_train=256", "train.batch_size=64", "eval.n=48",
+        "eval.batch_size=24", "attack.pgd_steps=[1,2,4]", "attack.fgsm_eps=[0.0,0.1,0.3]"]
+
+
+def _stable(records):
+    """The records without wall-clock fields, in a canonical order (run order may not matter)."""
+    volatile = {"seconds", "time", "images_per_s"}
+    rows = [{k: v for k, v in r.items() if k not in volatile} for r in records]
+    return sorted(rows, key=lambda r: repr(sorted(r.items())))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse per-test cache is not set up yet
+        patch.setenv("ATTNROBUST_CACHE", str(tmp_path_factory.mktemp("cache")))
+        run_study("quick", out=out, overrides=TINY, quiet=True)
+    return out
+
+
+def test_tiny_study_writes_every_report_file(tiny_run):
+    for name in ["config.toml", "env.json", "results.jsonl", "report/README.md"]:
+        assert (tiny_run / name).is_file(), name
+    assert len(list((tiny_run / "checkpoints").glob("*.safetensors"))) >= 3
+    assert list((tiny_run / "logs").glob("*.jsonl"))
+    report = tiny_run / "report"
+    for table in ["table2", "table3"]:
+        for suffix in [".md", ".csv", ".tex"]:
+            assert (report / f"{table}{suffix}").is_file(), table + suffix
+    assert list(report.glob("figures/*.png"))
+    records = read_records(tiny_run / "results.jsonl")
+    # 3 sources x 3 targets x (3 FGSM eps + 3 PGD step counts)
+    assert len(records) == 3 * 3 * (3 + 3)
+    assert {(r["source"], r["target"]) for r in records} == {(s, t) for s in MODELS for t in MODELS}
+    with open(report / "table2.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 1 + 3  # header + one row per model (one dataset)
+    readme = (report / "README.md").read_text()
+    assert "erdict" in readme
+
+
+def test_rerun_of_finished_study_does_nothing_new(tiny_run):
+    before = (tiny_run / "results.jsonl").read_bytes()
+    mtimes = {p: p.stat().st_mtime_ns for p in (tiny_run / "checkpoints").glob("*.safetensors")}
+    run_study("quick", out=tiny_run, overrides=TINY, quiet=True)
+    assert (tiny_run / "results.jsonl").read_bytes() == before
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_changed_config_in_existing_folder_is_refused(tiny_run):
+    before = (tiny_run / "results.jsonl").read_bytes()
+    with pytest.raises(UserError, match="different config.*train.epochs"):
+        run_study("quick", out=tiny_run, overrides=[*TINY, "train.epochs=2"], quiet=True)
+    assert (tiny_run / "results.jsonl").read_bytes() == before
+
+
+def test_interrupted_study_resumes_to_the_same_results(tiny_run, tmp_path, monkeypatch):
+    import attnrobust.evaluate as evaluate
+
+    real_transfer, calls = evaluate.transfer, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if killed during the second attack job
+        return real_transfer(*args, **kwargs)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(evaluate, "transfer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study("quick", out=out, overrides=TINY, quiet=True)
+    assert len(read_records(out / "results.jsonl")) == 3 * (3 + 3)  # the first job only, whole
+    monkeypatch.setattr(evaluate, "transfer", real_transfer)
+    run_study("quick", out=out, overrides=TINY, quiet=True)
+    assert _stable(read_records(out / "results.jsonl")) == _stable(read_records(tiny_run / "results.jsonl"))
+
+
+@pytest.mark.slow
+def test_study_killed_with_sigkill_resumes_to_the_same_results(tiny_run, tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "attnrobust", "run", "quick", "--out", str(out), "--quiet"]
+    command += [arg for o in TINY for arg in ("--set", o)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "results.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert _stable(read_records(out / "results.jsonl")) == _stable(read_records(tiny_run / "results.jsonl"))
+
+
+def test_ls_shows_jobs_and_report(tiny_run, capsys):
+    text = list_runs(tiny_run.parent)
+    assert "tiny:" in text and "6/6 jobs done" in text and "report/README.md" in text
+    assert main(["ls", str(tiny_run.parent)]) == 0
+    assert "6/6 jobs done" in capsys.readouterr().out
+
+
+def test_cli_run_bad_override_is_one_line(capsys, tmp_path):
+    assert main(["run", "quick", "--out", str(tmp_path / "x"), "--set", "study.models=['resnet15']"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resnet15" in err[0]
+    assert not (tmp_path / "x").exists()  # nothing written for a config that does not validate
