@@ -256,7 +256,7 @@ def test_cli_attack_and_transfer_write_records(checkpoints, tmp_path, capsys):
     from attnrobust.cli import main
 
     out = tmp_path / "results.jsonl"
-    common = ["--n", "4", "--batch-size", "4", "--fgsm-eps", "0,0.1", "--pgd-steps", "1,2", "--quiet",
+    common = ["--num-images", "4", "--batch-size", "4", "--fgsm-eps", "0,0.1", "--pgd-steps", "1,2", "--quiet",
               "--device", "cpu", "--out", str(out)]
     assert main(["attack", str(checkpoints["resnet14"]), *common]) == 0
     assert main(["transfer", "--source", str(checkpoints["resnet14"]), "--target",
@@ -266,3 +266,30 @@ def test_cli_attack_and_transfer_write_records(checkpoints, tmp_path, capsys):
     records = read_records(out)
     assert len(records) == 4 + 8 and {r["kind"] for r in records} == {"white-box", "transfer"}
     assert main(["attack", str(checkpoints["resnet14"]), *common, "--pgd-eps", "2"]) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_give_the_records_of_one(checkpoints, tmp_path):
+    """Under torchrun each rank attacks its shard of the test images and the counts are all-reduced: the records
+    equal a single process's (n not divisible by 2, so an uneven split is covered), and only rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["--num-images", "13", "--batch-size", "4", "--fgsm-eps", "0,0.1", "--pgd-steps", "1,2", "--keep-best",
+            "--quiet", "--device", "cpu"]
+    source, target = str(checkpoints["resnet14"]), str(checkpoints["cbam_resnet14"])
+    single, double = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for out, launcher in [(single, []), (double, ["-m", "torch.distributed.run", "--standalone",
+                                                  "--nproc_per_node", "2"])]:
+        done = subprocess.run([sys.executable, *launcher, "-m", "attnrobust", "transfer", "--source", source,
+                               "--target", target, *args, "--out", str(out)],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    one, two = read_records(single), read_records(double)
+    assert len(two) == len(one) == 2 * (2 + 2)
+    assert all(r["n"] == 13 for r in two)
+    for r in one:
+        match = by_key(two)[record_key(r)]
+        assert {c: match[c] for c in COUNTS} == {c: r[c] for c in COUNTS}

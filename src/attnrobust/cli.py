@@ -46,7 +46,9 @@ def _add_attack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-start", action="store_true", help="PGD starts at a random point of the eps-ball")
     p.add_argument("--keep-best", action="store_true",
                    help="count a sample as broken once any iterate fools the model (AutoAttack's convention)")
-    p.add_argument("--n", type=int, default=None, help="attack only the first N test images (default: all)")
+    # not "--n": torchrun's parser would take it for an abbreviation of its own --nnodes/--nproc-per-node
+    p.add_argument("--num-images", type=int, default=None, metavar="N",
+                   help="attack only the first N test images (default: all)")
     p.add_argument("--batch-size", type=int, default=256, help="images per attack batch (default: 256)")
     p.add_argument("--out", type=Path, default=None, help="append the result records to this JSONL file")
     p.add_argument("--seed", type=int, default=0, help="seed for random starts (default: 0)")
@@ -175,8 +177,12 @@ def _evaluate_and_print(args: argparse.Namespace, sources: list[Path], targets: 
     from attnrobust.evaluate import evaluate_checkpoints
     from attnrobust.results import append_records, format_records
 
-    records = evaluate_checkpoints(sources, targets, _attack_config(args), n=args.n, batch_size=args.batch_size,
+    from attnrobust.runtime import is_main
+
+    records = evaluate_checkpoints(sources, targets, _attack_config(args), n=args.num_images, batch_size=args.batch_size,
                                    device=args.device, data_dir=args.data_dir, seed=args.seed, quiet=args.quiet)
+    if not is_main():  # under torchrun every rank holds the same all-reduced records; rank 0 reports them
+        return 0
     print(format_records(records))
     if args.out is not None:
         append_records(args.out, records)

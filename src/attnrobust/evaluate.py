@@ -354,6 +354,8 @@ def evaluate_checkpoints(sources: list[Path], targets: list[Path] | None, cfg: A
     if n is not None:
         images, labels = images[:n], labels[:n]
     rank, world_size, _ = dist_info()
-    loader = DeviceLoader(images, labels, batch_size=batch_size, device=device, rank=rank, world_size=world_size)
+    # equal_shards=False: every test image is scored by exactly one rank (counts are all-reduced once, at the end)
+    loader = DeviceLoader(images, labels, batch_size=batch_size, device=device, rank=rank, world_size=world_size,
+                          equal_shards=False)
     return transfer(source_models, target_models, loader, cfg, dataset=dataset, seed=record_seed, device=device,
                     quiet=quiet, attack_seed=seed)

@@ -91,9 +91,7 @@ def _agree_on_pending(pending: list[bool]) -> list[bool]:
 
     if not (dist.is_available() and dist.is_initialized()):
         return pending
-    flags = torch.tensor(pending, dtype=torch.uint8)
-    if dist.get_backend() == "nccl":
-        flags = flags.cuda()
+    flags = torch.tensor(pending, dtype=torch.uint8)  # a CPU tensor: runtime's process group has gloo for those
     dist.broadcast(flags, src=0)
     return [bool(f) for f in flags.tolist()]
 
@@ -139,7 +137,7 @@ def run_study(config: str | Path = "quick", *, out: str | Path | None = None, ov
                 continue
             models = {m: load_model(path, device=device) for m, path in checkpoints.items()}
             loader = DeviceLoader(test_images, test_labels, batch_size=cfg.eval.batch_size, device=device,
-                                  rank=rank, world_size=world_size)
+                                  rank=rank, world_size=world_size, equal_shards=False)  # no test image dropped
             for source, todo in zip(cfg.study.models, pending):
                 if not todo:
                     continue
