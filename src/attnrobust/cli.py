@@ -176,11 +176,11 @@ def _attack_config(args: argparse.Namespace):
 def _evaluate_and_print(args: argparse.Namespace, sources: list[Path], targets: list[Path] | None) -> int:
     from attnrobust.evaluate import evaluate_checkpoints
     from attnrobust.results import append_records, format_records
-
     from attnrobust.runtime import is_main
 
-    records = evaluate_checkpoints(sources, targets, _attack_config(args), n=args.num_images, batch_size=args.batch_size,
-                                   device=args.device, data_dir=args.data_dir, seed=args.seed, quiet=args.quiet)
+    records = evaluate_checkpoints(sources, targets, _attack_config(args), n=args.num_images,
+                                   batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
+                                   seed=args.seed, quiet=args.quiet)
     if not is_main():  # under torchrun every rank holds the same all-reduced records; rank 0 reports them
         return 0
     print(format_records(records))

@@ -53,6 +53,9 @@ def _read_results(path: Path) -> list[dict]:
     return read_records(path) if path.exists() else []
 
 
+_RUN_FOLDER_ENTRIES = {"config.toml", "env.json", "checkpoints", "logs", "results.jsonl", "report"}
+
+
 def _claim_run_dir(run_dir: Path, cfg: StudyConfig, is_main: bool) -> None:
     """Write the resolved config into a new run folder, or check that an existing one holds the same config."""
     import tomllib
@@ -72,12 +75,16 @@ def _claim_run_dir(run_dir: Path, cfg: StudyConfig, is_main: bool) -> None:
                              if existing.get(section, {}).get(key) != wanted.get(section, {}).get(key))
             raise UserError(f"{run_dir} holds a study with a different config (differs in {', '.join(changed)}); "
                             f"use a new --out folder, or the config stored in {stored} to resume it")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "results.jsonl").exists() \
-            and not (run_dir / "checkpoints").exists():
-        raise UserError(f"{run_dir} exists and is not a run folder; choose a new --out folder")
-    elif is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(stored, to_toml(wanted))
+    else:
+        # A folder of `attnrobust train --out` runs (checkpoints/, logs/, env.json) may become a study folder: its
+        # finished checkpoints are reused when their training config matches. Anything else is not ours to touch.
+        foreign = [p.name for p in run_dir.iterdir() if p.name not in _RUN_FOLDER_ENTRIES] if run_dir.is_dir() else []
+        if foreign:
+            raise UserError(f"{run_dir} exists and is not a run folder (it holds {', '.join(sorted(foreign)[:3])}); "
+                            f"choose a new --out folder")
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(stored, to_toml(wanted))
 
 
 def _say(message: str) -> None:
