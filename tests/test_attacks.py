@@ -127,6 +127,34 @@ def test_keep_best_pruning_breaks_the_same_samples_as_no_pruning():
         torch.testing.assert_close(pruned[k], full[k], rtol=0, atol=1e-6)
 
 
+def test_keep_best_matches_a_naive_reference():
+    # AutoAttack's convention written out plainly, full batch, no pruning: a sample's result is its first iterate
+    # (the start included) that fools the model, else the k-th iterate.
+    model, (x, y) = small_cnn(), batch(64)
+    y = predict(model, x)
+    y[:5] = (y[:5] + 1) % 10
+    eps, alpha = 0.05, 0.005
+
+    def reference(k):
+        x_adv, result = x.clone(), x.clone()
+        broken = torch.zeros(len(y), dtype=torch.bool)
+        for i in range(k + 1):
+            fooled = predict(model, x_adv) != y
+            result[fooled & ~broken] = x_adv[fooled & ~broken]
+            broken |= fooled
+            if i < k:
+                xr = x_adv.clone().requires_grad_(True)
+                (g,) = torch.autograd.grad(nn.functional.cross_entropy(model(xr), y, reduction="sum"), xr)
+                x_adv = torch.min(torch.max(x_adv + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+        result[~broken] = x_adv[~broken]
+        return result
+
+    out = pgd(model, x, y, eps, alpha, [1, 5, 20], keep_best=True)
+    for k in (1, 5, 20):
+        torch.testing.assert_close(out[k], reference(k), rtol=0, atol=1e-6)
+    assert 5 < (predict(model, out[20]) != y).sum() < len(y)
+
+
 def test_keep_best_counts_clean_misclassified_as_broken_at_the_start():
     model, (x, y) = small_cnn(), batch()
     y = (predict(model, x) + 1) % 10  # every sample misclassified clean
@@ -198,6 +226,14 @@ def test_attacks_work_under_no_grad_and_inference_mode():
     with torch.inference_mode():
         xi, yi = x.clone(), y.clone()
     assert torch.equal(pgd(model, xi, yi, 0.1, 0.02, [3])[3], expected)
+    # called from inside inference mode with inference tensors (as an evaluation loop might)
+    with torch.inference_mode():
+        xi, yi = x.clone(), y.clone()
+        assert torch.equal(pgd(model, xi, yi, 0.1, 0.02, [3])[3], expected)
+        assert torch.equal(pgd(model, xi, yi, 0.1, 0.02, [3], keep_best=True)[3],
+                           pgd(model, x, y, 0.1, 0.02, [3], keep_best=True)[3])
+        assert torch.equal(fgsm(model, xi, yi, [0.1])[0], fgsm(model, x, y, [0.1])[0])
+        assert torch.equal(apgd(model, xi, yi, 0.1, steps=4), apgd(model, x, y, 0.1, steps=4))
 
 
 # ---- differential tests against torchattacks 3.5.1 ---------------------------------------------------------------
@@ -245,6 +281,13 @@ def test_pgd_matches_torchattacks(torchattacks, n):
     (lambda m, x, y: fgsm(m, x[0], y, [0.1]), r"\[B, C, H, W\]"),
     (lambda m, x, y: fgsm(m, x, y[:-1], [0.1]), "labels"),
     (lambda m, x, y: pgd(m, x, y.float(), 0.1, 0.01, [1]), "labels"),
+    (lambda m, x, y: fgsm(m, x, y, 0.1), "eps_list must be a list"),
+    (lambda m, x, y: pgd(m, x, y, 0.1, 0.01, 5.0), "steps"),
+    (lambda m, x, y: pgd(m, x, y, 0.1, float("inf"), [5]), "alpha"),
+    (lambda m, x, y: apgd(m, x, y, 0.1, steps=[5, 10]), "steps"),
+    (lambda m, x, y: apgd(m, x, y, 0.1, steps=5, rho="0.75"), "rho"),
+    (lambda m, x, y: fgsm(m.to(torch.float64), x, y, [0.1]), "fp32"),
+    (lambda m, x, y: fgsm(m, x.to("meta"), y, [0.1]), "device"),
 ])
 def test_bad_input_raises_one_line_user_error(call, match):
     model, (x, y) = small_cnn(), batch()

@@ -52,7 +52,8 @@ def test_default_config_is_the_papers():
 
 @pytest.mark.parametrize("change, field", [
     (dict(attacks=["fgsm", "cw"]), "attack.attacks"), (dict(attacks=[]), "attack.attacks"),
-    (dict(fgsm_eps=[0.1, 1.2]), "attack.fgsm_eps"), (dict(pgd_eps=-0.1), "attack.pgd_eps"),
+    (dict(fgsm_eps=[0.1, 1.2]), "attack.fgsm_eps"), (dict(fgsm_eps=[0.1, 0.1]), "attack.fgsm_eps"),
+    (dict(pgd_eps=-0.1), "attack.pgd_eps"),
     (dict(pgd_alpha=0), "attack.pgd_alpha"), (dict(pgd_steps=[5, 0]), "attack.pgd_steps"),
     (dict(keep_best="yes"), "attack.keep_best"), (dict(apgd_steps=0), "attack.apgd_steps"),
 ])
@@ -130,6 +131,31 @@ def test_sanity_flags():
     assert "monotone_steps" in pgd[2]["flags"] and pgd[2]["flags"]["monotone_steps"]["ok"]
     assert records[0]["flags"]["unbounded_eps"]["ok"]
     assert all(isinstance(f["detail"], str) for r in records for f in r["flags"].values())
+
+
+def test_masking_flags_fire_on_a_model_without_gradients():
+    # Quantizing the input (round has zero gradient) masks the gradient: white-box attacks cannot move, so the
+    # eps = 1 check keeps the clean accuracy, and an attack transferred from an unmasked twin beats white-box.
+    class Quantized(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(torch.round(x * 4) / 4)
+
+    x, _ = data(32)
+    plain, masked = tiny(0), Quantized(tiny(0))
+    y = predict(masked, x)
+    cfg = fast_cfg(fgsm_eps=[0.2], pgd_alpha=0.1, pgd_steps=[4], keep_best=True, sanity_n=32)
+    records = transfer({"plain": plain, "masked": masked}, {}, batches(x, y, 32), cfg, dataset="toy", quiet=True)
+    wb_masked = [r for r in records if r["kind"] == "white-box" and r["source"] == "masked"]
+    assert all(not r["flags"]["unbounded_eps"]["ok"] for r in wb_masked)
+    assert all(r["robust_correct"] == r["n"] for r in wb_masked)  # the attack never moved
+    onto_masked = [r for r in records if r["source"] == "plain" and r["target"] == "masked"]
+    assert any(not r["flags"]["transfer_ge_white_box"]["ok"] for r in onto_masked)
+    wb_plain = [r for r in records if r["kind"] == "white-box" and r["source"] == "plain"]
+    assert all(r["flags"]["unbounded_eps"]["ok"] for r in wb_plain)
 
 
 def test_robust_accuracy_not_above_clean():

@@ -291,6 +291,11 @@ def test_attention_maps_shapes_values_and_order():
     model.eval()
     again = attention_maps(model, x)
     assert not model.training
+    model.train()
+    model.stem.eval()  # a mixed state comes back module by module
+    modes = [m.training for m in model.modules()]
+    attention_maps(model, x)
+    assert [m.training for m in model.modules()] == modes
     assert all(torch.equal(a["spatial"], b["spatial"]) for a, b in zip(maps, again))
 
 

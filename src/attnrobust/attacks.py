@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager, nullcontext
 from numbers import Real
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,27 +73,36 @@ def _check_eps(eps: float, name: str = "eps") -> float:
 
 
 def _check_steps(steps: int | Sequence[int], name: str = "steps") -> list[int]:
-    values = [steps] if isinstance(steps, int) else list(steps)
+    try:
+        values = [steps] if isinstance(steps, int) else list(steps)
+    except TypeError:  # a float or None: not a count, not a list of counts
+        values = [steps]
     if not values or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in values):
         raise UserError(f"{name} must be positive integers, got {steps!r}")
     return values
 
 
-def _check_batch(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+def _check_batch(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise UserError(f"attack inputs must be a float tensor [B, C, H, W] of pixels in [0, 1], got {shape}")
     if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
         shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise UserError(f"labels must be an integer tensor [B] with B = {x.shape[0]} (the batch size), got {shape}")
+    device = next((p.device for p in model.parameters()), x.device)
+    if x.device != device or y.device != device:
+        raise UserError(f"attack inputs are on {x.device} and labels on {y.device} but the model is on {device}; "
+                        f"move them to the model's device")
     if x.numel():
-        lo, hi = torch.aminmax(x)
-        if lo.item() < 0.0 or hi.item() > 1.0:
-            raise UserError(f"attack inputs must be pixels in [0, 1], got values in [{lo.item():.4g}, "
-                            f"{hi.item():.4g}]; normalization belongs inside the model")
-    x, y = x.detach().float(), y.detach().long()
-    # tensors made under inference_mode cannot enter autograd; a clone outside it is a normal tensor
-    return (x.clone() if x.is_inference() else x), (y.clone() if y.is_inference() else y)
+        lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one host sync for both
+        if lo < 0.0 or hi > 1.0:
+            raise UserError(f"attack inputs must be pixels in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+                            f"normalization belongs inside the model")
+    # tensors made under inference_mode cannot enter autograd; a clone made outside it is a normal tensor (the
+    # clone must itself run outside inference mode: an attack may be called from inside one)
+    with torch.inference_mode(False):
+        x, y = x.detach().float(), y.detach().long()
+        return (x.clone() if x.is_inference() else x), (y.clone() if y.is_inference() else y)
 
 
 def _loss_grad(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -113,6 +122,8 @@ def _project_(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
 
 def _random_start(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
     # Drawn on the CPU so that a seed gives the same start on every device.
+    if generator is not None and generator.device.type != "cpu":
+        raise UserError(f"the random-start generator must be a CPU torch.Generator, got one on {generator.device}")
     noise = torch.empty(x.shape, dtype=torch.float32).uniform_(-eps, eps, generator=generator)
     return (x + noise.to(x.device)).clamp_(0.0, 1.0)
 
@@ -125,8 +136,10 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps_list: Sequence[float]) -> l
 
     Returns the adversarial batches as a list aligned with eps_list.
     """
+    if isinstance(eps_list, (Real, str)) or not isinstance(eps_list, Iterable):
+        raise UserError(f"FGSM eps_list must be a list of numbers in [0, 1], got {eps_list!r}")
     eps_values = [_check_eps(e) for e in eps_list]
-    x, y = _check_batch(x, y)
+    x, y = _check_batch(model, x, y)
     with attack_hygiene(model):
         _, _, grad = _loss_grad(model, x, y)
         direction = grad.sign_()
@@ -149,12 +162,12 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps_
       costs far fewer than max(steps_list) full steps. prune=False gives the same result at full cost (for tests).
     """
     eps = _check_eps(eps)
-    if isinstance(alpha, bool) or not isinstance(alpha, Real) or not alpha > 0:
-        raise UserError(f"PGD step size alpha must be a positive number, got {alpha!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, Real) or not 0 < alpha < math.inf:
+        raise UserError(f"PGD step size alpha must be a positive finite number, got {alpha!r}")
     alpha = float(alpha)
     wanted = set(_check_steps(steps_list, "PGD steps"))
     total = max(wanted)
-    x, y = _check_batch(x, y)
+    x, y = _check_batch(model, x, y)
     out: dict[int, Tensor] = {}
     with attack_hygiene(model):
         x_adv = _random_start(x, eps, generator) if random_start else x.clone()
@@ -229,10 +242,11 @@ def apgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 20, *,
     convention; the sample then leaves the batch), else the highest-loss iterate.
     """
     eps = _check_eps(eps)
-    (steps,) = _check_steps(steps, "APGD steps")
-    if not 0.0 < rho <= 1.0 or not 0.0 < momentum <= 1.0:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserError(f"APGD steps must be a positive integer, got {steps!r}")
+    if not all(isinstance(v, Real) and not isinstance(v, bool) and 0.0 < v <= 1.0 for v in (rho, momentum)):
         raise UserError(f"APGD rho and momentum must be in (0, 1], got rho={rho!r}, momentum={momentum!r}")
-    x, y = _check_batch(x, y)
+    x, y = _check_batch(model, x, y)
     checkpoints = set(apgd_checkpoints(steps)[1:])
     with attack_hygiene(model):
         x_cur = _random_start(x, eps, generator) if random_start else x.clone()

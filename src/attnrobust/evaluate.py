@@ -74,8 +74,9 @@ class AttackConfig:
             raise bad("attacks", f"expected a non-empty list of distinct names from {', '.join(ATTACKS)}",
                       self.attacks)
         if not isinstance(self.fgsm_eps, (list, tuple)) or not self.fgsm_eps \
-                or any(not number(e) or not 0 <= e <= 1 for e in self.fgsm_eps):
-            raise bad("fgsm_eps", "expected a non-empty list of numbers in [0, 1]", self.fgsm_eps)
+                or any(not number(e) or not 0 <= e <= 1 for e in self.fgsm_eps) \
+                or len({round(e, 9) for e in self.fgsm_eps}) != len(self.fgsm_eps):
+            raise bad("fgsm_eps", "expected a non-empty list of distinct numbers in [0, 1]", self.fgsm_eps)
         if not number(self.pgd_eps) or not 0 <= self.pgd_eps <= 1:
             raise bad("pgd_eps", "expected a number in [0, 1]", self.pgd_eps)
         if not number(self.pgd_alpha) or not self.pgd_alpha > 0:
@@ -121,23 +122,21 @@ def _all_reduce(t: Tensor) -> Tensor:
     return t
 
 
-def _progress(iterable, total: int, desc: str, quiet: bool):
+def _progress(loader, device, desc: str, quiet: bool):
+    """The loader's batches, moved to `device` (None: left where they are), behind a progress bar on rank 0."""
     from tqdm.auto import tqdm
 
     rank = torch.distributed.get_rank() if _distributed() else 0
     show = not quiet and rank == 0 and sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, disable=not show, leave=False, unit="batch")
-
-
-def _batches(loader, device):
-    for x, y in loader:
-        yield (x, y) if device is None else (x.to(device), y.to(device))
+    batches = ((x, y) if device is None else (x.to(device), y.to(device)) for x, y in loader)
+    total = len(loader) if hasattr(loader, "__len__") else None  # a generator of batches has no length
+    return tqdm(batches, total=total, desc=desc, disable=not show, leave=False, unit="batch")
 
 
 def clean_accuracy(model: nn.Module, loader, *, device=None, quiet: bool = True) -> float:
     """Accuracy of `model` on every batch of `loader` (summed over torchrun ranks)."""
     counts = None
-    for x, y in _progress(_batches(loader, device), len(loader), "clean", quiet):
+    for x, y in _progress(loader, device, "clean", quiet):
         c = torch.stack([(predict(model, x) == y).sum(), torch.tensor(len(y), device=y.device)])
         counts = c if counts is None else counts + c
     if counts is None:
@@ -194,7 +193,7 @@ def transfer(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loade
                   for s in sources}
     desc = "attack " + ",".join(sources)
     first = True
-    for x, y in _progress(_batches(loader, device), len(loader), desc, quiet):
+    for x, y in _progress(loader, device, desc, quiet):
         n = torch.tensor(len(y), device=y.device)
         clean = {t: predict(m, x) == y for t, m in models.items()}
         for s, source in sources.items():
@@ -217,7 +216,8 @@ def transfer(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loade
     keys = [(s, t, i) for s in sources for i in range(len(settings)) for t in models]
     if not counts:
         raise UserError("transfer: the loader yielded no batches; give at least one test image")
-    # one collective for everything: every rank has the same keys in the same order (ranks get equal shards)
+    # one collective for everything: every rank has the same keys in the same order (each rank saw at least one
+    # batch; a rank without any raised above, so evaluate_checkpoints refuses fewer images than ranks up front)
     checked = [s for s in sources if cfg.sanity_checks]
     totals = _all_reduce(torch.cat([counts[k] for k in keys] + [unbounded[s] for s in checked])).tolist()
     width = len(COUNT_KEYS)
@@ -323,6 +323,8 @@ def evaluate_checkpoints(sources: list[Path], targets: list[Path] | None, cfg: A
     from attnrobust.runtime import dist_info, resolve_device
 
     cfg.validate()
+    if not sources:
+        raise UserError("give at least one source checkpoint to attack")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise UserError(f"n (images to attack) must be a positive integer, got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -354,6 +356,9 @@ def evaluate_checkpoints(sources: list[Path], targets: list[Path] | None, cfg: A
     if n is not None:
         images, labels = images[:n], labels[:n]
     rank, world_size, _ = dist_info()
+    if len(labels) < world_size:  # every rank decides the same, so none is left waiting in the all-reduce
+        raise UserError(f"{len(labels)} test images for {world_size} processes; attack at least one image per "
+                        f"process (raise --num-images or use fewer processes)")
     # equal_shards=False: every test image is scored by exactly one rank (counts are all-reduced once, at the end)
     loader = DeviceLoader(images, labels, batch_size=batch_size, device=device, rank=rank, world_size=world_size,
                           equal_shards=False)

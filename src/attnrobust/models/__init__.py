@@ -133,12 +133,13 @@ def recording_attention(model: nn.Module) -> Iterator[list[dict[str, torch.Tenso
 def attention_maps(model: nn.Module, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     """CBAM's gates for the batch `x` (pixels in [0, 1]): one dict per CBAM module in forward order, with
     "channel" [B, C] and "spatial" [B, 1, H, W], values in (0, 1). Computed in eval mode without gradients; the
-    model's train/eval state is restored. An empty list for a model without CBAM."""
-    was_training = model.training
+    model's train/eval state is restored, module by module. An empty list for a model without CBAM."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad(), recording_attention(model) as maps:
             model(x)
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     return maps
