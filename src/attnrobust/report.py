@@ -20,8 +20,8 @@ from attnrobust.errors import UserError
 from attnrobust.paper import (comparison_rows, load_paper, matches_paper_pgd, paper_model,
                               paper_value, reduced_notes)
 from attnrobust.results import read_records
-from attnrobust.tables import (CLEAN, Grid, Setting, csv_text, markdown_table, table2, table3, to_csv,
-                               to_latex, to_markdown)
+from attnrobust.tables import (CLEAN, Grid, Setting, csv_text, markdown_table, model_sort_key, table2, table3,
+                               to_csv, to_latex, to_markdown)
 from attnrobust.verdicts import format_diff, format_paper, paired_rows, summaries, verdict_table, verdicts
 
 __all__ = ["build_report", "load_records", "verdicts", "verdict_table"]  # verdicts: re-exported for the study
@@ -116,7 +116,7 @@ def _figures(grid: Grid, out: Path) -> list[tuple[str, str]]:
         models = grid.models(d)
         color = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)}
         fgsm, pgd = _fgsm_settings(grid, d), _pgd_settings(grid, d)
-        pgd_title = "PGD" + (f" (eps {pgd[0].eps:g}, step {pgd[0].alpha:g})" if pgd and pgd[0].alpha else "")
+        pgd_title = "PGD" + (f" eps {pgd[0].eps:g}, step {pgd[0].alpha:g}" if pgd and pgd[0].alpha else "")
         # White-box (Figs 2-4): every model, with the paper's curve of its family dotted.
         panels = [{"title": "FGSM (white-box)", "xlabel": "eps", "ylabel": "accuracy (%)", "settings": fgsm,
                    "zero": True},
@@ -257,13 +257,10 @@ def _paired_markdown(rows: list[dict]) -> str:
 
 
 def _summary_lines(rows: list[dict]) -> list[str]:
-    """Per dataset and attention pair, in words: white-box and transfer, with each comparison's numbers."""
+    """Per dataset and attention pair: the white-box and transfer verdicts against the paper's conclusion (the
+    numbers are in the table below)."""
     lines = []
     for s in summaries(rows):
-        mine = [r for r in rows if (r["dataset"], r["attention_model"], r["baseline_model"]) ==
-                (s["dataset"], s["attention_model"], s["baseline_model"]) and r["scenario"].startswith(s["scope"])]
-        detail = "; ".join(f"{'' if r['scenario'] == 'white-box' else r['scenario'] + ' '}{r['attack'].upper()} "
-                           f"{format_diff(r)} pp: {r['verdict']}" for r in mine)
         ours = {"no significant difference": "**no significant difference**",
                 "mixed": "**mixed** (significant effects in both directions)"}.get(s["ours"],
                                                                                  f"attention **{s['ours']}**")
@@ -272,13 +269,13 @@ def _summary_lines(rows: list[dict]) -> list[str]:
         if s["paper_tables"] is not None and s["paper_tables"] != s["paper"]:
             paper += f" (The paper's own tables, judged by the same rule: {s['paper_tables']}.)"
         lines.append(f"- **{s['dataset']}**, {s['attention_model']} vs {s['baseline_model']}, {s['scope']} "
-                     f"attacks ({s['seeds']} seed{'s' if s['seeds'] != 1 else ''}): {ours} ({detail}).{paper}")
+                     f"attacks ({s['seeds']} seed{'s' if s['seeds'] != 1 else ''}): {ours}.{paper}")
     return lines
 
 
 def _header(run_dir: Path, grid: Grid, records: list[dict], env: dict) -> list[str]:
     datasets = grid.datasets()
-    models = sorted({m for d in datasets for m in grid.models(d)}, key=lambda m: (paper_model(m) or "~", m))
+    models = sorted({m for d in datasets for m in grid.models(d)}, key=model_sort_key)
     ns = sorted({r["n"] for r in records})
     lines = [f"# attnrobust report: {run_dir.resolve().name}", "",
              "Does an attention module (CBAM) make an image classifier more or less robust to adversarial "
@@ -315,8 +312,9 @@ def _readme(run_dir: Path, grid: Grid, records: list[dict], config_text: str | N
         out += ["", _verdict_markdown(rows)]
         out.append("Statistics: " + (
             "paired by seed (each attention model with its twin trained with the same seed), 95% t interval "
-            "over seeds: it measures training randomness; every seed is scored on the same test images, so the "
-            "noise of the test sample itself is not in it." if several else
+            "over seeds: it measures training randomness. Every seed is scored on the same test images, so the "
+            "spread over seeds misses the test sample's own noise (and can be near zero): the interval is never "
+            "narrower than the one-seed, test-set interval." if several else
             "**one seed**: the interval only reflects the finite test set (binomial, Agresti-Caffo standard "
             "error, the two models treated as independent and settings bounded by their average SE, both "
             "conservative); it says nothing about how much another training seed would move the numbers. Run "
@@ -325,7 +323,7 @@ def _readme(run_dir: Path, grid: Grid, records: list[dict], config_text: str | N
                    "settings we share with it, and judges it by the one-seed rule with n = 10000 (the paper "
                    "reports one run on the full test split). Full rows: [verdicts.csv](verdicts.csv).")
     out += ["", "## Table II: white-box attacks", "",
-            "Clean and FGSM columns are accuracy (%), PGD columns error (%) = 100 - accuracy under attack, all "
+            "Clean and FGSM columns are accuracy (%), PGD/APGD columns error (%) = 100 - accuracy under attack, all "
             "over the n test images" + (", mean ± 95% CI half-width over seeds" if several else "") +
             ". Files: [md](table2.md), [csv](table2.csv), [tex](table2.tex).", "", tables["table2"],
             "## Table III: transfer attacks", "",
@@ -341,7 +339,8 @@ def _readme(run_dir: Path, grid: Grid, records: list[dict], config_text: str | N
         out += ["Our numbers beside the paper's Tables II and III (reference data: "
                 "`attnrobust/reference/paper.json`, see its README) for every setting the paper also measured. "
                 "Models are matched by family: resnet* -> ResNet-50, cbam_resnet* -> CBAM+ResNet-50, vgg16* -> "
-                "VGG-16; fashion-mnist-mini -> Fashion-MNIST. Clean accuracy is compared with Table II. Also in "
+                "VGG-16; fashion-mnist-mini -> Fashion-MNIST. Clean accuracy is compared with the target's own clean "
+                "accuracy (Table II; VGG-16: Table III's VGG-16 source column), also in transfer rows. Also in "
                 "[paper_comparison.csv](paper_comparison.csv)."]
         reduced = reduced_notes(grid, config)
         if reduced:

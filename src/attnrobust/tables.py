@@ -209,7 +209,7 @@ def table2(grid: Grid) -> Table:
             n = "/".join(str(v) for v in grid.n_images(d, m, m))
             rows.append(([d, m, str(len(seeds)), n], [grid.summary(d, m, m, st) for st in settings]))
     return Table("table2", "White-box attacks (cf. the paper's Table II): clean and FGSM accuracy (%), "
-                 "PGD error (%) = 100 - accuracy under attack, over all n test images.",
+                 "PGD/APGD error (%) = 100 - accuracy under attack, over all n test images.",
                  ["dataset", "model", "seeds", "n"], settings, rows)
 
 
@@ -229,7 +229,7 @@ def table3(grid: Grid) -> Table:
                 rows.append(([d, src, tgt, kind, str(len(seeds)), n],
                              [grid.summary(d, src, tgt, st) for st in settings]))
     return Table("table3", "Transfer attacks (cf. the paper's Table III): crafted on the source, scored on the "
-                 "target; clean = the target's clean accuracy; FGSM accuracy (%), PGD error (%), over all n "
+                 "target; clean = the target's clean accuracy; FGSM accuracy (%), PGD/APGD error (%), over all n "
                  "test images.", ["dataset", "source", "target", "kind", "seeds", "n"], settings, rows)
 
 
