@@ -1,6 +1,7 @@
 """Runtime helpers: device names, atomic writes, env.json, distributed defaults."""
 
 import json
+import stat
 
 import pytest
 import torch
@@ -27,6 +28,14 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic_write(path, b"two")
     assert path.read_text() == "two"
     assert sorted(p.name for p in path.parent.iterdir()) == ["f.txt"]
+
+
+def test_atomic_write_gives_the_mode_a_plain_write_gives(tmp_path):
+    # mkstemp's 0600 must not survive the rename: a run folder or data directory may be shared by a group.
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write(tmp_path / "atomic.txt", "x")
+    assert stat.S_IMODE((tmp_path / "atomic.txt").stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
 
 
 def test_atomic_path_keeps_old_file_on_failure(tmp_path):
@@ -62,3 +71,21 @@ def test_not_distributed_by_default(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert dist_info() == (0, 1, 0)
     assert is_main()
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "four"])
+def test_bad_thread_count_is_a_user_error(monkeypatch, value):
+    monkeypatch.setenv("ATTNROBUST_THREADS", value)
+    before = torch.get_num_threads()
+    with pytest.raises(UserError, match=f"ATTNROBUST_THREADS='{value}': must be a positive integer"):
+        set_threads()
+    assert torch.get_num_threads() == before
+
+
+def test_thread_count_from_the_environment(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv("ATTNROBUST_THREADS", "1")
+    try:
+        assert set_threads() == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

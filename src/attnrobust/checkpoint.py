@@ -1,7 +1,7 @@
 """Checkpoints: safetensors weights plus JSON metadata; a checkpoint rebuilds its own model.
 
 Layout of a checkpoint `NAME.safetensors` (one file):
-  tensors  the model's state_dict (parameters and buffers), wrapper prefixes ("module.", "_orig_mod.") removed
+  tensors  the bare model's state_dict (parameters and buffers): DDP and torch.compile wrappers are unwrapped
   header   {"attnrobust": JSON of the metadata dict, "sha256": digest of the tensors}
 The metadata holds `build_args` (so `attnrobust.models.build_model(**build_args)` rebuilds the architecture),
 the dataset, num_classes, in_channels, mean, std, epoch, epochs, seed, metrics and the training config.
@@ -31,7 +31,6 @@ from attnrobust.runtime import atomic_path
 
 META_KEY = "attnrobust"
 STATE_KEY = "attnrobust_state"
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -45,23 +44,13 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def _strip_prefixes(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
-
-
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state_dict as plain, contiguous CPU tensors with wrapper prefixes removed (what safetensors stores).
+    """The bare model's state_dict (so no wrapper prefixes) as contiguous CPU tensors (what safetensors stores).
 
-    Cloned because safetensors refuses tensors that share memory, and so that training can go on mutating
-    the live parameters while the copy is written.
+    Copied because safetensors refuses tensors that share memory, and so that training can go on mutating
+    the live parameters while the copy is written; one copy also turns channels_last weights contiguous.
     """
-    return {_strip_prefixes(k): v.detach().to("cpu", copy=True).contiguous()
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
             for k, v in unwrap(model).state_dict().items()}
 
 
@@ -127,7 +116,10 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict[str, An
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The metadata dict of a checkpoint, without loading its weights."""
     path = Path(path)
-    header = _read_header(path, "checkpoint")
+    return _parse_meta(path, _read_header(path, "checkpoint"))
+
+
+def _parse_meta(path: Path, header: dict[str, str]) -> dict[str, Any]:
     if META_KEY not in header:
         raise UserError(f"{path} was not written by attnrobust (no '{META_KEY}' metadata); "
                         f"give a checkpoint written by `attnrobust train`")
@@ -149,8 +141,9 @@ def load_model(path: str | Path, device="cpu") -> torch.nn.Module:
     from attnrobust import models
 
     path = Path(path)
-    meta = read_meta(path)
-    tensors = _load_tensors(path, _read_header(path, "checkpoint"), "checkpoint")
+    header = _read_header(path, "checkpoint")
+    meta = _parse_meta(path, header)
+    tensors = _load_tensors(path, header, "checkpoint")
     try:
         model = models.build_model(**meta["build_args"])
     except UserError as err:
@@ -180,7 +173,8 @@ def save_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.
     for index, state in opt["state"].items():
         for name, value in state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optim/{index}/{name}"] = value.detach().to("cpu", copy=True).contiguous()
+                tensors[f"optim/{index}/{name}"] = value.detach().to("cpu", memory_format=torch.contiguous_format,
+                                                                     copy=True)
             else:
                 extra.setdefault(str(index), {})[name] = value
     header = {"info": info, "param_groups": opt["param_groups"], "optim_extra": extra}

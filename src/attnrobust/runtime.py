@@ -37,6 +37,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# mkstemp creates its file 0600; a rename keeps that, so without a chmod every checkpoint, cache entry and download
+# would be unreadable to the rest of a group sharing a run folder or data directory. os.umask can only be read by
+# setting it (for the whole process, threads included), so it is read once, at import, not on every write.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`, on failure removed.
@@ -50,6 +57,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # what open(path, "w") would have given
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -121,7 +129,13 @@ def set_threads(n: int | None = None) -> int:
     if n is None:
         env = os.environ.get("ATTNROBUST_THREADS")
         if env:
-            n = int(env)
+            try:
+                n = int(env)
+            except ValueError:
+                n = 0  # reported below
+            if n < 1:
+                raise UserError(f"ATTNROBUST_THREADS={env!r}: must be a positive integer; unset it to use every "
+                                f"core this process may run on")
         else:
             try:
                 cores = len(os.sched_getaffinity(0))

@@ -289,8 +289,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
     # (Sharding the epoch in the loader would give each rank other batches and its own augmentation stream.)
     loader = DeviceLoader(x_train, y_train, batch_size=cfg.batch_size, device=device, shuffle=True,
                           augment=spec.augment if cfg.augment else None, seed=cfg.seed, drop_last=True)
-    # Each rank scores a disjoint slice of the test split; together they cover every image exactly once.
-    test_loader = DeviceLoader(x_test[rank::world], y_test[rank::world], batch_size=_EVAL_BATCH, device=device)
+    # Each rank scores its own shard of the test split; together they cover every image exactly once.
+    test_loader = DeviceLoader(x_test, y_test, batch_size=_EVAL_BATCH, device=device, rank=rank, world_size=world,
+                               equal_shards=False)
 
     seed_everything(cfg.seed)
     model = models.build_model(cfg.model, spec.num_classes, in_channels=spec.channels, width=cfg.width,
@@ -303,7 +304,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
     use_cuda = device.type == "cuda"
     amp_dtype = None
     if (cfg.amp if cfg.amp is not None else use_cuda) and use_cuda:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # bf16 is fast from Ampere (compute capability 8) on. Not is_bf16_supported(): it also says yes to the slow
+        # emulation of older GPUs (where fp16 with a loss scaler is the fast choice), and it asks the current
+        # device, not necessarily this one.
+        amp_dtype = torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     channels_last = cfg.channels_last is not False
 
@@ -370,8 +374,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
                 _stop_if_diverged(running, epoch, ckpt, meta)
                 bar.set_postfix(loss=f"{running / (seen * world):.3f}", lr=f"{lr:.3g}")
         bar.close()
-        train_seconds = time.perf_counter() - t_epoch
         loss_total, correct_total, seen_total = _all_sum([loss_sum, correct, seen], device, world)
+        # Timed after the reduction, which waits for the device: on CUDA the last steps may still be queued before.
+        train_seconds = time.perf_counter() - t_epoch
         _stop_if_diverged(loss_total, epoch, ckpt, meta)
 
         if world > 1:  # the checkpoint holds rank 0's BatchNorm statistics; score exactly that model everywhere
