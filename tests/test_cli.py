@@ -47,3 +47,14 @@ def test_python_dash_m_runs_and_user_error_is_one_line_without_traceback(tmp_pat
 def test_no_verb_prints_help(capsys):
     assert main([]) == 0
     assert "VERB" in capsys.readouterr().out
+
+
+def test_unwritable_output_is_one_line_not_a_traceback(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = main(["train", "--dataset", "fashion-mnist-mini", "--model", "resnet14", "--width", "4", "--epochs", "1",
+                 "--out", str(blocker / "run"), "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("attnrobust: error: ") and "a-file" in err[0]
+    assert blocker.read_text() == "not a folder"

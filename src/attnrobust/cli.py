@@ -253,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `attnrobust ... | head`: the reader left; not an error worth a traceback
         sys.stderr.close()
         return 0
+    except OSError as err:  # an unwritable folder, a full disk: the machine's answer, with its path, in one line
+        print(f"attnrobust: error: {err}; check the path and its permissions or free space", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("attnrobust: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
