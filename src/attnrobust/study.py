@@ -88,7 +88,11 @@ def _claim_run_dir(run_dir: Path, cfg: StudyConfig, is_main: bool) -> None:
 
 
 def _say(message: str) -> None:
-    print(message, flush=True)
+    """Progress for the person at the terminal: once, from rank 0, however many torchrun processes there are."""
+    from attnrobust.runtime import is_main
+
+    if is_main():
+        print(message, flush=True)
 
 
 def _agree_on_pending(pending: list[bool]) -> list[bool]:
