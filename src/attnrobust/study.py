@@ -127,6 +127,7 @@ def run_study(config: str | Path = "quick", *, out: str | Path | None = None, ov
     if is_main:
         write_env_json(run_dir / "env.json", sys.argv)
     results_path = run_dir / "results.jsonl"
+    results = _read_results(results_path)  # kept in memory from here on; the file is rewritten after each job
     jobs = plan(cfg)
     started = time.perf_counter()
     _say(f"study {cfg.study.name!r}: {len(jobs)} jobs in {run_dir} on {device}")
@@ -142,7 +143,7 @@ def run_study(config: str | Path = "quick", *, out: str | Path | None = None, ov
                 checkpoints[model] = train(train_config(cfg, dataset, model, seed), run_dir, device=device,
                                            data_dir=data_dir, quiet=quiet)
                 _say(f"  done  {Job('train', dataset, model, seed)}  ({time.perf_counter() - t0:.0f} s)")
-            done = attack_jobs_done(_read_results(results_path))
+            done = attack_jobs_done(results)
             pending = _agree_on_pending([(dataset, m, seed) not in done for m in cfg.study.models])
             if not any(pending):
                 continue
@@ -155,16 +156,17 @@ def run_study(config: str | Path = "quick", *, out: str | Path | None = None, ov
                 t0 = time.perf_counter()
                 records = transfer({source: models[source]}, models, loader, cfg.attack, dataset=dataset,
                                    seed=seed, device=device, quiet=quiet)
+                # transfer flags compare with the targets' white-box records, which other jobs write
+                results = transfer_flags(results + records)
                 if is_main:  # one atomic rewrite: the job's records are all in the file or none are
-                    # transfer flags compare with the targets' white-box records, which other jobs write
-                    write_records(results_path, transfer_flags(_read_results(results_path) + records))
+                    write_records(results_path, results)
                 _say(f"  done  {Job('attack', dataset, source, seed)}  ({time.perf_counter() - t0:.0f} s)")
 
     if not is_main:
         return run_dir
     report_dir = build_report(run_dir)
     _say("")
-    _say(verdict_table(_read_results(results_path)))
+    _say(verdict_table(results))
     _say(f"\nreport: {report_dir / 'README.md'}  ({time.perf_counter() - started:.0f} s)")
     return run_dir
 
