@@ -447,11 +447,13 @@ def test_loader_shapes_range_and_padding(mini_test):
     got = batches(loader)
     assert [len(b[1]) for b in got] == [64] * 15 + [40]
     xb, yb = got[0]
-    assert xb.dtype == torch.float32 and xb.shape == (64, 1, 32, 32) and yb.dtype == torch.int64
-    assert 0 <= xb.min() and xb.max() <= 1
-    # No augmentation, no shuffle: exactly the images, zero-padded by 2 on every side, divided by 255.
-    assert torch.equal(xb[:, :, 2:30, 2:30], x[:64].float() / 255) and torch.equal(yb, y[:64])
-    assert xb[:, :, :2].abs().sum() == 0 and xb[:, :, :, 30:].abs().sum() == 0
+    # No augmentation, no shuffle, no pad_to: exactly the dataset's own 28x28 pixels, divided by 255.
+    assert xb.dtype == torch.float32 and xb.shape == (64, 1, 28, 28) and yb.dtype == torch.int64
+    assert torch.equal(xb, x[:64].float() / 255) and torch.equal(yb, y[:64])
+    padded = batches(data.DeviceLoader(x, y, batch_size=64, pad_to=32))[0][0]
+    # pad_to: zero-padded by 2 on every side
+    assert padded.shape == (64, 1, 32, 32) and torch.equal(padded[:, :, 2:30, 2:30], xb)
+    assert padded[:, :, :2].abs().sum() == 0 and padded[:, :, :, 30:].abs().sum() == 0
     assert len(data.DeviceLoader(x, y, batch_size=64, drop_last=True)) == 15
     assert len(batches(data.DeviceLoader(x, y, batch_size=64, drop_last=True))) == 15
 

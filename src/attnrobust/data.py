@@ -453,8 +453,7 @@ def info(name: str, data_dir: Path | str | None = None) -> dict[str, object]:
     out: dict[str, object] = {
         "name": spec.name,
         "classes": f"{spec.num_classes}: {', '.join(spec.class_names)}",
-        "images": f"{spec.channels}x{spec.height}x{spec.width} uint8"
-                  + (" (the loader pads to 32x32)" if (spec.height, spec.width) != (32, 32) else ""),
+        "images": f"{spec.channels}x{spec.height}x{spec.width} uint8",
         "train": spec.train_size,
         "test": spec.test_size,
         "mean": spec.mean,
@@ -612,8 +611,9 @@ class DeviceLoader:
     """Batches of a whole split kept on `device` as uint8, made by indexing; augmentation batched on device.
 
     Every epoch's order is a permutation drawn from a CPU generator seeded by (seed, epoch), so `epoch(e)` is a
-    pure function of (seed, e): a resumed run sees the same batches, bit for bit. Images smaller than pad_to
-    are zero-padded (centred) once, at construction (Fashion-MNIST 28 -> 32). augment: None, "crop" (random
+    pure function of (seed, e): a resumed run sees the same batches, bit for bit. Images keep their own size
+    (Fashion-MNIST stays 28x28, so an attack perturbs only the dataset's own pixels); `pad_to` zero-pads them
+    (centred) once, at construction, for a model that needs a larger input. augment: None, "crop" (random
     crop with 4-pixel zero padding) or "crop_flip" (plus horizontal flip); its random numbers come from a
     second generator seeded by (seed, epoch, rank). Batches are float32 in [0,1] on the device, labels int64.
 
@@ -626,7 +626,7 @@ class DeviceLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
                  device: str | torch.device = "cpu", shuffle: bool = False, augment: str | None = None,
-                 seed: int = 0, drop_last: bool = False, pad_to: int = 32, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, drop_last: bool = False, pad_to: int | None = None, rank: int = 0, world_size: int = 1,
                  equal_shards: bool = True):
         images, labels = torch.as_tensor(images), torch.as_tensor(labels)
         if images.ndim != 4 or images.dtype != torch.uint8:
@@ -643,19 +643,19 @@ class DeviceLoader:
         if world_size < 1 or not 0 <= rank < world_size:
             raise UserError(f"bad distributed setting: rank {rank} of world size {world_size}")
         h, w = images.shape[-2:]
-        if h > pad_to or w > pad_to:
+        if pad_to is not None and (h > pad_to or w > pad_to):
             raise UserError(f"images of {h}x{w} do not fit pad_to={pad_to}")
         self.device = torch.device(device)
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
-        self.pad_to = pad_to
         # Padded once, here: centred to pad_to, plus the crop margin when augmenting, so that a batch is one
-        # index_select and one gather with no per-batch padding. self.images is the pad_to x pad_to view.
+        # index_select and one gather with no per-batch padding. self.images is the unaugmented view.
+        self.height, self.width = (h, w) if pad_to is None else (pad_to, pad_to)
         m = CROP_PAD if augment else 0
-        top, left = (pad_to - h) // 2 + m, (pad_to - w) // 2 + m
-        self._store = F.pad(images.to(self.device),
-                            (left, pad_to + 2 * m - w - left, top, pad_to + 2 * m - h - top)).contiguous()
-        self.images = self._store[..., m:m + pad_to, m:m + pad_to]
+        top, left = (self.height - h) // 2 + m, (self.width - w) // 2 + m
+        self._store = F.pad(images.to(self.device), (left, self.width + 2 * m - w - left,
+                                                     top, self.height + 2 * m - h - top)).contiguous()
+        self.images = self._store[..., m:m + self.height, m:m + self.width]
         self.labels = labels.to(self.device, torch.int64)
         n = len(images)
         if equal_shards:
@@ -679,7 +679,7 @@ class DeviceLoader:
         return order[self._shard[0]:self._shard[1]]
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x float32 [B,C,pad_to,pad_to] in [0,1], y int64 [B]) on the device for this epoch."""
+        """Yield (x float32 [B,C,H,W] in [0,1] (H = W = pad_to when given), y int64 [B]) on the device for this epoch."""
         order = self.indices(epoch)
         if self.augment is not None:
             # Drawn for the whole epoch up front: one small transfer per epoch instead of one per batch.
@@ -695,5 +695,5 @@ class DeviceLoader:
             if self.augment is not None:
                 part = slice(start, start + len(idx))
                 x = _crop_padded(x, shift[part, 0], shift[part, 1], None if flip is None else flip[part],
-                                 self.pad_to, self.pad_to)
+                                 self.height, self.width)
             yield x.to(torch.float32).div_(255), self.labels.index_select(0, idx)

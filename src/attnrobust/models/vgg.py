@@ -35,7 +35,7 @@ class VGG(PixelClassifier):
         ch = in_channels
         for v in VGG16_CFG:
             if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
                 continue
             out = v * width // 64
             layers.append(nn.Conv2d(ch, out, 3, padding=1))
@@ -52,7 +52,8 @@ class VGG(PixelClassifier):
                 nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
                 nn.Linear(hidden, num_classes))
         else:
-            # 32x32 -> 1x1 after five pools; the flatten is then exactly the 512*width/64 features.
+            # 32x32 -> 1x1 after five pools (28x28 too: ceil_mode pools 7 -> 4 -> 2 -> 1 instead of dropping the
+            # last row, and is identical to floor mode on even sizes); the flatten is the 512*width/64 features.
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.classifier = nn.Linear(ch, num_classes)
         init_weights(self)
