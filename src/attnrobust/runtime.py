@@ -204,8 +204,44 @@ def _git_commit() -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
+_CPUINFO = "/proc/cpuinfo"
+
+
+def _cpuinfo_field(text: str, key: str) -> str | None:
+    """The value of the first `key : value` line of /proc/cpuinfo (one block per core; the first will do)."""
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() == key:
+            return value.strip()
+    return None
+
+
+def cpu_facts() -> dict:
+    """The CPU model, the instruction set torch's kernels use on it, and whether it has AVX-512F.
+
+    Recorded because CPU results are not portable between CPUs: oneDNN picks different kernels (and so different
+    float summation orders) on AVX2 and AVX-512 machines, and the same seed on two CPUs moved a transfer gap by
+    10 pp. A reader of a result must be able to tell which machine made it.
+    `cpu_avx512f` is None where the flags cannot be read (not Linux).
+    """
+    import torch
+
+    try:
+        with open(_CPUINFO, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:  # not Linux
+        text = ""
+    model = _cpuinfo_field(text, "model name") or platform.processor() or platform.machine()
+    flags = _cpuinfo_field(text, "flags")  # x86; ARM lists "Features" and never has avx512f
+    if flags is None and _cpuinfo_field(text, "Features") is not None:
+        avx512f = False
+    else:
+        avx512f = None if flags is None else "avx512f" in flags.split()
+    return {"cpu_model": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_avx512f": avx512f}
+
+
 def environment(device=None) -> dict:
-    """Versions, device, threads, git commit: what someone needs to know to reproduce a number."""
+    """Versions, device, threads, git commit, CPU facts: what someone needs to know to reproduce a number."""
     import torch
 
     from attnrobust import __version__
@@ -227,6 +263,7 @@ def environment(device=None) -> dict:
         "threads": torch.get_num_threads(),
         "world_size": world,
         "git_commit": _git_commit(),
+        **cpu_facts(),  # also for GPU runs: the host CPU runs data loading and the report's statistics
     }
 
 

@@ -1,0 +1,153 @@
+"""One process at a time in a run folder: an exclusive lock on RUN/.lock for as long as a run works there.
+
+Two `attnrobust run` processes in one folder would train the same checkpoints and rewrite the same
+results.jsonl under each other. `hold_run_lock` takes `fcntl.flock(LOCK_EX | LOCK_NB)` on RUN/.lock, so a second
+taker is refused at once with one line naming the holder, instead of waiting or corrupting anything.
+
+Why flock and not "create the file if absent": the kernel drops a flock when the last descriptor of the open file
+goes away, which includes the holder being killed with SIGKILL, the machine's OOM killer or a crashed node. A lock
+left by a dead process therefore never blocks the next run, and nothing needs a "stale lock" heuristic. The
+file's content (pid, host, start time, command line of the holder) is only for the refusal message; the kernel's
+lock is the truth. The file stays in the folder after the run (emptied): removing it would race with a taker that
+has just opened it.
+
+Under torchrun all processes of one run share the folder: rank 0 takes the lock, the other ranks do not, and when
+a process group is up every rank learns whether rank 0 got it, so a refused run stops on every rank instead of
+leaving ranks waiting in a collective.
+
+Platforms: Linux (what attnrobust runs on) and other POSIX systems have fcntl.flock. Where fcntl does not exist
+(Windows) the lock is a no-op: runs are not protected from each other there. On NFS, Linux emulates flock with
+POSIX byte-range locks, which the NFS lock manager honours across clients; the host name in the message says
+which machine a holder is on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from attnrobust.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): see the module docstring
+    fcntl = None
+
+LOCK_NAME = ".lock"
+
+
+def _holder_line(argv: list[str] | None) -> str:
+    """What the lock file says about its holder: pid, host, start time, command, one `key=value` per line."""
+    command = " ".join(sys.argv if argv is None else argv)
+    fields = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "command": " ".join(command.split())}  # newlines in an argument would break the one-line message
+    return "".join(f"{k}={v}\n" for k, v in fields.items())
+
+
+def read_holder(run_dir: str | Path) -> dict[str, str]:
+    """The holder facts written in RUN/.lock ({} if none are there); informative only, the kernel lock decides."""
+    try:
+        text = (Path(run_dir) / LOCK_NAME).read_text(errors="replace")
+    except OSError:
+        return {}
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def _refusal(run_dir: Path) -> UserError:
+    holder = read_holder(run_dir)
+    if holder.get("pid"):
+        who = f"pid {holder['pid']} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+        if holder.get("command"):
+            who += f" ({holder['command']})"
+    else:  # the holder has locked but not yet written its line, or could not write it
+        who = "another process"
+    return UserError(f"run folder {run_dir} is in use by {who}; wait for that run to finish or stop it, "
+                     f"or use another --out folder")
+
+
+def _rank0_agrees(ok: bool) -> bool:
+    """Under torchrun: every rank learns rank 0's outcome (rank 0 passes its own, the others' `ok` is ignored)."""
+    if "torch.distributed" not in sys.modules:  # no process group without it; and importing torch costs a second
+        return ok
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return ok
+    import torch
+
+    flag = torch.tensor([1 if ok else 0], dtype=torch.uint8)  # CPU: runtime's process group has gloo for it
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _lock(run_dir: Path, argv: list[str] | None) -> int:
+    """Open and flock RUN/.lock; return the descriptor, or raise UserError naming the holder."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    writable = True
+    try:  # os.open descriptors are not inherited by subprocesses (PEP 446), so a child cannot keep the lock alive
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:  # a folder shared read-write but a .lock made by someone else: flock needs no write
+        writable = False
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise _refusal(run_dir) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    if writable:
+        # One write of a few hundred bytes: a concurrent refused reader sees the old or the new text, or none.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _holder_line(argv).encode(), 0)
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    try:
+        os.ftruncate(fd, 0)  # nobody holds it now: don't leave a file claiming a pid does
+    except OSError:
+        pass
+    os.close(fd)  # closing drops the flock
+
+
+@contextlib.contextmanager
+def hold_run_lock(run_dir: str | Path, *, is_main: bool | None = None,
+                  argv: list[str] | None = None) -> Iterator[Path]:
+    """Hold the exclusive lock on RUN/.lock (creating the folder) for the `with` block; yield the run folder.
+
+    A second taker, in this process or another, gets a UserError naming the folder and the holder (pid, host,
+    since when, command). The lock is released when the block ends, normally or by an exception, and by the
+    kernel when the process dies. `is_main`: whether this process takes the lock (None = rank 0 of a torchrun
+    job, or the only process); the other ranks of the same job share the folder without it. `argv` is the
+    command recorded for the message (default sys.argv).
+    """
+    run_dir = Path(run_dir)
+    if is_main is None:
+        from attnrobust.runtime import is_main as _is_main
+
+        is_main = _is_main()
+    fd, failed = None, None
+    if is_main and fcntl is not None:
+        try:
+            fd = _lock(run_dir, argv)
+        except Exception as err:  # refused, or an unwritable folder: the other ranks must hear of it either way
+            failed = err
+    if not _rank0_agrees(failed is None):
+        if failed is not None:
+            raise failed
+        raise UserError(f"run folder {run_dir} could not be locked by rank 0 (see its message); wait for the run "
+                        f"using it to finish, or use another --out folder")
+    try:
+        yield run_dir
+    finally:
+        if fd is not None:
+            _unlock(fd)
