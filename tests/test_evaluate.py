@@ -100,7 +100,8 @@ def test_transfer_diagonal_equals_white_box(random_start):
     cfg = fast_cfg(random_start=random_start, keep_best=True)
     loader = batches(x, y, 12)
     matrix = transfer({"a": models["a"], "b": models["b"]}, models, loader, cfg, dataset="toy", seed=3, quiet=True)
-    assert len(matrix) == 2 * 3 * len(cfg.settings())
+    per_source = {"all": 3, "white-box": 1, "transfer": 2}  # targets a setting is scored on
+    assert len(matrix) == 2 * sum(per_source[st["scope"]] for st in cfg.settings())
     for name in ("a", "b"):
         wb = by_key(white_box(models[name], loader, cfg, dataset="toy", name=name, seed=3, quiet=True))
         diagonal = {k: r for k, r in by_key(matrix).items() if k[2] == k[3] == name}
@@ -118,6 +119,40 @@ def test_transfer_diagonal_equals_white_box(random_start):
             assert r["source_clean_correct"] == clean_a.sum().item()
             assert r["target_clean_correct"] == clean_b.sum().item()
             assert r["both_clean_correct"] == (clean_a & clean_b).sum().item()
+
+
+def test_keep_best_is_white_box_only_and_transfer_scores_the_final_iterate():
+    # "fooled" is judged on the source: a best iterate would hand the targets the source's failures unperturbed
+    x, y = data()
+    models = {"a": tiny(0), "b": tiny(1)}
+    loader = batches(x, y, 12)
+    best = transfer({"a": models["a"]}, models, loader, fast_cfg(keep_best=True), dataset="toy", quiet=True)
+    final = transfer({"a": models["a"]}, models, loader, fast_cfg(keep_best=False), dataset="toy", quiet=True)
+    pgd_best = {(r["target"], r["steps"]): r for r in best if r["attack"] == "pgd"}
+    pgd_final = {(r["target"], r["steps"]): r for r in final if r["attack"] == "pgd"}
+    assert {r["iterate"] for (t, _), r in pgd_best.items() if t == "a"} == {"best"}
+    assert {r["iterate"] for (t, _), r in pgd_best.items() if t == "b"} == {"final"}
+    for key, r in pgd_final.items():
+        assert r["iterate"] == "final"
+        if key[0] == "b":
+            assert r["robust_bits"] == pgd_best[key]["robust_bits"]
+        else:  # keeping the best iterate only breaks more
+            assert pgd_best[key]["robust_correct"] <= r["robust_correct"]
+
+
+def test_records_carry_per_image_outcomes_that_match_the_counts():
+    from attnrobust.results import unpack_bits
+
+    x, y = data()
+    models = {"a": tiny(0), "b": tiny(1)}
+    records = transfer({"a": models["a"]}, models, batches(x, y, 7), fast_cfg(), dataset="toy", quiet=True,
+                       images="test[:24]")
+    for r in records:
+        robust, clean = unpack_bits(r["robust_bits"], r["n"]), unpack_bits(r["clean_bits"], r["n"])
+        assert r["images"] == "test[:24]" and robust.sum() == r["robust_correct"]
+        assert clean.sum() == r["target_clean_correct"] and (robust & clean).sum() == r["robust_correct_on_target_clean"]
+        expected_clean = (predict(models[r["target"]], x) == y).numpy()
+        assert (clean == expected_clean).all()
 
 
 def test_sanity_flags():
@@ -228,7 +263,7 @@ def test_malformed_line_is_an_error_naming_file_and_line(tmp_path, some_records)
 def test_record_key_and_format(some_records):
     keys = {record_key(r) for r in some_records}
     assert len(keys) == len(some_records)
-    assert record_key(some_records[0]) == ("toy", 0, "model", "model", "fgsm", 0.0, None)
+    assert record_key(some_records[0]) == ("toy", 0, "model", "model", "fgsm", 0.0, None, None)
     table = format_records(some_records)
     lines = table.splitlines()
     assert len(lines) == 2 + len(some_records) and "robust%" in lines[0] and "pgd" in table

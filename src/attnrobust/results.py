@@ -9,10 +9,19 @@ beside every ratio, and names each ratio's denominator, so a number is never rea
     accuracy_on_both_correct = robust_correct_on_both / both_clean_correct   (transfer: images both got right)
 
 A ratio whose denominator is 0 is null.
+
+Per-image outcomes make paired statistics possible (two models scored on the same images are compared image by
+image): `robust_bits` and `clean_bits` are the target's correctness under attack and on the clean image, one bit
+per attacked image in the order of `images`, packed (numpy.packbits, big bit order) and base64-encoded so that
+results.jsonl stays one readable JSON line per record (1,250 bytes per 10,000 images). `images` names the
+attacked test images ("test[:1000]", or a seeded subset), and `iterate` says which PGD iterate was scored:
+"final" (the paper's convention), "best" (white-box: the first iterate that fools the attacked model, AutoAttack's
+convention) or "best-on-source" (APGD crafted on another model keeps the iterate that fooled its source).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -20,10 +29,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 from attnrobust.errors import UserError
 
 __all__ = ["DENOMINATORS", "REQUIRED_KEYS", "make_record", "append_records", "write_records", "read_records",
-           "record_key", "format_records"]
+           "record_key", "format_records", "pack_bits", "unpack_bits", "pack_floats", "unpack_floats",
+           "ITERATES"]
+
+ITERATES = ("final", "best", "best-on-source")
 
 DENOMINATORS = {"clean_accuracy": "n", "robust_accuracy": "n", "error": "n",
                 "success_rate": "target_clean_correct", "accuracy_on_both_correct": "both_clean_correct"}
@@ -32,7 +46,7 @@ COUNT_KEYS = ("n", "target_clean_correct", "source_clean_correct", "both_clean_c
               "robust_correct_on_both", "robust_correct_on_target_clean")
 
 REQUIRED_KEYS = ("dataset", "seed", "source", "target", "kind", "attack", "eps", "steps", "alpha", "random_start",
-                 "keep_best", *COUNT_KEYS, "clean_accuracy", "robust_accuracy", "error", "success_rate",
+                 "keep_best", "iterate", "images", "robust_bits", "clean_bits", *COUNT_KEYS, "clean_accuracy", "robust_accuracy", "error", "success_rate",
                  "accuracy_on_both_correct", "denominators", "flags")
 
 
@@ -40,11 +54,43 @@ def _ratio(num: int, den: int) -> float | None:
     return num / den if den else None
 
 
+def pack_bits(mask) -> str:
+    """A boolean vector (numpy or torch, any device) as base64 text."""
+    values = np.asarray(mask.detach().cpu() if hasattr(mask, "detach") else mask, dtype=bool).ravel()
+    return base64.b64encode(np.packbits(values).tobytes()).decode("ascii")
+
+
+def unpack_bits(text: str, n: int) -> np.ndarray:
+    """The n booleans `pack_bits` encoded."""
+    raw = np.frombuffer(base64.b64decode(text), dtype=np.uint8)
+    if raw.size != (n + 7) // 8:
+        raise UserError(f"per-image outcomes hold {raw.size * 8} bits for n = {n} images; the record is corrupt")
+    return np.unpackbits(raw)[:n].astype(bool)
+
+
+def pack_floats(values) -> str:
+    """A float vector as base64 of little-endian float32 (inf allowed: JSON cannot hold it, base64 can)."""
+    array = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype="<f4").ravel()
+    return base64.b64encode(array.tobytes()).decode("ascii")
+
+
+def unpack_floats(text: str, n: int) -> np.ndarray:
+    array = np.frombuffer(base64.b64decode(text), dtype="<f4")
+    if array.size != n:
+        raise UserError(f"per-image values hold {array.size} numbers for n = {n} images; the record is corrupt")
+    return array.astype(np.float64)
+
+
 def make_record(*, dataset: str, seed: int, source: str, target: str, attack: str, eps: float,
                 steps: int | None, alpha: float | None, random_start: bool, keep_best: bool,
-                counts: dict[str, int], flags: dict[str, dict] | None = None) -> dict[str, Any]:
-    """A complete record from its setting and its integer counts (the keys of COUNT_KEYS)."""
+                counts: dict[str, int], robust_bits: str, clean_bits: str, images: str,
+                iterate: str | None = None, flags: dict[str, dict] | None = None,
+                **extra: Any) -> dict[str, Any]:
+    """A complete record from its setting, its integer counts (the keys of COUNT_KEYS) and its per-image
+    outcomes (`pack_bits` text). `extra`: measure-specific fields (e.g. per-image minimal eps)."""
     c = {k: int(counts[k]) for k in COUNT_KEYS}
+    if iterate is not None and iterate not in ITERATES:
+        raise ValueError(f"iterate must be one of {ITERATES}, got {iterate!r}")
     n = c["n"]
     robust = _ratio(c["robust_correct"], n)
     fooled = c["target_clean_correct"] - c["robust_correct_on_target_clean"]
@@ -53,7 +99,8 @@ def make_record(*, dataset: str, seed: int, source: str, target: str, attack: st
         "kind": "white-box" if source == target else "transfer",
         "attack": attack, "eps": float(eps), "steps": None if steps is None else int(steps),
         "alpha": None if alpha is None else float(alpha),
-        "random_start": bool(random_start), "keep_best": bool(keep_best),
+        "random_start": bool(random_start), "keep_best": bool(keep_best), "iterate": iterate,
+        "images": images,
         **c,
         "clean_accuracy": _ratio(c["target_clean_correct"], n),
         "robust_accuracy": robust,
@@ -62,13 +109,23 @@ def make_record(*, dataset: str, seed: int, source: str, target: str, attack: st
         "accuracy_on_both_correct": _ratio(c["robust_correct_on_both"], c["both_clean_correct"]),
         "denominators": dict(DENOMINATORS),
         "flags": dict(flags or {}),
+        **extra,
+        # last: long base64 fields at the end of the line keep the numbers readable at its start
+        "robust_bits": robust_bits,
+        "clean_bits": clean_bits,
     }
 
 
 def record_key(r: dict[str, Any]) -> tuple:
-    """What identifies a record: (dataset, seed, source, target, attack, eps, steps). eps is rounded so that
-    0.1 + 0.05 and 0.15 name the same setting."""
-    return (r["dataset"], r["seed"], r["source"], r["target"], r["attack"], round(float(r["eps"]), 9), r["steps"])
+    """What identifies a record: (dataset, seed, source, target, attack, eps, steps, iterate). eps is rounded so
+    that 0.1 + 0.05 and 0.15 name the same setting."""
+    return (r["dataset"], r["seed"], r["source"], r["target"], r["attack"], eps_key(r["eps"]), r["steps"],
+            r.get("iterate"))
+
+
+def eps_key(eps: float) -> float:
+    """eps as a key: rounded to 9 digits, so 0.1 + 0.05 and 0.15 are the same setting (the one place we round)."""
+    return round(float(eps), 9)
 
 
 def _dumps(records: Iterable[dict[str, Any]]) -> str:

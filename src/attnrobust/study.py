@@ -112,7 +112,7 @@ def run_study(config: str | Path = "quick", *, out: str | Path | None = None, ov
     """Run (or resume) a study and build its report; returns the run folder."""
     from attnrobust.checkpoint import load_model
     from attnrobust.data import DeviceLoader, load_dataset
-    from attnrobust.evaluate import transfer, transfer_flags
+    from attnrobust.evaluate import sanity_flags, transfer
     from attnrobust.report import build_report, verdict_table
     from attnrobust.results import write_records
     from attnrobust.runtime import dist_info, resolve_device, write_env_json
@@ -155,9 +155,9 @@ def run_study(config: str | Path = "quick", *, out: str | Path | None = None, ov
                     continue
                 t0 = time.perf_counter()
                 records = transfer({source: models[source]}, models, loader, cfg.attack, dataset=dataset,
-                                   seed=seed, device=device, quiet=quiet)
+                                   seed=seed, device=device, quiet=quiet, images=f"test[:{len(test_labels)}]")
                 # transfer flags compare with the targets' white-box records, which other jobs write
-                results = transfer_flags(results + records)
+                results = sanity_flags(results + records)
                 if is_main:  # one atomic rewrite: the job's records are all in the file or none are
                     write_records(results_path, results)
                 _say(f"  done  {Job('attack', dataset, source, seed)}  ({time.perf_counter() - t0:.0f} s)")
