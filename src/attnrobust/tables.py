@@ -160,7 +160,7 @@ def _labels(settings: list[Setting], sep: str, titles: bool) -> list[str]:
             parts.append(str(s.steps))
             if varies(s.attack, "random_start") and s.random_start:
                 parts.append("rs")
-            if varies(s.attack, "keep_best") and s.keep_best:
+            if s.keep_best and s.attack == "pgd":  # always said: a best-iterate PGD is not the paper's PGD
                 parts.append("best")
         out.append(sep.join(parts))
     return out
