@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from attnrobust.errors import UserError
 
-__all__ = ["fgsm", "pgd", "apgd", "attack_hygiene", "predict", "apgd_checkpoints"]
+__all__ = ["fgsm", "pgd", "apgd", "apgd_t", "square", "minimal_eps", "robust_accuracy_curve", "worst_case",
+           "attack_hygiene", "predict", "apgd_checkpoints"]
 
 
 # ---- hygiene, validation, the one gradient ---------------------------------------------------------------------
@@ -242,59 +243,475 @@ def apgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 20, *,
     convention; the sample then leaves the batch), else the highest-loss iterate.
     """
     eps = _check_eps(eps)
+    _check_apgd_args(steps, rho, momentum)
+    x, y = _check_batch(model, x, y)
+    with attack_hygiene(model):
+        x_start = _random_start(x, eps, generator) if random_start else x.clone()
+        result, _ = _apgd_core(model, x, y, eps, steps, rho, momentum, x_start, {},
+                               lambda x_k, s: _loss_grad(model, x_k, s["y"]),
+                               lambda logits, s: F.cross_entropy(logits, s["y"], reduction="none"))
+    return result
+
+
+def _check_apgd_args(steps: int, rho: float, momentum: float) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise UserError(f"APGD steps must be a positive integer, got {steps!r}")
     if not all(isinstance(v, Real) and not isinstance(v, bool) and 0.0 < v <= 1.0 for v in (rho, momentum)):
         raise UserError(f"APGD rho and momentum must be in (0, 1], got rho={rho!r}, momentum={momentum!r}")
-    x, y = _check_batch(model, x, y)
+
+
+def _apgd_core(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, rho: float, momentum: float,
+               x_start: Tensor, extra: dict[str, Tensor], loss_grad, loss_of) -> tuple[Tensor, Tensor]:
+    """The APGD loop of `apgd`, for any per-sample loss to maximize; call under attack_hygiene.
+
+    loss_grad(x_k, s) -> (logits, per-sample loss, d(summed loss)/dx) and loss_of(logits, s) -> per-sample loss,
+    where s holds the per-sample tensors of the samples still attacked: "y" and every entry of `extra` (APGD-T's
+    targets "t"), subset together with the rest of the state when samples leave.
+    Returns (adversarial batch, broken mask): success is always "the prediction is not y".
+    """
     checkpoints = set(apgd_checkpoints(steps)[1:])
+    x_cur = x_start
+    result = x_cur.clone()
+    broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    rows = torch.arange(x.shape[0], device=x.device)  # rows of `result` still attacked
+    s = dict(x_nat=x, y=y, **extra)
+    logits, f_cur, g_cur = loss_grad(x_cur, s)
+    # per-sample state of the samples still attacked, subset together when broken samples leave
+    s.update(x_cur=x_cur, x_prev=x_cur.clone(), f_cur=f_cur, g_cur=g_cur,
+             x_max=x_cur.clone(), f_max=f_cur.clone(), g_max=g_cur.clone(),
+             eta=torch.full_like(f_cur, 2 * eps), increases=torch.zeros_like(f_cur),
+             f_max_ckpt=f_cur.clone(), halved_ckpt=torch.zeros_like(f_cur, dtype=torch.bool))
+    last_ckpt = 0
+    for k in range(steps + 1):
+        if k > 0:  # iterate k from iterate k-1
+            eta = s["eta"].view(-1, 1, 1, 1)
+            z = _project_(s["x_cur"] + eta * s["g_cur"].sign(), s["x_nat"], eps)
+            a = 1.0 if k == 1 else momentum
+            x_new = _project_(s["x_cur"] + a * (z - s["x_cur"]) + (1 - a) * (s["x_cur"] - s["x_prev"]),
+                              s["x_nat"], eps)
+            if k < steps:
+                logits, f_new, g_new = loss_grad(x_new, s)
+            else:  # the last iterate is only scored: no step follows it
+                with torch.inference_mode():
+                    logits = model(x_new)
+                f_new, g_new = loss_of(logits, s), s["g_cur"]
+            s["increases"] += (f_new > s["f_cur"]).float()
+            better = f_new > s["f_max"]
+            s["x_max"][better], s["g_max"][better], s["f_max"][better] = (
+                x_new[better], g_new[better], f_new[better])
+            s["x_prev"], s["x_cur"], s["f_cur"], s["g_cur"] = s["x_cur"], x_new, f_new, g_new
+        fooled = logits.argmax(1) != s["y"]  # logits are those of x_cur
+        if fooled.any():
+            result[rows[fooled]] = s["x_cur"][fooled]
+            broken[rows[fooled]] = True
+            keep = ~fooled
+            rows = rows[keep]
+            s = {name: value[keep] for name, value in s.items()}
+            if rows.numel() == 0:
+                break
+        if k in checkpoints and k < steps:
+            window = k - last_ckpt
+            halve = (s["increases"] < rho * window) | (~s["halved_ckpt"] & (s["f_max"] <= s["f_max_ckpt"]))
+            s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
+            # restart from the best point; the momentum term then runs from the last iterate (as the paper)
+            s["x_cur"][halve], s["g_cur"][halve], s["f_cur"][halve] = (
+                s["x_max"][halve], s["g_max"][halve], s["f_max"][halve])
+            s["halved_ckpt"], s["f_max_ckpt"] = halve, s["f_max"].clone()
+            s["increases"] = torch.zeros_like(s["increases"])
+            last_ckpt = k
+    if rows.numel():
+        result[rows] = s["x_max"]
+    return result, broken
+
+
+# ---- APGD-T -----------------------------------------------------------------------------------------------------
+
+
+def _dlr_targeted(logits: Tensor, y: Tensor, t: Tensor) -> Tensor:
+    """Targeted DLR loss (Croce & Hein 2020, eq. 6): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12), pi the
+    logits sorted in decreasing order. The denominator makes the loss invariant to shifting and rescaling the
+    logits, which is what keeps it informative on models whose cross-entropy saturates."""
+    top = logits.topk(4, dim=1).values
+    margin = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, t[:, None]).squeeze(1)
+    return -margin / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
+
+
+def _dlr_targeted_grad(model: nn.Module, x: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """As _loss_grad, for the targeted DLR loss summed over the batch."""
+    xr = x.detach().requires_grad_(True)
+    logits = model(xr)
+    losses = _dlr_targeted(logits, y, t)
+    (grad,) = torch.autograd.grad(losses.sum(), xr)
+    return logits.detach(), losses.detach(), grad
+
+
+def apgd_t(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 100, n_target_classes: int = 9, *,
+           rho: float = 0.75, momentum: float = 0.75, random_start: bool = False,
+           generator: torch.Generator | None = None) -> Tensor:
+    """APGD-T (Croce & Hein 2020, AutoAttack's targeted APGD): APGD (the loop of `apgd`, step size and restarts
+    included) on the targeted DLR loss, once per target class: the classes ranked 2nd, 3rd, ... by the model's
+    logits at the clean image, min(n_target_classes, classes - 1) of them. Each target run attacks only the images
+    no earlier target has broken; an image broken by any target is broken ("not y" is success, as AutoAttack).
+    Cost: up to n_target_classes * steps forward+backward passes per robust image, fewer as images break.
+
+    Returns the adversarial batch: for each broken image its first fooling iterate; for images the model already
+    misclassifies, x; for the others the highest-loss iterate of the last target's run.
+    The targeted DLR loss reads the 4 largest logits, so the model needs at least 4 classes.
+    """
+    eps = _check_eps(eps)
+    _check_apgd_args(steps, rho, momentum)
+    if isinstance(n_target_classes, bool) or not isinstance(n_target_classes, int) or n_target_classes < 1:
+        raise UserError(f"APGD-T n_target_classes must be a positive integer, got {n_target_classes!r}")
+    x, y = _check_batch(model, x, y)
     with attack_hygiene(model):
-        x_cur = _random_start(x, eps, generator) if random_start else x.clone()
-        result = x_cur.clone()
-        rows = torch.arange(x.shape[0], device=x.device)  # rows of `result` still attacked
-        logits, f_cur, g_cur = _loss_grad(model, x_cur, y)
-        # per-sample state of the samples still attacked, subset together when broken samples leave
-        s = dict(x_nat=x, y=y, x_cur=x_cur, x_prev=x_cur.clone(), f_cur=f_cur, g_cur=g_cur,
-                 x_max=x_cur.clone(), f_max=f_cur.clone(), g_max=g_cur.clone(),
-                 eta=torch.full_like(f_cur, 2 * eps), increases=torch.zeros_like(f_cur),
-                 f_max_ckpt=f_cur.clone(), halved_ckpt=torch.zeros_like(f_cur, dtype=torch.bool))
-        last_ckpt = 0
-        for k in range(steps + 1):
-            if k > 0:  # iterate k from iterate k-1
-                eta = s["eta"].view(-1, 1, 1, 1)
-                z = _project_(s["x_cur"] + eta * s["g_cur"].sign(), s["x_nat"], eps)
-                a = 1.0 if k == 1 else momentum
-                x_new = _project_(s["x_cur"] + a * (z - s["x_cur"]) + (1 - a) * (s["x_cur"] - s["x_prev"]),
-                                  s["x_nat"], eps)
-                if k < steps:
-                    logits, f_new, g_new = _loss_grad(model, x_new, s["y"])
-                else:  # the last iterate is only scored: no step follows it
-                    with torch.inference_mode():
-                        logits = model(x_new)
-                    f_new, g_new = F.cross_entropy(logits, s["y"], reduction="none"), s["g_cur"]
-                s["increases"] += (f_new > s["f_cur"]).float()
-                better = f_new > s["f_max"]
-                s["x_max"][better], s["g_max"][better], s["f_max"][better] = (
-                    x_new[better], g_new[better], f_new[better])
-                s["x_prev"], s["x_cur"], s["f_cur"], s["g_cur"] = s["x_cur"], x_new, f_new, g_new
-            fooled = logits.argmax(1) != s["y"]  # logits are those of x_cur
-            if fooled.any():
-                result[rows[fooled]] = s["x_cur"][fooled]
-                keep = ~fooled
-                rows = rows[keep]
-                s = {name: value[keep] for name, value in s.items()}
-                if rows.numel() == 0:
-                    break
-            if k in checkpoints and k < steps:
-                window = k - last_ckpt
-                halve = (s["increases"] < rho * window) | (~s["halved_ckpt"] & (s["f_max"] <= s["f_max_ckpt"]))
-                s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
-                # restart from the best point; the momentum term then runs from the last iterate (as the paper)
-                s["x_cur"][halve], s["g_cur"][halve], s["f_cur"][halve] = (
-                    s["x_max"][halve], s["g_max"][halve], s["f_max"][halve])
-                s["halved_ckpt"], s["f_max_ckpt"] = halve, s["f_max"].clone()
-                s["increases"] = torch.zeros_like(s["increases"])
-                last_ckpt = k
-        if rows.numel():
-            result[rows] = s["x_max"]
+        with torch.inference_mode():
+            logits = model(x)
+        n_classes = logits.shape[1]
+        if n_classes < 4:
+            raise UserError(f"APGD-T needs a model with at least 4 classes (the targeted DLR loss reads the 4 "
+                            f"largest logits), this one has {n_classes}; use apgd (APGD-CE) instead")
+        # a normal tensor: the targets enter the autograd graph (gather saves its index)
+        ranked = logits.argsort(dim=1, descending=True).clone()
+        result = x.clone()
+        alive = ranked[:, 0] == y  # the clean-misclassified are broken already
+        for rank in range(1, min(n_target_classes, n_classes - 1) + 1):
+            rows = alive.nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+            x_sub = x[rows]
+            x_start = _random_start(x_sub, eps, generator) if random_start else x_sub.clone()
+            adv, broken = _apgd_core(model, x_sub, y[rows], eps, steps, rho, momentum, x_start,
+                                     {"t": ranked[rows, rank]},
+                                     lambda x_k, s: _dlr_targeted_grad(model, x_k, s["y"], s["t"]),
+                                     lambda z, s: _dlr_targeted(z, s["y"], s["t"]))
+            result[rows] = adv
+            alive[rows[broken]] = False
     return result
+
+
+# ---- minimal eps and the curve read off it -----------------------------------------------------------------------
+
+
+def _margin_targeted_grad(model: nn.Module, x: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """As _loss_grad, for the targeted margin z_t - z_y summed over the batch. Linear in the input on a linear
+    model, so its sign-gradient ascent walks straight to the optimal corner sign(w_t - w_y) of the ball."""
+    xr = x.detach().requires_grad_(True)
+    logits = model(xr)
+    losses = logits.gather(1, t[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
+    (grad,) = torch.autograd.grad(losses.sum(), xr)
+    return logits.detach(), losses.detach(), grad
+
+
+def _pgd_breaks(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, alpha: Tensor, steps: int,
+                t: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """PGD with keep_best and pruning, as `pgd`, but with a ball radius `eps` and step `alpha` per sample ([B]
+    float32), on the cross-entropy or, given targets t, on the targeted margin z_t - z_y. Returns (broken mask,
+    adversarial batch): a broken sample's first fooling iterate, else x. On the cross-entropy it visits, per
+    sample, the iterates of pgd(x_i, y_i, eps_i, alpha_i, steps, keep_best=True) bit for bit: the summed loss keeps
+    each gradient independent of the batch, and eps and alpha are the same float32 numbers.
+    Its own loop rather than pgd's: pgd takes one eps for the batch and records snapshots, which this needs not."""
+    result = x.clone()
+    broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    rows = torch.arange(x.shape[0], device=x.device)
+    x_adv, x_nat, y_act, t_act = x.clone(), x, y, t
+    eps_act, alpha_act = eps.view(-1, 1, 1, 1), alpha.view(-1, 1, 1, 1)
+    for k in range(steps + 1):
+        if k < steps:
+            logits, _, grad = (_loss_grad(model, x_adv, y_act) if t_act is None
+                               else _margin_targeted_grad(model, x_adv, y_act, t_act))
+        else:  # the last iterate is only scored
+            with torch.inference_mode():
+                logits = model(x_adv)
+        fooled = logits.argmax(1) != y_act
+        if fooled.any():
+            result[rows[fooled]] = x_adv[fooled]
+            broken[rows[fooled]] = True
+            keep = ~fooled
+            rows, x_adv, x_nat, y_act = rows[keep], x_adv[keep], x_nat[keep], y_act[keep]
+            eps_act, alpha_act = eps_act[keep], alpha_act[keep]
+            t_act = None if t_act is None else t_act[keep]
+            if rows.numel() == 0:
+                break
+            if k < steps:
+                grad = grad[keep]
+        if k < steps:
+            _project_(x_adv.add_(grad.sign_().mul_(alpha_act)), x_nat, eps_act)
+    return broken, result
+
+
+def minimal_eps(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 16 / 255, tol: float = 1 / 255,
+                steps: int = 10, n_target_classes: int = 0,
+                return_adv: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Per image, the smallest L-inf eps (pixel units) at which PGD finds an adversarial example, to within `tol`.
+
+    The attack at a radius e is `pgd(model, x, y, e, alpha=2.5 * e / steps, steps, keep_best=True)` (the step
+    rule of Madry et al. 2018: every pixel can cross the ball 1.25 times); with n_target_classes = k > 0, an image
+    it fails on is then attacked by the same PGD on the targeted margin z_t - z_y for each of the k classes ranked
+    2nd, 3rd, ... by the clean logits, until one breaks it. Cross-entropy (and untargeted margin) ascent can stop at
+    a corner of the ball that is not the nearest decision boundary, even on a linear model; the targeted margin is
+    linear there and reaches the optimal corner, so with k = classes - 1 the result on a linear model is its exact
+    minimal eps (the closed form) to within tol. Targets cost up to k * steps more passes per failed radius.
+
+    Radii are those of the grid e_j = min(j * tol, max_eps), j = 1..K. Per image a bisection over j keeps lo (a
+    radius where the attack failed; 0 = clean) and hi (a radius within which an adversarial example is known):
+      - round 0 scores x: misclassified images get 0 and leave;
+      - round 1 attacks at max_eps: images it cannot break get inf and leave; for the others hi is the grid radius
+        just above the L-inf norm of the adversarial example actually found, which early stopping keeps well
+        below max_eps (the first fooling iterate after i steps has norm <= i * alpha);
+      - then rounds at the midpoint of (lo, hi) on the images whose bracket spans more than one grid step;
+        success sets hi from the norm found (again often below the midpoint), failure sets lo.
+    All images of a round run in one batch and leave it when broken, as pgd's pruning.
+
+    Returns float32 [B] on x's device: the L-inf norm of the adversarial example found (capped by the radius of the
+    ball it was found in, against float rounding when the norm is re-measured), so "broken at every eps >= the
+    result" is a certificate (the adversarial example exists) rather than an estimate; 0 for misclassified images;
+    inf where the attack fails at max_eps. With return_adv=True also the adversarial batch (x where none is known
+    or the image is misclassified). Tolerance: the attack failed at the grid radius below the result, so the
+    attack's minimal eps lies in (result's grid step - tol, result], provided its success is monotone in eps
+    (true of PGD in practice, not guaranteed: a radius left untried could be broken below a failed one).
+    Because the grid is j * tol, with tol = 1/255 robust_accuracy_curve at j/255 reads exactly the attack's
+    verdict at that radius, as if PGD had been run there.
+
+    Why bisection and not a minimum-norm attack such as FMN (Pintor et al. 2021): FMN runs every image for all of
+    its steps (it keeps shrinking the norm after the first success; the paper uses 1000, 100 is its cheapest
+    competitive setting), so >= 100 forward+backward passes per image, and its precision is not set by a
+    parameter. Bisection costs at most (1 + ceil(log2 K)) * steps passes per image (60 with the defaults) and
+    far fewer in practice, because broken images stop early and the norm-tightened hi skips rounds.
+    (Counts on a trained model: benchmarks/attacks.py, line 5.)
+    """
+    max_eps = _check_eps(max_eps, "max_eps")
+    if isinstance(tol, bool) or not isinstance(tol, Real) or not 0.0 < tol <= max_eps:
+        raise UserError(f"minimal_eps tol must be a number in (0, max_eps] = (0, {max_eps:.4g}], got {tol!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserError(f"minimal_eps steps must be a positive integer, got {steps!r}")
+    if isinstance(n_target_classes, bool) or not isinstance(n_target_classes, int) or n_target_classes < 0:
+        raise UserError(f"minimal_eps n_target_classes must be an integer >= 0, got {n_target_classes!r}")
+    x, y = _check_batch(model, x, y)
+    n_grid = max(1, math.ceil(max_eps / tol - 1e-9))
+    # the grid in float64 on the CPU, then float32 on the device: e and alpha are then the very float32 numbers
+    # that pgd(e, 2.5 * e / steps) uses, whatever the device supports (MPS has no float64)
+    grid64 = (torch.arange(n_grid + 1, dtype=torch.float64) * float(tol)).clamp_(max=max_eps)
+    grid = grid64.float().to(x.device)
+    alphas = (grid64 * 2.5 / steps).float().to(x.device)
+    n = x.shape[0]
+    result = torch.full((n,), math.inf, dtype=torch.float32, device=x.device)
+    adv = x.clone()
+    lo = torch.zeros(n, dtype=torch.long, device=x.device)
+    hi = torch.full((n,), n_grid + 1, dtype=torch.long, device=x.device)  # n_grid + 1: nothing known yet
+    with attack_hygiene(model):
+        with torch.inference_mode():
+            logits = model(x)
+        ranked = logits.argsort(dim=1, descending=True).clone()  # a normal tensor: targets enter autograd
+        n_targets = min(n_target_classes, logits.shape[1] - 1)
+        wrong = ranked[:, 0] != y
+        result[wrong] = 0.0
+        hi[wrong] = 0
+        first = True
+        while True:
+            active = (hi - lo > 1).nonzero().squeeze(1)
+            if active.numel() == 0:
+                break
+            mid = torch.full_like(active, n_grid) if first else (lo[active] + hi[active]) // 2
+            e, a = grid[mid], alphas[mid]
+            broken, found = _pgd_breaks(model, x[active], y[active], e, a, steps)
+            for rank in range(1, n_targets + 1):  # targeted runs on the images cross-entropy PGD failed on
+                left = (~broken).nonzero().squeeze(1)
+                if left.numel() == 0:
+                    break
+                rows = active[left]
+                b, f = _pgd_breaks(model, x[rows], y[rows], e[left], a[left], steps, ranked[rows, rank])
+                broken[left[b]], found[left[b]] = True, f[b]
+            # success: hi is the grid index just above the norm found (never above mid: float rounding of the
+            # re-measured norm must not undo the progress); failure: lo = mid
+            rows, j = active[broken], mid[broken]
+            norm = torch.minimum((found[broken] - x[rows]).flatten(1).abs().amax(1), grid[j])
+            hi[rows] = torch.minimum(torch.searchsorted(grid, norm), j)
+            result[rows], adv[rows] = norm, found[broken]
+            failed = active[~broken]
+            if first:  # not broken at max_eps: inf, settled
+                lo[failed] = hi[failed] = n_grid + 1
+            else:
+                lo[failed] = mid[~broken]
+            first = False
+    return (result, adv) if return_adv else result
+
+
+def robust_accuracy_curve(min_eps: Tensor, eps_grid: Sequence[float], *, counts: bool = False) -> list:
+    """Robust accuracy at every eps of `eps_grid` read off per-image minimal eps in one pass: an image counts as
+    robust at eps iff min_eps > eps (so min_eps = 0, the misclassified, is never robust and inf always is).
+
+    One `minimal_eps` run thus gives a whole curve. Approximation: minimal_eps is known to within its `tol`, so the
+    curve is the attack's own verdict at grid radii k * tol (exact there, given monotone success) and may count an
+    image robust up to tol too far in between. Over all N = len(min_eps) images; counts=True returns the number of
+    robust images at each eps instead of the fraction (store n and counts, not only ratios).
+    """
+    if not isinstance(min_eps, Tensor) or min_eps.dim() != 1 or not min_eps.is_floating_point():
+        raise UserError(f"min_eps must be a float tensor [N] as minimal_eps returns, got "
+                        f"{tuple(min_eps.shape) if isinstance(min_eps, Tensor) else type(min_eps).__name__}")
+    if isinstance(eps_grid, (Real, str)) or not isinstance(eps_grid, Iterable):
+        raise UserError(f"eps_grid must be a list of numbers in [0, 1], got {eps_grid!r}")
+    eps_values = [_check_eps(e, "eps_grid values") for e in eps_grid]
+    values = min_eps.detach().float().cpu()
+    if torch.isnan(values).any() or (values < 0).any():
+        raise UserError("min_eps must be >= 0 (inf allowed, no NaN), as minimal_eps returns")
+    n = values.numel()
+    ordered = values.sort().values
+    # float32 grid: min_eps is float32 and was capped by float32 radii, so compare in float32
+    at = torch.tensor(eps_values, dtype=torch.float32)
+    robust = (n - torch.searchsorted(ordered, at, right=True)).tolist()
+    if counts:
+        return robust
+    return [r / n if n else math.nan for r in robust]
+
+
+# ---- Square -------------------------------------------------------------------------------------------------------
+
+
+def _margin(logits: Tensor, y: Tensor) -> Tensor:
+    """z_y - max_{j != y} z_j: negative iff the image is misclassified."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    return z_y - logits.scatter(1, y[:, None], -math.inf).amax(1)
+
+
+def _square_fraction(p_init: float, it: int, queries: int) -> float:
+    """Share of the image a square covers at iteration `it`: p_init halved at iterations 10, 50, 200, 500, 1000,
+    2000, 4000, 6000 and 8000 of a 10000-query run, rescaled to `queries` (Andriushchenko et al. 2020)."""
+    scaled = int(it / queries * 10000)
+    return p_init / 2 ** sum(scaled > b for b in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
+
+
+def square(model: nn.Module, x: Tensor, y: Tensor, eps: float, queries: int = 5000, p_init: float = 0.8,
+           generator: torch.Generator | None = None) -> Tensor:
+    """The L-inf Square attack (Andriushchenko et al. 2020): score-based, no gradients, so it sees through
+    gradient masking.
+
+    Start at x + eps * s with one random sign s per image, channel and pixel column (vertical stripes). Each query
+    proposes, per image still attacked, a random square (side sqrt(p * H * W), p from `_square_fraction`) whose
+    pixels move to x +- eps, one random sign per channel (redrawn when it would change nothing); the proposal is
+    kept when it lowers the margin z_y - max_{j != y} z_j. An image leaves as soon as the margin is negative.
+    `queries` counts model evaluations per image, the start included: one forward per query for the images still
+    attacked, run under inference_mode: square never calls backward. Random draws come from `generator` (a CPU
+    torch.Generator; None = the global RNG) on the CPU, so a seed gives the same attack on every device.
+
+    Returns the adversarial batch: for each fooled image the first fooling query, else the lowest-margin one.
+    The clean image itself is not scored: callers that need clean accuracy score it (worst_case does).
+    """
+    eps = _check_eps(eps)
+    if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
+        raise UserError(f"Square queries must be a positive integer, got {queries!r}")
+    if isinstance(p_init, bool) or not isinstance(p_init, Real) or not 0.0 < p_init <= 1.0:
+        raise UserError(f"Square p_init must be a number in (0, 1], got {p_init!r}")
+    if generator is not None and generator.device.type != "cpu":
+        raise UserError(f"the Square generator must be a CPU torch.Generator, got one on {generator.device}")
+    x, y = _check_batch(model, x, y)
+    n, c, h, w = x.shape
+    if n == 0 or eps == 0.0:
+        return x.clone()
+
+    def signs(*shape: int) -> Tensor:
+        return (torch.randint(0, 2, shape, generator=generator, dtype=torch.float32) * 2 - 1).to(x.device)
+
+    with attack_hygiene(model), torch.inference_mode():
+        result = _square_loop(model, x, y, eps, queries, p_init, signs, generator)
+    return result.clone()  # outside inference mode: a normal tensor, as the other attacks return
+
+
+def _square_loop(model: nn.Module, x: Tensor, y: Tensor, eps: float, queries: int, p_init: float, signs,
+                 generator: torch.Generator | None) -> Tensor:
+    """square's search, run under inference_mode; `signs(*shape)` draws +-1 on the CPU and moves them to x's device."""
+    n, c, h, w = x.shape
+    x_best = (x + eps * signs(n, c, 1, w)).clamp_(0.0, 1.0)
+    margin = _margin(model(x_best), y)
+    result = x_best.clone()
+    rows = torch.arange(n, device=x.device)
+    x_nat, y_act = x, y
+    hh = torch.arange(h, device=x.device).view(1, 1, h, 1)
+    ww = torch.arange(w, device=x.device).view(1, 1, 1, w)
+    for it in range(queries):
+        fooled = margin < 0
+        if fooled.any():
+            result[rows[fooled]] = x_best[fooled]
+            keep = ~fooled
+            rows, x_best, x_nat, y_act, margin = rows[keep], x_best[keep], x_nat[keep], y_act[keep], margin[keep]
+        if rows.numel() == 0 or it == queries - 1:
+            break
+        m = rows.numel()
+        side = round(math.sqrt(_square_fraction(p_init, it, queries) * h * w))
+        side = min(max(side, 1), max(min(h, w) - 1, 1))
+        top = torch.randint(0, h - side + 1, (m, 1, 1, 1), generator=generator).to(x.device)
+        left = torch.randint(0, w - side + 1, (m, 1, 1, 1), generator=generator).to(x.device)
+        window = (hh >= top) & (hh < top + side) & (ww >= left) & (ww < left + side)
+        x_new = torch.where(window, (x_nat + eps * signs(m, c, 1, 1)).clamp_(0.0, 1.0), x_best)
+        # a proposal equal to the current window wastes a query: redraw the signs of those (the paper does);
+        # each draw changes the window with probability >= 2^-C, so a few rounds suffice
+        for _ in range(16):
+            same = ~((x_new - x_best).abs() > 1e-7).flatten(1).any(1)
+            if not same.any():
+                break
+            k = int(same.sum())
+            x_new[same] = torch.where(window[same], (x_nat[same] + eps * signs(k, c, 1, 1)).clamp_(0.0, 1.0),
+                                      x_best[same])
+        new_margin = _margin(model(x_new), y_act)
+        better = new_margin < margin
+        x_best[better], margin[better] = x_new[better], new_margin[better]
+    if rows.numel():
+        result[rows] = x_best
+    return result
+
+
+# ---- the ensemble -------------------------------------------------------------------------------------------------
+
+WHITE_BOX = ("apgd-ce", "apgd-t")
+BLACK_BOX = ("square",)
+
+
+def worst_case(model: nn.Module, x: Tensor, y: Tensor, eps: float, *,
+               attacks: Sequence[str] = ("apgd-ce", "apgd-t", "square"), steps: int = 100, queries: int = 5000,
+               n_target_classes: int = 9, generator: torch.Generator | None = None) -> dict:
+    """The worst case over an ensemble of attacks at one eps, AutoAttack's way: each attack runs only on the
+    images still robust after the previous ones (an image broken once is broken; later attacks would only repeat
+    work), white-box attacks first (in the order given), then the black-box one.
+
+    attacks: names from "apgd-ce" (apgd, `steps`), "apgd-t" (apgd_t, `steps`, `n_target_classes`) and "square"
+    (square, `queries`, `generator`).
+    Returns a dict of per-image [B] tensors:
+      "clean":   the model classifies x correctly;
+      "robust":  correct on x and no attack fooled it (the ensemble's robust accuracy is its mean);
+      "fooled":  {attack name: the images that attack broke}: disjoint, each image credited to the first attack
+                 that broke it (later attacks never saw it);
+      "masking": images the black-box attack fooled after every white-box attack failed on them: a sign of
+                 gradient masking (all False when the list lacks either kind, no evidence either way);
+      "x_adv":   the adversarial batch (the breaking attack's image; x for robust and clean-misclassified images).
+    """
+    eps = _check_eps(eps)
+    if isinstance(attacks, str) or not isinstance(attacks, Iterable):
+        raise UserError(f"worst_case attacks must be a list of names from {WHITE_BOX + BLACK_BOX}, got {attacks!r}")
+    names = list(attacks)
+    unknown = [a for a in names if a not in WHITE_BOX + BLACK_BOX]
+    if unknown or not names or len(set(names)) != len(names):
+        raise UserError(f"worst_case attacks must be distinct names from {', '.join(WHITE_BOX + BLACK_BOX)}, "
+                        f"got {names!r}")
+    x, y = _check_batch(model, x, y)
+    run = {
+        "apgd-ce": lambda xs, ys: apgd(model, xs, ys, eps, steps=steps),
+        "apgd-t": lambda xs, ys: apgd_t(model, xs, ys, eps, steps=steps, n_target_classes=n_target_classes),
+        "square": lambda xs, ys: square(model, xs, ys, eps, queries=queries, generator=generator),
+    }
+    clean = predict(model, x) == y
+    robust = clean.clone()
+    x_adv = x.clone()
+    fooled = {}
+    for name in [a for a in names if a in WHITE_BOX] + [a for a in names if a in BLACK_BOX]:
+        rows = robust.nonzero().squeeze(1)
+        fooled[name] = torch.zeros_like(robust)
+        if rows.numel() == 0:
+            continue
+        adv = run[name](x[rows], y[rows])
+        broke = predict(model, adv) != y[rows]  # re-scored: the verdict does not trust the attack's bookkeeping
+        fooled[name][rows[broke]] = True
+        x_adv[rows[broke]] = adv[broke]
+        robust[rows[broke]] = False
+    has_white = any(a in WHITE_BOX for a in names)
+    masking = fooled["square"].clone() if has_white and "square" in fooled else torch.zeros_like(robust)
+    return {"clean": clean, "robust": robust, "fooled": {a: fooled[a] for a in names}, "masking": masking,
+            "x_adv": x_adv}
