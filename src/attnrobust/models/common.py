@@ -28,7 +28,8 @@ class PixelClassifier(nn.Module):
 
 def init_weights(model: nn.Module) -> None:
     """Kaiming-normal convs (fan_out, as torchvision and the official CBAM code), BN gamma 1 / beta 0, conv biases
-    0, Linear layers left at PyTorch's default; then each attention module's own exceptions (CBAM's spatial BN)."""
+    0, Linear layers left at PyTorch's default; then each attention module's own exceptions (CBAM's spatial BN,
+    the self-attention's projections and position tables), which run last so the generic rules cannot undo them."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -38,5 +39,5 @@ def init_weights(model: nn.Module) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     for m in model.modules():
-        if hasattr(m, "reset_gate_parameters"):
-            m.reset_gate_parameters()
+        if hasattr(m, "reset_attention_parameters"):
+            m.reset_attention_parameters()
