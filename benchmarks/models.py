@@ -1,14 +1,14 @@
 """Training throughput of every study model on this machine, quick and full sizes, in one run.
 
-    python benchmarks/models.py [--device cpu] [--steps 5] [--full-steps 3]
+    python benchmarks/models.py [--device cpu] [--steps 5] [--full-steps 3] [--sizes quick,full]
 
 Train: images/s of forward + backward + SGD step on random 3x32x32 images (the CIFAR shape; Fashion-MNIST's
 1x32x32 costs about the same, only the first conv differs). Eval: images/s of an eval-mode forward under
 inference_mode (what scoring an attack costs; crafting one costs about a training step). Each model gets a few
 warm-up steps first (allocator, thread pool, oneDNN kernel selection); then the models of a size take
 turns, one timed step each per round, and each rate comes from the model's median step. "vs plain" is the
-ratio to the plain ResNet of the same depth and width measured in the same run, so it holds across machines
-better than the absolute numbers do.
+ratio to the model's twin (the same ResNet without attention, `models.model_info`) measured in the same run, so
+it holds across machines better than the absolute numbers do.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from attnrobust.models import build_model
+from attnrobust.models import build_model, model_info
 
 # (name, width, batch): the quick study's sizes, then the paper's (width 64) with smaller batches so a CPU run
 # stays within minutes.
-QUICK = [(n, 16, 64) for n in ("resnet14", "cbam_resnet14", "se_resnet14",
-                               "resnet26", "cbam_resnet26", "se_resnet26", "vgg16_bn")]
-FULL = [(n, 64, 16) for n in ("resnet50", "cbam_resnet50", "vgg16_bn")]
+QUICK = [(n, 16, 64) for n in ("resnet14", "cbam_resnet14", "se_resnet14", "eca_resnet14", "bot_resnet14",
+                               "resnet26", "cbam_resnet26", "se_resnet26", "eca_resnet26", "bot_resnet26",
+                               "vgg16_bn")]
+FULL = [(n, 64, 16) for n in ("resnet50", "cbam_resnet50", "eca_resnet50", "bot_resnet50", "vgg16_bn")]
+SIZES = {"quick": (QUICK, True), "full": (FULL, False)}  # (models, whether eval-mode rates are measured too)
 
 
 def _sync(device: torch.device) -> None:
@@ -89,7 +91,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7, help="timed steps per model at the quick sizes")
     parser.add_argument("--full-steps", type=int, default=3, help="timed steps per model at the full sizes")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--sizes", default="quick,full", help="comma-separated: quick, full (default both)")
     args = parser.parse_args()
+    sizes_run = args.sizes.split(",")
+    if not sizes_run or any(s not in SIZES for s in sizes_run):
+        parser.error(f"--sizes takes a comma-separated list of {', '.join(SIZES)}, got {args.sizes!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -99,16 +105,18 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}")
     print(f"{'model':<15} {'width':>5} {'batch':>5} {'params':>11} {'train img/s':>11} {'vs plain':>8} "
           f"{'eval img/s':>10} {'vs plain':>8}")
-    for sizes, steps, with_eval in ((QUICK, args.steps, True), (FULL, args.full_steps, False)):
-        models = [build_model(name, 10, in_channels=3, width=width).to(device) for name, width, _ in sizes]
-        batches = [batch for _, _, batch in sizes]
+    for size in sizes_run:
+        table, with_eval = SIZES[size]
+        steps = args.steps if size == "quick" else args.full_steps
+        models = [build_model(name, 10, in_channels=3, width=width).to(device) for name, width, _ in table]
+        batches = [batch for _, _, batch in table]
         train = rates([_train_step(m, b, device) for m, b in zip(models, batches)], batches, args.warmup, steps,
                       device)
         evals = (rates([_eval_step(m, b, device) for m, b in zip(models, batches)], batches, args.warmup,
                        2 * steps, device) if with_eval else [None] * len(models))
-        plain = {name: i for i, (name, _, _) in enumerate(sizes) if name.startswith("resnet")}
-        for (name, width, batch), model, tr, ev in zip(sizes, models, train, evals):
-            base = plain.get(name.rpartition("_")[2])
+        index = {name: i for i, (name, _, _) in enumerate(table)}
+        for (name, width, batch), model, tr, ev in zip(table, models, train, evals):
+            base = index.get(model_info(name).twin)
             params = sum(p.numel() for p in model.parameters())
             ev_s = f"{ev:10.1f}" if ev else f"{'-':>10}"
             print(f"{name:<15} {width:>5} {batch:>5} {params:>11,} {tr:>11.1f} "
