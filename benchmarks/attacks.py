@@ -1,13 +1,22 @@
 """Attack speed against torchattacks 3.5.1, on the same model, batch and machine, in one run.
 
     python benchmarks/attacks.py [--batch 32] [--width 16] [--epochs 3] [--repeats 5] [--device cpu]
-                                 [--threads N] [--clock wall|cpu]
+                                 [--threads N] [--clock wall|cpu] [--part all|issue6|issue12]
+                                 [--min-steps 10] [--queries 100] [--apgd-steps 20]
 
 Prints four ratios (targets from issue 6):
   1. FGSM sweep over eps 0..0.3 (7 values), ours vs torchattacks.FGSM once per eps          target >= 2.5x
   2. PGD at 5, 10, 20 iterations: one 20-step run vs torchattacks.PGD run three times        target >= 1.7x
   3. PGD time per step vs the bare floor (one forward+backward w.r.t. the input)            overhead <= 10%
   4. as 2, keeping the best iterate and pruning broken samples, on a trained model          target >= 3x
+and three more (issue 12):
+  5. per-image minimal eps (minimal_eps, tol 1/255, --min-steps) vs the naive way, PGD at each eps 1..16/255
+     separately (same step rule 2.5 * eps / steps) and scored                               target >= 5x
+     (also against PGD with keep_best+pruning at each eps, a stronger baseline, and the forward+backward counts)
+  6. Square time per query vs one forward of the model, per image                           target <= 1.2x
+  7. APGD-T time per step vs the bare forward+backward floor, per image                     target <= 1.1x
+Lines 6 and 7 divide by the image-queries / image-steps actually run (counted by a hook in a separate run), since
+images leave the batch when broken; they run at eps 1/255 so that most images stay in the batch throughout.
 
 The model is attnrobust.models' resnet14 (the quick study's bottleneck ResNet) at --width, trained with
 attnrobust.train for --epochs on the embedded fashion-mnist-mini subset so that (4) sees a model whose samples
@@ -27,7 +36,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from attnrobust.attacks import attack_hygiene, fgsm, pgd, predict
+from attnrobust.attacks import apgd_t, attack_hygiene, fgsm, minimal_eps, pgd, predict, robust_accuracy_curve, square
 from attnrobust.checkpoint import load_model
 from attnrobust.data import DeviceLoader, load_dataset
 from attnrobust.train import TrainConfig, train
@@ -60,6 +69,47 @@ def train_model(width: int, epochs: int, device: torch.device) -> tuple[torch.nn
     return model, time.perf_counter() - start
 
 
+def floor_steps(model, x, y, n: int) -> None:
+    """The bare floor: n forward+backward passes w.r.t. the input, parameters frozen, nothing else."""
+    with attack_hygiene(model):
+        for _ in range(n):
+            xr = x.detach().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
+
+
+def best_times(runs: dict, warmup: str, repeats: int, device: torch.device) -> dict:
+    """{clock: {name: minimum seconds over interleaved repeats}} for clock in wall, cpu."""
+    timed(runs[warmup], device)  # warm-up: allocator, oneDNN primitives
+    best = {clock: {name: float("inf") for name in runs} for clock in ("wall", "cpu")}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            for clock, seconds in zip(("wall", "cpu"), timed(fn, device)):
+                best[clock][name] = min(best[clock][name], seconds)
+    return best
+
+
+class PassCounter:
+    """Counts images through the model: forwards that build a graph for an input gradient (forward+backward
+    passes, in attacks) and pure scoring forwards. Used in separate, untimed runs."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.grad = self.score = 0
+        self.handle = model.register_forward_pre_hook(self.hook)
+
+    def hook(self, module, args) -> None:
+        n = args[0].shape[0]
+        if torch.is_grad_enabled() and args[0].requires_grad:
+            self.grad += n
+        else:
+            self.score += n
+
+    def __enter__(self) -> "PassCounter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
@@ -72,9 +122,13 @@ def main() -> None:
                              "machine, where one descheduled thread of two stalls the other at every barrier")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="which time the verdicts use (both are printed)")
+    parser.add_argument("--part", choices=["all", "issue6", "issue12"], default="all",
+                        help="issue6: lines 1-4 (needs torchattacks); issue12: lines 5-7")
+    parser.add_argument("--min-steps", type=int, default=10, help="PGD steps per radius for line 5")
+    parser.add_argument("--queries", type=int, default=100, help="Square queries for line 6")
+    parser.add_argument("--apgd-steps", type=int, default=20, help="APGD-T steps per target for line 7")
     args = parser.parse_args()
     device = torch.device(args.device)
-    import torchattacks
 
     model, train_s = train_model(args.width, args.epochs, device)
     if args.threads is not None:  # after training, which sets its own thread count
@@ -86,6 +140,15 @@ def main() -> None:
           f"{args.epochs} epoch(s) on fashion-mnist-mini in {train_s:.0f} s; batch {args.batch}x1x32x32 on "
           f"{device} ({torch.get_num_threads()} threads); clean accuracy on the batch {clean:.1%}")
 
+    if args.part in ("all", "issue6"):
+        issue6(args, model, x, y, device)
+    if args.part in ("all", "issue12"):
+        issue12(args, model, x, y, device)
+
+
+def issue6(args, model, x, y, device) -> None:
+    import torchattacks
+
     def ta(attack):
         attack.set_device(device)
         return attack
@@ -93,13 +156,6 @@ def main() -> None:
     def score(advs):
         for adv in advs:
             predict(model, adv)
-
-    def floor_steps(n):
-        # the bare floor: forward+backward w.r.t. the input, parameters frozen, nothing else
-        with attack_hygiene(model):
-            for _ in range(n):
-                xr = x.detach().requires_grad_(True)
-                torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
 
     ta_fgsm = [ta(torchattacks.FGSM(model, eps=e)) for e in EPS]
     ta_pgd = [ta(torchattacks.PGD(model, eps=PGD_EPS, alpha=PGD_ALPHA, steps=s, random_start=False))
@@ -111,15 +167,10 @@ def main() -> None:
         "ta fgsm+score": lambda: score([a(x, y) for a in ta_fgsm]),
         "ours pgd": lambda: pgd(model, x, y, PGD_EPS, PGD_ALPHA, PGD_STEPS),
         "ta pgd": lambda: [a(x, y) for a in ta_pgd],
-        "floor x20": lambda: floor_steps(max(PGD_STEPS)),
+        "floor x20": lambda: floor_steps(model, x, y, max(PGD_STEPS)),
         "ours pgd keep_best": lambda: pgd(model, x, y, PGD_EPS, PGD_ALPHA, PGD_STEPS, keep_best=True),
     }
-    timed(runs["ours pgd"], device)  # warm-up: allocator, oneDNN primitives
-    best = {clock: {name: float("inf") for name in runs} for clock in ("wall", "cpu")}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            for clock, seconds in zip(("wall", "cpu"), timed(fn, device)):
-                best[clock][name] = min(best[clock][name], seconds)
+    best = best_times(runs, "ours pgd", args.repeats, device)
 
     # how fast samples break (explains ratio 4)
     out = pgd(model, x, y, PGD_EPS, PGD_ALPHA, PGD_STEPS, keep_best=True)
@@ -148,6 +199,71 @@ def main() -> None:
     line("4. PGD 5/10/20 keep_best+pruning vs torchattacks three runs", "ta pgd", "ours pgd keep_best", 3.0,
          f"  [{t['ours pgd keep_best']:.2f} s; robust accuracy "
          f"{', '.join(f'{s}: {acc[s]:.1%}' for s in PGD_STEPS)}]")
+
+
+def issue12(args, model, x, y, device) -> None:
+    steps, queries, apgd_steps = args.min_steps, args.queries, args.apgd_steps
+    grid = [j / 255 for j in range(1, 17)]
+    small = 1 / 255  # lines 6 and 7: most images survive, so the batch stays near full size
+
+    def naive(keep_best: bool) -> list[float]:
+        # the way a curve is made without minimal eps: PGD at each radius of the grid, each scored
+        return [(predict(model, pgd(model, x, y, e, 2.5 * e / steps, [steps], keep_best=keep_best)[steps]) == y)
+                .float().mean().item() for e in grid]
+
+    def forwards(n: int) -> None:
+        with attack_hygiene(model), torch.inference_mode():
+            for _ in range(n):
+                model(x)
+
+    runs = {
+        "minimal_eps": lambda: minimal_eps(model, x, y, max_eps=16 / 255, tol=1 / 255, steps=steps),
+        "naive pgd": lambda: naive(False),
+        "naive pgd keep_best": lambda: naive(True),
+        "square": lambda: square(model, x, y, small, queries=queries, generator=torch.Generator().manual_seed(0)),
+        "forwards": lambda: forwards(queries),
+        "apgd-t": lambda: apgd_t(model, x, y, small, steps=apgd_steps),
+        "floor": lambda: floor_steps(model, x, y, apgd_steps),
+    }
+    best = best_times(runs, "minimal_eps", args.repeats, device)
+
+    # the work each one did, counted in separate untimed runs: images through forward+backward / forward only
+    counts = {}
+    for name in ("minimal_eps", "naive pgd", "naive pgd keep_best", "square", "apgd-t"):
+        with PassCounter(model) as counter:
+            runs[name]()
+        counts[name] = counter
+    n = x.shape[0]
+    found = minimal_eps(model, x, y, max_eps=16 / 255, tol=1 / 255, steps=steps)
+    curve = robust_accuracy_curve(found, grid)
+    gap = max(abs(a - b) for a, b in zip(curve, naive(True)))
+
+    t, other = best[args.clock], best["cpu" if args.clock == "wall" else "wall"]
+    other_name = "cpu" if args.clock == "wall" else "wall"
+    print(f"\nratios by {args.clock} clock (minimum of {args.repeats} repeats); passes are per image")
+    c = counts["minimal_eps"]
+    ratio = t["naive pgd"] / t["minimal_eps"]
+    print(f"{'5. minimal eps (1/255 grid) vs PGD at each of 1..16/255':<58} {ratio:6.2f}x  (target >= 5x: "
+          f"{'ok' if ratio >= 5 else 'MISSED'}; {other_name} clock {other['naive pgd'] / other['minimal_eps']:.2f}x)"
+          f"  [{t['minimal_eps']:.2f} s vs {t['naive pgd']:.2f} s; {c.grad / n:.1f} fwd+bwd + {c.score / n:.1f} fwd "
+          f"vs {counts['naive pgd'].grad / n:.1f} + {counts['naive pgd'].score / n:.1f}]")
+    kb = counts["naive pgd keep_best"]
+    print(f"{'   vs PGD keep_best+pruning at each radius':<58} {t['naive pgd keep_best'] / t['minimal_eps']:6.2f}x  "
+          f"[{t['naive pgd keep_best']:.2f} s; {kb.grad / n:.1f} fwd+bwd + {kb.score / n:.1f} fwd; curves differ by "
+          f"at most {gap:.1%}; robust accuracy at 0, 4, 8, 16/255: "
+          f"{', '.join(f'{a:.1%}' for a in robust_accuracy_curve(found, [0, 4 / 255, 8 / 255, 16 / 255]))}]")
+    sq = counts["square"].score
+    per_query = (t["square"] / sq) / (t["forwards"] / (queries * n))
+    print(f"{'6. Square time per image-query vs one forward per image':<58} {per_query:6.2f}x  (target <= 1.2x: "
+          f"{'ok' if per_query <= 1.2 else 'MISSED'}; {other_name} clock "
+          f"{(other['square'] / sq) / (other['forwards'] / (queries * n)):.2f}x)  [{queries} queries at eps 1/255; "
+          f"{sq / (queries * n):.0%} of the full-batch queries run; no backward: {counts['square'].grad == 0}]")
+    at = counts["apgd-t"]
+    per_step = (t["apgd-t"] / at.grad) / (t["floor"] / (apgd_steps * n))
+    print(f"{'7. APGD-T time per image-step vs forward+backward floor':<58} {per_step:6.2f}x  (target <= 1.1x: "
+          f"{'ok' if per_step <= 1.1 else 'MISSED'}; {other_name} clock "
+          f"{(other['apgd-t'] / at.grad) / (other['floor'] / (apgd_steps * n)):.2f}x)  [{apgd_steps} steps x 9 "
+          f"targets at eps 1/255; {at.grad / n:.1f} fwd+bwd + {at.score / n:.1f} fwd per image]")
 
 
 if __name__ == "__main__":

@@ -476,8 +476,11 @@ def minimal_eps(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 16 /
     its steps (it keeps shrinking the norm after the first success; the paper uses 1000, 100 is its cheapest
     competitive setting), so >= 100 forward+backward passes per image, and its precision is not set by a
     parameter. Bisection costs at most (1 + ceil(log2 K)) * steps passes per image (60 with the defaults) and
-    far fewer in practice, because broken images stop early and the norm-tightened hi skips rounds.
-    (Counts on a trained model: benchmarks/attacks.py, line 5.)
+    far fewer in practice, because broken images stop early and the norm-tightened hi skips rounds. Counted on
+    resnet14 (width 8, 2 epochs on fashion-mnist-mini, 80% clean accuracy), 64 test images, defaults: 23
+    forward+backward + 2.5 forward passes per image, against 160 + 16 for PGD run separately at each of
+    1..16/255 and 81 + 21 for that with keep_best and pruning; the curve read off it equalled the latter's at every
+    radius. With n_target_classes=3: 70 + 7, and a curve up to 4.7 points lower (stronger).
     """
     max_eps = _check_eps(max_eps, "max_eps")
     if isinstance(tol, bool) or not isinstance(tol, Real) or not 0.0 < tol <= max_eps:
