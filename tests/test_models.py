@@ -18,7 +18,7 @@ from torch import nn
 
 from attnrobust.errors import UserError
 from attnrobust.models import (ModelInfo, attention_maps, attention_pairs, build_model, list_models, model_info,
-                               recording_attention)
+                               model_options, recording_attention)
 from attnrobust.models.attention import CBAM, ECA, MHSA, SE, eca_kernel_size, make_attention
 
 GATES = (CBAM, SE, ECA)
@@ -231,6 +231,20 @@ def test_twin_differs_only_by_the_attention(name):
 def test_model_info_unknown_name():
     with pytest.raises(UserError, match="unknown model 'resnet51'; valid models: resnet14"):
         model_info("resnet51")
+    with pytest.raises(UserError, match="unknown model 'resnet51'; valid models: resnet14"):
+        model_options("resnet51")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_options_are_what_build_model_fills_in(name):
+    options = model_options(name)
+    with torch.device("meta"):
+        args = build_model(name, 10, width=1, **options).build_args   # width 1: the smallest model builds too
+    assert {k: args[k] for k in options} == options
+    assert ("cbam_bn_momentum" in options) == (model_info(name).attention == "cbam")
+    assert ("input_size" in options) == (model_info(name).attention == "mhsa")
+    options.clear()
+    assert model_options(name) or model_info(name).base.startswith("vgg")  # a copy: the registry is untouched
 
 
 def test_attention_pairs():

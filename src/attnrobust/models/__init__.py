@@ -32,8 +32,8 @@ from attnrobust.models.common import STEMS
 from attnrobust.models.resnet import ResNet
 from attnrobust.models.vgg import VGG
 
-__all__ = ["build_model", "list_models", "model_info", "attention_pairs", "ModelInfo", "attention_maps",
-           "recording_attention", "ATTENTION", "CBAM", "SE", "ECA", "MHSA"]
+__all__ = ["build_model", "list_models", "model_info", "model_options", "attention_pairs", "ModelInfo",
+           "attention_maps", "recording_attention", "ATTENTION", "CBAM", "SE", "ECA", "MHSA"]
 
 IN_CHANNELS = (1, 3)
 
@@ -102,6 +102,14 @@ def model_info(name: str) -> ModelInfo:
         raise UserError(f"unknown model {name!r}; valid models: {', '.join(_REGISTRY)}")
     entry = _REGISTRY[name]
     return ModelInfo(name, entry.base, entry.attention, None if entry.attention is None else entry.base)
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The extra keyword arguments `build_model` accepts for `name`, with their defaults (a fresh dict), so a
+    caller holding options for several models (e.g. cbam_bn_momentum) can pass each model only its own."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r}; valid models: {', '.join(_REGISTRY)}")
+    return dict(_REGISTRY[name].extras)
 
 
 def attention_pairs(names: Iterable[str]) -> list[tuple[str, str]]:

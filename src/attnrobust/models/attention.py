@@ -210,7 +210,8 @@ class MHSA(nn.Module):
         self.rel_h = nn.Parameter(torch.empty(2 * max_size - 1, self.dim))
         self.rel_w = nn.Parameter(torch.empty(2 * max_size - 1, self.dim))
         self.pool = nn.AvgPool2d(2, 2, ceil_mode=True) if stride == 2 else None
-        self.reset_attention_parameters()
+        if not self.rel_h.is_meta:  # on meta there is nothing to set (see common.init_weights)
+            self.reset_attention_parameters()
 
     def reset_attention_parameters(self) -> None:
         # Called again by the model after its generic init (which gives every Conv2d Kaiming weights): small q, k, v

@@ -30,6 +30,10 @@ def init_weights(model: nn.Module) -> None:
     """Kaiming-normal convs (fan_out, as torchvision and the official CBAM code), BN gamma 1 / beta 0, conv biases
     0, Linear layers left at PyTorch's default; then each attention module's own exceptions (CBAM's spatial BN,
     the self-attention's projections and position tables), which run last so the generic rules cannot undo them."""
+    if any(p.is_meta for p in model.parameters()):
+        # Built on the meta device (to count parameters): no values to set, and normal_ on meta tensors runs
+        # torch's Python reference kernels, whose first call imports seconds of machinery.
+        return
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
