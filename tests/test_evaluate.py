@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -354,3 +355,25 @@ def test_torchrun_two_processes_give_the_records_of_one(checkpoints, tmp_path):
     for r in one:
         match = by_key(two)[record_key(r)]
         assert {c: match[c] for c in COUNTS} == {c: r[c] for c in COUNTS}
+
+
+def test_white_box_measures_minimal_eps_and_autoattack():
+    from attnrobust.results import unpack_bits, unpack_floats
+
+    x, y = data()
+    cfg = fast_cfg(attacks=["fgsm", "minimal", "autoattack"], minimal_max_eps=0.2, minimal_tol=0.02,
+                   minimal_steps=3, autoattack_eps=0.05, autoattack_steps=3, autoattack_queries=20,
+                   autoattack_targets=2)
+    records = white_box(tiny(0), batches(x, y, 10), cfg, dataset="toy", quiet=True, images="test[:24]")
+    by = {r["attack"]: r for r in records if r["attack"] != "fgsm"}
+    minimal, aa = by["minimal"], by["autoattack"]
+    values = unpack_floats(minimal["min_eps"], minimal["n"])
+    clean = unpack_bits(minimal["clean_bits"], minimal["n"])
+    assert (values[~clean] == 0).all() and ((values > 0) | ~clean).all()
+    assert (unpack_bits(minimal["robust_bits"], minimal["n"]) == np.isinf(values)).all()
+    # the curve is read off the per-image values: correct at eps iff minimal eps > eps
+    assert minimal["fine_correct"] == [int((values > e).sum()) for e in minimal["fine_grid"]]
+    assert minimal["fine_correct"][0] == minimal["target_clean_correct"]
+    assert aa["robust_correct"] <= aa["target_clean_correct"] and "gradient_masking" in aa["flags"]
+    assert set(aa["broken_by"]) <= {"apgd-ce", "apgd-t", "square"}
+    assert all(r["kind"] == "white-box" for r in records)

@@ -19,7 +19,7 @@ from typing import Any
 
 from attnrobust.errors import UserError
 
-SHIPPED = ("quick", "fashion-mnist", "cifar10", "cifar100", "paper")
+SHIPPED = ("quick", "quick-adversarial", "fashion-mnist-cpu", "fashion-mnist", "cifar10", "cifar100", "paper")
 # [train] keys the study itself sets per job; a config may not fix them.
 _PER_JOB_TRAIN_KEYS = ("dataset", "model", "seed")
 
@@ -36,6 +36,17 @@ class StudySection:
 class EvalSection:
     n: int | None = None  # attack the first n test images; None = the whole test split
     batch_size: int = 256
+    # The costly attacks (PGD, APGD, minimal eps, AutoAttack) on a fixed seeded subset of this many of those
+    # images (None: all); clean accuracy and FGSM always on all n. Every model and seed sees the same subset,
+    # so comparisons stay paired.
+    strong_n: int | None = None
+    subset_seed: int = 0
+    # Withhold a verdict when a compared model's clean accuracy is below this (None: the dataset's default,
+    # attnrobust.verdicts.CLEAN_FLOORS): robustness of a model that did not learn means nothing.
+    min_clean_accuracy: float | None = None
+    # Independent jobs (training runs, attack jobs) run side by side in this many processes, the cores split
+    # between them (small models leave cores idle in one process). 1 = in this process; CPU only.
+    workers: int = 1
 
 
 @dataclass
@@ -83,6 +94,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is Any:
         return value
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise UserError(f"{where}: expected a table (key = value pairs), got {value!r}")
+        return dict(value)
     if origin is typing.Literal:
         if value not in typing.get_args(hint):
             raise UserError(f"{where}: expected one of {', '.join(map(repr, typing.get_args(hint)))}, got {value!r}")
@@ -202,6 +217,17 @@ def validate(cfg: StudyConfig) -> None:
         raise UserError(f"eval.n: must be positive (or left out for the whole test split), got {cfg.eval.n}")
     if cfg.eval.batch_size <= 0:
         raise UserError(f"eval.batch_size: must be positive, got {cfg.eval.batch_size}")
+    if cfg.eval.strong_n is not None and cfg.eval.strong_n <= 0:
+        raise UserError(f"eval.strong_n: must be positive (or left out for all images), got {cfg.eval.strong_n}")
+    if cfg.eval.strong_n is not None and cfg.eval.n is not None and cfg.eval.strong_n > cfg.eval.n:
+        raise UserError(f"eval.strong_n: {cfg.eval.strong_n} is more than the {cfg.eval.n} images attacked (eval.n)")
+    if cfg.eval.subset_seed < 0:
+        raise UserError(f"eval.subset_seed: must be >= 0, got {cfg.eval.subset_seed}")
+    floor = cfg.eval.min_clean_accuracy
+    if floor is not None and not 0 <= floor <= 1:
+        raise UserError(f"eval.min_clean_accuracy: must be in [0, 1], got {floor}")
+    if cfg.eval.workers < 1:
+        raise UserError(f"eval.workers: must be a positive integer, got {cfg.eval.workers}")
     cfg.attack.validate()
     for dataset in s.datasets:  # the per-job training configs must be valid too; check before any work starts
         train_config(cfg, dataset, s.models[0], s.seeds[0]).validate()
@@ -226,6 +252,8 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, e.g. train.model_args
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 

@@ -26,13 +26,17 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from attnrobust.attacks import apgd, fgsm, pgd, predict
+from attnrobust.attacks import apgd, attack_hygiene, fgsm, minimal_eps, pgd, predict, robust_accuracy_curve, worst_case
 from attnrobust.errors import UserError
-from attnrobust.results import COUNT_KEYS, eps_key, make_record, pack_bits
+from attnrobust.results import COUNT_KEYS, eps_key, make_record, pack_bits, pack_floats
 
 __all__ = ["AttackConfig", "clean_accuracy", "white_box", "transfer", "sanity_flags", "evaluate_checkpoints"]
 
-ATTACKS = ("fgsm", "pgd", "apgd")
+ATTACKS = ("fgsm", "pgd", "apgd", "minimal", "autoattack")
+# Measured white-box only, per image, beside the paper's grid: not transferred (see white_box_measures).
+WHITE_BOX_MEASURES = ("minimal", "autoattack")
+# The fine grid of robustness curves (read off the per-image minimal eps): 0, 1/255, ..., 16/255.
+FINE_GRID = [round(j / 255, 10) for j in range(17)]
 # The unbounded-eps check: eps = 1 allows any image, so 20 steps of 0.1 (keeping the best iterate) should break
 # essentially every sample of a model whose gradients are informative.
 UNBOUNDED_STEPS, UNBOUNDED_ALPHA, UNBOUNDED_MAX_ACCURACY = 20, 0.1, 0.05
@@ -55,6 +59,17 @@ class AttackConfig:
     random_start: bool = False  # PGD/APGD start uniformly in the eps-ball (seeded)
     keep_best: bool = False  # PGD: a sample counts as broken once any iterate fools the model
     apgd_steps: int = 20
+    # minimal eps per image (attacks.minimal_eps): bisection on the grid j * minimal_tol up to minimal_max_eps,
+    # PGD with minimal_steps steps per radius. Not saturated where the paper's budgets are.
+    minimal_max_eps: float = 0.1
+    minimal_tol: float = 1 / 255
+    minimal_steps: int = 10
+    # AutoAttack-grade worst case at one eps (below the paper's 0.2, where every standard model is at 0%):
+    # APGD-CE, APGD-T and the gradient-free Square attack, each on the images the others left.
+    autoattack_eps: float = 8 / 255
+    autoattack_steps: int = 20
+    autoattack_queries: int = 1000
+    autoattack_targets: int = 3
     sanity_checks: bool = True  # gradient-masking flags (costs one small eps = 1 PGD run per source)
     sanity_n: int = 100  # images of the first batch used by the unbounded-eps check
 
@@ -77,8 +92,12 @@ class AttackConfig:
                 or any(not number(e) or not 0 <= e <= 1 for e in self.fgsm_eps) \
                 or len({eps_key(e) for e in self.fgsm_eps}) != len(self.fgsm_eps):
             raise bad("fgsm_eps", "expected a non-empty list of distinct numbers in [0, 1]", self.fgsm_eps)
-        if not number(self.pgd_eps) or not 0 <= self.pgd_eps <= 1:
-            raise bad("pgd_eps", "expected a number in [0, 1]", self.pgd_eps)
+        for name in ("pgd_eps", "minimal_max_eps", "autoattack_eps"):
+            if not number(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
+                raise bad(name, "expected a number in [0, 1]", getattr(self, name))
+        if not number(self.minimal_tol) or not 0 < self.minimal_tol <= self.minimal_max_eps:
+            raise bad("minimal_tol", f"expected a number in (0, minimal_max_eps = {self.minimal_max_eps}]",
+                      self.minimal_tol)
         if not number(self.pgd_alpha) or not self.pgd_alpha > 0:
             raise bad("pgd_alpha", "expected a positive number", self.pgd_alpha)
         if not isinstance(self.pgd_steps, (list, tuple)) or not self.pgd_steps \
@@ -87,7 +106,8 @@ class AttackConfig:
         for name in ("random_start", "keep_best", "sanity_checks"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "expected true or false", getattr(self, name))
-        for name in ("apgd_steps", "sanity_n"):
+        for name in ("apgd_steps", "sanity_n", "minimal_steps", "autoattack_steps", "autoattack_queries",
+                     "autoattack_targets"):
             if not positive_int(getattr(self, name)):
                 raise bad(name, "expected a positive integer", getattr(self, name))
         return self
@@ -115,6 +135,12 @@ class AttackConfig:
                 out += [dict(pgd, steps=k, keep_best=False, iterate="final", scope="transfer") for k in steps]
             else:
                 out += [dict(pgd, steps=k, keep_best=False, iterate="final", scope="all") for k in steps]
+        if "minimal" in self.attacks:
+            out.append(dict(attack="minimal", eps=float(self.minimal_max_eps), steps=self.minimal_steps,
+                            alpha=None, random_start=False, keep_best=True, iterate="best", scope="white-box"))
+        if "autoattack" in self.attacks:
+            out.append(dict(attack="autoattack", eps=float(self.autoattack_eps), steps=self.autoattack_steps,
+                            alpha=None, random_start=False, keep_best=True, iterate="best", scope="white-box"))
         if "apgd" in self.attacks:
             # APGD adapts its own step size (alpha null) and always keeps the best iterate
             apgd = dict(attack="apgd", eps=float(self.pgd_eps), steps=self.apgd_steps, alpha=None,
@@ -190,15 +216,18 @@ def _craft(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, settings: 
 
 
 def _full_vector(local: list[Tensor], loader, device) -> Tensor:
-    """This rank's per-image outcomes (batches in loader order) placed at their images' positions in the whole
-    attacked split, summed over torchrun ranks: every rank ends with the same full vector."""
-    values = torch.cat(local).to(torch.uint8)
+    """This rank's per-image values (batches in loader order; bool or float) placed at their images' positions
+    in the whole attacked split, summed over torchrun ranks: every rank ends with the same full vector."""
+    values = torch.cat(local)
     if not _distributed():
-        return values.bool()
+        return values
+    is_bool = values.dtype == torch.bool
+    values = values.to(torch.uint8 if is_bool else torch.float32)
     positions = loader.indices(0).to(values.device)  # a DeviceLoader: each rank's contiguous shard, in order
-    full = torch.zeros(len(loader.labels), dtype=torch.uint8, device=values.device)
+    full = torch.zeros(len(loader.labels), dtype=values.dtype, device=values.device)
     full[positions] = values
-    return _all_reduce(full).bool()
+    full = _all_reduce(full)
+    return full.bool() if is_bool else full
 
 
 # ---- the evaluation loop ----------------------------------------------------------------------------------------
@@ -224,7 +253,9 @@ def transfer(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loade
         if name in models and models[name] is not model:
             raise UserError(f"transfer: two different models are both named {name!r}; give them distinct names")
         models[name] = model
-    settings = cfg.settings()
+    settings = [st for st in cfg.settings() if st["attack"] not in WHITE_BOX_MEASURES]
+    if not settings:
+        return []
     rank = torch.distributed.get_rank() if _distributed() else 0
     robust: dict[tuple[str, str, int], list[Tensor]] = {}  # (source, target, setting index) -> per-batch masks
     clean: dict[str, list[Tensor]] = {t: [] for t in models}
@@ -289,9 +320,85 @@ def transfer(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loade
 
 def white_box(model: nn.Module, loader, cfg: AttackConfig, *, dataset: str, name: str = "model", seed: int = 0,
               device=None, quiet: bool = False, images: str = "test") -> list[dict[str, Any]]:
-    """White-box evaluation of one model: `transfer` with the model as its own only target."""
-    return transfer({name: model}, {}, loader, cfg, dataset=dataset, seed=seed, device=device, quiet=quiet,
-                    images=images)
+    """White-box evaluation of one model: `transfer` with the model as its own only target, then the per-image
+    measures (minimal eps, AutoAttack-grade worst case) when cfg asks for them."""
+    return sanity_flags(
+        transfer({name: model}, {}, loader, cfg, dataset=dataset, seed=seed, device=device, quiet=quiet,
+                 images=images)
+        + white_box_measures(model, loader, cfg, dataset=dataset, name=name, seed=seed, device=device,
+                             quiet=quiet, images=images))
+
+
+def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: str, name: str = "model",
+                       seed: int = 0, device=None, quiet: bool = False, images: str = "test",
+                       attack_seed: int | None = None) -> list[dict[str, Any]]:
+    """The non-saturated white-box measures of cfg.attacks, one record each:
+
+    - "minimal": per-image minimal L-inf eps (attacks.minimal_eps) in `min_eps` (base64 float32, inf = not
+      broken up to `eps` = minimal_max_eps), its median, and the robust-accuracy curve on FINE_GRID (images
+      correct at each eps, read off the per-image values: one attack, not one per eps); robust_bits = not broken
+      up to minimal_max_eps.
+    - "autoattack": the worst case over APGD-CE, APGD-T and Square at autoattack_eps (attacks.worst_case);
+      robust_bits = robust to all three; per attack the images it broke (`broken_by`), and the
+      `gradient_masking` flag when Square (no gradients) broke an image no gradient attack could.
+    """
+    cfg.validate()
+    wanted = [st for st in cfg.settings() if st["attack"] in WHITE_BOX_MEASURES]
+    if not wanted:
+        return []
+    rank = torch.distributed.get_rank() if _distributed() else 0
+    generator = torch.Generator().manual_seed((seed if attack_seed is None else attack_seed) * 65537 + rank + 1)
+    clean, min_eps, aa_robust, masked = [], [], [], []
+    ensemble = None
+    broken_by: dict[str, list[Tensor]] = {}
+    for x, y in _progress(loader, device, f"measures {name}", quiet):
+        clean.append(predict(model, x) == y)
+        if "minimal" in cfg.attacks:
+            min_eps.append(minimal_eps(model, x, y, max_eps=cfg.minimal_max_eps, tol=cfg.minimal_tol,
+                                       steps=cfg.minimal_steps))
+        if "autoattack" in cfg.attacks:
+            if ensemble is None:  # APGD-T's targeted DLR loss reads the 4 largest logits
+                with attack_hygiene(model), torch.inference_mode():  # eval mode: no BatchNorm update
+                    classes = model(x[:1]).shape[1]
+                ensemble = ("apgd-ce", "apgd-t", "square") if classes >= 4 else ("apgd-ce", "square")
+            out = worst_case(model, x, y, cfg.autoattack_eps, attacks=ensemble, steps=cfg.autoattack_steps,
+                             queries=cfg.autoattack_queries, n_target_classes=cfg.autoattack_targets,
+                             generator=generator)
+            aa_robust.append(out["robust"])
+            masked.append(out["masking"])
+            for attack, fooled in out["fooled"].items():
+                broken_by.setdefault(attack, []).append(fooled)
+    if not clean:
+        raise UserError("white_box_measures: the loader yielded no batches; give at least one test image")
+    c = _full_vector(clean, loader, device)
+    records = []
+    for st in wanted:
+        setting = {k: v for k, v in st.items() if k != "scope"}
+        extra: dict[str, Any] = {}
+        flags: dict[str, Any] = {}
+        if st["attack"] == "minimal":
+            values = _full_vector(min_eps, loader, device)
+            r = torch.isinf(values)
+            extra = {"min_eps_tol": float(cfg.minimal_tol),
+                     "median_min_eps": float(values.median().item()),  # inf when most images are not broken
+                     "fine_grid": FINE_GRID,
+                     "fine_correct": [int(v) for v in robust_accuracy_curve(values, FINE_GRID, counts=True)],
+                     "min_eps": pack_floats(values)}
+        else:
+            r = _full_vector(aa_robust, loader, device)
+            m = _full_vector(masked, loader, device)
+            extra = {"broken_by": {a: int(_full_vector(v, loader, device).sum()) for a, v in broken_by.items()}}
+            flags["gradient_masking"] = _flag(
+                not bool(m.any()),
+                f"Square (no gradients) broke {int(m.sum())} image(s) that APGD-CE and APGD-T could not at "
+                f"eps={cfg.autoattack_eps:g} (a black-box attack beating the white-box ones suggests masked "
+                f"gradients)")
+        counts = dict(zip(COUNT_KEYS, [len(r), int(c.sum()), int(c.sum()), int(c.sum()), int(r.sum()),
+                                       int((r & c).sum()), int((r & c).sum())]))
+        records.append(make_record(dataset=dataset, seed=seed, source=name, target=name, **setting,
+                                   counts=counts, robust_bits=pack_bits(r), clean_bits=pack_bits(c),
+                                   images=images, flags=flags, **extra))
+    return records
 
 
 # ---- sanity flags -----------------------------------------------------------------------------------------------
