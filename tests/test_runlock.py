@@ -66,9 +66,11 @@ def test_second_taker_in_the_same_process_is_refused_and_lock_is_released_after(
         message = str(err.value)
         assert str(run) in message and f"pid {os.getpid()}" in message and "attnrobust run quick" in message
         assert "another --out folder" in message and "\n" not in message
+    assert not (run / ".lock").exists()  # no file claims a holder that is gone
+    assert not run.exists()  # the lock made the folder and nothing was written in it: a wrong --out leaves no trace
     with hold_run_lock(run, is_main=True):  # released on normal exit
-        pass
-    assert read_holder(run) == {}  # emptied: no file claims a holder that is gone
+        (run / "config.toml").write_text("")
+    assert sorted(p.name for p in run.iterdir()) == ["config.toml"]  # a folder with a run's files stays
 
 
 @posix
@@ -78,6 +80,25 @@ def test_lock_is_released_when_the_block_raises(tmp_path):
             raise KeyboardInterrupt
     with hold_run_lock(tmp_path, is_main=True):
         pass
+
+
+@posix
+def test_a_taker_that_locked_a_removed_lock_file_does_not_count(tmp_path):
+    # A taker opens .lock, the holder leaves (removing it), the taker's flock then succeeds on a file no longer in
+    # the folder: _lock must notice and start again, or a third process could hold a new .lock at the same time.
+    import fcntl
+
+    from attnrobust.runlock import _same_file
+
+    with hold_run_lock(tmp_path, is_main=True):
+        fd = os.open(tmp_path / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert not _same_file(fd, tmp_path / ".lock")
+        with hold_run_lock(tmp_path, is_main=True):  # not blocked by the orphan
+            assert read_holder(tmp_path)["pid"] == str(os.getpid())
+    finally:
+        os.close(fd)
 
 
 @posix
@@ -156,6 +177,9 @@ RANK = textwrap.dedent("""
     except UserError as err:
         print(f"attnrobust: error: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:  # leave together: gloo aborts a process whose peer has gone
+        dist.barrier()
+        dist.destroy_process_group()
 """)
 
 

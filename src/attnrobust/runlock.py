@@ -5,11 +5,12 @@ results.jsonl under each other. `hold_run_lock` takes `fcntl.flock(LOCK_EX | LOC
 taker is refused at once with one line naming the holder, instead of waiting or corrupting anything.
 
 Why flock and not "create the file if absent": the kernel drops a flock when the last descriptor of the open file
-goes away, which includes the holder being killed with SIGKILL, the machine's OOM killer or a crashed node. A lock
-left by a dead process therefore never blocks the next run, and nothing needs a "stale lock" heuristic. The
+goes away, which includes the holder being killed with SIGKILL or by the OOM killer. A lock left by a dead
+process therefore never blocks the next run, and nothing needs a "stale lock" heuristic. The
 file's content (pid, host, start time, command line of the holder) is only for the refusal message; the kernel's
-lock is the truth. The file stays in the folder after the run (emptied): removing it would race with a taker that
-has just opened it.
+lock is the truth. The holder removes the file when it leaves (a taker checks that the file it locked is still the
+one in the folder, so the removal cannot let two processes in); a killed holder leaves it, and the next taker
+reuses it.
 
 Under torchrun all processes of one run share the folder: rank 0 takes the lock, the other ranks do not, and when
 a process group is up every rank learns whether rank 0 got it, so a refused run stops on every rank instead of
@@ -86,24 +87,48 @@ def _rank0_agrees(ok: bool) -> bool:
     return bool(flag.item())
 
 
+def _open_lock_file(path: Path) -> tuple[int, bool]:
+    """(descriptor, writable) of RUN/.lock, created if absent."""
+    try:  # os.open descriptors are not inherited by subprocesses (PEP 446), so a child cannot keep the lock alive
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
+    except PermissionError:  # a shared folder, a .lock another user made: flock needs no write access
+        return os.open(path, os.O_RDONLY), False
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def _lock(run_dir: Path, argv: list[str] | None) -> int:
     """Open and flock RUN/.lock; return the descriptor, or raise UserError naming the holder."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
-    writable = True
-    try:  # os.open descriptors are not inherited by subprocesses (PEP 446), so a child cannot keep the lock alive
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError:  # a folder shared read-write but a .lock made by someone else: flock needs no write
-        writable = False
-        fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    # A holder removes the file when it leaves. A taker that opened it just before then locks a file no longer in
+    # the folder, while a third process could create and lock a new one: so after locking, check that the file
+    # locked is the one at the path, and start again if not. Each retry means a holder left in between.
+    for _ in range(20):
+        run_dir.mkdir(parents=True, exist_ok=True)  # again: a leaving holder removes a folder it left empty
+        try:
+            fd, writable = _open_lock_file(path)
+        except FileNotFoundError:  # the folder went between the two lines
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _refusal(run_dir) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if _same_file(fd, path):
+            break
         os.close(fd)
-        raise _refusal(run_dir) from None
-    except BaseException:
-        os.close(fd)
-        raise
+    else:
+        raise UserError(f"could not lock {path}: other processes keep taking and releasing it; wait for them to "
+                        f"finish, or use another --out folder")
     if writable:
         # One write of a few hundred bytes: a concurrent refused reader sees the old or the new text, or none.
         os.ftruncate(fd, 0)
@@ -111,9 +136,13 @@ def _lock(run_dir: Path, argv: list[str] | None) -> int:
     return fd
 
 
-def _unlock(fd: int) -> None:
+def _unlock(fd: int, run_dir: Path, made_folder: bool) -> None:
+    """Remove RUN/.lock (and the folder, if the lock made it and nothing else is in it), then drop the lock."""
     try:
-        os.ftruncate(fd, 0)  # nobody holds it now: don't leave a file claiming a pid does
+        # Removed while still held, so no taker can lock it in between and then lose it (see _lock).
+        (run_dir / LOCK_NAME).unlink()
+        if made_folder:  # a refused or failed run leaves no empty folder (or none at all in a wrong --out)
+            run_dir.rmdir()  # fails, as it should, if the run wrote anything or a taker created a new .lock
     except OSError:
         pass
     os.close(fd)  # closing drops the flock
@@ -125,17 +154,18 @@ def hold_run_lock(run_dir: str | Path, *, is_main: bool | None = None,
     """Hold the exclusive lock on RUN/.lock (creating the folder) for the `with` block; yield the run folder.
 
     A second taker, in this process or another, gets a UserError naming the folder and the holder (pid, host,
-    since when, command). The lock is released when the block ends, normally or by an exception, and by the
-    kernel when the process dies. `is_main`: whether this process takes the lock (None = rank 0 of a torchrun
-    job, or the only process); the other ranks of the same job share the folder without it. `argv` is the
-    command recorded for the message (default sys.argv).
+    since when, command). The lock is released when the block ends, normally or by an exception (the .lock file
+    is removed, and the folder too if the lock created it and it is still empty), and by the kernel when the
+    process dies (the file stays; the next taker reuses it). `is_main`: whether this process takes the lock
+    (None = rank 0 of a torchrun job, or the only process); the other ranks of the same job share the folder
+    without it and learn whether rank 0 got it. `argv` is the command recorded for the message (default sys.argv).
     """
     run_dir = Path(run_dir)
     if is_main is None:
         from attnrobust.runtime import is_main as _is_main
 
         is_main = _is_main()
-    fd, failed = None, None
+    fd, failed, made_folder = None, None, not run_dir.exists()
     if is_main and fcntl is not None:
         try:
             fd = _lock(run_dir, argv)
@@ -150,4 +180,4 @@ def hold_run_lock(run_dir: str | Path, *, is_main: bool | None = None,
         yield run_dir
     finally:
         if fd is not None:
-            _unlock(fd)
+            _unlock(fd, run_dir, made_folder)
