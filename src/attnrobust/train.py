@@ -18,6 +18,15 @@ step's global batch (the same batches a single process sees), gradients are aver
 DistributedDataParallel, metrics are summed over ranks, and rank 0 writes every file. BatchNorm statistics stay
 per rank (plain DDP practice: SyncBatchNorm costs a collective per layer and has no CPU implementation), so with
 BatchNorm the curve matches a single process closely rather than exactly.
+
+Adversarial training (`adversarial`): every step trains on a batch crafted against the model being trained,
+  "pgd":     PGD-AT (Madry et al. 2018): uniform random start in the L-inf eps-ball, `adv_steps` steps of
+             alpha * sign(grad), each projected onto the ball and [0, 1]; alpha defaults to 2.5 * eps / steps.
+  "fgsm-rs": FGSM with random start (Wong et al. 2020, "Fast is better than free"): the same with one step of
+             alpha = 1.25 * eps by default.
+The random starts come from a CPU generator seeded by (seed, epoch, step, rank), so resume stays exact. After
+every epoch, PGD-10 accuracy on a fixed set of test images (`adv_check_n`) is logged as `adv_test_acc`; a
+collapse of it (`catastrophic_overfitting`, see `is_collapse`) is flagged in the log and the checkpoint.
 """
 
 from __future__ import annotations
@@ -28,9 +37,9 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +50,22 @@ from attnrobust.runtime import (atomic_write, barrier, dist_info, resolve_device
                                 write_env_json)
 
 SCHEDULES = ("onecycle", "cosine")
+ADVERSARIAL = ("none", "pgd", "fgsm-rs")
 # Fields that change how fast a run goes or how often it is scored, not the weights it computes; a run may
-# resume with them changed.
-_MAY_CHANGE_ON_RESUME = ("compile", "eval_every", "n_test")
+# resume with them changed. (adv_check_n only decides what is logged and flagged: the check never stops a run.)
+_MAY_CHANGE_ON_RESUME = ("compile", "eval_every", "n_test", "adv_check_n")
+# Fields added after runs were already written, with the value an older run implicitly had: a finished run of
+# before stays finished (and resumable) rather than "a different config".
+_ADDED_LATER = {"adversarial": "none", "model_args": {}}
+# Collapse test (is_collapse): the held-out PGD accuracy falls below this share of its best so far ...
+_COLLAPSE_SHARE = 0.3
+# ... and that best showed real robustness: a model never robust (standard training, ~0% under PGD) cannot
+# collapse, and on a few hundred images a drop from below 10% is within noise.
+_COLLAPSE_MIN_BEST = 0.1
+# Test images of the end-of-epoch PGD check when adv_check_n is unset (adversarial regimes only): ~2 pp
+# standard error at 50% accuracy, far below the drop a collapse makes (Wong et al.: ~40% -> ~0% in an epoch).
+_ADV_CHECK_N = 500
+_ADV_CHECK_STEPS = 10
 # Test-time batch: larger than the training batch is fine (no gradients kept).
 _EVAL_BATCH = 500
 # Steps between loss checks / progress-bar updates: each check waits for the device, so not every step.
@@ -75,6 +97,20 @@ class TrainConfig:
     # 1.3-1.6x faster with oneDNN too (benchmarks/train.py); set false where a CPU disagrees.
     channels_last: bool | None = None
     compile: bool = False         # torch.compile the model
+    # Extra keyword arguments of models.build_model (e.g. {cbam_bn_momentum = 0.1}); unknown ones are refused.
+    # A plain `dict` annotation: the config parser checks values with isinstance, which a dict[...] cannot do.
+    model_args: dict = field(default_factory=dict)
+    # Adversarial training (module docstring): "none", "pgd" (PGD-AT) or "fgsm-rs" (FGSM with random start).
+    adversarial: str = "none"
+    adv_eps: float = 8 / 255      # L-inf budget in [0, 1] pixel units (8/255: the CIFAR standard)
+    # Step size; None = 2.5 * adv_eps / adv_steps for PGD (Madry et al.'s rule: the ball's diameter is crossed with
+    # room to spare, whatever the start), 1.25 * adv_eps for FGSM-RS (Wong et al. 2020's choice; 2 * eps overfits)
+    adv_alpha: float | None = None
+    adv_steps: int = 10           # PGD-AT steps (FGSM-RS takes one)
+    # Test images of the end-of-epoch PGD-10 check (adv_test_acc, catastrophic_overfitting); None = 500 when
+    # training adversarially, 0 (off) otherwise: on a standard model it reads ~0% and costs ~10 forward+backward
+    # passes over those images per epoch.
+    adv_check_n: int | None = None
 
     @classmethod
     def for_dataset(cls, dataset: str, *, model: str, seed: int = 0, **overrides: Any) -> TrainConfig:
@@ -130,16 +166,49 @@ class TrainConfig:
         if self.n_train is not None and self.batch_size > self.n_train:
             raise UserError(f"batch_size: {self.batch_size} is larger than the {self.n_train} training images "
                             f"(n_train); use a smaller batch size")
+        check("adversarial", self.adversarial in ADVERSARIAL, f"one of {', '.join(ADVERSARIAL)}")
+        check("adv_eps", is_num(self.adv_eps) and 0 <= self.adv_eps <= 1,
+              "a number in [0, 1] (pixel units, 0.1 = 25.5/255)")
+        if self.adversarial != "none" and self.adv_eps == 0:
+            raise UserError(f"adv_eps: must be > 0 for adversarial = {self.adversarial!r} (or set adversarial = "
+                            f"\"none\")")
+        check("adv_alpha", self.adv_alpha is None or (is_num(self.adv_alpha) and self.adv_alpha > 0),
+              "a positive number (or unset for the default)")
+        check("adv_steps", is_int(self.adv_steps) and self.adv_steps > 0, "a positive integer")
+        check("adv_check_n", self.adv_check_n is None or (is_int(self.adv_check_n) and self.adv_check_n >= 0),
+              "an integer >= 0 (0 = off; unset = 500 when training adversarially)")
+        check("model_args", isinstance(self.model_args, dict) and all(isinstance(k, str) for k in self.model_args),
+              "a table of keyword arguments for the model")
+        if self.model_args:  # build_model is the authority on which arguments a model takes: ask it now, cheaply
+            from attnrobust.models import build_model
+            try:
+                build_model(self.model, 10, width=1, **self.model_args)
+            except UserError as err:
+                raise UserError(f"model_args: {err}") from None
+
+    def alpha(self) -> float:
+        """The adversarial step size: adv_alpha, or the regime's default (see the field's comment)."""
+        if self.adv_alpha is not None:
+            return float(self.adv_alpha)
+        return 1.25 * self.adv_eps if self.adversarial == "fgsm-rs" else 2.5 * self.adv_eps / self.adv_steps
+
+    def check_images(self) -> int:
+        """Test images of the end-of-epoch PGD check (0 = no check)."""
+        if self.adv_check_n is not None:
+            return self.adv_check_n
+        return 0 if self.adversarial == "none" else _ADV_CHECK_N
 
 
 # Per-dataset recipes. Full sizes aim at the reference accuracies on a GPU (ResNet-50: CIFAR-10 ~94%,
 # CIFAR-100 ~76%, Fashion-MNIST ~94%). fashion-mnist-mini is the quick study's laptop-CPU recipe, measured on
 # its 6000/1000 images: at width 8 a high peak lr with a short warm-up and no augmentation (which only slows a
 # 6-epoch run down) gives resnet14 86.6%, cbam_resnet14 85.2%, vgg16_bn 85.8% test accuracy (seed 0); lr 0.05
-# or 0.1 stays below 80% in that budget.
+# or 0.1 stays below 80% in that budget. adv_eps 0.1 on Fashion-MNIST: the budget robust-training papers use for
+# it (0.3 is MNIST's, where strokes survive it; Fashion-MNIST textures do not).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "fashion-mnist": dict(width=64, epochs=15, batch_size=128, lr=0.1, warmup_epochs=1.0),
-    "fashion-mnist-mini": dict(width=8, epochs=6, batch_size=64, lr=0.3, warmup_epochs=0.5, augment=False),
+    "fashion-mnist": dict(width=64, epochs=15, batch_size=128, lr=0.1, warmup_epochs=1.0, adv_eps=0.1),
+    "fashion-mnist-mini": dict(width=8, epochs=6, batch_size=64, lr=0.3, warmup_epochs=0.5, augment=False,
+                               adv_eps=0.1),
     "cifar10": dict(width=64, epochs=40, batch_size=256, lr=0.2, warmup_epochs=4.0),
     "cifar100": dict(width=64, epochs=60, batch_size=256, lr=0.2, warmup_epochs=5.0),
 }
@@ -177,8 +246,38 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 1) % (2**63 - 1)
 
 
+def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    # Random starts of adversarial training: a function of where the step is, not of what ran before it, so a
+    # resumed run draws what an uninterrupted one draws; per rank, so that ranks do not share noise.
+    return (seed * 1_000_003 + epoch * 7_919 + step * 104_729 + rank * 15_485_863 + 2) % (2**63 - 1)
+
+
+def regime_label(cfg: TrainConfig | Mapping[str, Any]) -> str:
+    """Short human label of how a model was trained: "standard", "PGD-AT eps 0.1 (10 steps)", "FGSM-RS eps 8/255".
+
+    Takes a TrainConfig or its dict (a checkpoint's meta["train"]; one written before adversarial training existed
+    is "standard"). A step size other than the default is named too.
+    """
+    d = dataclasses.asdict(cfg) if isinstance(cfg, TrainConfig) else dict(cfg)
+    kind = d.get("adversarial", "none")
+    if kind == "none":
+        return "standard"
+    eps = float(d["adv_eps"])
+    short = f"{eps:g}"
+    if len(short) > 6 and abs(eps * 255 - round(eps * 255)) < 1e-6:  # 0.0313725 reads better as 8/255
+        short = f"{round(eps * 255)}/255"
+    label = f"PGD-AT eps {short} ({d['adv_steps']} steps" if kind == "pgd" else f"FGSM-RS eps {short}"
+    if d.get("adv_alpha") is not None:
+        label += f", alpha {d['adv_alpha']:g}" if kind == "pgd" else f" (alpha {d['adv_alpha']:g}"
+    return label + ")" if kind == "pgd" or d.get("adv_alpha") is not None else label
+
+
 def _comparable(train_cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in train_cfg.items() if k not in _MAY_CHANGE_ON_RESUME}
+    d = {**_ADDED_LATER, **train_cfg}
+    drop = set(_MAY_CHANGE_ON_RESUME)
+    if d["adversarial"] == "none":  # the attack settings of a standard run change nothing it computes
+        drop |= {"adv_eps", "adv_alpha", "adv_steps"}
+    return {k: v for k, v in d.items() if k not in drop}
 
 
 def _config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
@@ -231,6 +330,108 @@ def _test_accuracy(model: torch.nn.Module, loader, amp_dtype, channels_last: boo
     return correct_total / max(1.0, count_total)
 
 
+# ---- one step, adversarial batches, the collapse check -----------------------------------------------------------
+
+
+def adversarial_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float,
+                      steps: int, generator: torch.Generator | None = None,
+                      amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A training batch crafted against `model`: uniform random start in the L-inf eps-ball around x (from
+    `generator`, a CPU torch.Generator), then `steps` steps x <- P(x + alpha * sign(grad of summed CE)), P the
+    projection onto the ball and [0, 1]. steps=1 with alpha = 1.25 eps is FGSM-RS; more steps are PGD-AT.
+
+    Crafted in the model's current mode, which train() leaves in train mode, as the reference recipes do (Madry
+    et al.'s and Wong et al.'s code): BatchNorm normalizes with the statistics of the batch being attacked, the
+    same ones the training step will use, so the attack climbs the loss the step then descends; eval mode would
+    attack a different function (running statistics lag the weights, badly so early in training). Those forwards
+    update the running statistics too, as in the references. Only input gradients are computed (autograd skips
+    the weight gradients it is not asked for). The result is detached.
+    """
+    from attnrobust.attacks import _check_eps, _loss_grad, _project_, _random_start
+
+    eps = _check_eps(eps, "adv_eps")
+    # bf16 autocast is safe for a gradient sign (fp32's range); fp16 gradients may underflow to 0, so fp32 then.
+    device_type = x.device.type
+    cast = (torch.autocast(device_type, dtype=amp_dtype) if amp_dtype == torch.bfloat16
+            else torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda")
+            else contextlib.nullcontext())
+    x = x.detach()
+    with torch.enable_grad(), cast:
+        x_adv = _random_start(x, eps, generator)
+        for _ in range(steps):
+            _, _, grad = _loss_grad(model, x_adv, y)
+            _project_(x_adv.add_(grad.sign_(), alpha=alpha), x, eps)
+    return x_adv.detach()
+
+
+def make_adversary(cfg: TrainConfig, model: torch.nn.Module, generator: torch.Generator,
+                   amp_dtype: torch.dtype | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The function (x, y) -> training batch of cfg's regime against `model` (None for standard training).
+    Its random starts come from `generator`; train() reseeds it before every step."""
+    if cfg.adversarial == "none":
+        return None
+    steps = 1 if cfg.adversarial == "fgsm-rs" else cfg.adv_steps
+    eps, alpha = cfg.adv_eps, cfg.alpha()
+
+    def adversary(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return adversarial_batch(model, x, y, eps=eps, alpha=alpha, steps=steps, generator=generator,
+                                 amp_dtype=amp_dtype)
+    return adversary
+
+
+def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               x: torch.Tensor, y: torch.Tensor, *, lr: float, label_smoothing: float = 0.0,
+               amp_dtype: torch.dtype | None = None,
+               adversary: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step at learning rate `lr` on (x, y), or on adversary(x, y) when given (see make_adversary).
+
+    Returns (mean loss, logits) of the batch trained on, detached and left on the device: reading them here would
+    stall a GPU at every step.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if adversary is not None:
+        x = adversary(x, y)
+    with _autocast(x.device, amp_dtype):
+        out = net(x)
+        loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), out.detach()
+
+
+def is_collapse(accuracies: list[float], share: float = _COLLAPSE_SHARE, min_best: float = _COLLAPSE_MIN_BEST) -> bool:
+    """Catastrophic overfitting at the last of `accuracies` (held-out PGD accuracy per epoch, oldest first): it is
+    below `share` of the best earlier one, and that best was at least `min_best`.
+
+    Relative to the run's own best rather than a fixed floor, because what a robust model reaches depends on the
+    dataset and eps; 30% because a collapse (Wong et al. 2020, Fig. 3) takes PGD accuracy from tens of percent to
+    ~0 within an epoch, while the epoch-to-epoch noise of a 500-image estimate is a few points.
+    """
+    if len(accuracies) < 2:
+        return False
+    best = max(accuracies[:-1])
+    return best >= min_best and accuracies[-1] < share * best
+
+
+def _pgd_check_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                        generator: torch.Generator) -> float:
+    """PGD-10 accuracy (random start, step 2.5 eps / 10, eval mode via attacks.pgd, which restores the model's
+    state) on the check images, in batches of _EVAL_BATCH. Draws only from `generator`: training is unaffected."""
+    from attnrobust.attacks import pgd, predict
+
+    alpha = 2.5 * eps / _ADV_CHECK_STEPS
+    correct = 0
+    for start in range(0, len(y), _EVAL_BATCH):
+        xb, yb = x[start:start + _EVAL_BATCH], y[start:start + _EVAL_BATCH]
+        x_adv = pgd(model, xb, yb, eps, alpha, _ADV_CHECK_STEPS, random_start=True, generator=generator)
+        correct += int((predict(model, x_adv[_ADV_CHECK_STEPS]) == yb).sum())
+    return correct / max(1, len(y))
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str | Path | None = None,
           quiet: bool = False) -> Path:
     """Train (or resume, or skip if finished) `cfg` into out_dir; return the final checkpoint's path."""
@@ -276,8 +477,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
     if cfg.n_train is not None:
         x_train, y_train = x_train[:cfg.n_train], y_train[:cfg.n_train]
     x_test, y_test = load_dataset(cfg.dataset, "test", data_dir=data_dir)
-    if cfg.n_test is not None:
-        x_test, y_test = x_test[:cfg.n_test], y_test[:cfg.n_test]
     if cfg.batch_size > len(x_train):
         raise UserError(f"batch_size: {cfg.batch_size} is larger than the {len(x_train)} training images of "
                         f"{cfg.dataset}; use a smaller batch size")
@@ -293,9 +492,17 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
     test_loader = DeviceLoader(x_test, y_test, batch_size=_EVAL_BATCH, device=device, rank=rank, world_size=world,
                                equal_shards=False)
 
+    # The check images: the first n of the whole test split (not of n_test, which may change on resume).
+    n_check = min(cfg.check_images(), len(x_test)) if main else 0
+    if n_check:
+        check_loader = DeviceLoader(x_test[:n_check], y_test[:n_check], batch_size=n_check, device=device)
+        x_check, y_check = next(iter(check_loader))
+    if cfg.n_test is not None:
+        x_test, y_test = x_test[:cfg.n_test], y_test[:cfg.n_test]
+
     seed_everything(cfg.seed)
     model = models.build_model(cfg.model, spec.num_classes, in_channels=spec.channels, width=cfg.width,
-                               mean=spec.mean, std=spec.std).to(device)
+                               mean=spec.mean, std=spec.std, **cfg.model_args).to(device)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -330,7 +537,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
 
     meta_base = {"format": 1, "name": checkpoint_name(cfg), "dataset": cfg.dataset,
                  "num_classes": spec.num_classes, "in_channels": spec.channels, "mean": list(spec.mean),
-                 "std": list(spec.std), "epochs": cfg.epochs, "seed": cfg.seed, "train": dataclasses.asdict(cfg)}
+                 "std": list(spec.std), "epochs": cfg.epochs, "seed": cfg.seed, "train": dataclasses.asdict(cfg),
+                 "regime": regime_label(cfg)}
+    # Crafted on the bare model, not through DDP (a forward there expects its own backward) or torch.compile.
+    step_gen = torch.Generator()
+    adversary = make_adversary(cfg, model, step_gen, amp_dtype)
     if main:
         write_env_json(out_dir / "env.json", device=device)
 
@@ -353,20 +564,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
             if world > 1:
                 x, y = x[rank::world], y[rank::world]
             lr = lr_at(epoch * steps_per_epoch + i, total_steps, warmup_steps, cfg.lr, cfg.schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, amp_dtype):
-                out = net(x)
-                loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            # Accumulated on the device: reading them every step would stall the GPU on each one.
-            loss_sum += loss.detach() * len(y)
-            correct += (out.detach().argmax(1) == y).sum()
+            if adversary is not None:
+                step_gen.manual_seed(_step_seed(cfg.seed, epoch, i, rank))
+            loss, out = train_step(net, optimizer, scaler, x, y, lr=lr, label_smoothing=cfg.label_smoothing,
+                                   amp_dtype=amp_dtype, adversary=adversary)
+            # Accumulated on the device: reading them every step would stall the GPU on each one. With an
+            # adversary, loss and train_acc are those of the adversarial batches.
+            loss_sum += loss * len(y)
+            correct += (out.argmax(1) == y).sum()
             seen += len(y)
             bar.update(1)
             if (i + 1) % _CHECK_EVERY == 0:
@@ -384,16 +591,26 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
                 torch.distributed.broadcast(buffer, src=0)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             test_acc = _test_accuracy(model, test_loader, amp_dtype, channels_last, device, world)
+        adv_acc, collapsed = None, False
+        if n_check:  # rank 0 only; its own generator, so the check changes nothing the training computes
+            adv_acc = _pgd_check_accuracy(model, x_check, y_check, cfg.adv_eps,
+                                          torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch)))
+            earlier = [r["adv_test_acc"] for r in history if r.get("adv_test_acc") is not None]
+            collapsed = is_collapse([*earlier, adv_acc])
         record = {"epoch": epoch + 1, "loss": loss_total / seen_total, "train_acc": correct_total / seen_total,
-                  "test_acc": test_acc, "lr": lr, "images_per_s": seen_total / train_seconds,
-                  "seconds": time.perf_counter() - t_epoch}
+                  "test_acc": test_acc, "adv_test_acc": adv_acc, "catastrophic_overfitting": collapsed,
+                  "lr": lr, "images_per_s": seen_total / train_seconds, "seconds": time.perf_counter() - t_epoch}
         history.append(record)
+        if main and collapsed and not quiet:
+            print(f"attnrobust: warning: {checkpoint_name(cfg)} epoch {epoch + 1}: catastrophic overfitting, PGD "
+                  f"accuracy on {n_check} test images fell to {adv_acc:.3f} (best {max(earlier):.3f}); the run "
+                  f"goes on and its checkpoint is flagged", file=sys.stderr)
         if main:
             # State first: whatever instant a kill lands, the state file is never behind the checkpoint.
             info = {"epoch": epoch + 1, "history": history, "train": dataclasses.asdict(cfg),
                     "scaler": scaler.state_dict() if scaler.is_enabled() else None}
             save_train_state(state_path, model, optimizer, info)
-            meta = {**meta_base, "epoch": epoch + 1, "metrics": record}
+            meta = {**meta_base, "epoch": epoch + 1, "metrics": record, **_collapse_meta(history)}
             save_checkpoint(ckpt, model, meta)
             _write_log(log_path, history)
             if not show and not quiet:
@@ -405,11 +622,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
 
     if main:
         if start_epoch == cfg.epochs:  # the state file was ahead of the checkpoint: publish its weights
-            save_checkpoint(ckpt, model, {**meta_base, "epoch": cfg.epochs, "metrics": history[-1]})
+            save_checkpoint(ckpt, model, {**meta_base, "epoch": cfg.epochs, "metrics": history[-1],
+                                          **_collapse_meta(history)})
             _write_log(log_path, history)
         state_path.unlink(missing_ok=True)
     barrier()
     return ckpt
+
+
+def _collapse_meta(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Checkpoint flags: whether any epoch so far collapsed (it stays flagged: the weights went through it), and
+    the first such epoch (None if none)."""
+    epochs = [r["epoch"] for r in history if r.get("catastrophic_overfitting")]
+    return {"catastrophic_overfitting": bool(epochs), "collapse_epoch": epochs[0] if epochs else None}
 
 
 def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
