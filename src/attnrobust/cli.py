@@ -232,7 +232,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     counts = {name: sum(p.numel() for p in build_model(name, spec.num_classes, in_channels=spec.channels,
                                                         width=args.width).parameters())
               for name in list_models()}
-    print(f"{'model':<18} {'parameters':>12}   ({args.dataset}: {spec.channels}x32x32, "
+    print(f"{'model':<18} {'parameters':>12}   ({args.dataset}: {spec.channels}x{spec.height}x{spec.width}, "
           f"{spec.num_classes} classes, width {args.width})")
     for name, count in counts.items():
         print(f"{name:<18} {count:>12,}")

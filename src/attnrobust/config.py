@@ -183,9 +183,15 @@ def parse_config(data: dict, where: str = "config") -> StudyConfig:
     return cfg
 
 
-def load_config(config: str | Path = "quick", overrides: typing.Iterable[str] = ()) -> StudyConfig:
-    """Read a config (a path or a shipped name), apply `--set` overrides, validate, return it."""
-    data, where = _read_toml(config)
+def load_config(config: str | Path | dict = "quick", overrides: typing.Iterable[str] = ()) -> StudyConfig:
+    """Read a config (a path, a shipped name, or the data itself as a dict of sections), apply `--set`
+    overrides, validate, return it."""
+    if isinstance(config, dict):
+        import copy
+
+        data, where = copy.deepcopy(config), "config (given as a dict)"
+    else:
+        data, where = _read_toml(config)
     for override in overrides:
         _apply_override(data, override)
     return parse_config(data, where)

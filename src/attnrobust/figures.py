@@ -72,8 +72,8 @@ def attention_figure(path: Path, checkpoint: Path, eps: float, count: int = 6) -
     images, labels = load_dataset(dataset, "test", download=False)
     x, y = next(iter(DeviceLoader(images[:count], labels[:count], batch_size=count)))
     clean_maps = attention_maps(model, x)
-    if not clean_maps:
-        raise UserError(f"{checkpoint} has no CBAM module")
+    if not clean_maps or "spatial" not in clean_maps[-1]:
+        raise UserError(f"{checkpoint} has no CBAM module (no spatial attention map to show)")
     x_adv = fgsm(model, x, y, [eps])[0]
     adv_maps = attention_maps(model, x_adv)
     with torch.no_grad():

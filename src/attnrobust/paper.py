@@ -12,6 +12,7 @@ import functools
 import json
 from importlib import resources
 
+from attnrobust.errors import UserError
 from attnrobust.tables import CLEAN, Grid, Setting, column_titles
 
 PAPER_N = 10000  # test images in the paper's evaluation (full CIFAR / Fashion-MNIST test split)
@@ -31,11 +32,16 @@ def paper_dataset(name: str) -> str | None:
 
 
 def paper_model(name: str) -> str | None:
-    if name.startswith("cbam_resnet"):
-        return "cbam_resnet50"
-    if name.startswith("resnet"):
-        return "resnet50"
-    if name.startswith("vgg16"):
+    """The paper's model our registered model stands for, by family (base network and attention kind)."""
+    from attnrobust.models import model_info
+
+    try:
+        info = model_info(name)
+    except UserError:
+        return None
+    if info.base.startswith("resnet") and info.attention in (None, "cbam"):
+        return "cbam_resnet50" if info.attention == "cbam" else "resnet50"
+    if info.base.startswith("vgg16"):
         return "vgg16"
     return None
 

@@ -187,7 +187,7 @@ def _attention_figures(grid: Grid, run_dir: Path, out: Path) -> tuple[list[tuple
             notes.append(f"attention maps: skipped {p.name}: {err}")
             continue
         name, dataset, seed = meta["build_args"].get("name", ""), meta.get("dataset"), meta.get("seed", 0)
-        if name.startswith("cbam_") and dataset in grid.datasets():
+        if _attention_kind(name) == "cbam" and dataset in grid.datasets():
             if (dataset, name) not in chosen or seed < chosen[(dataset, name)][0]:
                 chosen[(dataset, name)] = (seed, p)
     made = []
@@ -201,6 +201,15 @@ def _attention_figures(grid: Grid, run_dir: Path, out: Path) -> tuple[list[tuple
         except (ImportError, UserError, OSError, RuntimeError, KeyError, ValueError) as err:
             notes.append(f"attention maps: skipped {p.name}: {str(err).splitlines()[0] if str(err) else err!r}")
     return made, notes
+
+
+def _attention_kind(name: str) -> str | None:
+    from attnrobust.models import model_info
+
+    try:
+        return model_info(name).attention
+    except UserError:  # not a registered model
+        return None
 
 
 # ---- README -----------------------------------------------------------------------------------------------------

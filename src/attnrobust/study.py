@@ -1,23 +1,33 @@
 """A study: datasets x models x seeds, each model trained, attacked white-box and transferred to its siblings.
 
-The plan for every (dataset, seed) is: train each model (attnrobust.train.train resumes or skips a finished
-run), then one attack job per source model that crafts FGSM/PGD on it and scores every model of the same
-dataset and seed (its own row of the transfer matrix; the diagonal is the white-box result). An attack job's
-records are written to results.jsonl in one atomic rewrite, so a job is either wholly in the file or not at all:
-rerunning the same command after a kill does only what is missing. Then the report is rebuilt from
-results.jsonl.
+`plan(cfg)` lists the jobs and `run_study` executes exactly that list, in two phases:
+- train: one job per (dataset, model, seed); attnrobust.train.train resumes or skips a finished run;
+- attack: one job per (dataset, source model, seed), after every model of its (dataset, seed) is trained: it
+  crafts the attacks on the source and scores every model of the same dataset and seed (its row of the transfer
+  matrix; the diagonal is the white-box result), then the source's white-box measures (minimal eps, AutoAttack).
+  Clean accuracy and FGSM run on all attacked images; the costly attacks on the seeded subset eval.strong_n.
+An attack job's records are written to results.jsonl in one atomic rewrite, so a job is either wholly in the file
+or not at all: rerunning the same command after a kill does only what is missing. Then the report is rebuilt.
 
-Run folder: config.toml (the resolved config), env.json, checkpoints/, logs/, results.jsonl, report/.
+Jobs within a phase are independent, so with eval.workers = W > 1 (CPU) they run side by side in W processes
+with the cores split between them: small models leave cores idle in one process, and two one-thread processes
+measured 1.8x the throughput of one two-thread process here. A job's numbers depend on its thread count (the
+order of float sums), which env.json and logs/jobs.jsonl record.
+
+Run folder: config.toml (the resolved config), env.json, .lock (held while a study runs), checkpoints/, logs/
+(per training run, and jobs.jsonl: the wall time of every job), results.jsonl, report/.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnrobust.config import StudyConfig, load_config, to_toml, train_config
+from attnrobust.config import StudyConfig, load_config, parse_config, to_toml, train_config
 from attnrobust.errors import UserError
 
 
@@ -33,13 +43,9 @@ class Job:
 
 
 def plan(cfg: StudyConfig) -> list[Job]:
-    """Every job of the study in the order it runs: per dataset and seed, all training, then all attacks."""
-    jobs = []
-    for dataset in cfg.study.datasets:
-        for seed in cfg.study.seeds:
-            jobs += [Job("train", dataset, m, seed) for m in cfg.study.models]
-            jobs += [Job("attack", dataset, m, seed) for m in cfg.study.models]
-    return jobs
+    """Every job of the study in the order it runs: all training, then all attacks (dataset, seed, model)."""
+    cells = [(d, s, m) for d in cfg.study.datasets for s in cfg.study.seeds for m in cfg.study.models]
+    return [Job("train", d, m, s) for d, s, m in cells] + [Job("attack", d, m, s) for d, s, m in cells]
 
 
 def attack_jobs_done(records: list[dict]) -> set[tuple[str, str, int]]:
@@ -53,7 +59,7 @@ def _read_results(path: Path) -> list[dict]:
     return read_records(path) if path.exists() else []
 
 
-_RUN_FOLDER_ENTRIES = {"config.toml", "env.json", "checkpoints", "logs", "results.jsonl", "report"}
+_RUN_FOLDER_ENTRIES = {"config.toml", "env.json", "checkpoints", "logs", "results.jsonl", "report", ".lock"}
 
 
 def _claim_run_dir(run_dir: Path, cfg: StudyConfig, is_main: bool) -> None:
@@ -107,75 +113,208 @@ def _agree_on_pending(pending: list[bool]) -> list[bool]:
     return [bool(f) for f in flags.tolist()]
 
 
-def run_study(config: str | Path = "quick", *, out: str | Path | None = None, overrides=(),
-              device: str | None = None, data_dir: str | Path | None = None, quiet: bool = False) -> Path:
-    """Run (or resume) a study and build its report; returns the run folder."""
+# ---- the jobs (plain functions of plain arguments, so a worker process can run them) ----------------------------
+
+
+def _test_images(cfg: StudyConfig, dataset: str, data_dir):
+    """(images, labels, name) of all attacked test images, and (images, labels, name) of the strong subset."""
+    import torch
+
+    from attnrobust.data import load_dataset
+
+    images, labels = load_dataset(dataset, "test", data_dir=data_dir)
+    if cfg.eval.n is not None:
+        images, labels = images[:cfg.eval.n], labels[:cfg.eval.n]
+    n = len(labels)
+    everything = (images, labels, f"test[:{n}]")
+    k = cfg.eval.strong_n
+    if k is None or k >= n:
+        return everything, everything
+    # a fixed seeded subset, the same for every model and seed (comparisons stay paired), kept in test order
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.eval.subset_seed))[:k].sort().values
+    return everything, (images[chosen], labels[chosen], f"test[:{n}], {k} drawn with seed {cfg.eval.subset_seed}")
+
+
+def _split_attacks(cfg: StudyConfig):
+    """The attack config for all images (FGSM) and the one for the strong subset (the rest)."""
+    from dataclasses import replace
+
+    cheap = [a for a in cfg.attack.attacks if a == "fgsm"]
+    strong = [a for a in cfg.attack.attacks if a != "fgsm"]
+    # the unbounded-eps sanity check runs once per source, with the first group that runs
+    return (replace(cfg.attack, attacks=cheap) if cheap else None,
+            replace(cfg.attack, attacks=strong, sanity_checks=cfg.attack.sanity_checks and not cheap)
+            if strong else None)
+
+
+def run_train_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, data_dir=None,
+                  quiet: bool = False) -> Path:
+    from attnrobust.train import train
+
+    return train(train_config(cfg, job.dataset, job.model, job.seed), run_dir, device=device, data_dir=data_dir,
+                 quiet=quiet)
+
+
+def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, data_dir=None,
+                   quiet: bool = False) -> list[dict]:
+    """The records of one source: its row of the transfer matrix and its white-box measures."""
     from attnrobust.checkpoint import load_model
-    from attnrobust.data import DeviceLoader, load_dataset
-    from attnrobust.evaluate import sanity_flags, transfer
+    from attnrobust.data import DeviceLoader
+    from attnrobust.evaluate import transfer, white_box_measures
+    from attnrobust.runtime import dist_info, resolve_device
+    from attnrobust.train import checkpoint_path
+
+    device = resolve_device(device)
+    rank, world_size, _ = dist_info()
+    models = {m: load_model(checkpoint_path(train_config(cfg, job.dataset, m, job.seed), run_dir), device=device)
+              for m in cfg.study.models}
+    source = {job.model: models[job.model]}
+    everything, subset = _test_images(cfg, job.dataset, data_dir)
+    groups = [(cfg.attack, *everything)] if subset is everything else \
+        [(attack_cfg, *images) for attack_cfg, images in zip(_split_attacks(cfg), (everything, subset))
+         if attack_cfg is not None]
+    records = []
+    for attack_cfg, x, y, name in groups:
+        loader = DeviceLoader(x, y, batch_size=cfg.eval.batch_size, device=device, rank=rank,
+                              world_size=world_size, equal_shards=False)  # no test image dropped
+        records += transfer(source, models, loader, attack_cfg, dataset=job.dataset, seed=job.seed, device=device,
+                            quiet=quiet, images=name)
+        records += white_box_measures(models[job.model], loader, attack_cfg, dataset=job.dataset, name=job.model,
+                                      seed=job.seed, device=device, quiet=quiet, images=name)
+    return records
+
+
+def _in_worker(kind: str, cfg_data: dict, job: Job, run_dir: str, device, data_dir, threads: int):
+    """Entry point of a worker process: one thread budget, one job, its result and its wall time."""
+    from attnrobust.runtime import set_threads
+
+    set_threads(threads)
+    cfg = parse_config(cfg_data, "study config")
+    started = time.perf_counter()
+    run = run_train_job if kind == "train" else run_attack_job
+    result = run(cfg, job, Path(run_dir), device=device, data_dir=data_dir, quiet=True)
+    return result, time.perf_counter() - started
+
+
+def _workers(cfg: StudyConfig, device) -> int:
+    from attnrobust.runtime import dist_info
+
+    if cfg.eval.workers <= 1 or device.type != "cpu" or dist_info()[1] > 1:
+        return 1  # a GPU is shared better by one process; torchrun already splits the work
+    return cfg.eval.workers
+
+
+def _pool(workers: int):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # Idle OpenMP threads spin by default: two processes on two cores then take each other's time (measured here:
+    # 51 s instead of 28 s for the same two jobs). Passive waiting, set before the workers start their runtime.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _execute(kind: str, jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir, quiet: bool,
+             on_done) -> None:
+    """Run jobs of one phase, in this process or side by side in worker processes; on_done(job, result, seconds)
+    is called in this process as each finishes (in completion order)."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from attnrobust.runtime import set_threads
+
+    workers = min(_workers(cfg, device), len(jobs))
+    if workers <= 1:
+        for job in jobs:
+            started = time.perf_counter()
+            run = run_train_job if kind == "train" else run_attack_job
+            result = run(cfg, job, run_dir, device=device, data_dir=data_dir, quiet=quiet)
+            on_done(job, result, time.perf_counter() - started, set_threads() if device.type == "cpu" else None)
+        return
+    threads = max(1, set_threads() // workers)
+    with _pool(workers) as pool:
+        running = {pool.submit(_in_worker, kind, cfg.to_dict(), job, str(run_dir), str(device), data_dir, threads):
+                   job for job in jobs}
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                result, seconds = future.result()  # a job's UserError surfaces here, as in one process
+                on_done(job, result, seconds, threads)
+
+
+def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = None, overrides=(),
+              device: str | None = None, data_dir: str | Path | None = None, quiet: bool = False) -> Path:
+    """Run (or resume) a study and build its report; returns the run folder.
+
+    config: a shipped config's name, a .toml path, or the config as a dict (as tomllib would read it).
+    """
+    from attnrobust.evaluate import sanity_flags
     from attnrobust.report import build_report, verdict_table
     from attnrobust.results import write_records
-    from attnrobust.runtime import dist_info, resolve_device, write_env_json
-    from attnrobust.train import train
+    from attnrobust.runlock import hold_run_lock
+    from attnrobust.runtime import atomic_write, dist_info, resolve_device, write_env_json
+    from attnrobust.train import is_finished
 
     cfg = load_config(config, overrides)
     run_dir = Path(out) if out is not None else Path("runs") / cfg.study.name
-    rank, world_size, _ = dist_info()
+    rank, _, _ = dist_info()
     is_main = rank == 0
     _claim_run_dir(run_dir, cfg, is_main)
-    device = resolve_device(device)
-    if is_main:
-        write_env_json(run_dir / "env.json", sys.argv)
-    results_path = run_dir / "results.jsonl"
-    results = _read_results(results_path)  # kept in memory from here on; the file is rewritten after each job
-    jobs = plan(cfg)
-    started = time.perf_counter()
-    _say(f"study {cfg.study.name!r}: {len(jobs)} jobs in {run_dir} on {device}")
+    with hold_run_lock(run_dir, is_main=is_main):
+        device = resolve_device(device)
+        if is_main:
+            write_env_json(run_dir / "env.json", sys.argv)
+        results_path = run_dir / "results.jsonl"
+        results = _read_results(results_path)  # kept in memory from here on; rewritten after each job
+        timings_path = run_dir / "logs" / "jobs.jsonl"
+        timings = [json.loads(line) for line in timings_path.read_text().splitlines()] \
+            if timings_path.exists() else []
+        jobs = plan(cfg)
+        started = time.perf_counter()
+        workers = _workers(cfg, device)
+        _say(f"study {cfg.study.name!r}: {len(jobs)} jobs in {run_dir} on {device}"
+             + (f", {workers} side by side" if workers > 1 else ""))
 
-    for dataset in cfg.study.datasets:
-        test_images, test_labels = load_dataset(dataset, "test", data_dir=data_dir)
-        if cfg.eval.n is not None:
-            test_images, test_labels = test_images[:cfg.eval.n], test_labels[:cfg.eval.n]
-        for seed in cfg.study.seeds:
-            checkpoints = {}
-            for model in cfg.study.models:
-                t0 = time.perf_counter()
-                checkpoints[model] = train(train_config(cfg, dataset, model, seed), run_dir, device=device,
-                                           data_dir=data_dir, quiet=quiet)
-                _say(f"  done  {Job('train', dataset, model, seed)}  ({time.perf_counter() - t0:.0f} s)")
-            done = attack_jobs_done(results)
-            pending = _agree_on_pending([(dataset, m, seed) not in done for m in cfg.study.models])
-            if not any(pending):
-                continue
-            models = {m: load_model(path, device=device) for m, path in checkpoints.items()}
-            loader = DeviceLoader(test_images, test_labels, batch_size=cfg.eval.batch_size, device=device,
-                                  rank=rank, world_size=world_size, equal_shards=False)  # no test image dropped
-            for source, todo in zip(cfg.study.models, pending):
-                if not todo:
-                    continue
-                t0 = time.perf_counter()
-                records = transfer({source: models[source]}, models, loader, cfg.attack, dataset=dataset,
-                                   seed=seed, device=device, quiet=quiet, images=f"test[:{len(test_labels)}]")
-                # transfer flags compare with the targets' white-box records, which other jobs write
-                results = sanity_flags(results + records)
-                if is_main:  # one atomic rewrite: the job's records are all in the file or none are
-                    write_records(results_path, results)
-                _say(f"  done  {Job('attack', dataset, source, seed)}  ({time.perf_counter() - t0:.0f} s)")
+        def log_time(job: Job, seconds: float, threads: int | None) -> None:
+            timings.append({"job": str(job).split()[0], "dataset": job.dataset, "model": job.model,
+                            "seed": job.seed, "seconds": round(seconds, 2), "threads": threads,
+                            "workers": workers})
+            if is_main:
+                atomic_write(timings_path, "".join(json.dumps(t) + "\n" for t in timings))
+            _say(f"  done  {job}  ({seconds:.0f} s)")
 
-    if not is_main:
-        return run_dir
-    report_dir = build_report(run_dir)
-    _say("")
-    _say(verdict_table(results))
-    _say(f"\nreport: {report_dir / 'README.md'}  ({time.perf_counter() - started:.0f} s)")
+        train_jobs = [j for j in jobs if j.kind == "train"
+                      if not is_finished(train_config(cfg, j.dataset, j.model, j.seed), run_dir)]
+        _execute("train", train_jobs, cfg, run_dir, device, data_dir, quiet,
+                 lambda job, _, seconds, threads: log_time(job, seconds, threads))
+
+        done = attack_jobs_done(results)
+        attack_jobs = [j for j in jobs if j.kind == "attack"]
+        pending = _agree_on_pending([(j.dataset, j.model, j.seed) not in done for j in attack_jobs])
+        attack_jobs = [j for j, todo in zip(attack_jobs, pending) if todo]
+
+        def write(job: Job, records: list[dict], seconds: float, threads: int | None) -> None:
+            nonlocal results
+            # transfer flags compare with the targets' white-box records, which other jobs write
+            results = sanity_flags(results + records)
+            if is_main:  # one atomic rewrite: the job's records are all in the file or none are
+                write_records(results_path, results)
+            log_time(job, seconds, threads)
+
+        _execute("attack", attack_jobs, cfg, run_dir, device, data_dir, quiet, write)
+
+        if not is_main:
+            return run_dir
+        report_dir = build_report(run_dir)
+        _say("")
+        _say(verdict_table(results, min_clean_accuracy=cfg.eval.min_clean_accuracy))
+        _say(f"\nreport: {report_dir / 'README.md'}  ({time.perf_counter() - started:.0f} s)")
     return run_dir
 
 
 def list_runs(runs_dir: str | Path = "runs") -> str:
     """One line per run folder under runs_dir: its config, how many jobs are done, and where its report is."""
     import tomllib
-
-    from attnrobust.config import parse_config
 
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():

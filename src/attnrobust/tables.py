@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from attnrobust.stats import mean_ci
 
 # Column order: clean first, then the paper's two attacks, then anything else.
-_ATTACK_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "apgd": 3}
-# Family order, as in the paper's tables: the plain ResNet, its attention twins, then VGG.
-_FAMILY_ORDER = (("resnet", 0), ("cbam_", 1), ("se_", 2), ("vgg", 3))
+_ATTACK_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "apgd": 3, "autoattack": 4, "minimal": 5}
+# Model order, as in the paper's tables: each no-attention network before its attention variants (in the
+# registry's order of attention kinds), VGG last; unregistered names after them.
+_ATTENTION_ORDER = {None: 0, "cbam": 1, "se": 2, "eca": 3, "mhsa": 4}
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,14 @@ CLEAN = Setting("clean")
 
 
 def model_sort_key(name: str) -> tuple:
-    for prefix, rank in _FAMILY_ORDER:
-        if name.startswith(prefix):
-            return (rank, len(name), name)
-    return (9, len(name), name)
+    from attnrobust.errors import UserError
+    from attnrobust.models import model_info
+
+    try:
+        info = model_info(name)
+    except UserError:
+        return (2, "", 9, name)
+    return (1 if info.base.startswith("vgg") else 0, info.base, _ATTENTION_ORDER.get(info.attention, 9), name)
 
 
 @dataclass
@@ -152,6 +157,8 @@ def _labels(settings: list[Setting], sep: str, titles: bool) -> list[str]:
         parts = [name]
         if s.attack == "fgsm":
             parts.append(_fmt_num(s.eps))
+        elif s.attack == "autoattack":  # its eps is its own, not PGD's: always shown
+            parts.append(f"eps{s.eps:.4g}")
         else:
             if varies(s.attack, "eps"):
                 parts.append(f"eps{_fmt_num(s.eps)}")
@@ -197,9 +204,14 @@ def _cell_text(v: tuple[float, float | None] | None, pm: str) -> str:
     return f"{mean:.2f}" if half is None else f"{mean:.2f}{pm}{half:.2f}"
 
 
+def _table_settings(grid: Grid) -> list[Setting]:
+    # minimal eps is a per-image distribution, not an accuracy at a budget: it has its own section
+    return [s for s in grid.settings() if s.attack != "minimal"]
+
+
 def table2(grid: Grid) -> Table:
     """White-box: one row per dataset x model (the diagonal cells)."""
-    settings = grid.settings()
+    settings = _table_settings(grid)
     rows = []
     for d in grid.datasets():
         for m in grid.models(d):
@@ -209,13 +221,14 @@ def table2(grid: Grid) -> Table:
             n = "/".join(str(v) for v in grid.n_images(d, m, m))
             rows.append(([d, m, str(len(seeds)), n], [grid.summary(d, m, m, st) for st in settings]))
     return Table("table2", "White-box attacks (cf. the paper's Table II): clean and FGSM accuracy (%), "
-                 "PGD/APGD error (%) = 100 - accuracy under attack, over all n test images.",
+                 "PGD/APGD/AutoAttack error (%) = 100 - accuracy under attack, over the n test images (FGSM may "
+                 "use more images than the others: see n).",
                  ["dataset", "model", "seeds", "n"], settings, rows)
 
 
 def table3(grid: Grid) -> Table:
     """Transfer: one row per dataset x source x target (the diagonal, source == target, is white-box)."""
-    settings = grid.settings()
+    settings = _table_settings(grid)
     rows = []
     for d in grid.datasets():
         models = grid.models(d)
