@@ -13,11 +13,18 @@ epoch and the bare loop's is its second pass (the first pays one-off kernel sele
 
     python benchmarks/train.py                      # resnet14, width 8, batch 64 on fashion-mnist-mini
     python benchmarks/train.py --quick-models       # also images/s of the quick study's three models
+    python benchmarks/train.py --adversarial 3,10   # also the cost of FGSM-RS and PGD-3/10 adversarial training
+
+Adversarial training's cost per epoch is train()'s training-phase images/s with the adversary against the same
+run without it. A k-step attack adds k forward+backward passes over the batch to the step's one (input
+gradients only, so a little cheaper than a training pass each), so PGD-k should cost about k + 1 standard steps
+and FGSM-RS about 2. The end-of-epoch PGD check is off here (adv_check_n = 0): it is per epoch, not per step.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -80,7 +87,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick-models", action="store_true",
                    help="also report train() images/s of resnet14, cbam_resnet14, vgg16_bn at --width")
+    p.add_argument("--adversarial", metavar="K,K,...", default=None,
+                   help="also measure FGSM-RS and PGD-K adversarial training against standard training")
     args = p.parse_args()
+    pgd_steps = []
+    if args.adversarial is not None:
+        try:
+            pgd_steps = [int(k) for k in args.adversarial.split(",") if k.strip()]
+        except ValueError:
+            p.error(f"--adversarial: expected step counts like 3,10, got {args.adversarial!r}")
+        if any(k < 1 for k in pgd_steps):
+            p.error(f"--adversarial: step counts must be positive, got {args.adversarial!r}")
     threads = set_threads()
 
     n = args.steps * args.batch_size
@@ -113,6 +130,25 @@ def main() -> None:
                                                     batch_size=args.batch_size, n_train=n,
                                                     n_test=args.batch_size, warmup_epochs=0.5))
             print(f"  {name:<14} {speed:8.0f}")
+
+    if args.adversarial is not None:
+        adversarial_cost(cfg, pgd_steps, args.repeats)
+
+
+def adversarial_cost(cfg: TrainConfig, pgd_steps: list[int], repeats: int) -> None:
+    """Print train()'s cost per epoch with FGSM-RS and PGD-k batches relative to standard training."""
+    regimes = [("standard", {}, 1), ("FGSM-RS", dict(adversarial="fgsm-rs"), 2)]
+    regimes += [(f"PGD-{k}", dict(adversarial="pgd", adv_steps=k), k + 1) for k in pgd_steps]
+    best = {name: 0.0 for name, _, _ in regimes}
+    for _ in range(repeats):  # alternated, best of each: the least disturbed measurement on a shared machine
+        for name, fields, _ in regimes:
+            speed, _ = ours(dataclasses.replace(cfg, adv_check_n=0, **fields))
+            best[name] = max(best[name], speed)
+    print(f"\nadversarial training, {cfg.model} width {cfg.width}, batch {cfg.batch_size}, eps {cfg.adv_eps}: "
+          f"cost per epoch relative to standard (best of {repeats})")
+    print(f"  {'regime':<10} {'images/s':>9} {'cost':>6}  expected (forward+backward passes per step)")
+    for name, _, expected in regimes:
+        print(f"  {name:<10} {best[name]:9.0f} {best['standard'] / best[name]:6.2f}  {expected}")
 
 
 if __name__ == "__main__":
