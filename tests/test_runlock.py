@@ -194,3 +194,49 @@ def test_refusal_on_rank_0_stops_every_rank_of_a_torchrun_job(holder, tmp_path):
     assert [p.returncode for p in ranks] == [2, 2], outs
     assert f"pid {first.pid}" in outs[0][1] and "rank 0" in outs[1][1]
     assert all(out == "" for out, _ in outs)
+
+
+PARENT = textwrap.dedent("""
+    import multiprocessing, os, time
+    from concurrent.futures import ProcessPoolExecutor
+    from attnrobust.runlock import die_with_parent
+    if __name__ == "__main__":
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=die_with_parent, initargs=(os.getpid(),))
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 60)
+        time.sleep(60)
+""")
+
+
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for whoever adopted it to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_worker_dies_with_its_killed_parent(tmp_path):
+    import time
+
+    script = tmp_path / "parent.py"  # a file, not -c: spawn's children re-import the main module
+    script.write_text(PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and _alive(worker):
+            time.sleep(0.05)
+        if not _alive(worker):
+            return
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        parent.stdout.close()

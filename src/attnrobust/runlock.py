@@ -181,3 +181,21 @@ def hold_run_lock(run_dir: str | Path, *, is_main: bool | None = None,
     finally:
         if fd is not None:
             _unlock(fd, run_dir, made_folder)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: have the kernel SIGKILL this process when the process that started it dies.
+
+    For worker processes (a ProcessPoolExecutor `initializer`, with initargs=(os.getpid(),) in the parent): the
+    lock dies with the process holding it, and a worker that outlived a killed run would go on writing into a
+    folder the next run has just locked. Elsewhere a no-op (workers may then outlive a killed run).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the prctl: nobody would send the signal
+        os._exit(1)
