@@ -13,6 +13,10 @@ It carries the weights too, so it alone resumes a run: whichever of the two file
 state file is never behind the checkpoint (the trainer writes it first).
 
 No pickle anywhere: safetensors stores raw tensors and the rest is JSON.
+
+A checkpoint of a user model (build_args name "module:callable" or "/abs/file.py:callable") rebuilds it by
+running that code, so `load_model` does it only when the caller allows that code (`allow_code`): a checkpoint
+from elsewhere cannot make us import and run whatever its header names.
 """
 
 from __future__ import annotations
@@ -132,17 +136,29 @@ def _parse_meta(path: Path, header: dict[str, str]) -> dict[str, Any]:
     return meta
 
 
-def load_model(path: str | Path, device="cpu") -> torch.nn.Module:
+def load_model(path: str | Path, device="cpu", *, allow_code=()) -> torch.nn.Module:
     """Rebuild the checkpoint's model, load its weights (strictly), and return it in eval mode on `device`.
 
     `model.meta` is the metadata dict. Any failure raises UserError before a model is returned, so a caller
-    never holds a half-loaded model.
+    never holds a half-loaded model. allow_code: the user code a checkpoint may run to rebuild its model --
+    module names (covering their submodules), .py paths or entry points, or True for any (see
+    attnrobust.models.code_allowed); a checkpoint of a registered model needs none.
     """
     from attnrobust import models
 
     path = Path(path)
     header = _read_header(path, "checkpoint")
     meta = _parse_meta(path, header)
+    name = meta["build_args"].get("name")
+    if models.is_user_model(name):
+        try:
+            allowed = models.code_allowed(name, allow_code)
+            origin = models.code_origin(name)
+        except UserError as err:
+            raise UserError(f"checkpoint {path}: cannot rebuild its model: {err}") from None
+        if not allowed:
+            raise UserError(f"checkpoint {path} rebuilds its model by running user code ({name}); refused: if "
+                            f"you trust it, allow it with allow_code=[{origin!r}] (CLI: --allow-code {origin})")
     tensors = _load_tensors(path, header, "checkpoint")
     try:
         model = models.build_model(**meta["build_args"])

@@ -53,6 +53,9 @@ def _add_attack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="append the result records to this JSONL file")
     p.add_argument("--seed", type=int, default=0, help="seed for random starts (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--allow-code", action="append", default=[], metavar="MODULE",
+                   help="let checkpoints of user models rebuild them by running this code: a module (and its "
+                        "submodules), a .py file or an entry point (repeatable); refused otherwise")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("train", help="train one model on one dataset",
                          description="Train one model; resumes from the last checkpoint in --out.")
-    p.add_argument("--dataset", required=True, help="fashion-mnist, fashion-mnist-mini, cifar10, cifar100")
-    p.add_argument("--model", required=True, help="a registered model (see `attnrobust models`)")
+    p.add_argument("--dataset", required=True, help="fashion-mnist, fashion-mnist-mini, cifar10, cifar100, or "
+                                                     "your own DIR/NAME.npz or DIR/NAME/ in --data-dir")
+    p.add_argument("--model", required=True, help="a registered model (see `attnrobust models`), or your own "
+                                                   "as MODULE:CALLABLE or FILE.py:CALLABLE")
     p.add_argument("--width", type=int, default=None, help="channels of the first stage (64 = paper size)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -180,7 +185,7 @@ def _evaluate_and_print(args: argparse.Namespace, sources: list[Path], targets: 
 
     records = evaluate_checkpoints(sources, targets, _attack_config(args), n=args.num_images,
                                    batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
-                                   seed=args.seed, quiet=args.quiet)
+                                   seed=args.seed, quiet=args.quiet, allow_code=args.allow_code)
     if not is_main():  # under torchrun every rank holds the same all-reduced records; rank 0 reports them
         return 0
     print(format_records(records))

@@ -30,6 +30,9 @@ class StudySection:
     datasets: list[str] = field(default_factory=lambda: ["fashion-mnist-mini"])
     models: list[str] = field(default_factory=lambda: ["resnet50", "cbam_resnet50", "vgg16_bn"])
     seeds: list[int] = field(default_factory=lambda: [0])
+    # Declared comparisons beyond the registry's own twins: [attention model, model compared with (, label of
+    # the attention kind)], e.g. [["./nets.py:attn_net", "./nets.py:base_net", "cbam"]]. None: none.
+    pairs: list[list[str]] | None = None
 
 
 @dataclass
@@ -160,8 +163,8 @@ def _apply_override(data: dict, override: str) -> None:
     data.setdefault(section, {})[name] = value
 
 
-def parse_config(data: dict, where: str = "config") -> StudyConfig:
-    """Validate a config given as plain data (as tomllib returns it)."""
+def parse_config(data: dict, where: str = "config", data_dir=None) -> StudyConfig:
+    """Validate a config given as plain data (as tomllib returns it); data_dir: where user datasets are."""
     from attnrobust.evaluate import AttackConfig
     from attnrobust.train import TrainConfig
 
@@ -179,11 +182,12 @@ def parse_config(data: dict, where: str = "config") -> StudyConfig:
     train = {k: _coerce(v, train_hints[k], f"train.{k}") for k, v in train_table.items()}
     cfg = StudyConfig(study=study, train=train, attack=_build(AttackConfig, data.get("attack", {}), "attack"),
                       eval=_build(EvalSection, data.get("eval", {}), "eval"), source=where)
-    validate(cfg)
+    validate(cfg, data_dir)
     return cfg
 
 
-def load_config(config: str | Path | dict = "quick", overrides: typing.Iterable[str] = ()) -> StudyConfig:
+def load_config(config: str | Path | dict = "quick", overrides: typing.Iterable[str] = (),
+                data_dir=None) -> StudyConfig:
     """Read a config (a path, a shipped name, or the data itself as a dict of sections), apply `--set`
     overrides, validate, return it."""
     if isinstance(config, dict):
@@ -194,13 +198,14 @@ def load_config(config: str | Path | dict = "quick", overrides: typing.Iterable[
         data, where = _read_toml(config)
     for override in overrides:
         _apply_override(data, override)
-    return parse_config(data, where)
+    return parse_config(data, where, data_dir)
 
 
-def validate(cfg: StudyConfig) -> None:
-    """Check values across sections (names exist, numbers in range); raise UserError naming the key."""
+def validate(cfg: StudyConfig, data_dir=None) -> None:
+    """Check values across sections (names exist, numbers in range); raise UserError naming the key.
+    data_dir (else $ATTNROBUST_DATA): where the user's datasets are; user models' code is imported to check it."""
     from attnrobust.data import get_spec
-    from attnrobust.models import list_models
+    from attnrobust.models import is_user_model, list_models, model_options
 
     s = cfg.study
     if not s.name or "/" in s.name or s.name.startswith("."):
@@ -212,13 +217,23 @@ def validate(cfg: StudyConfig) -> None:
             raise UserError(f"study.{key}: {values} has duplicates")
     for i, name in enumerate(s.datasets):
         try:
-            get_spec(name)
+            get_spec(name, data_dir)
         except UserError as err:
             raise UserError(f"study.datasets[{i}]: {err}") from None
     valid_models = list_models()
     for i, name in enumerate(s.models):
-        if name not in valid_models:
-            raise UserError(f"study.models[{i}]: unknown model {name!r}; valid: {', '.join(valid_models)}")
+        if is_user_model(name):
+            try:
+                model_options(name)  # imports the user's code: a typo fails here, before any work
+            except UserError as err:
+                raise UserError(f"study.models[{i}]: {err}") from None
+        elif name not in valid_models:
+            raise UserError(f"study.models[{i}]: unknown model {name!r}; valid: {', '.join(valid_models)}, or "
+                            f"your own as MODULE:CALLABLE or FILE.py:CALLABLE")
+    for i, pair in enumerate(s.pairs or []):
+        if len(pair) not in (2, 3) or pair[0] == pair[1] or any(m not in s.models for m in pair[:2]):
+            raise UserError(f"study.pairs[{i}]: {pair!r} must be [attention model, model compared with] (and "
+                            f"optionally a label), two different models of study.models")
     if cfg.eval.n is not None and cfg.eval.n <= 0:
         raise UserError(f"eval.n: must be positive (or left out for the whole test split), got {cfg.eval.n}")
     if cfg.eval.batch_size <= 0:
@@ -236,7 +251,7 @@ def validate(cfg: StudyConfig) -> None:
         raise UserError(f"eval.workers: must be a positive integer, got {cfg.eval.workers}")
     cfg.attack.validate()
     for dataset in s.datasets:  # the per-job training configs must be valid too; check before any work starts
-        train_config(cfg, dataset, s.models[0], s.seeds[0]).validate()
+        train_config(cfg, dataset, s.models[0], s.seeds[0]).validate(data_dir)
 
 
 def train_config(cfg: StudyConfig, dataset: str, model: str, seed: int):

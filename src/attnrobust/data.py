@@ -23,6 +23,19 @@ under a second. `attnrobust data verify` always hashes in full.
 
 `fashion-mnist-mini` is embedded in the package (attnrobust/embedded/fashion-mnist-mini.npz, made from the real
 files by scripts/make_fashion_mnist_mini.py): no download, no data directory.
+
+The user's own datasets: a name that is not built in is looked up in the data directory (`data_dir` or
+$ATTNROBUST_DATA) as either
+- DIR/NAME.npz holding uint8 x_train, x_test (N x H x W x C or N x C x H x W, C = 1 or 3, detected; or N x H x W
+  for grey) and integer y_train, y_test (labels 0..C-1, every class present in the training split), optionally
+  class_names (strings; no pickle: np.savez of a str array is fine); or
+- a folder DIR/NAME/train/CLASS/*.png and DIR/NAME/test/CLASS/*.png (8-bit grey or RGB, not interlaced; classes
+  are the sorted folder names, the same in both splits; label = index in that order).
+Its spec (classes, channels, size, per-channel mean/std over the training split) is computed when it is first
+decoded; images keep their size (no resizing, no padding); training augments with random crops (no flips: whether
+a mirror image keeps its label is the user's knowledge, not ours). The decoded arrays are cached as
+CACHE/decoded/user-NAME-<key of the source path>.npz (never next to the input files) with the sources' sizes and
+mtimes and an MD5 of their bytes: unchanged sources are served from the cache, changed bytes are decoded again.
 """
 
 from __future__ import annotations
@@ -31,8 +44,10 @@ import functools
 import gzip
 import hashlib
 import http.client
+import json
 import math
 import os
+import re
 import struct
 import tarfile
 import urllib.request
@@ -119,6 +134,7 @@ class DatasetSpec:
                                                                             repr=False)
     embedded: str | None = None
     citation: str = ""
+    source: str | None = None  # a user dataset's .npz file or image folder (see the module docstring)
 
     def size(self, split: str) -> int:
         return self.train_size if split == "train" else self.test_size
@@ -290,12 +306,353 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def get_spec(name: str) -> DatasetSpec:
-    """The spec of a dataset by name; an unknown name is a UserError listing the valid ones."""
-    try:
+def get_spec(name: str, data_dir: Path | str | None = None) -> DatasetSpec:
+    """The spec of a dataset by name: a built-in one, else the user's DIR/NAME.npz or DIR/NAME/ in the data
+    directory (data_dir, else $ATTNROBUST_DATA), decoded (or read from the cache) to learn its classes, size and
+    mean/std. An unknown name is a UserError listing the valid ones and where a user dataset was looked for."""
+    if name in DATASETS:
         return DATASETS[name]
-    except KeyError:
-        raise UserError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}") from None
+    source = _user_source(name, data_dir)
+    if source is None:
+        root = _data_dir(data_dir)
+        where = (f"no {root / (str(name) + '.npz')} or {root / str(name)}/ either" if root is not None and
+                 isinstance(name, str) else "for your own data, give --data-dir or set $ATTNROBUST_DATA")
+        raise UserError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}, or your own as "
+                        f"DIR/NAME.npz or DIR/NAME/{{train,test}}/CLASS/*.png in the data directory ({where})")
+    return _user_dataset(name, source)[0]
+
+
+# ---- the user's own datasets -------------------------------------------------------------------------------------
+
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_MAX_IMAGES = 2 ** 31  # more would overflow the int32 indexes some kernels use; no study needs it on one machine
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+
+
+def _user_source(name: str, data_dir: Path | str | None) -> Path | None:
+    """DIR/NAME.npz or the folder DIR/NAME/ (holding train/ and test/), else None."""
+    root = _data_dir(data_dir)
+    if root is None or not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        return None  # a name with a path in it could read files outside the data directory
+    if (root / f"{name}.npz").is_file():
+        return (root / f"{name}.npz").resolve()
+    if (root / name / "train").is_dir() or (root / name / "test").is_dir():
+        return (root / name).resolve()
+    return None
+
+
+def _bad(where: Path | str, problem: str) -> UserError:
+    return UserError(f"{where}: {problem}")
+
+
+def _to_nchw(x: np.ndarray, where: str) -> np.ndarray:
+    """Images as uint8 N x C x H x W from N x H x W (grey), N x H x W x C or N x C x H x W (C = 1 or 3)."""
+    if x.dtype != np.uint8:
+        raise _bad(where, f"images are {x.dtype}, expected uint8 pixels 0..255 (e.g. "
+                          f"(x * 255).round().astype(np.uint8) for floats in [0, 1])")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim != 4:
+        raise _bad(where, f"images have shape {tuple(x.shape)}: expected 4 dimensions (N x H x W x C or "
+                          f"N x C x H x W) or 3 (N x H x W, grey)")
+    if len(x) >= _MAX_IMAGES:
+        raise _bad(where, f"{len(x)} images: at most {_MAX_IMAGES - 1} are supported")
+    if len(x) == 0:
+        raise _bad(where, "no images")
+    first, last = x.shape[1] in (1, 3), x.shape[3] in (1, 3)
+    if last and not first:
+        x = x.transpose(0, 3, 1, 2)
+    elif first and not last:
+        pass
+    elif first and last and x.shape[1] != x.shape[3]:
+        raise _bad(where, f"images have shape {tuple(x.shape)}: channels first or last is ambiguous; use a "
+                          f"size other than 1 or 3 for H and W")
+    elif not first:
+        raise _bad(where, f"images have shape {tuple(x.shape)}: neither the second nor the last dimension is a "
+                          f"channel count of 1 or 3 (grey or RGB)")
+    return np.ascontiguousarray(x)
+
+
+def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise _bad(where, f"labels have shape {tuple(y.shape)}, expected one integer per image")
+    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        raise _bad(where, f"labels are {y.dtype}, expected integers 0..C-1 (class indexes)")
+    if len(y) != n:
+        raise _bad(where, f"{n} images but {len(y)} labels")
+    return y.astype(np.int64)
+
+
+def _check_user_arrays(where: str, arrays: Arrays, class_names: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Check the two splits together (same image size, labels 0..C-1); return the class names."""
+    tr, te = arrays["train_images"], arrays["test_images"]
+    if tr.shape[1:] != te.shape[1:]:
+        raise _bad(where, f"test images are {'x'.join(map(str, te.shape[1:]))} (CxHxW) but training images "
+                          f"{'x'.join(map(str, tr.shape[1:]))}; both splits must have one size")
+    ytr, yte = arrays["train_labels"], arrays["test_labels"]
+    low = int(min(ytr.min(), yte.min()))
+    if low < 0:
+        raise _bad(where, f"label {low} is negative; labels must be class indexes 0..C-1")
+    if class_names is not None:
+        count = len(class_names)
+        high = int(max(ytr.max(), yte.max()))
+        if high >= count:
+            raise _bad(where, f"label {high} is out of range for the {count} class_names (labels 0..{count - 1})")
+    else:
+        count = int(ytr.max()) + 1
+        if int(yte.max()) >= count:
+            raise _bad(where, f"test label {int(yte.max())} is out of range: the training labels go up to "
+                              f"{count - 1} (labels 0..C-1)")
+        class_names = tuple(str(i) for i in range(count))
+    missing = sorted(set(range(count)) - set(np.unique(ytr).tolist()))
+    if missing:
+        raise _bad(where, f"class {missing[0]} ({class_names[missing[0]]}) has no training image; labels must "
+                          f"be 0..C-1 with every class in the training split")
+    return class_names
+
+
+def read_user_npz(path: Path) -> tuple[Arrays, tuple[str, ...]]:
+    """A user .npz (see the module docstring) as checked arrays (images N x C x H x W) and class names."""
+    where = str(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in _NPZ_KEYS if k not in z.files]
+            if missing:
+                raise _bad(where, f"lacks {', '.join(missing)}; a dataset .npz holds x_train, y_train, x_test, "
+                                  f"y_test (and optionally class_names)")
+            raw = {k: z[k] for k in _NPZ_KEYS}
+            names = z["class_names"] if "class_names" in z.files else None
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, zlib.error, EOFError, zipfile.BadZipFile) as err:
+        raise _bad(where, f"not a readable .npz file ({str(err).splitlines()[0] if str(err) else err!r}); "
+                          f"write it with numpy.savez") from None
+    arrays: Arrays = {}
+    for split in SPLITS:
+        x = _to_nchw(raw[f"x_{split}"], f"{where}: x_{split}")
+        arrays[f"{split}_images"] = x
+        arrays[f"{split}_labels"] = _labels(raw[f"y_{split}"], len(x), f"{where}: y_{split} (x_{split})")
+    if names is not None:
+        if names.ndim != 1 or names.dtype.kind not in "US" or len(set(names.tolist())) != len(names):
+            raise _bad(where, "class_names must be a list of distinct strings")
+        names = tuple(str(n) for n in names.tolist())
+    return arrays, _check_user_arrays(where, arrays, names)
+
+
+def read_png(path: Path) -> np.ndarray:
+    """An 8-bit grey or RGB, non-interlaced PNG as uint8 C x H x W (C = 1 or 3); anything else a UserError.
+
+    A minimal reader (zlib + the five row filters of the PNG spec), so image folders need no extra package.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise _bad(path, f"unreadable ({err.strerror or err})") from None
+    if raw[:8] != b"\x89PNG\r\n\x1a\n":
+        raise _bad(path, "not a PNG file (bad signature); image folders hold .png files")
+    pos, header, idat = 8, None, []
+    while True:
+        if pos + 12 > len(raw):
+            raise _bad(path, "truncated PNG (no IEND chunk)")
+        (length,), kind = struct.unpack(">I", raw[pos:pos + 4]), raw[pos + 4:pos + 8]
+        data = raw[pos + 8:pos + 8 + length]
+        if len(data) != length or pos + 12 + length > len(raw):
+            raise _bad(path, "truncated PNG chunk")
+        (crc,) = struct.unpack(">I", raw[pos + 8 + length:pos + 12 + length])
+        if zlib.crc32(kind + data) != crc:
+            raise _bad(path, f"corrupt PNG ({kind.decode('latin-1')} chunk fails its CRC)")
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", data)
+        elif kind == b"IDAT":
+            idat.append(data)
+        elif kind == b"IEND":
+            break
+    if header is None or not idat:
+        raise _bad(path, "PNG without IHDR or IDAT")
+    width, height, depth, color, _, _, interlace = header
+    channels = {0: 1, 2: 3}.get(color)
+    if depth != 8 or channels is None or interlace:
+        raise _bad(path, f"PNG of bit depth {depth}, colour type {color}, interlace {interlace}: only 8-bit grey "
+                         f"(type 0) or RGB (type 2) non-interlaced PNGs are read; convert it")
+    try:
+        flat = zlib.decompress(b"".join(idat))
+    except zlib.error as err:
+        raise _bad(path, f"corrupt PNG data ({err})") from None
+    stride = width * channels
+    if len(flat) != height * (stride + 1):
+        raise _bad(path, f"PNG data is {len(flat)} bytes, {width}x{height}x{channels} needs {height * (stride + 1)}")
+    rows = np.frombuffer(flat, np.uint8).reshape(height, stride + 1)
+    out = np.zeros((height, stride), np.uint8)
+    prev = np.zeros(stride, np.int32)
+    for r in range(height):
+        kind, line = rows[r, 0], rows[r, 1:].astype(np.int32)
+        if kind == 0:
+            cur = line
+        elif kind == 1:  # Sub: a running sum per channel (mod 256)
+            cur = np.cumsum(line.reshape(width, channels), axis=0).reshape(-1) & 255
+        elif kind == 2:  # Up
+            cur = (line + prev) & 255
+        elif kind in (3, 4):  # Average, Paeth: each byte depends on the one decoded just before it
+            cur = line.copy()
+            for i in range(stride):
+                a = int(cur[i - channels]) if i >= channels else 0
+                b = int(prev[i])
+                if kind == 3:
+                    cur[i] = (cur[i] + (a + b) // 2) & 255
+                else:
+                    c = int(prev[i - channels]) if i >= channels else 0
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    cur[i] = (cur[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        else:
+            raise _bad(path, f"corrupt PNG (row filter {kind})")
+        out[r], prev = cur, cur
+    return out.reshape(height, width, channels).transpose(2, 0, 1)
+
+
+def read_image_folder(root: Path) -> tuple[Arrays, tuple[str, ...]]:
+    """ROOT/train/CLASS/*.png and ROOT/test/CLASS/*.png as checked arrays and the (sorted) class names."""
+    classes = {}
+    for split in SPLITS:
+        folder = root / split
+        if not folder.is_dir():
+            raise _bad(root, f"has no {split}/ folder; an image-folder dataset is NAME/train/CLASS/*.png and "
+                             f"NAME/test/CLASS/*.png")
+        classes[split] = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes[split]:
+            raise _bad(folder, "holds no class folders (expected CLASS/*.png)")
+    if classes["train"] != classes["test"]:
+        only_train = sorted(set(classes["train"]) - set(classes["test"]))
+        only_test = sorted(set(classes["test"]) - set(classes["train"]))
+        raise _bad(root, f"train/ and test/ have different class folders (only in train: "
+                         f"{', '.join(only_train) or 'none'}; only in test: {', '.join(only_test) or 'none'})")
+    names = tuple(classes["train"])
+    arrays: Arrays = {}
+    shape, first = None, None
+    for split in SPLITS:
+        images, labels = [], []
+        for label, cls in enumerate(names):
+            files = sorted(p for p in (root / split / cls).iterdir() if not p.name.startswith("."))
+            if not files:
+                raise _bad(root / split / cls, "is an empty class folder; put its .png images in it or remove it")
+            for f in files:
+                if f.suffix.lower() != ".png" or not f.is_file():
+                    raise _bad(f, "is not a .png file; image folders hold only PNG images (8-bit grey or RGB)")
+                img = read_png(f)
+                if shape is None:
+                    shape, first = img.shape, f
+                elif img.shape != shape:
+                    raise _bad(f, f"is {img.shape[1]}x{img.shape[2]} with {img.shape[0]} channel(s) but {first} is "
+                                  f"{shape[1]}x{shape[2]} with {shape[0]}; all images must have one size and "
+                                  f"channel count")
+                images.append(img)
+                labels.append(label)
+        if len(images) >= _MAX_IMAGES:
+            raise _bad(root / split, f"{len(images)} images: at most {_MAX_IMAGES - 1} are supported")
+        arrays[f"{split}_images"] = np.stack(images)
+        arrays[f"{split}_labels"] = np.array(labels, np.int64)
+    return arrays, names
+
+
+def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of pixels in [0, 1] over a uint8 N x C x H x W array, in chunks (no float copy of
+    the whole split)."""
+    c = x.shape[1]
+    total, squares, count = np.zeros(c), np.zeros(c), 0
+    for start in range(0, len(x), 4096):
+        chunk = x[start:start + 4096].astype(np.float64).transpose(1, 0, 2, 3).reshape(c, -1) / 255
+        total += chunk.sum(1)
+        squares += (chunk * chunk).sum(1)
+        count += chunk.shape[1]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0))
+    # A constant channel has std 0; normalizing by it would divide by zero, so it is left unscaled (std 1).
+    std = np.where(std > 1e-6, std, 1.0)
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+def _source_files(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    return sorted(p for split in SPLITS if (source / split).is_dir() for p in (source / split).rglob("*")
+                  if p.is_file())
+
+
+def _source_stamp(source: Path) -> str:
+    """Sizes and mtimes of every source file: cheap (no reading), changes when any file does."""
+    h = hashlib.md5()
+    for p in _source_files(source):
+        st = p.stat()
+        h.update(f"{p.relative_to(source.parent)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _source_md5(source: Path) -> str:
+    h = hashlib.md5()
+    for p in _source_files(source):
+        h.update(f"{p.relative_to(source.parent)}\n".encode())
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _decode_user(name: str, source: Path) -> tuple[DatasetSpec, Arrays]:
+    arrays, names = read_user_npz(source) if source.is_file() else read_image_folder(source)
+    spec = _user_spec(name, source, arrays, names, _channel_stats(arrays["train_images"]))
+    return spec, arrays
+
+
+def _user_spec(name: str, source: Path, arrays: Arrays, names: tuple[str, ...], stats) -> DatasetSpec:
+    _, c, h, w = arrays["train_images"].shape
+    return DatasetSpec(name=name, num_classes=len(names), channels=c, height=h, width=w, class_names=names,
+                       mean=stats[0], std=stats[1], augment="crop", train_size=len(arrays["train_labels"]),
+                       test_size=len(arrays["test_labels"]), citation=f"your own dataset, from {source}",
+                       source=str(source))
+
+
+# In-process memo: (source, stamp) -> spec. get_spec runs several times per job; each is then a stat per file.
+_USER_SPECS: dict[tuple[str, str], DatasetSpec] = {}
+
+
+def _user_cache_path(name: str, source: Path) -> Path:
+    return cache_dir() / "decoded" / f"user-{name}-{hashlib.md5(str(source).encode()).hexdigest()[:12]}.npz"
+
+
+def _user_dataset(name: str, source: Path) -> tuple[DatasetSpec, Callable[[], Arrays]]:
+    """(spec, a function returning the arrays) of a user dataset, decoding it only when the cache is stale."""
+    stamp = _source_stamp(source)
+    cache = _user_cache_path(name, source)
+    keys = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")]
+
+    def cached_arrays() -> Arrays:
+        arrays = _read_decoded(cache, keys)
+        if arrays is None:  # removed since: decode again
+            arrays = _decode_user(name, source)[1]
+        return arrays
+
+    if (str(source), stamp) in _USER_SPECS:
+        return _USER_SPECS[(str(source), stamp)], cached_arrays
+    found = _read_decoded(cache, ["meta"])
+    meta = json.loads(str(found["meta"])) if found is not None else None
+    if meta is not None and meta.get("stamp") != stamp and meta.get("md5") == _source_md5(source):
+        meta["stamp"] = stamp  # touched or copied, same bytes: the cached arrays stand
+    if meta is not None and meta.get("stamp") == stamp:
+        spec = DatasetSpec(**{**meta["spec"], "class_names": tuple(meta["spec"]["class_names"]),
+                              "mean": tuple(meta["spec"]["mean"]), "std": tuple(meta["spec"]["std"])})
+        _USER_SPECS[(str(source), stamp)] = spec
+        return spec, cached_arrays
+    spec, arrays = _decode_user(name, source)
+    fields = {k: getattr(spec, k) for k in ("name", "num_classes", "channels", "height", "width", "class_names",
+                                            "mean", "std", "augment", "train_size", "test_size", "citation",
+                                            "source")}
+    meta = {"stamp": stamp, "md5": _source_md5(source), "spec": fields}
+    _write_decoded(cache, {**arrays, "meta": np.array(json.dumps(meta))})
+    _USER_SPECS[(str(source), stamp)] = spec
+    return spec, lambda: arrays
 
 
 # ---- where files are -----------------------------------------------------------------------------------------
@@ -403,10 +760,11 @@ def download(name: str, data_dir: Path | str | None = None, *, base_url: str | N
     Downloads go to DATA_DIR/<name>/ when a data directory is given (argument or $ATTNROBUST_DATA), else to the
     user cache. base_url (or $ATTNROBUST_MIRROR) replaces the official URLs. Returns the files' paths.
     """
-    spec = get_spec(name)
-    if spec.embedded:
+    spec = get_spec(name, data_dir)
+    if spec.embedded or spec.source:
         if not quiet:
-            print(f"{name} is embedded in the package: nothing to download")
+            print(f"{name} is {'embedded in the package' if spec.embedded else 'your own: ' + spec.source}: "
+                  f"nothing to download")
         return []
     root = _data_dir(data_dir)
     dest_dir = (root if root is not None else cache_dir()) / spec.name
@@ -426,8 +784,16 @@ def download(name: str, data_dir: Path | str | None = None, *, base_url: str | N
 
 
 def verify(name: str, data_dir: Path | str | None = None, *, quiet: bool = False) -> list[Path]:
-    """Hash every source file of a dataset against its official MD5 (no download); print a line per file."""
-    spec = get_spec(name)
+    """Hash every source file of a dataset against its official MD5 (no download); print a line per file.
+    A user dataset is decoded afresh (not from the cache) and every check applied."""
+    spec = get_spec(name, data_dir)
+    if spec.source:
+        source = Path(spec.source)
+        spec, arrays = _decode_user(name, source)
+        if not quiet:
+            print(f"OK  {source}  (user dataset: {spec.train_size} train, {spec.test_size} test images "
+                  f"{spec.channels}x{spec.height}x{spec.width}, {spec.num_classes} classes, checked)")
+        return [source]
     if spec.embedded:
         path = _embedded_path(spec)
         arrays = _load_embedded(spec)
@@ -448,8 +814,9 @@ def verify(name: str, data_dir: Path | str | None = None, *, quiet: bool = False
 
 
 def info(name: str, data_dir: Path | str | None = None) -> dict[str, object]:
-    """What a dataset is and where its files are (found or not; nothing is hashed or downloaded)."""
-    spec = get_spec(name)
+    """What a dataset is and where its files are (found or not; nothing is hashed or downloaded; a user dataset
+    is decoded once, to learn its spec)."""
+    spec = get_spec(name, data_dir)
     out: dict[str, object] = {
         "name": spec.name,
         "classes": f"{spec.num_classes}: {', '.join(spec.class_names)}",
@@ -463,6 +830,8 @@ def info(name: str, data_dir: Path | str | None = None) -> dict[str, object]:
     }
     if spec.embedded:
         out["file"] = f"{_embedded_path(spec)} (embedded)"
+    if spec.source:
+        out["file"] = f"{spec.source} (your own)"
     for src in spec.files:
         path = _locate(spec, src.name, data_dir)
         out[src.name] = (f"{path} (MD5 {src.md5})" if path is not None else
@@ -558,10 +927,13 @@ def load_dataset(name: str, split: str, data_dir: Path | str | None = None, *,
     Files are found in data_dir / $ATTNROBUST_DATA, then the user cache, then downloaded (unless
     download=False), MD5-checked, decoded once and cached (see the module docstring).
     """
-    spec = get_spec(name)
+    spec = get_spec(name, data_dir)
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} for {name}; valid splits: {', '.join(SPLITS)}")
-    arrays = _load_embedded(spec) if spec.embedded else _load_files(spec, split, data_dir, download)
+    if spec.source:
+        arrays = _user_dataset(name, Path(spec.source))[1]()
+    else:
+        arrays = _load_embedded(spec) if spec.embedded else _load_files(spec, split, data_dir, download)
     # A freshly decoded array can be a read-only view of the file's bytes; torch wants a writable one.
     images = torch.from_numpy(np.require(arrays[f"{split}_images"], requirements=["C", "W"]))
     labels = torch.from_numpy(arrays[f"{split}_labels"].astype(np.int64))

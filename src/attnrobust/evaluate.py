@@ -479,8 +479,9 @@ def _names(paths: list[Path], metas: list[dict]) -> list[str]:
 
 def evaluate_checkpoints(sources: list[Path], targets: list[Path] | None, cfg: AttackConfig, *,
                          n: int | None = None, batch_size: int = 256, device=None, data_dir=None, seed: int = 0,
-                         quiet: bool = False) -> list[dict[str, Any]]:
+                         quiet: bool = False, allow_code=()) -> list[dict[str, Any]]:
     """White-box (targets None) or transfer evaluation of checkpoints on the test split they were trained on.
+    allow_code: user code the checkpoints may run to rebuild their models (see checkpoint.load_model).
 
     Every checkpoint must come from the same dataset and class count. The first `n` test images are attacked (all
     when None). Records name each model by its model name (disambiguated by file name when two share one) and
@@ -502,7 +503,7 @@ def evaluate_checkpoints(sources: list[Path], targets: list[Path] | None, cfg: A
     for p in [*sources, *(targets or [])]:
         if Path(p).resolve() not in [q.resolve() for q in paths]:
             paths.append(Path(p))
-    models = [load_model(p, device=device) for p in paths]
+    models = [load_model(p, device=device, allow_code=allow_code) for p in paths]
     metas = [m.meta for m in models]
     first = metas[0]
     for p, meta in zip(paths[1:], metas[1:]):

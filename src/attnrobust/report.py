@@ -159,7 +159,9 @@ def _figures(grid: Grid, out: Path) -> list[tuple[str, str]]:
                     panels.append({"title": f"{title}: crafted on {src}", "xlabel": xlabel, "ylabel": ylabel,
                                    "series": series, "xticks": sorted({x for s in series for x in s["x"]})})
             if panels:
-                rel = f"figures/transfer_{d}_{src}.png"
+                from attnrobust.models import file_stem  # a user model's name may hold '/' and ':'
+
+                rel = f"figures/transfer_{d}_{file_stem(src)}.png"
                 curves(out / rel, f"{d}: attacks crafted on {src}", panels)
                 made.append((rel, f"{d}: attacks crafted on {src}, scored on {src} itself (white-box, solid) "
                                   f"and on {', '.join(targets)} (transfer, dashed)"))
@@ -466,10 +468,11 @@ def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
         _write(out / f"{table.name}.csv", to_csv(table))
         _write(out / f"{table.name}.tex", to_latex(table))
     floor = ((config or {}).get("eval") or {}).get("min_clean_accuracy")
-    rows = verdicts(records, min_clean_accuracy=floor)
-    paired = paired_rows(grid, min_clean_accuracy=floor)
+    pairs = ((config or {}).get("study") or {}).get("pairs") or ()  # declared comparisons (study.pairs)
+    rows = verdicts(records, min_clean_accuracy=floor, pairs=pairs)
+    paired = paired_rows(grid, min_clean_accuracy=floor, pairs=pairs)
     _write(out / "verdicts.csv", _rows_csv(rows, _VERDICT_KEYS))
-    _write(out / "verdicts.txt", verdict_table(records, min_clean_accuracy=floor) + "\n")
+    _write(out / "verdicts.txt", verdict_table(records, min_clean_accuracy=floor, pairs=pairs) + "\n")
     _write(out / "paired.csv", _rows_csv(paired, _PAIRED_KEYS))
     comparison = comparison_rows(grid)
     _write(out / "paper_comparison.csv", _rows_csv(comparison, _COMPARISON_KEYS))

@@ -166,7 +166,12 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
 
     device = resolve_device(device)
     rank, world_size, _ = dist_info()
-    models = {m: load_model(checkpoint_path(train_config(cfg, job.dataset, m, job.seed), run_dir), device=device)
+    # The study's own config names its user models: their checkpoints may run that code (nothing else).
+    from attnrobust.models import is_user_model
+
+    own_code = [m for m in cfg.study.models if is_user_model(m)]
+    models = {m: load_model(checkpoint_path(train_config(cfg, job.dataset, m, job.seed), run_dir), device=device,
+                            allow_code=own_code)
               for m in cfg.study.models}
     source = {job.model: models[job.model]}
     everything, subset = _test_images(cfg, job.dataset, data_dir)
@@ -189,7 +194,7 @@ def _in_worker(kind: str, cfg_data: dict, job: Job, run_dir: str, device, data_d
     from attnrobust.runtime import set_threads
 
     set_threads(threads)
-    cfg = parse_config(cfg_data, "study config")
+    cfg = parse_config(cfg_data, "study config", data_dir)
     started = time.perf_counter()
     run = run_train_job if kind == "train" else run_attack_job
     result = run(cfg, job, Path(run_dir), device=device, data_dir=data_dir, quiet=True)
@@ -255,7 +260,7 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
     from attnrobust.runtime import atomic_write, dist_info, resolve_device, write_env_json
     from attnrobust.train import is_finished
 
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides, data_dir)
     run_dir = Path(out) if out is not None else Path("runs") / cfg.study.name
     rank, _, _ = dist_info()
     is_main = rank == 0
@@ -307,7 +312,7 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
             return run_dir
         report_dir = build_report(run_dir)
         _say("")
-        _say(verdict_table(results, min_clean_accuracy=cfg.eval.min_clean_accuracy))
+        _say(verdict_table(results, min_clean_accuracy=cfg.eval.min_clean_accuracy, pairs=cfg.study.pairs or ()))
         _say(f"\nreport: {report_dir / 'README.md'}  ({time.perf_counter() - started:.0f} s)")
     return run_dir
 

@@ -122,16 +122,16 @@ class TrainConfig:
                                 f"{', '.join(sorted(fields - {'dataset', 'model', 'seed'}))}")
         return cls(dataset=dataset, model=model, seed=seed, **{**DEFAULTS.get(dataset, {}), **overrides})
 
-    def validate(self) -> None:
-        """Raise UserError naming the first bad field."""
+    def validate(self, data_dir=None) -> None:
+        """Raise UserError naming the first bad field (data_dir: where a user dataset is)."""
         from attnrobust.data import get_spec
-        from attnrobust.models import list_models
+        from attnrobust.models import is_user_model, list_models
 
         try:
-            get_spec(self.dataset)
+            get_spec(self.dataset, data_dir)
         except UserError as err:
             raise UserError(f"dataset: {err}") from None
-        if self.model not in list_models():
+        if self.model not in list_models() and not is_user_model(self.model):
             raise UserError(f"model: unknown model {self.model!r}; valid: {', '.join(list_models())}")
 
         def check(name: str, ok: bool, rule: str) -> None:
@@ -216,7 +216,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 def checkpoint_name(cfg: TrainConfig) -> str:
     """File stem of a run's checkpoint: unique per (dataset, model, seed) within a run folder."""
-    return f"{cfg.dataset}-{cfg.model}-s{cfg.seed}"
+    from attnrobust.models import file_stem  # a user model's entry point may hold '/' and ':'
+
+    return f"{cfg.dataset}-{file_stem(cfg.model)}-s{cfg.seed}"
 
 
 def checkpoint_path(cfg: TrainConfig, out_dir: str | Path) -> Path:
@@ -440,7 +442,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
     from attnrobust import models
     from attnrobust.data import DeviceLoader, get_spec, load_dataset
 
-    cfg.validate()
+    cfg.validate(data_dir)
     rank, world, _ = dist_info()
     main = rank == 0
     device = resolve_device(device)
@@ -448,7 +450,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
         set_threads()
     out_dir = Path(out_dir)
     ckpt, state_path, log_path = checkpoint_path(cfg, out_dir), _state_path(cfg, out_dir), _log_path(cfg, out_dir)
-    spec = get_spec(cfg.dataset)
+    spec = get_spec(cfg.dataset, data_dir)
 
     # ---- what is already there: refuse another run's files, skip a finished run, find the resume point
     meta = read_meta(ckpt) if ckpt.exists() else None

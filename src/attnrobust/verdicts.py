@@ -52,33 +52,42 @@ def clean_floor(dataset: str, override: float | None = None) -> float:
     return override if override is not None else CLEAN_FLOORS.get(dataset, DEFAULT_FLOOR)
 
 
-def attention_pairs(models: list[str]) -> list[tuple[str, str]]:
+def attention_pairs(models: list[str], declared=()) -> list[tuple[str, str]]:
     """(attention model, its no-attention twin) for every attention model whose twin is also present. Names the
-    registry does not know (e.g. two checkpoints of one model told apart by file name) are not paired."""
+    registry does not know (e.g. two checkpoints of one model told apart by file name) are not paired.
+    declared: a config's study.pairs ([attention model, model compared with(, label)]), added after the
+    registry's pairs when both models are present."""
     infos = {}
     for m in models:
         try:
             infos[m] = model_info(m)
         except Exception:  # not a registered name: nothing is known about its attention
             continue
-    return [(m, i.twin) for m, i in infos.items() if i.twin is not None and i.twin in models]
+    pairs = [(m, i.twin) for m, i in infos.items() if i.twin is not None and i.twin in models]
+    return pairs + [(p[0], p[1]) for p in declared if p[0] in models and p[1] in models
+                    and (p[0], p[1]) not in pairs]
 
 
-def _has_attention(name: str) -> bool | None:
+def _has_attention(name: str, declared=()) -> bool | None:
+    for p in declared:  # a declared pair says which of its two models has the attention
+        if name in p[:2]:
+            return name == p[0]
+    if ":" in name:  # a user model: nothing known about its attention unless declared
+        return None
     try:
         return model_info(name).attention is not None
     except Exception:
         return None
 
 
-def _scenarios(models: list[str], attn: str, base: str):
+def _scenarios(models: list[str], attn: str, base: str, declared=()):
     """(scenario, attention cell, baseline cell, what is compared) as (source, target) cells."""
     yield ("white-box", (attn, attn), (base, base),
            f"{attn} vs {base}, each attacked white-box")
     yield ("transfer (twin)", (base, attn), (attn, base),
            f"{attn} on attacks crafted on {base} vs {base} on attacks crafted on {attn}")
     for v in models:
-        if v not in (attn, base) and _has_attention(v) is False:
+        if v not in (attn, base) and _has_attention(v, declared) is False:
             yield (f"transfer from {v}", (v, attn), (v, base),
                    f"{attn} vs {base} as targets of attacks crafted on {v}")
 
@@ -202,7 +211,7 @@ def _decide(rows: list[dict]) -> None:
             r.update(p_holm=None, verdict=WITHHELD, indicative=r["seeds"] < 2)
 
 
-def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None) -> list[dict]:
+def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=()) -> list[dict]:
     """One dict per dataset x (attention model, twin) x scenario x measure; see the module docstring.
 
     Keys: dataset, attention_model, baseline_model, scenario, attack, compared, settings, seeds, n,
@@ -216,8 +225,8 @@ def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None) ->
         models = grid.models(d)
         floor = clean_floor(d, min_clean_accuracy)
         family = []
-        for attn, base in attention_pairs(models):
-            for scenario, a_cell, b_cell, compared in _scenarios(models, attn, base):
+        for attn, base in attention_pairs(models, pairs):
+            for scenario, a_cell, b_cell, compared in _scenarios(models, attn, base, pairs):
                 for attack in _measures(grid, d):
                     settings = [s for s in grid.settings(d) if s.attack == attack]
                     row = _compare(grid, d, a_cell, b_cell, settings, floor)
@@ -317,9 +326,9 @@ def format_paper(row: dict) -> str:
     return f"{row['paper_difference']:+.2f} ({row['paper_verdict']})"
 
 
-def verdict_table(records: list[dict], *, min_clean_accuracy: float | None = None) -> str:
+def verdict_table(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=()) -> str:
     """Plain-text verdict table (for the terminal at the end of a study), then the per-dataset summary."""
-    rows = verdicts(records, min_clean_accuracy=min_clean_accuracy)
+    rows = verdicts(records, min_clean_accuracy=min_clean_accuracy, pairs=pairs)
     if not rows:
         return "verdicts: none (no attention model with its no-attention twin in the results)"
     header = ["dataset", "attention vs twin", "scenario", "attack", "seeds", "diff pp [95% CI]", "p (Holm)",
@@ -351,7 +360,7 @@ def _aligned(rows: list[list[str]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
-def paired_rows(grid: Grid, *, min_clean_accuracy: float | None = None) -> list[dict]:
+def paired_rows(grid: Grid, *, min_clean_accuracy: float | None = None, pairs=()) -> list[dict]:
     """Like `verdicts`, but one row per single setting (each FGSM eps, each PGD iteration count): descriptive,
     outside the verdict's family (no multiplicity control; the verdicts average these)."""
     out = []
@@ -360,8 +369,8 @@ def paired_rows(grid: Grid, *, min_clean_accuracy: float | None = None) -> list[
         floor = clean_floor(d, min_clean_accuracy)
         settings = [s for s in grid.settings(d) if s.attack != "clean"]
         titles = dict(zip(settings, column_titles(settings)))
-        for attn, base in attention_pairs(models):
-            for scenario, a_cell, b_cell, _ in _scenarios(models, attn, base):
+        for attn, base in attention_pairs(models, pairs):
+            for scenario, a_cell, b_cell, _ in _scenarios(models, attn, base, pairs):
                 for s in settings:
                     row = _compare(grid, d, a_cell, b_cell, [s], floor)
                     if row is not None:
