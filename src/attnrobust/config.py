@@ -250,15 +250,31 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
     if cfg.eval.workers < 1:
         raise UserError(f"eval.workers: must be a positive integer, got {cfg.eval.workers}")
     cfg.attack.validate()
+    from attnrobust.models import model_options
+
+    unused = [k for k in cfg.train.get("model_args", {}) if not any(k in model_options(m) for m in s.models)]
+    if unused:
+        raise UserError(f"train.model_args.{unused[0]}: no model of the study takes it; valid: "
+                        f"{', '.join(sorted({k for m in s.models for k in model_options(m)})) or 'none'}")
     for dataset in s.datasets:  # the per-job training configs must be valid too; check before any work starts
-        train_config(cfg, dataset, s.models[0], s.seeds[0]).validate(data_dir)
+        for model in s.models:
+            train_config(cfg, dataset, model, s.seeds[0]).validate(data_dir)
 
 
 def train_config(cfg: StudyConfig, dataset: str, model: str, seed: int):
-    """The TrainConfig of one study job: the dataset's defaults, then the config's [train] overrides."""
+    """The TrainConfig of one study job: the dataset's defaults, then the config's [train] overrides.
+
+    train.model_args is shared by the study's models: each gets the arguments it takes (e.g. cbam_bn_momentum
+    reaches only the CBAM models); `validate` refuses an argument that no model of the study takes.
+    """
+    from attnrobust.models import model_options
     from attnrobust.train import TrainConfig
 
-    return TrainConfig.for_dataset(dataset, model=model, seed=seed, **cfg.train)
+    overrides = dict(cfg.train)
+    if "model_args" in overrides:
+        accepted = model_options(model)
+        overrides["model_args"] = {k: v for k, v in overrides["model_args"].items() if k in accepted}
+    return TrainConfig.for_dataset(dataset, model=model, seed=seed, **overrides)
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------

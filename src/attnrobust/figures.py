@@ -22,12 +22,15 @@ _META = {"Software": "attnrobust"}
 
 def curves(path: Path, title: str, panels: list[dict]) -> None:
     """One row of panels. panel: {"title", "xlabel", "ylabel", "xticks", "series": [{"label", "x", "y",
-    "err" (CI half-widths or None), "color", "style": "solid" | "dashed" | "paper"}]}; y in percent."""
+    "err" (CI half-widths or None), "low"/"high" (an optional shaded band), "color", "style": "solid" | "dashed" |
+    "paper"}]}; y in percent."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for s in panel["series"]:
             style = s.get("style", "solid")
             kw = dict(color=s["color"], label=s["label"])
+            if s.get("low") is not None:  # a band (e.g. the range over seeds) around the line
+                ax.fill_between(s["x"], s["low"], s["high"], color=s["color"], alpha=0.2, linewidth=0)
             if style == "paper":  # the published curve: thin, dotted, hollow markers
                 ax.plot(s["x"], s["y"], linestyle=":", linewidth=1.2, marker="o", markersize=3,
                         markerfacecolor="none", alpha=0.8, **kw)
