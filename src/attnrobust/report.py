@@ -381,10 +381,12 @@ def _header(run_dir: Path, grid: Grid, records: list[dict], env: dict) -> list[s
              f"- Datasets: {', '.join(datasets)}. Models: {', '.join(models)}. Seeds: "
              f"{', '.join(map(str, grid.seeds()))}. Test images attacked per model (n): "
              f"{', '.join(map(str, ns))}."]
-    shown = [k for k in ("attnrobust", "python", "torch", "cuda", "device", "device_name", "world_size",
-                         "git_commit") if env.get(k) is not None]
+    shown = [k for k in ("attnrobust", "python", "torch", "cuda", "device", "device_name", "cpu_model",
+                         "cpu_capability", "threads", "world_size", "git_commit") if env.get(k) is not None]
     if shown:
-        lines.append("- Environment (env.json): " + ", ".join(f"{k} {env[k]}" for k in shown) + ".")
+        lines.append("- Environment (env.json): " + ", ".join(f"{k} {env[k]}" for k in shown) + ". Results differ "
+                     "slightly between CPUs (float sums; cpu_capability is the instruction set torch uses): "
+                     "compare verdicts, which carry their seeds, rather than single numbers.")
     return lines
 
 
@@ -493,7 +495,7 @@ def _threat_model(grid: Grid, records: list[dict]) -> list[str]:
             spec = get_spec(d)
             pixels = f"{spec.channels}x{spec.height}x{spec.width} (the dataset's own pixels, no padding)"
         except UserError:
-            pixels = "the input as given"
+            pixels = "input as given"
         mine = [r for r in records if r["dataset"] == d]
         images = sorted({f"{r['attack']}: {r['images']}" for r in mine})
         lines.append(f"- {d}: every pixel of the {pixels} image may change; attacked images: {'; '.join(images)}.")
