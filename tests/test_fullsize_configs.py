@@ -1,0 +1,89 @@
+"""Every shipped config works at its own (full) size: ResNet-50/CBAM/VGG-16 heads, 100 classes, 28x28 inputs.
+
+The other study tests shrink the models (train.width=4) to stay fast, so a crash that only happens at the
+published size (a ResNet-50 head on CIFAR-100, VGG on 28x28 Fashion-MNIST, channels_last on a 2048-channel
+tensor) would reach a user first, hours into a GPU run. Here a config runs as shipped except for the numbers that
+cost time: two training images, one epoch, two attacked images, two FGSM eps and one PGD step.
+
+What it costs, and why not every config runs itself: at full width the time goes into fixed per-call costs (a
+first forward/backward of each model, dozens of model forwards per dataset for the transfer matrix and the
+sanity checks), not into images, so each dataset costs tens of seconds on one CPU thread whatever the image
+counts. `paper` holds every dataset x model at full width, so it runs; a config that is job for job a part of it
+(the same training runs, attack and eval settings: today `fashion-mnist`, `cifar10`, `cifar100`) is vouched for
+by that run and does not repeat it. Every other config (the small `quick` ones) runs at its own width, which is
+its size; so does any config that stops being a part of `paper`.
+
+CIFAR comes from tiny archives in the official binary format (tests/test_data.py writes them and a spec with
+their MD5s); Fashion-MNIST is the real files beside the repository, and the tests needing it skip without them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from attnrobust.config import SHIPPED, load_config, train_config
+from attnrobust.results import read_records
+from attnrobust.study import plan, run_study
+from test_data import fake_cifar, use
+
+REAL_FASHION = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
+N = 2  # training, test-accuracy and attacked images
+# Numbers only: widths, depths, class counts and input sizes stay as shipped. Batch N >= 2 keeps BatchNorm
+# defined where VGG's features reach 1x1. warmup_epochs: the CIFAR recipes warm up for 5 epochs, more than 1.
+TINY = [f"train.n_train={N}", f"train.batch_size={N}", "train.epochs=1", "train.warmup_epochs=1",
+        f"train.n_test={N}", f"eval.n={N}", "attack.fgsm_eps=[0.0,0.1]", "attack.pgd_steps=[1]", "study.seeds=[0]"]
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """A data folder with tiny CIFAR-10/100 archives and a link to the real Fashion-MNIST files."""
+    monkeypatch.setenv("ATTNROBUST_MIRROR", "http://127.0.0.1:9/")  # a missing file fails, never downloads
+    root = tmp_path / "data"
+    for name in ("cifar10", "cifar100"):
+        # 5 training images: CIFAR-10 spreads its training split over five batch files, none may be empty
+        spec, _, _ = fake_cifar(root / name, name, n_train=5, n_test=N)
+        use(monkeypatch, spec)  # the fake archives' MD5s and sizes, for this test only
+    if (REAL_FASHION / "train-images-idx3-ubyte.gz").is_file():
+        (root / "fashion-mnist").symlink_to(REAL_FASHION, target_is_directory=True)  # read, never written
+    return root
+
+
+def _run_end_to_end(config: str, data_dir: Path, out: Path) -> None:
+    cfg = load_config(config, TINY)
+    if "fashion-mnist" in cfg.study.datasets and not (data_dir / "fashion-mnist").exists():
+        pytest.skip(f"config {config!r} needs the real Fashion-MNIST files, not found in {REAL_FASHION} (they sit "
+                    f"beside the repository in a developer's checkout and in CI)")
+    run = run_study(config, out=out, overrides=TINY, data_dir=data_dir, quiet=True)
+    records = read_records(run / "results.jsonl")
+    models, datasets = cfg.study.models, cfg.study.datasets
+    # every source attacked every target on every dataset, with each FGSM eps and PGD step count
+    assert {(r["dataset"], r["source"], r["target"]) for r in records} == {
+        (d, s, t) for d in datasets for s in models for t in models}
+    for attack, settings in (("fgsm", 2), ("pgd", 1)):  # TINY's two eps and one step count
+        if attack in cfg.attack.attacks:
+            assert sum(r["attack"] == attack for r in records) == len(datasets) * len(models) ** 2 * settings
+    assert (run / "report" / "README.md").is_file()
+
+
+def _why_not_part_of_paper(config: str) -> list[str]:
+    """Why `config` (with TINY) is not job for job a part of `paper` (with TINY); [] when it is."""
+    single, paper = load_config(config, TINY), load_config("paper", TINY)
+    why = [f"{section} settings differ" for section in ("attack", "eval")
+           if getattr(single, section) != getattr(paper, section)]
+    for job in plan(single):
+        if job not in plan(paper):
+            why.append(f"job {job} is not in paper")
+        elif train_config(single, job.dataset, job.model, job.seed) != train_config(paper, job.dataset, job.model,
+                                                                                    job.seed):
+            why.append(f"{job.dataset} {job.model} trains differently")
+    return why
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", SHIPPED)
+def test_shipped_config_runs_end_to_end_at_its_size(config, data_dir, tmp_path):
+    if config != "paper" and not _why_not_part_of_paper(config):
+        return  # the [paper] case of this test runs each of its jobs
+    _run_end_to_end(config, data_dir, tmp_path / "run")
