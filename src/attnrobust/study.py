@@ -216,7 +216,11 @@ def _pool(workers: int):
     # Idle OpenMP threads spin by default: two processes on two cores then take each other's time (measured here:
     # 51 s instead of 28 s for the same two jobs). Passive waiting, set before the workers start their runtime.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    from attnrobust.runlock import die_with_parent
+
+    # die_with_parent: a worker must not outlive a killed run and write into a folder the next run has locked
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
 
 
 def _execute(kind: str, jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir, quiet: bool,
@@ -264,8 +268,9 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
     run_dir = Path(out) if out is not None else Path("runs") / cfg.study.name
     rank, _, _ = dist_info()
     is_main = rank == 0
-    _claim_run_dir(run_dir, cfg, is_main)
     with hold_run_lock(run_dir, is_main=is_main):
+        # inside the lock: two runs started together on a new folder must not both write its config.toml
+        _claim_run_dir(run_dir, cfg, is_main)
         device = resolve_device(device)
         if is_main:
             write_env_json(run_dir / "env.json", sys.argv)

@@ -490,10 +490,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
     # (Sharding the epoch in the loader would give each rank other batches and its own augmentation stream.)
     loader = DeviceLoader(x_train, y_train, batch_size=cfg.batch_size, device=device, shuffle=True,
                           augment=spec.augment if cfg.augment else None, seed=cfg.seed, drop_last=True)
-    # Each rank scores its own shard of the test split; together they cover every image exactly once.
-    test_loader = DeviceLoader(x_test, y_test, batch_size=_EVAL_BATCH, device=device, rank=rank, world_size=world,
-                               equal_shards=False)
-
     # The check images: the first n of the whole test split (not of n_test, which may change on resume).
     n_check = min(cfg.check_images(), len(x_test)) if main else 0
     if n_check:
@@ -501,6 +497,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
         x_check, y_check = next(iter(check_loader))
     if cfg.n_test is not None:
         x_test, y_test = x_test[:cfg.n_test], y_test[:cfg.n_test]
+    # Each rank scores its own shard of the test split; together they cover every image exactly once.
+    test_loader = DeviceLoader(x_test, y_test, batch_size=_EVAL_BATCH, device=device, rank=rank, world_size=world,
+                               equal_shards=False)
 
     seed_everything(cfg.seed)
     model = models.build_model(cfg.model, spec.num_classes, in_channels=spec.channels, width=cfg.width,
