@@ -193,6 +193,9 @@ def _in_worker(kind: str, cfg_data: dict, job: Job, run_dir: str, device, data_d
     """Entry point of a worker process: one thread budget, one job, its result and its wall time."""
     from attnrobust.runtime import set_threads
 
+    # through the environment too: train() calls set_threads() itself, which reads it (without it a worker went
+    # back to every core, and two workers on two cores ran at 60% of their one-thread speed)
+    os.environ["ATTNROBUST_THREADS"] = str(threads)
     set_threads(threads)
     cfg = parse_config(cfg_data, "study config", data_dir)
     started = time.perf_counter()
