@@ -28,3 +28,12 @@ def shared_data() -> Path:
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N runs N test processes side by side: one thread each (and in what they start), or their
+    # OpenMP threads oversubscribe the cores and every process runs many times slower.
+    os.environ.setdefault("ATTNROBUST_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    torch.set_num_threads(1)

@@ -114,19 +114,6 @@ def test_snapshots_of_one_run_equal_separate_shorter_runs():
             assert torch.equal(long[20], run(20)[20])
 
 
-def test_keep_best_pruning_breaks_the_same_samples_as_no_pruning():
-    model, (x, y) = small_cnn(), batch(48)
-    y = predict(model, x)
-    pruned = pgd(model, x, y, 0.05, 0.005, [2, 5, 10], keep_best=True)
-    full = pgd(model, x, y, 0.05, 0.005, [2, 5, 10], keep_best=True, prune=False)
-    for k in (2, 5, 10):
-        broken_pruned = predict(model, pruned[k]) != y
-        assert torch.equal(broken_pruned, predict(model, full[k]) != y)
-        assert 0 < broken_pruned.sum() < len(y)
-        # per-sample gradients do not depend on the batch (summed loss), so the images agree too
-        torch.testing.assert_close(pruned[k], full[k], rtol=0, atol=1e-6)
-
-
 def test_keep_best_matches_a_naive_reference():
     # AutoAttack's convention written out plainly, full batch, no pruning: a sample's result is its first iterate
     # (the start included) that fools the model, else the k-th iterate.
@@ -304,5 +291,7 @@ def test_pgd_on_a_registry_model():
     out = pgd(model, x, y, 0.05, 0.01, [2, 4], keep_best=True)
     for adv in out.values():
         assert_in_ball(adv, x, 0.05)
-    torch.testing.assert_close(out[4], pgd(model, x, y, 0.05, 0.01, [4], keep_best=True, prune=False)[4],
-                               rtol=0, atol=1e-6)
+    # pruning: per-sample gradients do not depend on the batch (summed loss), so each image's result is the same
+    # whether its batch-mates broke early or not
+    alone = torch.cat([pgd(model, x[i:i + 1], y[i:i + 1], 0.05, 0.01, [4], keep_best=True)[4] for i in range(4)])
+    torch.testing.assert_close(out[4], alone, rtol=0, atol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,8 @@ from attnrobust.study import list_runs, run_study
 
 MODELS = ["resnet14", "cbam_resnet14", "vgg16_bn"]
 # Seconds, not minutes: tiny widths, a few hundred training images, 1 epoch, 48 attacked images.
-TINY = ["train.width=4", "train.epochs=1", "train.n_train=256", "train.batch_size=64", "eval.n=48",
+TINY = ["study.seeds=[0]", "eval.workers=1", "attack.minimal_steps=2",
+        "train.width=4", "train.epochs=1", "train.n_train=256", "train.batch_size=64", "eval.n=48",
         "eval.batch_size=24", "attack.pgd_steps=[1,2,4]", "attack.fgsm_eps=[0.0,0.1,0.3]"]
 
 
@@ -50,14 +52,19 @@ def test_tiny_study_writes_every_report_file(tiny_run):
             assert (report / f"{table}{suffix}").is_file(), table + suffix
     assert list(report.glob("figures/*.png"))
     records = read_records(tiny_run / "results.jsonl")
-    # 3 sources x 3 targets x (3 FGSM eps + 3 PGD step counts)
-    assert len(records) == 3 * 3 * (3 + 3)
+    # 3 sources x 3 targets x (3 FGSM eps + 3 PGD step counts), and each model's minimal eps (white-box)
+    assert len(records) == 3 * 3 * (3 + 3) + 3
+    assert {r["source"] for r in records if r["attack"] == "minimal"} == set(MODELS)
     assert {(r["source"], r["target"]) for r in records} == {(s, t) for s in MODELS for t in MODELS}
     with open(report / "table2.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert len(rows) == 1 + 3  # header + one row per model (one dataset)
     readme = (report / "README.md").read_text()
-    assert "erdict" in readme
+    verdicts = readme[readme.index("## Verdicts"):readme.index("## Threat model")]
+    # one seed: every verdict about cbam_resnet14 vs its twin is marked indicative, minimal eps included
+    assert "| cbam_resnet14 vs resnet14 | white-box | MINIMAL |" in verdicts
+    assert "indicative, 1 seed" in verdicts or "withheld" in verdicts
+    assert "every pixel of the 1x28x28" in readme  # the threat model: the dataset's own pixels
 
 
 def test_rerun_of_finished_study_does_nothing_new(tiny_run):
@@ -90,7 +97,7 @@ def test_interrupted_study_resumes_to_the_same_results(tiny_run, tmp_path, monke
     monkeypatch.setattr(evaluate, "transfer", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_study("quick", out=out, overrides=TINY, quiet=True)
-    assert len(read_records(out / "results.jsonl")) == 3 * (3 + 3)  # the first job only, whole
+    assert len(read_records(out / "results.jsonl")) == 3 * (3 + 3) + 1  # the first job only, whole (+ minimal)
     monkeypatch.setattr(evaluate, "transfer", real_transfer)
     run_study("quick", out=out, overrides=TINY, quiet=True)
     assert _stable(read_records(out / "results.jsonl")) == _stable(read_records(tiny_run / "results.jsonl"))
@@ -107,9 +114,37 @@ def test_study_killed_with_sigkill_resumes_to_the_same_results(tiny_run, tmp_pat
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # the kill landed mid-study (else this test would prove nothing): some attack jobs are still missing
+    assert proc.returncode == -signal.SIGKILL
+    assert len(read_records(out / "results.jsonl")) < len(read_records(tiny_run / "results.jsonl"))
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert _stable(read_records(out / "results.jsonl")) == _stable(read_records(tiny_run / "results.jsonl"))
+
+
+def test_workers_run_jobs_side_by_side_with_one_thread_each(tmp_path):
+    out = tmp_path / "parallel"
+    run_study("quick", out=out, overrides=[*TINY, "eval.workers=2", 'attack.attacks=["fgsm"]',
+                                           "study.models=['resnet14','vgg16_bn']", "train.model_args={}"],
+              quiet=True)
+    jobs = [json.loads(line) for line in (out / "logs" / "jobs.jsonl").read_text().splitlines()]
+    assert sorted((j["job"], j["model"]) for j in jobs) == [("attack", "resnet14"), ("attack", "vgg16_bn"),
+                                                            ("train", "resnet14"), ("train", "vgg16_bn")]
+    assert {(j["threads"], j["workers"]) for j in jobs} == {(1, 2)}
+    records = read_records(out / "results.jsonl")
+    assert len(records) == 2 * 2 * 3 and not (out / ".lock").exists()
+
+
+def test_second_study_into_a_running_folder_is_refused(tiny_run):
+    from attnrobust.runlock import hold_run_lock
+
+    before = (tiny_run / "results.jsonl").read_bytes()
+    with hold_run_lock(tiny_run, is_main=True):  # as if another `attnrobust run` were working in it
+        code = subprocess.run([sys.executable, "-m", "attnrobust", "run", "quick", "--out", str(tiny_run),
+                               *[a for o in TINY for a in ("--set", o)]], capture_output=True, text=True)
+    assert code.returncode == 2
+    assert len(code.stderr.strip().splitlines()) == 1 and f"pid {os.getpid()}" in code.stderr
+    assert (tiny_run / "results.jsonl").read_bytes() == before
 
 
 def test_ls_shows_jobs_and_report(tiny_run, capsys):

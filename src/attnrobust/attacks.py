@@ -151,16 +151,16 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps_list: Sequence[float]) -> l
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps_list: int | Sequence[int],
-        random_start: bool = False, keep_best: bool = False, generator: torch.Generator | None = None, *,
-        prune: bool = True) -> dict[int, Tensor]:
+        random_start: bool = False, keep_best: bool = False,
+        generator: torch.Generator | None = None) -> dict[int, Tensor]:
     """L-inf PGD (Madry et al.): x <- P(x + alpha * sign(grad)), P = projection onto the eps-ball and [0, 1].
 
     One run of max(steps_list) steps; returns {steps: adversarial batch} for every requested count.
     random_start: start uniformly in the eps-ball, drawn from `generator` (a CPU torch.Generator; None = global RNG).
     keep_best: AutoAttack's convention: a sample counts as broken once any iterate (the start included) fools the
-      model, and its result is that iterate from then on; the others get the current iterate. With `prune` (the
-      default) broken samples leave the batch, so a trained model, where most samples break within a few steps,
-      costs far fewer than max(steps_list) full steps. prune=False gives the same result at full cost (for tests).
+      model, and its result is that iterate from then on; the others get the current iterate. Broken samples leave
+      the batch, so a trained model, where most samples break within a few steps, costs far fewer than
+      max(steps_list) full steps (tests compare it with a plain full-batch reference loop).
     """
     eps = _check_eps(eps)
     if isinstance(alpha, bool) or not isinstance(alpha, Real) or not 0 < alpha < math.inf:
@@ -185,7 +185,6 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps_
         best = x_adv.clone()
         rows = torch.arange(x.shape[0], device=x.device)
         x_nat, y_act = x, y
-        broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)  # only used when not pruning
         for k in range(total + 1):
             if rows.numel() == 0:  # everything broken: the remaining snapshots are `best`
                 out.update({s: best.clone() for s in wanted if s >= k})
@@ -196,21 +195,15 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps_
                 with torch.inference_mode():
                     logits = model(x_adv)
             fooled = logits.argmax(1) != y_act
-            if not prune:
-                fooled &= ~broken
             if fooled.any():
                 best[rows[fooled]] = x_adv[fooled]
-                if prune:
-                    keep = ~fooled
-                    rows, x_adv, x_nat, y_act = rows[keep], x_adv[keep], x_nat[keep], y_act[keep]
-                    if k < total:
-                        grad = grad[keep]
-                else:
-                    broken |= fooled
+                keep = ~fooled
+                rows, x_adv, x_nat, y_act = rows[keep], x_adv[keep], x_nat[keep], y_act[keep]
+                if k < total:
+                    grad = grad[keep]
             if k in wanted:
                 snap = best.clone()
-                live = ~broken if not prune else slice(None)
-                snap[rows[live]] = x_adv[live]
+                snap[rows] = x_adv
                 out[k] = snap
             if k < total:
                 _project_(x_adv.add_(grad.sign_(), alpha=alpha), x_nat, eps)

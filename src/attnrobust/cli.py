@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from attnrobust.config import SHIPPED
 from attnrobust.errors import UserError
 
 
@@ -37,7 +38,12 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True, device: bool = Tr
 
 
 def _add_attack_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--attacks", default="fgsm,pgd", help="comma-separated: fgsm, pgd, apgd (default: fgsm,pgd)")
+    p.add_argument("--attacks", default="fgsm,pgd",
+                   help="comma-separated: fgsm, pgd, apgd, minimal (per-image minimal eps), autoattack (APGD-CE, "
+                        "APGD-T and Square at --autoattack-eps) (default: fgsm,pgd)")
+    p.add_argument("--autoattack-eps", type=float, default=None, help="AutoAttack budget (default: 8/255)")
+    p.add_argument("--minimal-max-eps", type=float, default=None,
+                   help="largest eps the minimal-eps bisection tries (default: 0.1)")
     p.add_argument("--fgsm-eps", type=_floats, default=None,
                    help="FGSM budgets in [0,1] pixel units (default: 0,0.05,...,0.3)")
     p.add_argument("--pgd-eps", type=float, default=None, help="PGD/APGD L-inf budget (default: 0.2)")
@@ -72,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "attack (white-box and transfer), then build the report. Resumable: "
                                      "rerun the same command after an interruption.")
     p.add_argument("config", nargs="?", default="quick",
-                   help="a TOML file or a shipped config: quick (default), fashion-mnist, cifar10, cifar100, paper")
+                   help=f"a TOML file or a shipped config: {', '.join(SHIPPED)} (default: quick)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable; value in TOML syntax)")
@@ -92,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--adversarial", choices=["none", "pgd", "fgsm-rs"], default=None,
+                   help="adversarial training: PGD-AT (Madry et al.) or FGSM with random start (Wong et al.)")
+    p.add_argument("--adv-eps", type=float, default=None, help="adversarial training budget (L-inf, pixels)")
+    p.add_argument("--adv-steps", type=int, default=None, help="PGD-AT steps (default: 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints/ and logs/")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
@@ -158,7 +168,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig.for_dataset(args.dataset, model=args.model, seed=args.seed, **{
         k: v for k, v in dict(width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                              weight_decay=args.weight_decay, label_smoothing=args.label_smoothing).items()
+                              weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                              adversarial=args.adversarial, adv_eps=args.adv_eps, adv_steps=args.adv_steps).items()
         if v is not None})
     cfg.compile = args.compile
     path = train(cfg, args.out, device=args.device, data_dir=args.data_dir, quiet=args.quiet)
@@ -171,7 +182,8 @@ def _attack_config(args: argparse.Namespace):
 
     names = [a.strip() for a in args.attacks.split(",") if a.strip()]
     given = dict(fgsm_eps=args.fgsm_eps, pgd_eps=args.pgd_eps, pgd_alpha=args.pgd_alpha,
-                 pgd_steps=args.pgd_steps)
+                 pgd_steps=args.pgd_steps, autoattack_eps=args.autoattack_eps,
+                 minimal_max_eps=args.minimal_max_eps)
     cfg = AttackConfig(attacks=names, random_start=args.random_start, keep_best=args.keep_best,
                        **{k: v for k, v in given.items() if v is not None})
     cfg.validate()

@@ -310,8 +310,6 @@ def transfer(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loade
                         f"images: accuracy {100 * correct / m:.1f}% (expected about 0; more suggests masked "
                         f"gradients)")
                 setting = {k: v for k, v in st.items() if k != "scope"}
-                if s != t and st["attack"] == "apgd":
-                    setting["iterate"] = "best-on-source"
                 records.append(make_record(dataset=dataset, seed=seed, source=s, target=t, **setting,
                                            counts=counts, robust_bits=pack_bits(r), clean_bits=pack_bits(ct),
                                            images=images, flags=flags))
@@ -531,5 +529,10 @@ def evaluate_checkpoints(sources: list[Path], targets: list[Path] | None, cfg: A
     # equal_shards=False: every test image is scored by exactly one rank (counts are all-reduced once, at the end)
     loader = DeviceLoader(images, labels, batch_size=batch_size, device=device, rank=rank, world_size=world_size,
                           equal_shards=False)
-    return transfer(source_models, target_models, loader, cfg, dataset=dataset, seed=record_seed, device=device,
-                    quiet=quiet, attack_seed=seed, images=f"test[:{len(labels)}]")
+    name = f"test[:{len(labels)}]"
+    records = transfer(source_models, target_models, loader, cfg, dataset=dataset, seed=record_seed, device=device,
+                       quiet=quiet, attack_seed=seed, images=name)
+    for source, model in source_models.items():  # minimal eps / AutoAttack, when asked: white-box only
+        records += white_box_measures(model, loader, cfg, dataset=dataset, name=source, seed=record_seed,
+                                      device=device, quiet=quiet, images=name, attack_seed=seed)
+    return sanity_flags(records)
