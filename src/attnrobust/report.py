@@ -207,9 +207,12 @@ def _minimal_section(grid: Grid, out: Path) -> tuple[list[str], list[tuple[str, 
         for m in models:
             runs = _minimal_records(grid, d, m)
             values = {seed: unpack_floats(r["min_eps"], r["n"]) for seed, r in sorted(runs.items())}
-            medians = [255 * _median_ci(v)[0] for v in values.values()]
+            per_seed = [[255 * x for x in _median_ci(v)] for v in values.values()]
             if len(values) >= 2:
-                mean, half = mean_ci(medians)
+                mean, half = mean_ci([m for m, _, _ in per_seed])
+                # medians on a 1/255 grid often agree exactly across seeds: never narrower than the images' own
+                # (order-statistic) interval, which every seed shares
+                half = max(half, sum((hi - lo) / 2 for _, lo, hi in per_seed) / len(per_seed))
                 text = f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}] (over seeds)"
             else:
                 med, lo, hi = (255 * x for x in _median_ci(next(iter(values.values()))))
