@@ -310,3 +310,17 @@ def test_malformed_image_folders(tmp_path):
     for p in (tmp_path / "nosplit" / "test").rglob("*.png"):
         p.unlink()
     expect("nosplit", "empty class folder")
+
+
+def test_ls_never_imports_the_user_code_a_run_names(tmp_path):
+    # listing a folder of runs someone else made must not run their code
+    from attnrobust.study import list_runs
+
+    run = tmp_path / "runs" / "theirs"
+    run.mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ndef net(**kw): pass\n")
+    (run / "config.toml").write_text(f'[study]\ndatasets = ["fashion-mnist-mini"]\n'
+                                     f'models = ["{tmp_path / "evil.py"}:net"]\nseeds = [0]\n')
+    text = list_runs(tmp_path / "runs")
+    assert "theirs:" in text and "0/2 jobs done" in text and not marker.exists()

@@ -326,8 +326,15 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
 
 
 def list_runs(runs_dir: str | Path = "runs") -> str:
-    """One line per run folder under runs_dir: its config, how many jobs are done, and where its report is."""
+    """One line per run folder under runs_dir: its config, how many jobs are done, and where its report is.
+
+    Reads config.toml as plain data and never validates it: validating imports the user models it names, and
+    listing a folder of runs someone else made must not run their code. A training job counts as done when its
+    checkpoint is there without a resume state beside it (a run still in progress keeps one).
+    """
     import tomllib
+
+    from attnrobust.models import file_stem
 
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -335,22 +342,19 @@ def list_runs(runs_dir: str | Path = "runs") -> str:
     rows = []
     for run_dir in sorted(p for p in runs_dir.iterdir() if (p / "config.toml").is_file()):
         try:
-            cfg = parse_config(tomllib.loads((run_dir / "config.toml").read_text()), str(run_dir / "config.toml"))
-        except (UserError, tomllib.TOMLDecodeError) as err:
-            rows.append(f"{run_dir.name}: unreadable config ({err})")
+            study = tomllib.loads((run_dir / "config.toml").read_text()).get("study", {})
+            datasets, models, seeds = (list(study.get(k, [])) for k in ("datasets", "models", "seeds"))
+            attacked = attack_jobs_done(_read_results(run_dir / "results.jsonl"))
+        except (UserError, OSError, tomllib.TOMLDecodeError) as err:
+            rows.append(f"{run_dir.name}: unreadable ({err})")
             continue
-        jobs = plan(cfg)
-        attacked = attack_jobs_done(_read_results(run_dir / "results.jsonl"))
-        done = sum(1 for j in jobs if (j.kind == "attack" and (j.dataset, j.model, j.seed) in attacked)
-                   or (j.kind == "train" and _trained(run_dir, cfg, j)))
+        cells = [(d, m, s) for d in datasets for m in models for s in seeds]
+        stems = [run_dir / "checkpoints" / f"{d}-{file_stem(str(m))}-s{s}" for d, m, s in cells]
+        trained = sum(Path(f"{p}.safetensors").is_file() and not Path(f"{p}.state.safetensors").exists()
+                      for p in stems)
+        done = trained + sum((d, m, s) in attacked for d, m, s in cells)
         report = run_dir / "report" / "README.md"
-        rows.append(f"{run_dir.name}: {','.join(cfg.study.datasets)} x {','.join(cfg.study.models)} x seeds "
-                    f"{','.join(map(str, cfg.study.seeds))}; {done}/{len(jobs)} jobs done; report: "
+        rows.append(f"{run_dir.name}: {','.join(datasets)} x {','.join(map(str, models))} x seeds "
+                    f"{','.join(map(str, seeds))}; {done}/{2 * len(cells)} jobs done; report: "
                     f"{report if report.exists() else '(none yet)'}")
     return "\n".join(rows) if rows else f"no runs in {runs_dir}"
-
-
-def _trained(run_dir: Path, cfg: StudyConfig, job: Job) -> bool:
-    from attnrobust.train import is_finished
-
-    return is_finished(train_config(cfg, job.dataset, job.model, job.seed), run_dir)
