@@ -180,33 +180,10 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps_
                     out[k] = x_adv.clone()
             return out
 
-        # keep_best: rows of `best` hold each broken sample's breaking iterate; `rows` maps the samples still
-        # attacked (the batch x_adv, x_nat, y_act) to their rows in the full batch.
-        best = x_adv.clone()
-        rows = torch.arange(x.shape[0], device=x.device)
-        x_nat, y_act = x, y
-        for k in range(total + 1):
-            if rows.numel() == 0:  # everything broken: the remaining snapshots are `best`
-                out.update({s: best.clone() for s in wanted if s >= k})
-                break
-            if k < total:
-                logits, _, grad = _loss_grad(model, x_adv, y_act)
-            else:  # the last iterate is only scored
-                with torch.inference_mode():
-                    logits = model(x_adv)
-            fooled = logits.argmax(1) != y_act
-            if fooled.any():
-                best[rows[fooled]] = x_adv[fooled]
-                keep = ~fooled
-                rows, x_adv, x_nat, y_act = rows[keep], x_adv[keep], x_nat[keep], y_act[keep]
-                if k < total:
-                    grad = grad[keep]
-            if k in wanted:
-                snap = best.clone()
-                snap[rows] = x_adv
-                out[k] = snap
-            if k < total:
-                _project_(x_adv.add_(grad.sign_(), alpha=alpha), x_nat, eps)
+        # keep_best: the loop minimal_eps runs too, here with one radius and step for the whole batch
+        b = x.shape[0]
+        _, _, out = _pgd_best(model, x_adv, x, y, torch.full((b,), eps, device=x.device),
+                              torch.full((b,), alpha, device=x.device), total, wanted)
     return out
 
 
@@ -395,20 +372,29 @@ def _margin_targeted_grad(model: nn.Module, x: Tensor, y: Tensor, t: Tensor) -> 
     return logits.detach(), losses.detach(), grad
 
 
-def _pgd_breaks(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, alpha: Tensor, steps: int,
-                t: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """PGD with keep_best and pruning, as `pgd`, but with a ball radius `eps` and step `alpha` per sample ([B]
-    float32), on the cross-entropy or, given targets t, on the targeted margin z_t - z_y. Returns (broken mask,
-    adversarial batch): a broken sample's first fooling iterate, else x. On the cross-entropy it visits, per
-    sample, the iterates of pgd(x_i, y_i, eps_i, alpha_i, steps, keep_best=True) bit for bit: the summed loss keeps
-    each gradient independent of the batch, and eps and alpha are the same float32 numbers.
-    Its own loop rather than pgd's: pgd takes one eps for the batch and records snapshots, which this needs not."""
-    result = x.clone()
+def _pgd_best(model: nn.Module, x_start: Tensor, x: Tensor, y: Tensor, eps: Tensor, alpha: Tensor, steps: int,
+              wanted: Iterable[int] = (), t: Tensor | None = None) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
+    """PGD keeping the best iterate, broken samples leaving the batch: the one loop of `pgd(keep_best=True)` and of
+    minimal_eps. Starts at x_start, in the ball around x of radius `eps` with step `alpha`, both per sample ([B]
+    float32), on the cross-entropy or, given targets t, on the targeted margin z_t - z_y. Call under
+    attack_hygiene.
+
+    Returns (broken mask, adversarial batch, snapshots): a broken sample's first fooling iterate (the start
+    included), else x_start; and for every step count in `wanted` the batch after that many steps (broken samples
+    at their fooling iterate, the others at the current one). The summed loss keeps each sample's gradient
+    independent of its batch, so pruning changes no sample's iterates.
+    """
+    wanted = set(wanted)
+    best = x_start.clone()
     broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     rows = torch.arange(x.shape[0], device=x.device)
-    x_adv, x_nat, y_act, t_act = x.clone(), x, y, t
+    x_adv, x_nat, y_act, t_act = x_start.clone(), x, y, t
     eps_act, alpha_act = eps.view(-1, 1, 1, 1), alpha.view(-1, 1, 1, 1)
+    snapshots: dict[int, Tensor] = {}
     for k in range(steps + 1):
+        if rows.numel() == 0:  # everything broken: the remaining snapshots are `best`
+            snapshots.update({s: best.clone() for s in wanted if s >= k})
+            break
         if k < steps:
             logits, _, grad = (_loss_grad(model, x_adv, y_act) if t_act is None
                                else _margin_targeted_grad(model, x_adv, y_act, t_act))
@@ -417,19 +403,21 @@ def _pgd_breaks(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, alpha: Tens
                 logits = model(x_adv)
         fooled = logits.argmax(1) != y_act
         if fooled.any():
-            result[rows[fooled]] = x_adv[fooled]
+            best[rows[fooled]] = x_adv[fooled]
             broken[rows[fooled]] = True
             keep = ~fooled
             rows, x_adv, x_nat, y_act = rows[keep], x_adv[keep], x_nat[keep], y_act[keep]
             eps_act, alpha_act = eps_act[keep], alpha_act[keep]
             t_act = None if t_act is None else t_act[keep]
-            if rows.numel() == 0:
-                break
             if k < steps:
                 grad = grad[keep]
+        if k in wanted:
+            snap = best.clone()
+            snap[rows] = x_adv
+            snapshots[k] = snap
         if k < steps:
             _project_(x_adv.add_(grad.sign_().mul_(alpha_act)), x_nat, eps_act)
-    return broken, result
+    return broken, best, snapshots
 
 
 def minimal_eps(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 16 / 255, tol: float = 1 / 255,
@@ -509,13 +497,14 @@ def minimal_eps(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 16 /
                 break
             mid = torch.full_like(active, n_grid) if first else (lo[active] + hi[active]) // 2
             e, a = grid[mid], alphas[mid]
-            broken, found = _pgd_breaks(model, x[active], y[active], e, a, steps)
+            broken, found, _ = _pgd_best(model, x[active], x[active], y[active], e, a, steps)
             for rank in range(1, n_targets + 1):  # targeted runs on the images cross-entropy PGD failed on
                 left = (~broken).nonzero().squeeze(1)
                 if left.numel() == 0:
                     break
                 rows = active[left]
-                b, f = _pgd_breaks(model, x[rows], y[rows], e[left], a[left], steps, ranked[rows, rank])
+                b, f, _ = _pgd_best(model, x[rows], x[rows], y[rows], e[left], a[left], steps,
+                                    t=ranked[rows, rank])
                 broken[left[b]], found[left[b]] = True, f[b]
             # success: hi is the grid index just above the norm found (never above mid: float rounding of the
             # re-measured norm must not undo the progress); failure: lo = mid
