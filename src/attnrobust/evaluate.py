@@ -215,19 +215,28 @@ def _craft(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, settings: 
         yield from ((i, adv) for i in by_attack["apgd"])
 
 
-def _full_vector(local: list[Tensor], loader, device) -> Tensor:
-    """This rank's per-image values (batches in loader order; bool or float) placed at their images' positions
-    in the whole attacked split, summed over torchrun ranks: every rank ends with the same full vector."""
-    values = torch.cat(local)
+def _full_vectors(local: list[list[Tensor]], loader) -> list[Tensor]:
+    """Per-image values of several quantities (each a list of batches in loader order; all bool or all float),
+    each placed at its images' positions in the whole attacked split and summed over torchrun ranks in one
+    collective: every rank ends with the same full vectors."""
+    values = torch.stack([torch.cat(batches) for batches in local])  # [quantities, this rank's images]
     if not _distributed():
-        return values
+        return list(values)
     is_bool = values.dtype == torch.bool
     values = values.to(torch.uint8 if is_bool else torch.float32)
     positions = loader.indices(0).to(values.device)  # a DeviceLoader: each rank's contiguous shard, in order
-    full = torch.zeros(len(loader.labels), dtype=values.dtype, device=values.device)
-    full[positions] = values
+    full = torch.zeros(len(local), len(loader.labels), dtype=values.dtype, device=values.device)
+    full[:, positions] = values
     full = _all_reduce(full)
-    return full.bool() if is_bool else full
+    return list(full.bool() if is_bool else full)
+
+
+def _counts(robust: Tensor, target_clean: Tensor, source_clean: Tensor) -> dict[str, int]:
+    """The COUNT_KEYS counts of a record from its per-image outcomes."""
+    both = target_clean & source_clean
+    return dict(zip(COUNT_KEYS, torch.stack([
+        torch.tensor(len(robust), device=robust.device), target_clean.sum(), source_clean.sum(), both.sum(),
+        robust.sum(), (robust & both).sum(), (robust & target_clean).sum()]).tolist()))
 
 
 # ---- the evaluation loop ----------------------------------------------------------------------------------------
@@ -286,33 +295,26 @@ def transfer(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loade
 
     # every rank has the same keys in the same order (each rank saw at least one batch; evaluate_checkpoints
     # refuses fewer images than ranks up front), so the collectives below pair up
-    clean_full = {t: _full_vector(v, loader, device) for t, v in clean.items()}
+    keys = [(s, t, i) for s in sources for i in range(len(settings)) for t in models if (s, t, i) in robust]
+    full = _full_vectors([clean[t] for t in models] + [robust[k] for k in keys], loader)
+    clean_full, robust_full = dict(zip(models, full)), dict(zip(keys, full[len(models):]))
     checked = [s for s in sources if cfg.sanity_checks]
     unbounded_totals = dict(zip(checked, _all_reduce(torch.stack([unbounded[s] for s in checked])).tolist())) \
         if checked else {}
     records = []
-    for s in sources:
-        for i, st in enumerate(settings):
-            for t in models:
-                if (s, t, i) not in robust:
-                    continue
-                r, ct, cs = _full_vector(robust[(s, t, i)], loader, device), clean_full[t], clean_full[s]
-                both = ct & cs
-                counts = dict(zip(COUNT_KEYS, torch.stack([
-                    torch.tensor(len(r), device=r.device), ct.sum(), cs.sum(), both.sum(), r.sum(),
-                    (r & both).sum(), (r & ct).sum()]).tolist()))
-                flags = {}
-                if s == t and s in unbounded_totals:
-                    correct, m = unbounded_totals[s]
-                    flags["unbounded_eps"] = _flag(
-                        correct <= UNBOUNDED_MAX_ACCURACY * m,
-                        f"PGD at eps=1 ({UNBOUNDED_STEPS} steps of {UNBOUNDED_ALPHA}, best iterate) on {m} "
-                        f"images: accuracy {100 * correct / m:.1f}% (expected about 0; more suggests masked "
-                        f"gradients)")
-                setting = {k: v for k, v in st.items() if k != "scope"}
-                records.append(make_record(dataset=dataset, seed=seed, source=s, target=t, **setting,
-                                           counts=counts, robust_bits=pack_bits(r), clean_bits=pack_bits(ct),
-                                           images=images, flags=flags))
+    for s, t, i in keys:
+        r, ct = robust_full[(s, t, i)], clean_full[t]
+        flags = {}
+        if s == t and s in unbounded_totals:
+            correct, m = unbounded_totals[s]
+            flags["unbounded_eps"] = _flag(
+                correct <= UNBOUNDED_MAX_ACCURACY * m,
+                f"PGD at eps=1 ({UNBOUNDED_STEPS} steps of {UNBOUNDED_ALPHA}, best iterate) on {m} images: "
+                f"accuracy {100 * correct / m:.1f}% (expected about 0; more suggests masked gradients)")
+        setting = {k: v for k, v in settings[i].items() if k != "scope"}
+        records.append(make_record(dataset=dataset, seed=seed, source=s, target=t, **setting,
+                                   counts=_counts(r, ct, clean_full[s]), robust_bits=pack_bits(r),
+                                   clean_bits=pack_bits(ct), images=images, flags=flags))
     return sanity_flags(records)
 
 
@@ -368,14 +370,14 @@ def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: 
                 broken_by.setdefault(attack, []).append(fooled)
     if not clean:
         raise UserError("white_box_measures: the loader yielded no batches; give at least one test image")
-    c = _full_vector(clean, loader, device)
+    (c,) = _full_vectors([clean], loader)
     records = []
     for st in wanted:
         setting = {k: v for k, v in st.items() if k != "scope"}
         extra: dict[str, Any] = {}
         flags: dict[str, Any] = {}
         if st["attack"] == "minimal":
-            values = _full_vector(min_eps, loader, device)
+            (values,) = _full_vectors([min_eps], loader)
             r = torch.isinf(values)
             extra = {"min_eps_tol": float(cfg.minimal_tol),
                      "median_min_eps": float(values.median().item()),  # inf when most images are not broken
@@ -383,18 +385,15 @@ def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: 
                      "fine_correct": [int(v) for v in robust_accuracy_curve(values, FINE_GRID, counts=True)],
                      "min_eps": pack_floats(values)}
         else:
-            r = _full_vector(aa_robust, loader, device)
-            m = _full_vector(masked, loader, device)
-            extra = {"broken_by": {a: int(_full_vector(v, loader, device).sum()) for a, v in broken_by.items()}}
+            r, m, *fooled = _full_vectors([aa_robust, masked, *broken_by.values()], loader)
+            extra = {"broken_by": {a: int(v.sum()) for a, v in zip(broken_by, fooled)}}
             flags["gradient_masking"] = _flag(
                 not bool(m.any()),
                 f"Square (no gradients) broke {int(m.sum())} image(s) that APGD-CE and APGD-T could not at "
                 f"eps={cfg.autoattack_eps:g} (a black-box attack beating the white-box ones suggests masked "
                 f"gradients)")
-        counts = dict(zip(COUNT_KEYS, [len(r), int(c.sum()), int(c.sum()), int(c.sum()), int(r.sum()),
-                                       int((r & c).sum()), int((r & c).sum())]))
         records.append(make_record(dataset=dataset, seed=seed, source=name, target=name, **setting,
-                                   counts=counts, robust_bits=pack_bits(r), clean_bits=pack_bits(c),
+                                   counts=_counts(r, c, c), robust_bits=pack_bits(r), clean_bits=pack_bits(c),
                                    images=images, flags=flags, **extra))
     return records
 
