@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 
 from attnrobust.errors import UserError
-from attnrobust.paper import load_paper, paper_value
-from attnrobust.report import build_report, verdict_table, verdicts
-from attnrobust.results import make_record, pack_bits
-from attnrobust.stats import mean_ci, proportion_diff_se, t_quantile, t_two_sided_cdf
-from attnrobust.tables import Setting
-from attnrobust.verdicts import summaries
+from attnrobust.report import build_report
+from attnrobust.report.paper import load_paper, paper_value
+from attnrobust.report.stats import mean_ci, proportion_diff_se, t_quantile, t_two_sided_cdf
+from attnrobust.report.verdicts import summaries, verdict_table, verdicts
+from attnrobust.results import Setting, make_record, pack_bits
 
 EPS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 STEPS = [5, 10, 20]

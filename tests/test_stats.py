@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnrobust.stats import holm, paired_interval, seeds_interval
+from attnrobust.report.stats import holm, paired_interval, seeds_interval
 
 REPS, N = 400, 1000
 

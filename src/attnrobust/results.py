@@ -17,6 +17,10 @@ results.jsonl stays one readable JSON line per record (1,250 bytes per 10,000 im
 attacked test images ("test[:1000]", or a seeded subset), and `iterate` says which PGD iterate was scored:
 "final" (the paper's convention), "best" (white-box: the first iterate that fools the attacked model, AutoAttack's
 convention) or "best-on-source" (APGD crafted on another model keeps the iterate that fooled its source).
+
+`Setting` is what a record measured, as one key (`setting_of`): the attack and its budget, iterations, step size,
+start and iterate rule, eps rounded by `eps_key`; `CLEAN` is the clean image. `load_records` reads a run's store
+for the report (an error when it is missing or empty).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -35,7 +40,7 @@ from attnrobust.errors import UserError
 
 __all__ = ["DENOMINATORS", "REQUIRED_KEYS", "make_record", "append_records", "write_records", "read_records",
            "record_key", "format_records", "pack_bits", "unpack_bits", "pack_floats", "unpack_floats",
-           "ITERATES"]
+           "ITERATES", "Setting", "setting_of", "CLEAN", "load_records"]
 
 ITERATES = ("final", "best", "best-on-source")
 
@@ -128,6 +133,55 @@ def eps_key(eps: float) -> float:
     return round(float(eps), 9)
 
 
+# Column order: clean first, then the paper's two attacks, then anything else.
+_ATTACK_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "apgd": 3, "autoattack": 4, "minimal": 5}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One attack setting, i.e. one column: FGSM at an eps, or PGD/APGD after some iterations."""
+
+    attack: str  # "clean" | "fgsm" | "pgd" | "apgd" | ...
+    eps: float = 0.0
+    steps: int = 0
+    alpha: float | None = None
+    random_start: bool = False
+    keep_best: bool = False
+
+    @property
+    def is_error(self) -> bool:
+        """Iterative attacks are reported as error (1 - robust accuracy), as in the paper's PGD columns."""
+        return self.attack not in ("clean", "fgsm")
+
+    def sort_key(self) -> tuple:
+        return (_ATTACK_ORDER.get(self.attack, 9), self.attack, self.eps, self.steps, self.alpha or 0.0,
+                self.random_start, self.keep_best)
+
+    def accuracy(self, record: dict) -> float:
+        """The accuracy (fraction over n) this setting measures in `record`."""
+        return record["clean_accuracy"] if self.attack == "clean" else record["robust_accuracy"]
+
+    def correct(self, record: dict) -> int:
+        return record["target_clean_correct"] if self.attack == "clean" else record["robust_correct"]
+
+    def value(self, record: dict) -> float:
+        """What the tables show: accuracy, or error for iterative attacks (fraction)."""
+        acc = self.accuracy(record)
+        return 1.0 - acc if self.is_error else acc
+
+
+def setting_of(record: dict) -> Setting:
+    steps = record.get("steps")
+    alpha = record.get("alpha")
+    return Setting(record["attack"], eps_key(record["eps"]), int(steps) if steps is not None else 0,
+                   float(alpha) if alpha is not None and record["attack"] != "fgsm" else None,
+                   bool(record.get("random_start", False)) and record["attack"] != "fgsm",
+                   bool(record.get("keep_best", False)) and record["attack"] != "fgsm")
+
+
+CLEAN = Setting("clean")
+
+
 def _dumps(records: Iterable[dict[str, Any]]) -> str:
     # allow_nan=False: a NaN would make a file that strict JSON readers (and the report) reject
     return "".join(json.dumps(r, sort_keys=False, allow_nan=False) + "\n" for r in records)
@@ -197,6 +251,19 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             raise UserError(f"{path}:{number}: malformed result record ({str(err).splitlines()[0]}); "
                             f"fix or delete that line, or rerun the attacks") from None
         records.append(record)
+    return records
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """The records of a run's results.jsonl, for the report; UserError (one line) when it is missing, empty or
+    malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found: run the study first (`attnrobust run`), or point `attnrobust report` "
+                        f"at a run folder that holds results.jsonl")
+    records = read_records(path)  # checks every record's keys; UserError naming the file and line
+    if not records:
+        raise UserError(f"{path} holds no result records; run the attacks (`attnrobust run`) before the report")
     return records
 
 

@@ -261,7 +261,8 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
     config: a shipped config's name, a .toml path, or the config as a dict (as tomllib would read it).
     """
     from attnrobust.evaluate import sanity_flags
-    from attnrobust.report import build_report, verdict_table
+    from attnrobust.report import build_report
+    from attnrobust.report.verdicts import verdict_table
     from attnrobust.results import write_records
     from attnrobust.runlock import hold_run_lock
     from attnrobust.runtime import atomic_write, dist_info, resolve_device, write_env_json

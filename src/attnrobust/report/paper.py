@@ -13,7 +13,9 @@ import json
 from importlib import resources
 
 from attnrobust.errors import UserError
-from attnrobust.tables import CLEAN, Grid, Setting, column_titles
+from attnrobust.report.grid import Grid
+from attnrobust.report.tables import column_titles
+from attnrobust.results import CLEAN, Setting
 
 PAPER_N = 10000  # test images in the paper's evaluation (full CIFAR / Fashion-MNIST test split)
 FULL_SIZE = {"resnet50", "cbam_resnet50", "se_resnet50", "vgg16", "vgg16_bn"}

@@ -1,7 +1,5 @@
-"""Result records -> a grid of cells -> Tables II and III as Markdown, CSV and LaTeX.
+"""Tables II and III from the grid, as Markdown, CSV and LaTeX, and the column labels of attack settings.
 
-A cell is one (dataset, source, target) pair: source == target is the white-box result, anything else a transfer
-result. Each cell holds, per attack setting (a column of the tables) and per seed, the record that measured it.
 Values are kept as fractions and shown in percent with 2 decimals, like the paper; with several seeds a value is
 "mean ± half-width of the 95% t interval over seeds".
 """
@@ -11,125 +9,10 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from attnrobust.stats import mean_ci
-
-# Column order: clean first, then the paper's two attacks, then anything else.
-_ATTACK_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "apgd": 3, "autoattack": 4, "minimal": 5}
-# Model order, as in the paper's tables: each no-attention network before its attention variants (in the
-# registry's order of attention kinds), VGG last; unregistered names after them.
-_ATTENTION_ORDER = {None: 0, "cbam": 1, "se": 2, "eca": 3, "mhsa": 4}
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One attack setting, i.e. one column: FGSM at an eps, or PGD/APGD after some iterations."""
-
-    attack: str  # "clean" | "fgsm" | "pgd" | "apgd" | ...
-    eps: float = 0.0
-    steps: int = 0
-    alpha: float | None = None
-    random_start: bool = False
-    keep_best: bool = False
-
-    @property
-    def is_error(self) -> bool:
-        """Iterative attacks are reported as error (1 - robust accuracy), as in the paper's PGD columns."""
-        return self.attack not in ("clean", "fgsm")
-
-    def sort_key(self) -> tuple:
-        return (_ATTACK_ORDER.get(self.attack, 9), self.attack, self.eps, self.steps, self.alpha or 0.0,
-                self.random_start, self.keep_best)
-
-    def accuracy(self, record: dict) -> float:
-        """The accuracy (fraction over n) this setting measures in `record`."""
-        return record["clean_accuracy"] if self.attack == "clean" else record["robust_accuracy"]
-
-    def correct(self, record: dict) -> int:
-        return record["target_clean_correct"] if self.attack == "clean" else record["robust_correct"]
-
-    def value(self, record: dict) -> float:
-        """What the tables show: accuracy, or error for iterative attacks (fraction)."""
-        acc = self.accuracy(record)
-        return 1.0 - acc if self.is_error else acc
-
-
-def setting_of(record: dict) -> Setting:
-    steps = record.get("steps")
-    alpha = record.get("alpha")
-    return Setting(record["attack"], float(record["eps"]), int(steps) if steps is not None else 0,
-                   float(alpha) if alpha is not None and record["attack"] != "fgsm" else None,
-                   bool(record.get("random_start", False)) and record["attack"] != "fgsm",
-                   bool(record.get("keep_best", False)) and record["attack"] != "fgsm")
-
-
-CLEAN = Setting("clean")
-
-
-def model_sort_key(name: str) -> tuple:
-    from attnrobust.errors import UserError
-    from attnrobust.models import model_info
-
-    try:
-        info = model_info(name)
-    except UserError:
-        return (2, "", 9, name)
-    return (1 if info.base.startswith("vgg") else 0, info.base, _ATTENTION_ORDER.get(info.attention, 9), name)
-
-
-@dataclass
-class Grid:
-    """cells[(dataset, source, target)][setting][seed] = record."""
-
-    cells: dict[tuple[str, str, str], dict[Setting, dict[int, dict]]] = field(default_factory=dict)
-
-    @classmethod
-    def from_records(cls, records: list[dict]) -> "Grid":
-        cells: dict = defaultdict(lambda: defaultdict(dict))
-        for r in records:
-            key = (r["dataset"], r["source"], r["target"])
-            seed = int(r["seed"])
-            s = setting_of(r)
-            # FGSM at eps 0 is the clean image: the clean column already shows it.
-            if not (s.attack == "fgsm" and s.eps == 0):
-                cells[key][s][seed] = r  # a later record of the same key supersedes an earlier one
-            cells[key][CLEAN].setdefault(seed, r)
-        return cls({k: dict(v) for k, v in cells.items()})
-
-    def datasets(self) -> list[str]:
-        return sorted({d for d, _, _ in self.cells})
-
-    def models(self, dataset: str) -> list[str]:
-        names = {m for d, s, t in self.cells if d == dataset for m in (s, t)}
-        return sorted(names, key=model_sort_key)
-
-    def has(self, dataset: str, source: str, target: str) -> bool:
-        return (dataset, source, target) in self.cells
-
-    def settings(self, dataset: str | None = None) -> list[Setting]:
-        found = {s for (d, _, _), cell in self.cells.items() if dataset in (None, d) for s in cell}
-        return sorted(found, key=Setting.sort_key)
-
-    def runs(self, dataset: str, source: str, target: str, setting: Setting) -> dict[int, dict]:
-        """seed -> record for one cell and setting ({} when not measured)."""
-        return self.cells.get((dataset, source, target), {}).get(setting, {})
-
-    def summary(self, dataset: str, source: str, target: str, setting: Setting) -> tuple[float, float | None] | None:
-        """(mean, CI half-width) in percent of the value shown for this cell and setting, over seeds."""
-        runs = self.runs(dataset, source, target, setting)
-        if not runs:
-            return None
-        mean, half = mean_ci([100 * setting.value(runs[seed]) for seed in sorted(runs)])
-        return mean, half
-
-    def seeds(self, dataset: str | None = None) -> list[int]:
-        return sorted({seed for (d, _, _), cell in self.cells.items() if dataset in (None, d)
-                       for runs in cell.values() for seed in runs})
-
-    def n_images(self, dataset: str, source: str, target: str) -> list[int]:
-        return sorted({r["n"] for runs in self.cells.get((dataset, source, target), {}).values()
-                       for r in runs.values()})
+from attnrobust.report.grid import Grid
+from attnrobust.results import Setting
 
 
 # ---- column labels ----------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ percentage points (> 0: attention more robust); or, for "minimal", the per-image
 minus B, in 1/255 (> 0: A needs a larger perturbation). The latter is the primary white-box measure when
 present: at the paper's budgets every standard model is at ~0% robust accuracy, a ceiling, not evidence.
 
-Statistics (see attnrobust.stats; coverage checked by simulation in tests/test_stats.py):
+Statistics (see attnrobust.report.stats; coverage checked by simulation in tests/test_stats.py):
 - paired: A and B are scored on the same images, so they are compared image by image;
 - one seed: a paired interval over the images (Agresti-Min adjusted). It is about these weights, not the
   architecture: training noise is not in it, and the verdict says "indicative (1 seed)";
@@ -34,10 +34,11 @@ from __future__ import annotations
 import numpy as np
 
 from attnrobust.models import model_info
-from attnrobust.paper import PAPER_N, load_paper, paper_dataset, paper_model, paper_value
-from attnrobust.results import unpack_bits, unpack_floats
-from attnrobust.stats import Z95, holm, paired_interval, proportion_diff_se, seeds_interval
-from attnrobust.tables import Grid, Setting, column_titles
+from attnrobust.report.grid import Grid
+from attnrobust.report.paper import PAPER_N, load_paper, paper_dataset, paper_model, paper_value
+from attnrobust.report.stats import Z95, holm, paired_interval, proportion_diff_se, seeds_interval
+from attnrobust.report.tables import column_titles
+from attnrobust.results import Setting, unpack_bits, unpack_floats
 
 HELPS, HURTS, NONE, WITHHELD = "helps", "hurts", "no significant difference", "withheld"
 ALPHA = 0.05

@@ -1,0 +1,278 @@
+"""The report's README.md, and the rows of its CSV files.
+
+`readme_text` writes the README from a `ReadmeInputs` (the run, its grid and records, config and env, and the
+parts built from them: tables, verdict rows, paired rows, paper comparison, figures, notes, minimal-eps section);
+`rows_csv` with `VERDICT_KEYS`, `PAIRED_KEYS`, `COMPARISON_KEYS` writes verdicts.csv, paired.csv and
+paper_comparison.csv.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from attnrobust.errors import UserError
+from attnrobust.report.grid import Grid, model_sort_key
+from attnrobust.report.paper import reduced_notes
+from attnrobust.report.tables import csv_text, markdown_table
+from attnrobust.report.verdicts import format_diff, format_paper, summaries, verdict_label
+
+
+@dataclass
+class ReadmeInputs:
+    """Everything the README shows: the run as read, and the report's parts built from it."""
+
+    run_dir: Path
+    grid: Grid
+    records: list[dict]
+    config_text: str | None  # config.toml verbatim, None when absent
+    config: dict | None  # config.toml parsed, None when absent or not valid TOML
+    env: dict  # env.json, {} when absent
+    tables: dict[str, str]  # table name ("table2", "table3") -> Markdown
+    rows: list[dict]  # verdict rows
+    paired: list[dict]  # per-setting paired rows
+    comparison: list[dict]  # our numbers beside the paper's
+    figures: list[tuple[str, str]]  # (path relative to the report, caption), in README order
+    notes: list[str]  # why figures are missing
+    minimal_lines: list[str]  # the minimal-eps section's Markdown, [] when not measured
+
+
+def _verdict_markdown(rows: list[dict]) -> str:
+    header = ["dataset", "attention vs twin", "scenario", "attack", "seeds", "n", "attention acc", "twin acc",
+              "diff pp [95% CI]", "p (Holm)", "verdict", "paper: diff pp (verdict)", "reproduced"]
+    body = [[r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["attack"].upper(),
+             str(r["seeds"]), str(r["n"]), f"{r['attention_accuracy']:.2f}", f"{r['baseline_accuracy']:.2f}",
+             format_diff(r), "-" if r["p_holm"] is None else f"{r['p_holm']:.3g}",
+             f"**{verdict_label(r['verdict'], r['seeds'])}**", format_paper(r), r["reproduced"]]
+            for r in rows]
+    return markdown_table(header, body)
+
+
+VERDICT_KEYS = ["dataset", "attention_model", "baseline_model", "scenario", "attack", "seeds", "n",
+                 "attention_accuracy", "baseline_accuracy", "difference", "ci_low", "ci_high", "p_value", "p_holm",
+                 "verdict", "indicative", "withheld", "paper_difference", "paper_verdict", "reproduced", "method",
+                 "settings"]
+PAIRED_KEYS = ["dataset", "attention_model", "baseline_model", "scenario", "setting", "seeds", "n",
+                "attention_accuracy", "baseline_accuracy", "difference", "ci_low", "ci_high", "p_value", "verdict",
+                "withheld", "paper_difference", "paper_verdict", "method"]
+
+
+COMPARISON_KEYS = ["dataset", "source", "target", "setting", "ours", "ours_ci95", "paper", "difference"]
+
+
+def _comparison_markdown(rows: list[dict]) -> str:
+    header = ["dataset", "model (source -> target)", "setting", "ours", "paper", "ours - paper (pp)"]
+    body = [[r["dataset"], r["source"] if r["source"] == r["target"] else f"{r['source']} -> {r['target']}",
+             r["setting"], f"{r['ours']:.2f}" + ("" if r["ours_ci95"] is None else f" ± {r['ours_ci95']:.2f}"),
+             f"{r['paper']:.2f}", f"{r['difference']:+.2f}"] for r in rows]
+    return markdown_table(header, body, right=3)
+
+
+def rows_csv(rows: list[dict], keys: list[str]) -> str:
+    return csv_text(keys, [[_csv_value(r[k]) for k in keys] for r in rows])
+
+
+def _csv_value(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, list):
+        return "; ".join(map(str, v))
+    return str(v)
+
+
+def _paired_markdown(rows: list[dict]) -> str:
+    header = ["dataset", "attention vs twin", "scenario", "setting", "seeds", "diff pp [95% CI]", "verdict",
+              "paper: diff pp (verdict)"]
+    body = [[r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["setting"],
+             str(r["seeds"]), format_diff(r), r["verdict"], format_paper(r)] for r in rows]
+    return markdown_table(header, body)
+
+
+def _summary_lines(rows: list[dict]) -> list[str]:
+    """Per dataset and attention pair: the white-box and transfer verdicts against the paper's conclusion (the
+    numbers are in the table below)."""
+    lines = []
+    for s in summaries(rows):
+        ours = {"no significant difference": "**no significant difference**",
+                "withheld": f"**verdict withheld**: {s['withheld']}",
+                "mixed": "**mixed** (significant effects in both directions)"}.get(s["ours"],
+                                                                                 f"attention **{s['ours']}**")
+        if s["seeds"] < 2 and s["ours"] != "withheld":
+            ours += " — *indicative (1 seed): about these weights, not the architecture*"
+        paper = (f" The paper concluded: {s['paper']} -> **{s['agreement']}**." if s["paper"]
+                 else " (No counterpart in the paper.)")
+        if s["paper_tables"] is not None and s["paper_tables"] != s["paper"]:
+            paper += f" (The paper's own tables, judged by the same rule: {s['paper_tables']}.)"
+        lines.append(f"- **{s['dataset']}**, {s['attention_model']} vs {s['baseline_model']}, {s['scope']} "
+                     f"attacks ({s['seeds']} seed{'s' if s['seeds'] != 1 else ''}): {ours}.{paper}")
+    return lines
+
+
+def _header(run_dir: Path, grid: Grid, records: list[dict], env: dict) -> list[str]:
+    datasets = grid.datasets()
+    models = sorted({m for d in datasets for m in grid.models(d)}, key=model_sort_key)
+    ns = sorted({r["n"] for r in records})
+    lines = [f"# attnrobust report: {run_dir.resolve().name}", "",
+             "Does an attention module (CBAM) make an image classifier more or less robust to adversarial "
+             "examples? A reproduction of Agrawal et al. (2021), *Impact of Attention on Adversarial Robustness "
+             "of Image Classification Models*.", "",
+             f"- Built by `attnrobust report` from `results.jsonl` alone ({len(records)} records); rebuilding "
+             f"from the same results gives the same files.",
+             f"- Datasets: {', '.join(datasets)}. Models: {', '.join(models)}. Seeds: "
+             f"{', '.join(map(str, grid.seeds()))}. Test images attacked per model (n): "
+             f"{', '.join(map(str, ns))}."]
+    shown = [k for k in ("attnrobust", "python", "torch", "cuda", "device", "device_name", "cpu_model",
+                         "cpu_capability", "threads", "world_size", "git_commit") if env.get(k) is not None]
+    if shown:
+        lines.append("- Environment (env.json): " + ", ".join(f"{k} {env[k]}" for k in shown) + ". Results differ "
+                     "slightly between CPUs (float sums; cpu_capability is the instruction set torch uses): "
+                     "compare verdicts, which carry their seeds, rather than single numbers.")
+    return lines
+
+
+def readme_text(inputs: ReadmeInputs) -> str:
+    """The report's README.md: verdicts, threat model, deviations, minimal eps, tables, the paper, figures."""
+    grid, rows, paired, comparison = inputs.grid, inputs.rows, inputs.paired, inputs.comparison
+    several = len(grid.seeds()) > 1
+    out = _header(inputs.run_dir, grid, inputs.records, inputs.env)
+    out += ["", "## Verdicts", "",
+            "Does attention help, hurt, or make no significant difference? Each attention model is compared with "
+            "its no-attention twin (same network, same width, same training seed) on the same test images, image "
+            "by image: robust accuracy averaged over the attack's settings (FGSM: every eps > 0; PGD: every "
+            "iteration count), attention minus twin, in percentage points (pp; > 0: attention more robust). "
+            "Scenarios: *white-box* (each model attacked on its own gradients); *transfer (twin)*: the attention "
+            "model scored on attacks crafted on its twin vs the twin scored on attacks crafted on the attention "
+            "model (the paper's first two transfer scenarios); *transfer from V*: both as targets of the same "
+            "attacks crafted on a third model without attention (VGG).", ""]
+    out += _summary_lines(rows) or ["- No attention model with its no-attention twin in the results."]
+    if rows:
+        seeds = sorted({r["seeds"] for r in rows})
+        out += ["", "**Method.** " + (
+            "Several seeds: the interval adds training noise (the spread of the per-seed paired differences) to "
+            "the test-set noise shared by every seed (all are scored on the same images); t quantile with "
+            "Welch-Satterthwaite degrees of freedom. " if max(seeds) >= 2 else
+            "**One seed**: the interval is paired over the test images (Agresti-Min adjusted) and reflects the "
+            "finite test set only, not how much another training run would move the numbers: the verdict is "
+            "*indicative*, about these weights rather than the architectures; it is not set against the paper's "
+            "conclusion. Run several seeds (`study.seeds`). ") +
+            f"**Multiplicity**: the {len(rows)} comparisons of each dataset's table below form one family; "
+            "a verdict says helps/hurts only when its Holm-Bonferroni adjusted p-value is below 0.05 (family-wise "
+            "error 5%); the 95% intervals are per comparison. A row is *withheld* when a compared model's clean "
+            "accuracy is below the dataset's floor (`eval.min_clean_accuracy`).", "", _verdict_markdown(rows)]
+        out.append("The paper column applies the same comparison to the paper's published numbers, over the "
+                   "final-iterate settings we share with it, judged by an unpaired one-run rule with n = 10000 "
+                   "(the paper publishes accuracies, not per-image outcomes). Full rows: [verdicts.csv](verdicts.csv).")
+    reduced = reduced_notes(grid, inputs.config)
+    if reduced:
+        out += ["", "**Indicative only, next to the paper**: " + "; ".join(reduced) + "."]
+    out += ["", "## Threat model", ""] + _threat_model(grid, inputs.records)
+    deviations = _deviations(inputs.run_dir)
+    if deviations:
+        out += ["", "## Deviations from the paper", ""] + [f"- {d}" for d in deviations]
+    if inputs.minimal_lines:
+        out += ["", "## Minimal adversarial eps (white-box, not saturated)", "",
+                "At the paper's budgets every standard model is broken almost completely, so its tables cannot tell "
+                "models apart. Per image, the smallest L-inf eps at which PGD (bisection on the grid of 1/255, "
+                "with early stopping) finds an adversarial example: 0 for images misclassified clean, 'not broken' "
+                "above the largest eps tried. This is the verdict's primary white-box measure (row *minimal*).",
+                ""] + inputs.minimal_lines
+    out += ["", "## Table II: white-box attacks", "",
+            "Clean and FGSM columns are accuracy (%), PGD/APGD columns error (%) = 100 - accuracy under attack, all "
+            "over the n test images" + (", mean ± 95% CI half-width over seeds" if several else "") +
+            ". Files: [md](table2.md), [csv](table2.csv), [tex](table2.tex).", "", inputs.tables["table2"],
+            "## Table III: transfer attacks", "",
+            "Row = attacks crafted on *source*, scored on *target*; source = target is the white-box result. "
+            "Clean = the target's clean accuracy. Files: [md](table3.md), [csv](table3.csv), "
+            "[tex](table3.tex).", "", inputs.tables["table3"]]
+    if paired:
+        out += ["## Paired comparison per setting", "",
+                "Attention model minus its twin, robust accuracy in pp, for every setting (the verdicts "
+                "average these). Also in [paired.csv](paired.csv).", "", _paired_markdown(paired)]
+    out += ["## Comparison with the paper", ""]
+    if comparison:
+        out += ["Our numbers beside the paper's Tables II and III (reference data: "
+                "`attnrobust/reference/paper.json`, see its README) for every setting the paper also measured. "
+                "Models are matched by family: resnet* -> ResNet-50, cbam_resnet* -> CBAM+ResNet-50, vgg16* -> "
+                "VGG-16; fashion-mnist-mini -> Fashion-MNIST. Clean accuracy is compared with the target's own clean "
+                "accuracy (Table II; VGG-16: Table III's VGG-16 source column), also in transfer rows. Also in "
+                "[paper_comparison.csv](paper_comparison.csv)."]
+        if reduced:
+            out += ["", "**The comparison is indicative only**: " + "; ".join(reduced) + "."]
+        out += ["", _comparison_markdown(comparison)]
+    else:
+        out += ["None of our settings matches one of the paper's (datasets, model families, FGSM eps or PGD "
+                "eps 0.2 / step 0.01).", ""]
+    out += ["## Figures", ""]
+    for rel, caption in inputs.figures:
+        out += [f"![{caption}]({rel})", "", f"*{caption}.*", ""]
+    if not inputs.figures:
+        out += ["No figures.", ""]
+    if inputs.notes:
+        out += [f"- {n}" for n in inputs.notes] + [""]
+    out += ["## Caveats and definitions", "",
+            "- Denominators: clean accuracy, robust accuracy and error are over all n attacked test images; error "
+            "= 1 - robust accuracy (not the attack success rate). The attack success rate in results.jsonl is "
+            "over the images the target classified correctly when clean (`target_clean_correct`).",
+            "- eps is an L-inf budget in [0, 1] pixel units (0.05 = 12.75/255); the models normalize inside.",
+            "- Transfer (twin) mixes two effects, as the paper's comparison does: how robust the target is and "
+            "how well the source's attacks transfer. The VGG-source scenario isolates the target.",
+            "- Which model is an attention model, and its twin, comes from the model registry "
+            "(`attnrobust.models.model_info`)."]
+    if inputs.config_text is not None:
+        out += ["", "## Config", "", "The run's resolved `config.toml`:", "", "```toml",
+                inputs.config_text.rstrip(), "```"]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _threat_model(grid: Grid, records: list[dict]) -> list[str]:
+    """What the attacker may do, stated once: norm, budgets, pixels, random start, iterate rule."""
+    from attnrobust.data import get_spec
+
+    lines = ["- Norm: L-inf; eps in [0, 1] pixel units (0.05 = 12.75/255). Models normalise inside, so the "
+             "budget applies to raw pixels, clipped to [0, 1]."]
+    for d in grid.datasets():
+        try:
+            spec = get_spec(d)
+            pixels = f"{spec.channels}x{spec.height}x{spec.width} (the dataset's own pixels, no padding)"
+        except UserError:
+            pixels = "input as given"
+        mine = [r for r in records if r["dataset"] == d]
+        images = sorted({f"{r['attack']}: {r['images']}" for r in mine})
+        lines.append(f"- {d}: every pixel of the {pixels} image may change; attacked images: {'; '.join(images)}.")
+    rs = sorted({r["random_start"] for r in records if r["attack"] in ("pgd", "apgd")})
+    if rs:
+        lines.append("- PGD/APGD random start: " + ("yes (uniform in the eps-ball, seeded)" if rs == [True] else
+                                                   "no (start at the clean image)" if rs == [False] else "both"))
+    iterates = sorted({(r["kind"], r["attack"], r["iterate"]) for r in records if r["iterate"]})
+    if iterates:
+        lines.append("- Iterate scored: " + "; ".join(f"{a.upper()} {k}: {it}" for k, a, it in iterates) +
+                     " (final: the paper's convention; best: a sample counts as broken once any iterate fooled "
+                     "the attacked model; best-on-source: the iterate that fooled the source, passed to the "
+                     "targets).")
+    return lines
+
+
+def _deviations(run_dir: Path) -> list[str]:
+    """Where the run's models differ from the paper's recipe on purpose, with the reason (from the checkpoints'
+    build arguments, so the report says what was actually trained)."""
+    from attnrobust.checkpoint import read_meta
+
+    out = []
+    momenta = set()
+    for path in sorted((run_dir / "checkpoints").glob("*.safetensors")) if (run_dir / "checkpoints").is_dir() else []:
+        if path.name.endswith(".state.safetensors"):
+            continue
+        try:
+            args = read_meta(path).get("build_args") or {}
+        except UserError:
+            continue
+        if "cbam_bn_momentum" in args:
+            momenta.add(args["cbam_bn_momentum"])
+    for m in sorted(momenta - {0.01}):
+        out.append(f"CBAM spatial-gate BatchNorm momentum {m:g} instead of the official 0.01: in runs of a few "
+                   f"hundred steps the running statistics would still carry their initial values with 0.01, so "
+                   f"the eval-mode gate (attacks run in eval mode) would differ from the one the network trained "
+                   f"with.")
+    return out
