@@ -166,7 +166,7 @@ def test_fashion_mnist_synthetic_load_and_cache(tmp_path, monkeypatch):
     assert x.dtype == torch.uint8 and x.shape == (20, 1, 28, 28) and y.dtype == torch.int64
     assert np.array_equal(x[:, 0].numpy(), arrays["train"][0]) and np.array_equal(y.numpy(), arrays["train"][1])
     cached = list((tmp_path / "cache" / "decoded").iterdir())
-    assert [p.name for p in cached] == [f"fashion-mnist-{data._decoded_path(spec).name.split('-')[-1]}"]
+    assert [p.name for p in cached] == [f"fashion-mnist-{data.cache._decoded_path(spec).name.split('-')[-1]}"]
     # Later loads come from the cache: a reader that would fail is never called.
     use(monkeypatch, dataclasses.replace(spec, reader=None))
     xt, yt = data.load_dataset("fashion-mnist", "test", data_dir=tmp_path / "d")
@@ -183,11 +183,11 @@ def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage):
     spec, arrays = fake_fashion(tmp_path / "d")
     use(monkeypatch, spec)
     data.load_dataset("fashion-mnist", "train", data_dir=tmp_path / "d")
-    cache = data._decoded_path(spec)
+    cache = data.cache._decoded_path(spec)
     cache.write_bytes(damage if damage is not None else cache.read_bytes()[: cache.stat().st_size // 2])
     x, _ = data.load_dataset("fashion-mnist", "train", data_dir=tmp_path / "d")
     assert np.array_equal(x[:, 0].numpy(), arrays["train"][0])
-    assert data._read_decoded(cache, ["train_images"]) is not None  # rewritten whole
+    assert data.cache._read_decoded(cache, ["train_images"]) is not None  # rewritten whole
 
 
 def test_changed_source_is_not_served_from_cache(tmp_path, monkeypatch):
@@ -406,7 +406,7 @@ def test_real_fashion_mnist(capsys):
 
 @needs_real
 def test_mini_is_a_balanced_subset_of_the_real_files():
-    with np.load(data._embedded_path(data.get_spec("fashion-mnist-mini")), allow_pickle=False) as z:
+    with np.load(data.store._embedded_path(data.get_spec("fashion-mnist-mini")), allow_pickle=False) as z:
         mini = {k: z[k] for k in z.files}
     spec = data.get_spec("fashion-mnist")
     assert mini["source_md5"].tolist() == [f.md5 for f in spec.files]
@@ -425,7 +425,7 @@ def test_mini_needs_no_files(tmp_path, monkeypatch):
     xt, yt = data.load_dataset("fashion-mnist-mini", "test")
     assert xt.shape == (1000, 1, 28, 28) and yt.bincount().tolist() == [100] * 10
     assert data.get_spec("fashion-mnist-mini").class_names == data.get_spec("fashion-mnist").class_names
-    assert data._embedded_path(data.get_spec("fashion-mnist-mini")).stat().st_size < 5_000_000
+    assert data.store._embedded_path(data.get_spec("fashion-mnist-mini")).stat().st_size < 5_000_000
 
 
 # ---- the loader ---------------------------------------------------------------------------------------------

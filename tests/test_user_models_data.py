@@ -219,7 +219,7 @@ def test_corrupt_npz_and_too_many_images(tmp_path):
         data.get_spec("bad", tmp_path)
     huge = np.broadcast_to(np.zeros((1, 1, 2, 2), np.uint8), (2 ** 31, 1, 2, 2))  # a view: no memory
     with pytest.raises(UserError, match="at most 2147483647"):
-        data._to_nchw(huge, "x_train")
+        data.readers._to_nchw(huge, "x_train")
 
 
 # ---- image folders: PNGs written here with zlib + struct, every row filter of the PNG spec -----------------
