@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from attnrobust.attacks import apgd_t, attack_hygiene, fgsm, minimal_eps, pgd, predict, robust_accuracy_curve, square
 from attnrobust.checkpoint import load_model
 from attnrobust.data import DeviceLoader, load_dataset
-from attnrobust.train import TrainConfig, train
+from attnrobust.config import TrainConfig
+from attnrobust.train import train
 
 EPS = [round(0.05 * i, 2) for i in range(7)]
 PGD_EPS, PGD_ALPHA, PGD_STEPS = 0.2, 0.01, [5, 10, 20]

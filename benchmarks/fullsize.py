@@ -2,7 +2,7 @@
 
 One step is what attnrobust.train runs per batch, without the loader: forward, cross-entropy, backward and an SGD
 update (momentum 0.9, Nesterov, weight decay, as the recipes), on the published models at full width (64) with
-the CIFAR stem, in channels_last as train() runs them on a CPU. Inputs are random pixels in the two shapes the
+the cifar variant, in channels_last as train() runs them on a CPU. Inputs are random pixels in the two shapes the
 study uses: 32x32x3 (CIFAR-10/100) and 28x28x1 (Fashion-MNIST).
 
 Per model and shape: `--warmup` steps first (the first ones pay oneDNN's kernel selection and allocations), then

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from attnrobust.data import DeviceLoader, get_spec, load_dataset
 from attnrobust.models import build_model
 from attnrobust.runtime import set_threads
-from attnrobust.train import TrainConfig, checkpoint_name, train
+from attnrobust.config import TrainConfig
+from attnrobust.train import checkpoint_name, train
 
 DATASET = "fashion-mnist-mini"
 

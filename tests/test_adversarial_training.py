@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 import attnrobust.train as train_mod
 from attnrobust.checkpoint import load_model, read_meta
-from attnrobust.config import load_config, train_config
+from attnrobust.config import TrainConfig, load_config
 from attnrobust.errors import UserError
 from attnrobust.models import build_model
-from attnrobust.train import (TrainConfig, adversarial_batch, checkpoint_path, is_collapse, is_finished,
+from attnrobust.train import (adversarial_batch, checkpoint_path, is_collapse, is_finished,
                               make_adversary, regime_label, train, train_step)
 
 # 4 steps of 16 images per epoch, 2 epochs, a 16-image check: a run takes about a second of CPU.
@@ -287,6 +287,6 @@ def test_quick_adversarial_config_parses():
     path = resources.files("attnrobust").joinpath("configs", "quick-adversarial.toml")
     cfg = load_config(str(path))
     for model in cfg.study.models:
-        job = train_config(cfg, cfg.study.datasets[0], model, cfg.study.seeds[0])
+        job = cfg.train_config(cfg.study.datasets[0], model, cfg.study.seeds[0])
         job.validate()
         assert job.adversarial != "none" and job.adv_eps == 0.1

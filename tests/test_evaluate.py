@@ -12,7 +12,8 @@ from torch import nn
 
 from attnrobust.attacks import predict
 from attnrobust.errors import UserError
-from attnrobust.evaluate import AttackConfig, clean_accuracy, evaluate_checkpoints, transfer, white_box
+from attnrobust.config import AttackConfig
+from attnrobust.evaluate import clean_accuracy, craft_and_score, evaluate_checkpoints, white_box
 from attnrobust.results import (DENOMINATORS, REQUIRED_KEYS, append_records, format_records, read_records,
                                 record_key, write_records)
 
@@ -100,7 +101,7 @@ def test_transfer_diagonal_equals_white_box(random_start):
     models = {"a": tiny(0), "b": tiny(1), "c": tiny(2)}
     cfg = fast_cfg(random_start=random_start, keep_best=True)
     loader = batches(x, y, 12)
-    matrix = transfer({"a": models["a"], "b": models["b"]}, models, loader, cfg, dataset="toy", seed=3, quiet=True)
+    matrix = craft_and_score({"a": models["a"], "b": models["b"]}, models, loader, cfg, dataset="toy", seed=3, quiet=True)
     per_source = {"all": 3, "white-box": 1, "transfer": 2}  # targets a setting is scored on
     assert len(matrix) == 2 * sum(per_source[st["scope"]] for st in cfg.settings())
     for name in ("a", "b"):
@@ -127,8 +128,8 @@ def test_keep_best_is_white_box_only_and_transfer_scores_the_final_iterate():
     x, y = data()
     models = {"a": tiny(0), "b": tiny(1)}
     loader = batches(x, y, 12)
-    best = transfer({"a": models["a"]}, models, loader, fast_cfg(keep_best=True), dataset="toy", quiet=True)
-    final = transfer({"a": models["a"]}, models, loader, fast_cfg(keep_best=False), dataset="toy", quiet=True)
+    best = craft_and_score({"a": models["a"]}, models, loader, fast_cfg(keep_best=True), dataset="toy", quiet=True)
+    final = craft_and_score({"a": models["a"]}, models, loader, fast_cfg(keep_best=False), dataset="toy", quiet=True)
     pgd_best = {(r["target"], r["steps"]): r for r in best if r["attack"] == "pgd"}
     pgd_final = {(r["target"], r["steps"]): r for r in final if r["attack"] == "pgd"}
     assert {r["iterate"] for (t, _), r in pgd_best.items() if t == "a"} == {"best"}
@@ -146,7 +147,7 @@ def test_records_carry_per_image_outcomes_that_match_the_counts():
 
     x, y = data()
     models = {"a": tiny(0), "b": tiny(1)}
-    records = transfer({"a": models["a"]}, models, batches(x, y, 7), fast_cfg(), dataset="toy", quiet=True,
+    records = craft_and_score({"a": models["a"]}, models, batches(x, y, 7), fast_cfg(), dataset="toy", quiet=True,
                        images="test[:24]")
     for r in records:
         robust, clean = unpack_bits(r["robust_bits"], r["n"]), unpack_bits(r["clean_bits"], r["n"])
@@ -184,7 +185,7 @@ def test_masking_flags_fire_on_a_model_without_gradients():
     plain, masked = tiny(0), Quantized(tiny(0))
     y = predict(masked, x)
     cfg = fast_cfg(fgsm_eps=[0.2], pgd_alpha=0.1, pgd_steps=[4], keep_best=True, sanity_n=32)
-    records = transfer({"plain": plain, "masked": masked}, {}, batches(x, y, 32), cfg, dataset="toy", quiet=True)
+    records = craft_and_score({"plain": plain, "masked": masked}, {}, batches(x, y, 32), cfg, dataset="toy", quiet=True)
     wb_masked = [r for r in records if r["kind"] == "white-box" and r["source"] == "masked"]
     assert all(not r["flags"]["unbounded_eps"]["ok"] for r in wb_masked)
     assert all(r["robust_correct"] == r["n"] for r in wb_masked)  # the attack never moved

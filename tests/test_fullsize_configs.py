@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from attnrobust.config import SHIPPED, load_config, train_config
+from attnrobust.config import SHIPPED, load_config
 from attnrobust.results import read_records
 from attnrobust.study import plan, run_study
 from test_data import fake_cifar, use
@@ -77,7 +77,7 @@ def _why_not_part_of_paper(config: str) -> list[str]:
     for job in plan(single):
         if job not in plan(paper):
             why.append(f"job {job} is not in paper")
-        elif train_config(single, job.dataset, job.model, job.seed) != train_config(paper, job.dataset, job.model,
+        elif single.train_config(job.dataset, job.model, job.seed) != paper.train_config(job.dataset, job.model,
                                                                                     job.seed):
             why.append(f"{job.dataset} {job.model} trains differently")
     return why

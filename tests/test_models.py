@@ -45,7 +45,7 @@ def count_on_meta(name: str, num_classes: int, **kw) -> int:
     ("vgg16_bn", 138_365_992),       # + 13 BN layers x 2 x channels (8,448)
 ])
 def test_published_parameter_counts(name, expected):
-    assert count_on_meta(name, 1000, in_channels=3, stem="imagenet", width=64) == expected
+    assert count_on_meta(name, 1000, in_channels=3, variant="imagenet", width=64) == expected
 
 
 @pytest.mark.parametrize("name, kw, published_millions", [
@@ -55,14 +55,14 @@ def test_published_parameter_counts(name, expected):
 def test_published_parameter_counts_as_rounded(name, kw, published_millions):
     # The papers print millions to the digits given (rounded or cut: BoT50 is 20.85M, printed 20.8M); the exact
     # count is checked by the formula below, which the published counts above anchor.
-    got = count_on_meta(name, 1000, in_channels=3, stem="imagenet", width=64, **kw)
+    got = count_on_meta(name, 1000, in_channels=3, variant="imagenet", width=64, **kw)
     digits = len(str(published_millions).split(".")[1])
     assert abs(got / 1e6 - published_millions) < 10 ** -digits
 
 
 def test_cbam_adds_exactly_its_spatial_gates_to_se():
-    se = count_on_meta("se_resnet50", 1000, stem="imagenet")
-    cbam = count_on_meta("cbam_resnet50", 1000, stem="imagenet")
+    se = count_on_meta("se_resnet50", 1000, variant="imagenet")
+    cbam = count_on_meta("cbam_resnet50", 1000, variant="imagenet")
     assert cbam - se == 16 * (7 * 7 * 2 + 2)
 
 
@@ -72,11 +72,11 @@ def eca_k(channels):
     return t if t % 2 else t + 1
 
 
-def resnet_count(layers, num_classes, in_channels, width, attn, stem="cifar", input_size=32):
+def resnet_count(layers, num_classes, in_channels, width, attn, variant="cifar", input_size=32):
     """Parameter count of the bottleneck ResNet as designed, by formula (independent of the model code)."""
-    k = 3 if stem == "cifar" else 7
+    k = 3 if variant == "cifar" else 7
     total = in_channels * width * k * k + 2 * width  # stem conv (no bias) + BN
-    side = input_size if stem == "cifar" else math.ceil(input_size / 4)  # the map side entering stage 1
+    side = input_size if variant == "cifar" else math.ceil(input_size / 4)  # the map side entering stage 1
     in_ch = width
     for stage, depth in enumerate(layers):
         p = width * 2 ** stage
@@ -135,15 +135,15 @@ def test_cifar_parameter_counts_match_the_design(name, in_channels, num_classes,
 
 
 @pytest.mark.parametrize("input_size", [28, 32, 64])
-@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
-def test_self_attention_count_follows_input_size(stem, input_size):
-    got = count_on_meta("bot_resnet26", 10, width=8, stem=stem, input_size=input_size)
-    assert got == resnet_count([2, 2, 2, 2], 10, 3, 8, "mhsa", stem=stem, input_size=input_size)
+@pytest.mark.parametrize("variant", ["cifar", "imagenet"])
+def test_self_attention_count_follows_input_size(variant, input_size):
+    got = count_on_meta("bot_resnet26", 10, width=8, variant=variant, input_size=input_size)
+    assert got == resnet_count([2, 2, 2, 2], 10, 3, 8, "mhsa", variant=variant, input_size=input_size)
 
 
 def test_formula_agrees_with_the_published_imagenet_count():
-    # The formula above is what the cifar-stem counts are checked against; it must also give the published one.
-    assert resnet_count([3, 4, 6, 3], 1000, 3, 64, "cbam", stem="imagenet") == 28_089_624
+    # The formula above is what the cifar-variant counts are checked against; it must also give the published one.
+    assert resnet_count([3, 4, 6, 3], 1000, 3, 64, "cbam", variant="imagenet") == 28_089_624
 
 
 @pytest.mark.parametrize("channels, k", [(4, 1), (8, 3), (64, 3), (127, 3), (128, 5), (256, 5), (512, 5),
@@ -153,7 +153,7 @@ def test_eca_kernel_size(channels, k):
 
 
 @pytest.mark.parametrize("name, expected", [
-    # CIFAR-10 (3 channels, 10 classes), cifar stem, width 64: the sizes the full study trains.
+    # CIFAR-10 (3 channels, 10 classes), cifar variant, width 64: the sizes the full study trains.
     ("resnet50", 23_520_842), ("cbam_resnet50", 26_053_434), ("se_resnet50", 26_051_834),
     ("vgg16", 14_719_818), ("vgg16_bn", 14_728_266),
 ])
@@ -279,8 +279,8 @@ def test_forward_backward_reaches_the_input(name, in_channels, size):
 
 
 @pytest.mark.parametrize("name", ["resnet14", "cbam_resnet14", "eca_resnet14", "bot_resnet14", "vgg16_bn"])
-def test_imagenet_stem_runs_on_small_inputs(name):
-    model = build_model(name, 10, in_channels=1, stem="imagenet", width=4)
+def test_imagenet_variant_runs_on_small_inputs(name):
+    model = build_model(name, 10, in_channels=1, variant="imagenet", width=4)
     assert model(torch.rand(2, 1, 32, 32)).shape == (2, 10)
 
 
@@ -323,7 +323,7 @@ def test_build_args_round_trip(name):
 
 def test_build_args_fill_in_defaults():
     args = build_model("cbam_resnet14", 10, width=8).build_args
-    assert args == {"name": "cbam_resnet14", "num_classes": 10, "in_channels": 3, "stem": "cifar", "width": 8,
+    assert args == {"name": "cbam_resnet14", "num_classes": 10, "in_channels": 3, "variant": "cifar", "width": 8,
                     "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "zero_init_residual": True,
                     "cbam_bn_momentum": 0.01}
     assert build_model("bot_resnet14", 10, width=8).build_args["input_size"] == 32
@@ -381,7 +381,7 @@ def test_normalization_is_inside_the_model():
 
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"name": "resnet51"}, "valid models: resnet14, cbam_resnet14"),
-    ({"name": "resnet50", "stem": "tiny"}, "valid stems: cifar, imagenet"),
+    ({"name": "resnet50", "variant": "tiny"}, "valid variants: cifar, imagenet"),
     ({"name": "resnet50", "in_channels": 2}, "in_channels must be one of 1, 3"),
     ({"name": "vgg16", "width": 0}, "width must be a positive integer"),
     ({"name": "vgg16", "width": 8.0}, "width must be a positive integer"),

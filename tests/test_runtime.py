@@ -6,8 +6,9 @@ import stat
 import pytest
 import torch
 
+from attnrobust.distributed import dist_info, is_main
 from attnrobust.errors import UserError
-from attnrobust.runtime import (atomic_path, atomic_write, dist_info, is_main, resolve_device, seed_everything,
+from attnrobust.runtime import (atomic_path, atomic_write, resolve_device, seed_everything,
                                 set_threads, write_env_json)
 
 

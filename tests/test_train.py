@@ -18,7 +18,8 @@ import attnrobust.train as train_mod
 from attnrobust import cli
 from attnrobust.checkpoint import load_model, read_meta
 from attnrobust.errors import UserError
-from attnrobust.train import TrainConfig, checkpoint_path, is_finished, lr_at, train
+from attnrobust.config import TrainConfig
+from attnrobust.train import checkpoint_path, is_finished, lr_at, train
 
 # Tiny on purpose: 4 steps of 16 images per epoch, 32 test images.
 TINY = dict(width=4, epochs=2, batch_size=16, n_train=64, n_test=32, lr=0.05)
@@ -192,7 +193,7 @@ def test_batch_larger_than_the_data(tmp_path):
 
 
 def test_for_dataset_rejects_unknown_setting():
-    with pytest.raises(UserError, match="unknown training setting 'lrr'"):
+    with pytest.raises(UserError, match="train.lrr: unknown key; valid keys: "):
         TrainConfig.for_dataset("cifar10", model="resnet50", lrr=0.1)
     cfg = TrainConfig.for_dataset("cifar10", model="resnet50", seed=3, epochs=2)
     assert (cfg.dataset, cfg.model, cfg.seed, cfg.epochs, cfg.width) == ("cifar10", "resnet50", 3, 2, 64)
@@ -228,7 +229,8 @@ def test_cli_train_one_epoch(tmp_path, capsys):
 
 DRIVER = textwrap.dedent("""
     import json, sys
-    from attnrobust.train import TrainConfig, train
+    from attnrobust.config import TrainConfig
+    from attnrobust.train import train
     cfg = TrainConfig.for_dataset("fashion-mnist-mini", model=sys.argv[2], **json.loads(sys.argv[3]))
     train(cfg, sys.argv[1], device="cpu", quiet=True)
 """)

@@ -160,8 +160,11 @@ def load_model(path: str | Path, device="cpu", *, allow_code=()) -> torch.nn.Mod
             raise UserError(f"checkpoint {path} rebuilds its model by running user code ({name}); refused: if "
                             f"you trust it, allow it with allow_code=[{origin!r}] (CLI: --allow-code {origin})")
     tensors = _load_tensors(path, header, "checkpoint")
+    build_args = dict(meta["build_args"])
+    if "stem" in build_args:  # checkpoints written before the argument was renamed `variant`
+        build_args["variant"] = build_args.pop("stem")
     try:
-        model = models.build_model(**meta["build_args"])
+        model = models.build_model(**build_args)
     except UserError as err:
         raise UserError(f"checkpoint {path}: cannot rebuild its model: {err}") from None
     except TypeError as err:

@@ -164,7 +164,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from attnrobust.train import TrainConfig, train
+    from attnrobust.config import TrainConfig
+    from attnrobust.train import train
 
     cfg = TrainConfig.for_dataset(args.dataset, model=args.model, seed=args.seed, **{
         k: v for k, v in dict(width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -178,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _attack_config(args: argparse.Namespace):
-    from attnrobust.evaluate import AttackConfig
+    from attnrobust.config import AttackConfig
 
     names = [a.strip() for a in args.attacks.split(",") if a.strip()]
     given = dict(fgsm_eps=args.fgsm_eps, pgd_eps=args.pgd_eps, pgd_alpha=args.pgd_alpha,
@@ -186,14 +187,13 @@ def _attack_config(args: argparse.Namespace):
                  minimal_max_eps=args.minimal_max_eps)
     cfg = AttackConfig(attacks=names, random_start=args.random_start, keep_best=args.keep_best,
                        **{k: v for k, v in given.items() if v is not None})
-    cfg.validate()
     return cfg
 
 
 def _evaluate_and_print(args: argparse.Namespace, sources: list[Path], targets: list[Path] | None) -> int:
     from attnrobust.evaluate import evaluate_checkpoints
     from attnrobust.results import append_records, format_records
-    from attnrobust.runtime import is_main
+    from attnrobust.distributed import is_main
 
     records = evaluate_checkpoints(sources, targets, _attack_config(args), n=args.num_images,
                                    batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,

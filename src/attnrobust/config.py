@@ -1,14 +1,16 @@
-"""Study configs: TOML in, validated dataclasses out; every error names the key.
+"""Configs: the only place TOML / CLI values become typed, checked dataclasses; every error names the key.
 
-A config has four sections. [study] says what to compare (datasets x models x seeds); [train] overrides the
-per-dataset training defaults of attnrobust.train.TrainConfig; [attack] is attnrobust.evaluate.AttackConfig;
-[eval] says how many test images to attack and in which batch size. Shipped configs live in
+TrainConfig (one training run), AttackConfig (which attacks, their budgets) and a study's StudyConfig
+(StudySection: what to compare, datasets x models x seeds; the [train] overrides of the per-dataset recipes;
+AttackConfig; EvalSection: how many test images to attack, in which batch size, side by side) live here. The
+pipeline stages (train, evaluate, study) receive these values already checked. Shipped study configs live in
 attnrobust/configs/ and are named without the .toml suffix (`quick`, `cifar10`, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -18,10 +20,270 @@ from pathlib import Path
 from typing import Any
 
 from attnrobust.errors import UserError
+from attnrobust.results import eps_key
 
 SHIPPED = ("quick", "quick-adversarial", "fashion-mnist-cpu", "fashion-mnist", "cifar10", "cifar100", "paper")
 # [train] keys the study itself sets per job; a config may not fix them.
 _PER_JOB_TRAIN_KEYS = ("dataset", "model", "seed")
+
+
+SCHEDULES = ("onecycle", "cosine")
+ADVERSARIAL = ("none", "pgd", "fgsm-rs")
+ATTACKS = ("fgsm", "pgd", "apgd", "minimal", "autoattack")
+# Test images of the end-of-epoch PGD check when adv_check_n is unset (adversarial regimes only): ~2 pp
+# standard error at 50% accuracy, far below the drop a collapse makes (Wong et al.: ~40% -> ~0% in an epoch).
+_ADV_CHECK_N = 500
+
+
+@dataclass
+class TrainConfig:
+    dataset: str
+    model: str
+    width: int = 64               # channels of the first stage; 64 = the published networks
+    epochs: int = 30
+    batch_size: int = 128         # global batch (summed over data-parallel ranks)
+    lr: float = 0.1               # peak learning rate
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4    # on conv/linear weights only; BatchNorm and biases are not decayed
+    warmup_epochs: float = 1.0    # linear ramp to the peak lr, then the schedule's decay to 0
+    schedule: str = "onecycle"    # "onecycle" (linear decay) or "cosine"
+    # 0 by default: label smoothing changes the loss surface attacks climb, a confound in a robustness study.
+    label_smoothing: float = 0.0
+    augment: bool = True          # the dataset's augmentation (random crop, + flip on CIFAR)
+    seed: int = 0
+    n_train: int | None = None    # train on the first n training images only (tests, quick looks)
+    n_test: int | None = None     # score test accuracy on the first n test images only
+    eval_every: int = 1           # test accuracy every k epochs (and always after the last)
+    amp: bool | None = None       # mixed precision; None = on for CUDA (bf16 where supported, else fp16)
+    # None = on: NHWC convolutions are faster with cuDNN tensor cores and, measured on a 2-core AVX-512 CPU,
+    # 1.3-1.6x faster with oneDNN too (benchmarks/train.py); set false where a CPU disagrees.
+    channels_last: bool | None = None
+    compile: bool = False         # torch.compile the model
+    # Extra keyword arguments of models.build_model (e.g. {cbam_bn_momentum = 0.1}); unknown ones are refused.
+    # A plain `dict` annotation: the config parser checks values with isinstance, which a dict[...] cannot do.
+    model_args: dict = field(default_factory=dict)
+    # Adversarial training (module docstring): "none", "pgd" (PGD-AT) or "fgsm-rs" (FGSM with random start).
+    adversarial: str = "none"
+    adv_eps: float = 8 / 255      # L-inf budget in [0, 1] pixel units (8/255: the CIFAR standard)
+    # Step size; None = 2.5 * adv_eps / adv_steps for PGD (Madry et al.'s rule: the ball's diameter is crossed with
+    # room to spare, whatever the start), 1.25 * adv_eps for FGSM-RS (Wong et al. 2020's choice; 2 * eps overfits)
+    adv_alpha: float | None = None
+    adv_steps: int = 10           # PGD-AT steps (FGSM-RS takes one)
+    # Test images of the end-of-epoch PGD-10 check (adv_test_acc, catastrophic_overfitting); None = 500 when
+    # training adversarially, 0 (off) otherwise: on a standard model it reads ~0% and costs ~10 forward+backward
+    # passes over those images per epoch.
+    adv_check_n: int | None = None
+
+    @classmethod
+    def for_dataset(cls, dataset: str, *, model: str, seed: int = 0, **overrides: Any) -> TrainConfig:
+        """The recipe for `dataset` (see DEFAULTS) with `overrides` applied; unknown keys raise UserError.
+        The one check of [train] keys: a study's overrides reach it through StudyConfig.train_config."""
+        _check_keys(overrides, sorted({f.name for f in dataclasses.fields(cls)} - set(_PER_JOB_TRAIN_KEYS)),
+                    "train")
+        return cls(dataset=dataset, model=model, seed=seed, **{**DEFAULTS.get(dataset, {}), **overrides})
+
+    def validate(self, data_dir=None) -> None:
+        """Raise UserError naming the first bad field (data_dir: where a user dataset is)."""
+        from attnrobust.data import get_spec
+        from attnrobust.models import is_user_model, list_models
+
+        try:
+            get_spec(self.dataset, data_dir)
+        except UserError as err:
+            raise UserError(f"dataset: {err}") from None
+        if self.model not in list_models() and not is_user_model(self.model):
+            raise UserError(f"model: unknown model {self.model!r}; valid: {', '.join(list_models())}")
+
+        def check(name: str, ok: bool, rule: str) -> None:
+            if not ok:
+                raise UserError(f"{name}: must be {rule}, got {getattr(self, name)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        check("width", is_int(self.width) and self.width > 0, "a positive integer")
+        check("epochs", is_int(self.epochs) and self.epochs > 0, "a positive integer")
+        check("batch_size", is_int(self.batch_size) and self.batch_size > 0, "a positive integer")
+        check("lr", is_num(self.lr) and self.lr > 0, "a positive number")
+        check("momentum", is_num(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)")
+        check("weight_decay", is_num(self.weight_decay) and self.weight_decay >= 0, "a number >= 0")
+        check("warmup_epochs", is_num(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs,
+              f"between 0 and epochs ({self.epochs})")
+        check("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
+        check("label_smoothing", is_num(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)")
+        check("seed", is_int(self.seed) and self.seed >= 0, "an integer >= 0")
+        check("eval_every", is_int(self.eval_every) and self.eval_every > 0, "a positive integer")
+        for name in ("n_train", "n_test"):
+            value = getattr(self, name)
+            check(name, value is None or (is_int(value) and value > 0), "a positive integer (or unset for all)")
+        for name in ("nesterov", "augment", "compile"):
+            check(name, isinstance(getattr(self, name), bool), "true or false")
+        for name in ("amp", "channels_last"):
+            check(name, getattr(self, name) in (None, True, False), "true, false or unset (auto)")
+        if self.n_train is not None and self.batch_size > self.n_train:
+            raise UserError(f"batch_size: {self.batch_size} is larger than the {self.n_train} training images "
+                            f"(n_train); use a smaller batch size")
+        check("adversarial", self.adversarial in ADVERSARIAL, f"one of {', '.join(ADVERSARIAL)}")
+        check("adv_eps", is_num(self.adv_eps) and 0 <= self.adv_eps <= 1,
+              "a number in [0, 1] (pixel units, 0.1 = 25.5/255)")
+        if self.adversarial != "none" and self.adv_eps == 0:
+            raise UserError(f"adv_eps: must be > 0 for adversarial = {self.adversarial!r} (or set adversarial = "
+                            f"\"none\")")
+        check("adv_alpha", self.adv_alpha is None or (is_num(self.adv_alpha) and self.adv_alpha > 0),
+              "a positive number (or unset for the default)")
+        check("adv_steps", is_int(self.adv_steps) and self.adv_steps > 0, "a positive integer")
+        check("adv_check_n", self.adv_check_n is None or (is_int(self.adv_check_n) and self.adv_check_n >= 0),
+              "an integer >= 0 (0 = off; unset = 500 when training adversarially)")
+        check("model_args", isinstance(self.model_args, dict) and all(isinstance(k, str) for k in self.model_args),
+              "a table of keyword arguments for the model")
+        if self.model_args:  # build_model is the authority on which arguments a model takes: ask it now, cheaply
+            from attnrobust.models import build_model
+            try:
+                build_model(self.model, 10, width=1, **self.model_args)
+            except UserError as err:
+                raise UserError(f"model_args: {err}") from None
+
+    def alpha(self) -> float:
+        """The adversarial step size: adv_alpha, or the regime's default (see the field's comment)."""
+        if self.adv_alpha is not None:
+            return float(self.adv_alpha)
+        return 1.25 * self.adv_eps if self.adversarial == "fgsm-rs" else 2.5 * self.adv_eps / self.adv_steps
+
+    def check_images(self) -> int:
+        """Test images of the end-of-epoch PGD check (0 = no check)."""
+        if self.adv_check_n is not None:
+            return self.adv_check_n
+        return 0 if self.adversarial == "none" else _ADV_CHECK_N
+
+
+# Per-dataset recipes. Full sizes aim at the reference accuracies on a GPU (ResNet-50: CIFAR-10 ~94%,
+# CIFAR-100 ~76%, Fashion-MNIST ~94%). fashion-mnist-mini is the quick study's laptop-CPU recipe, measured on
+# its 6000/1000 images: at width 8 a high peak lr with a short warm-up and no augmentation (which only slows a
+# 6-epoch run down) gives resnet14 86.6%, cbam_resnet14 85.2%, vgg16_bn 85.8% test accuracy (seed 0); lr 0.05
+# or 0.1 stays below 80% in that budget. adv_eps 0.1 on Fashion-MNIST: the budget robust-training papers use for
+# it (0.3 is MNIST's, where strokes survive it; Fashion-MNIST textures do not).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "fashion-mnist": dict(width=64, epochs=15, batch_size=128, lr=0.1, warmup_epochs=1.0, adv_eps=0.1),
+    "fashion-mnist-mini": dict(width=8, epochs=6, batch_size=64, lr=0.3, warmup_epochs=0.5, augment=False,
+                               adv_eps=0.1),
+    "cifar10": dict(width=64, epochs=40, batch_size=256, lr=0.2, warmup_epochs=4.0),
+    "cifar100": dict(width=64, epochs=60, batch_size=256, lr=0.2, warmup_epochs=5.0),
+}
+
+
+def _default_fgsm_eps() -> list[float]:
+    # round(): 0.05 * 3 is 0.15000000000000002; the records should say 0.15
+    return [round(0.05 * i, 10) for i in range(7)]
+
+
+@dataclass
+class AttackConfig:
+    """Which attacks to run and their budgets (the paper's defaults). eps are L-inf in [0, 1] pixel units."""
+
+    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
+    fgsm_eps: list[float] = field(default_factory=_default_fgsm_eps)
+    pgd_eps: float = 0.2  # also APGD's budget
+    pgd_alpha: float = 0.01
+    pgd_steps: list[int] = field(default_factory=lambda: [5, 10, 20])
+    random_start: bool = False  # PGD/APGD start uniformly in the eps-ball (seeded)
+    keep_best: bool = False  # PGD: a sample counts as broken once any iterate fools the model
+    apgd_steps: int = 20
+    # minimal eps per image (attacks.minimal_eps): bisection on the grid j * minimal_tol up to minimal_max_eps,
+    # PGD with minimal_steps steps per radius. Not saturated where the paper's budgets are.
+    minimal_max_eps: float = 0.1
+    minimal_tol: float = 1 / 255
+    minimal_steps: int = 10
+    # AutoAttack-grade worst case at one eps (below the paper's 0.2, where every standard model is at 0%):
+    # APGD-CE, APGD-T and the gradient-free Square attack, each on the images the others left.
+    autoattack_eps: float = 8 / 255
+    autoattack_steps: int = 20
+    autoattack_queries: int = 1000
+    autoattack_targets: int = 3
+    sanity_checks: bool = True  # gradient-masking flags (costs one small eps = 1 PGD run per source)
+    sanity_n: int = 100  # images of the first batch used by the unbounded-eps check
+
+    def __post_init__(self) -> None:
+        self.validate()  # an AttackConfig is valid from birth: the stages that receive one never re-check it
+
+    def validate(self) -> AttackConfig:
+        """Raise UserError naming the first bad field; return self."""
+        def bad(name: str, what: str, value: Any) -> UserError:
+            return UserError(f"attack.{name}: {what}, got {value!r}")
+
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        def positive_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+        if not isinstance(self.attacks, (list, tuple)) or not self.attacks \
+                or any(a not in ATTACKS for a in self.attacks) or len(set(self.attacks)) != len(self.attacks):
+            raise bad("attacks", f"expected a non-empty list of distinct names from {', '.join(ATTACKS)}",
+                      self.attacks)
+        if not isinstance(self.fgsm_eps, (list, tuple)) or not self.fgsm_eps \
+                or any(not number(e) or not 0 <= e <= 1 for e in self.fgsm_eps) \
+                or len({eps_key(e) for e in self.fgsm_eps}) != len(self.fgsm_eps):
+            raise bad("fgsm_eps", "expected a non-empty list of distinct numbers in [0, 1]", self.fgsm_eps)
+        for name in ("pgd_eps", "minimal_max_eps", "autoattack_eps"):
+            if not number(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
+                raise bad(name, "expected a number in [0, 1]", getattr(self, name))
+        if not number(self.minimal_tol) or not 0 < self.minimal_tol <= self.minimal_max_eps:
+            raise bad("minimal_tol", f"expected a number in (0, minimal_max_eps = {self.minimal_max_eps}]",
+                      self.minimal_tol)
+        if not number(self.pgd_alpha) or not self.pgd_alpha > 0:
+            raise bad("pgd_alpha", "expected a positive number", self.pgd_alpha)
+        if not isinstance(self.pgd_steps, (list, tuple)) or not self.pgd_steps \
+                or not all(positive_int(s) for s in self.pgd_steps):
+            raise bad("pgd_steps", "expected a non-empty list of positive integers", self.pgd_steps)
+        for name in ("random_start", "keep_best", "sanity_checks"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "expected true or false", getattr(self, name))
+        for name in ("apgd_steps", "sanity_n", "minimal_steps", "autoattack_steps", "autoattack_queries",
+                     "autoattack_targets"):
+            if not positive_int(getattr(self, name)):
+                raise bad(name, "expected a positive integer", getattr(self, name))
+        return self
+
+    def settings(self) -> list[dict[str, Any]]:
+        """The records one source/target pair gets: one per (attack, eps, steps, iterate), in a fixed order.
+
+        `scope` says which targets a setting is scored on: "all", "white-box" (the source itself) or "transfer"
+        (the other targets). PGD with keep_best scores the best iterate white-box (the first that fools the
+        attacked model) and the final iterate on other targets: "fooled" is judged on the source, so a best
+        iterate would pass the targets images the source already got wrong, unperturbed, and transfer error
+        would no longer mean what the paper's (final-iterate) numbers mean. APGD always keeps its best
+        iterate, which on other targets is named "best-on-source".
+        """
+        out = []
+        if "fgsm" in self.attacks:
+            out += [dict(attack="fgsm", eps=float(e), steps=None, alpha=None, random_start=False,
+                         keep_best=False, iterate=None, scope="all") for e in self.fgsm_eps]
+        if "pgd" in self.attacks:
+            pgd = dict(attack="pgd", eps=float(self.pgd_eps), alpha=float(self.pgd_alpha),
+                       random_start=self.random_start)
+            steps = sorted(set(self.pgd_steps))
+            if self.keep_best:
+                out += [dict(pgd, steps=k, keep_best=True, iterate="best", scope="white-box") for k in steps]
+                out += [dict(pgd, steps=k, keep_best=False, iterate="final", scope="transfer") for k in steps]
+            else:
+                out += [dict(pgd, steps=k, keep_best=False, iterate="final", scope="all") for k in steps]
+        if "minimal" in self.attacks:
+            out.append(dict(attack="minimal", eps=float(self.minimal_max_eps), steps=self.minimal_steps,
+                            alpha=None, random_start=False, keep_best=True, iterate="best", scope="white-box"))
+        if "autoattack" in self.attacks:
+            out.append(dict(attack="autoattack", eps=float(self.autoattack_eps), steps=self.autoattack_steps,
+                            alpha=None, random_start=False, keep_best=True, iterate="best", scope="white-box"))
+        if "apgd" in self.attacks:
+            # APGD adapts its own step size (alpha null) and always keeps the best iterate
+            apgd = dict(attack="apgd", eps=float(self.pgd_eps), steps=self.apgd_steps, alpha=None,
+                        random_start=self.random_start, keep_best=True)
+            out += [dict(apgd, iterate="best", scope="white-box"),
+                    dict(apgd, iterate="best-on-source", scope="transfer")]
+        return out
 
 
 @dataclass
@@ -55,8 +317,10 @@ class EvalSection:
 @dataclass
 class StudyConfig:
     study: StudySection
-    train: dict[str, Any]  # overrides of TrainConfig.for_dataset(...), validated against TrainConfig's fields
-    attack: Any  # attnrobust.evaluate.AttackConfig
+    # [train]: overrides of the per-dataset recipe (TrainConfig.for_dataset), typed against TrainConfig's fields;
+    # a partial table by nature (each dataset fills the rest), so a job's TrainConfig is `train_config(...)`.
+    train: dict[str, Any]
+    attack: AttackConfig
     eval: EvalSection
     source: str = ""  # where it was read from, for messages
 
@@ -66,6 +330,20 @@ class StudyConfig:
             return {k: v for k, v in d.items() if v is not None}
         return {"study": clean(dataclasses.asdict(self.study)), "train": clean(dict(self.train)),
                 "attack": clean(dataclasses.asdict(self.attack)), "eval": clean(dataclasses.asdict(self.eval))}
+
+    def train_config(self, dataset: str, model: str, seed: int) -> TrainConfig:
+        """The TrainConfig of one study job: the dataset's defaults, then the config's [train] overrides.
+
+        train.model_args is shared by the study's models: each gets the arguments it takes (e.g. cbam_bn_momentum
+        reaches only the CBAM models); `validate` refuses an argument that no model of the study takes.
+        """
+        from attnrobust.models import model_options
+
+        overrides = dict(self.train)
+        if "model_args" in overrides:
+            accepted = model_options(model)
+            overrides["model_args"] = {k: v for k, v in overrides["model_args"].items() if k in accepted}
+        return TrainConfig.for_dataset(dataset, model=model, seed=seed, **overrides)
 
 
 # ---- type checking of TOML values against dataclass annotations -------------------------------------------------
@@ -165,9 +443,6 @@ def _apply_override(data: dict, override: str) -> None:
 
 def parse_config(data: dict, where: str = "config", data_dir=None) -> StudyConfig:
     """Validate a config given as plain data (as tomllib returns it); data_dir: where user datasets are."""
-    from attnrobust.evaluate import AttackConfig
-    from attnrobust.train import TrainConfig
-
     _check_keys(data, ("study", "train", "attack", "eval"), where)
     for section in ("study", "train", "attack", "eval"):
         if not isinstance(data.get(section, {}), dict):
@@ -178,8 +453,8 @@ def parse_config(data: dict, where: str = "config", data_dir=None) -> StudyConfi
     for key in train_table:
         if key in _PER_JOB_TRAIN_KEYS:
             raise UserError(f"train.{key}: set by the study for each job; use study.{key}s instead")
-    _check_keys(train_table, train_hints, "train")
-    train = {k: _coerce(v, train_hints[k], f"train.{k}") for k, v in train_table.items()}
+    # unknown keys pass through untyped: TrainConfig.for_dataset refuses them when `validate` builds the jobs
+    train = {k: _coerce(v, train_hints[k], f"train.{k}") if k in train_hints else v for k, v in train_table.items()}
     cfg = StudyConfig(study=study, train=train, attack=_build(AttackConfig, data.get("attack", {}), "attack"),
                       eval=_build(EvalSection, data.get("eval", {}), "eval"), source=where)
     validate(cfg, data_dir)
@@ -247,32 +522,13 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
         raise UserError(f"eval.min_clean_accuracy: must be in [0, 1], got {floor}")
     if cfg.eval.workers < 1:
         raise UserError(f"eval.workers: must be a positive integer, got {cfg.eval.workers}")
-    cfg.attack.validate()
-    from attnrobust.models import model_options
-
     unused = [k for k in cfg.train.get("model_args", {}) if not any(k in model_options(m) for m in s.models)]
     if unused:
         raise UserError(f"train.model_args.{unused[0]}: no model of the study takes it; valid: "
                         f"{', '.join(sorted({k for m in s.models for k in model_options(m)})) or 'none'}")
     for dataset in s.datasets:  # the per-job training configs must be valid too; check before any work starts
         for model in s.models:
-            train_config(cfg, dataset, model, s.seeds[0]).validate(data_dir)
-
-
-def train_config(cfg: StudyConfig, dataset: str, model: str, seed: int):
-    """The TrainConfig of one study job: the dataset's defaults, then the config's [train] overrides.
-
-    train.model_args is shared by the study's models: each gets the arguments it takes (e.g. cbam_bn_momentum
-    reaches only the CBAM models); `validate` refuses an argument that no model of the study takes.
-    """
-    from attnrobust.models import model_options
-    from attnrobust.train import TrainConfig
-
-    overrides = dict(cfg.train)
-    if "model_args" in overrides:
-        accepted = model_options(model)
-        overrides["model_args"] = {k: v for k, v in overrides["model_args"].items() if k in accepted}
-    return TrainConfig.for_dataset(dataset, model=model, seed=seed, **overrides)
+            cfg.train_config(dataset, model, s.seeds[0]).validate(data_dir)
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------

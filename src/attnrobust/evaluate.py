@@ -1,10 +1,11 @@
 """Clean, white-box and transfer evaluation -> result records (see attnrobust.results for the schema).
 
-`transfer` is the one evaluation loop: for every batch and every source model it crafts each attack setting once
-(one gradient for the whole FGSM sweep, one PGD run for every iteration count) and scores the adversarial batch
-on every target in the same pass. The source is always among the targets, so the matrix's diagonal is the
-white-box result; `white_box` is `transfer` with one model. Counts are integers accumulated on the device (no
-per-batch host syncs) and, under torchrun, summed over ranks, each of which attacks its own shard of the split.
+`craft_and_score` is the one evaluation loop: for every batch and every source model it crafts each attack
+setting once (one gradient for the whole FGSM sweep, one PGD run for every iteration count) and scores the
+adversarial batch on every target in the same pass. The source is always among the targets, so the matrix's
+diagonal is the white-box result; `white_box` is `craft_and_score` with one model. Counts are integers
+accumulated on the device (no per-batch host syncs) and, under torchrun, summed over ranks, each of which
+attacks its own shard of the split.
 
 Gradient-masking sanity checks (AutoAttack / Carlini et al. 2019 "On evaluating adversarial robustness") are
 stored per record in record["flags"] = {name: {"ok": bool, "detail": str}}:
@@ -19,7 +20,6 @@ stored per record in record["flags"] = {name: {"ok": bool, "detail": str}}:
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,12 +27,13 @@ import torch
 from torch import Tensor, nn
 
 from attnrobust.attacks import apgd, attack_hygiene, fgsm, minimal_eps, pgd, predict, robust_accuracy_curve, worst_case
+from attnrobust.config import AttackConfig
+from attnrobust.distributed import all_sum_, dist_info, init_distributed, is_distributed
 from attnrobust.errors import UserError
 from attnrobust.results import COUNT_KEYS, eps_key, make_record, pack_bits, pack_floats
 
-__all__ = ["AttackConfig", "clean_accuracy", "white_box", "transfer", "sanity_flags", "evaluate_checkpoints"]
+__all__ = ["clean_accuracy", "craft_and_score", "white_box", "white_box_measures", "sanity_flags", "evaluate_checkpoints"]
 
-ATTACKS = ("fgsm", "pgd", "apgd", "minimal", "autoattack")
 # Measured white-box only, per image, beside the paper's grid: not transferred (see white_box_measures).
 WHITE_BOX_MEASURES = ("minimal", "autoattack")
 # The fine grid of robustness curves (read off the per-image minimal eps): 0, 1/255, ..., 16/255.
@@ -42,132 +43,14 @@ FINE_GRID = [round(j / 255, 10) for j in range(17)]
 UNBOUNDED_STEPS, UNBOUNDED_ALPHA, UNBOUNDED_MAX_ACCURACY = 20, 0.1, 0.05
 
 
-def _default_fgsm_eps() -> list[float]:
-    # round(): 0.05 * 3 is 0.15000000000000002; the records should say 0.15
-    return [round(0.05 * i, 10) for i in range(7)]
-
-
-@dataclass
-class AttackConfig:
-    """Which attacks to run and their budgets (the paper's defaults). eps are L-inf in [0, 1] pixel units."""
-
-    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
-    fgsm_eps: list[float] = field(default_factory=_default_fgsm_eps)
-    pgd_eps: float = 0.2  # also APGD's budget
-    pgd_alpha: float = 0.01
-    pgd_steps: list[int] = field(default_factory=lambda: [5, 10, 20])
-    random_start: bool = False  # PGD/APGD start uniformly in the eps-ball (seeded)
-    keep_best: bool = False  # PGD: a sample counts as broken once any iterate fools the model
-    apgd_steps: int = 20
-    # minimal eps per image (attacks.minimal_eps): bisection on the grid j * minimal_tol up to minimal_max_eps,
-    # PGD with minimal_steps steps per radius. Not saturated where the paper's budgets are.
-    minimal_max_eps: float = 0.1
-    minimal_tol: float = 1 / 255
-    minimal_steps: int = 10
-    # AutoAttack-grade worst case at one eps (below the paper's 0.2, where every standard model is at 0%):
-    # APGD-CE, APGD-T and the gradient-free Square attack, each on the images the others left.
-    autoattack_eps: float = 8 / 255
-    autoattack_steps: int = 20
-    autoattack_queries: int = 1000
-    autoattack_targets: int = 3
-    sanity_checks: bool = True  # gradient-masking flags (costs one small eps = 1 PGD run per source)
-    sanity_n: int = 100  # images of the first batch used by the unbounded-eps check
-
-    def validate(self) -> AttackConfig:
-        """Raise UserError naming the first bad field; return self."""
-        def bad(name: str, what: str, value: Any) -> UserError:
-            return UserError(f"attack.{name}: {what}, got {value!r}")
-
-        def number(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        def positive_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-        if not isinstance(self.attacks, (list, tuple)) or not self.attacks \
-                or any(a not in ATTACKS for a in self.attacks) or len(set(self.attacks)) != len(self.attacks):
-            raise bad("attacks", f"expected a non-empty list of distinct names from {', '.join(ATTACKS)}",
-                      self.attacks)
-        if not isinstance(self.fgsm_eps, (list, tuple)) or not self.fgsm_eps \
-                or any(not number(e) or not 0 <= e <= 1 for e in self.fgsm_eps) \
-                or len({eps_key(e) for e in self.fgsm_eps}) != len(self.fgsm_eps):
-            raise bad("fgsm_eps", "expected a non-empty list of distinct numbers in [0, 1]", self.fgsm_eps)
-        for name in ("pgd_eps", "minimal_max_eps", "autoattack_eps"):
-            if not number(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
-                raise bad(name, "expected a number in [0, 1]", getattr(self, name))
-        if not number(self.minimal_tol) or not 0 < self.minimal_tol <= self.minimal_max_eps:
-            raise bad("minimal_tol", f"expected a number in (0, minimal_max_eps = {self.minimal_max_eps}]",
-                      self.minimal_tol)
-        if not number(self.pgd_alpha) or not self.pgd_alpha > 0:
-            raise bad("pgd_alpha", "expected a positive number", self.pgd_alpha)
-        if not isinstance(self.pgd_steps, (list, tuple)) or not self.pgd_steps \
-                or not all(positive_int(s) for s in self.pgd_steps):
-            raise bad("pgd_steps", "expected a non-empty list of positive integers", self.pgd_steps)
-        for name in ("random_start", "keep_best", "sanity_checks"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(name, "expected true or false", getattr(self, name))
-        for name in ("apgd_steps", "sanity_n", "minimal_steps", "autoattack_steps", "autoattack_queries",
-                     "autoattack_targets"):
-            if not positive_int(getattr(self, name)):
-                raise bad(name, "expected a positive integer", getattr(self, name))
-        return self
-
-    def settings(self) -> list[dict[str, Any]]:
-        """The records one source/target pair gets: one per (attack, eps, steps, iterate), in a fixed order.
-
-        `scope` says which targets a setting is scored on: "all", "white-box" (the source itself) or "transfer"
-        (the other targets). PGD with keep_best scores the best iterate white-box (the first that fools the
-        attacked model) and the final iterate on other targets: "fooled" is judged on the source, so a best
-        iterate would pass the targets images the source already got wrong, unperturbed, and transfer error
-        would no longer mean what the paper's (final-iterate) numbers mean. APGD always keeps its best
-        iterate, which on other targets is named "best-on-source".
-        """
-        out = []
-        if "fgsm" in self.attacks:
-            out += [dict(attack="fgsm", eps=float(e), steps=None, alpha=None, random_start=False,
-                         keep_best=False, iterate=None, scope="all") for e in self.fgsm_eps]
-        if "pgd" in self.attacks:
-            pgd = dict(attack="pgd", eps=float(self.pgd_eps), alpha=float(self.pgd_alpha),
-                       random_start=self.random_start)
-            steps = sorted(set(self.pgd_steps))
-            if self.keep_best:
-                out += [dict(pgd, steps=k, keep_best=True, iterate="best", scope="white-box") for k in steps]
-                out += [dict(pgd, steps=k, keep_best=False, iterate="final", scope="transfer") for k in steps]
-            else:
-                out += [dict(pgd, steps=k, keep_best=False, iterate="final", scope="all") for k in steps]
-        if "minimal" in self.attacks:
-            out.append(dict(attack="minimal", eps=float(self.minimal_max_eps), steps=self.minimal_steps,
-                            alpha=None, random_start=False, keep_best=True, iterate="best", scope="white-box"))
-        if "autoattack" in self.attacks:
-            out.append(dict(attack="autoattack", eps=float(self.autoattack_eps), steps=self.autoattack_steps,
-                            alpha=None, random_start=False, keep_best=True, iterate="best", scope="white-box"))
-        if "apgd" in self.attacks:
-            # APGD adapts its own step size (alpha null) and always keeps the best iterate
-            apgd = dict(attack="apgd", eps=float(self.pgd_eps), steps=self.apgd_steps, alpha=None,
-                        random_start=self.random_start, keep_best=True)
-            out += [dict(apgd, iterate="best", scope="white-box"),
-                    dict(apgd, iterate="best-on-source", scope="transfer")]
-        return out
-
-
 # ---- helpers ----------------------------------------------------------------------------------------------------
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _all_reduce(t: Tensor) -> Tensor:
-    if _distributed():
-        torch.distributed.all_reduce(t)
-    return t
 
 
 def _progress(loader, device, desc: str, quiet: bool):
     """The loader's batches, moved to `device` (None: left where they are), behind a progress bar on rank 0."""
     from tqdm.auto import tqdm
 
-    rank = torch.distributed.get_rank() if _distributed() else 0
+    rank = dist_info()[0]
     show = not quiet and rank == 0 and sys.stderr.isatty()
     batches = ((x, y) if device is None else (x.to(device), y.to(device)) for x, y in loader)
     total = len(loader) if hasattr(loader, "__len__") else None  # a generator of batches has no length
@@ -182,7 +65,7 @@ def clean_accuracy(model: nn.Module, loader, *, device=None, quiet: bool = True)
         counts = c if counts is None else counts + c
     if counts is None:
         raise UserError("clean_accuracy: the loader yielded no batches; give at least one test image")
-    correct, n = _all_reduce(counts).tolist()
+    correct, n = all_sum_(counts).tolist()
     return correct / n
 
 
@@ -220,14 +103,14 @@ def _full_vectors(local: list[list[Tensor]], loader) -> list[Tensor]:
     each placed at its images' positions in the whole attacked split and summed over torchrun ranks in one
     collective: every rank ends with the same full vectors."""
     values = torch.stack([torch.cat(batches) for batches in local])  # [quantities, this rank's images]
-    if not _distributed():
+    if not is_distributed():
         return list(values)
     is_bool = values.dtype == torch.bool
     values = values.to(torch.uint8 if is_bool else torch.float32)
     positions = loader.indices(0).to(values.device)  # a DeviceLoader: each rank's contiguous shard, in order
     full = torch.zeros(len(local), len(loader.labels), dtype=values.dtype, device=values.device)
     full[:, positions] = values
-    full = _all_reduce(full)
+    full = all_sum_(full)
     return list(full.bool() if is_bool else full)
 
 
@@ -242,7 +125,7 @@ def _counts(robust: Tensor, target_clean: Tensor, source_clean: Tensor) -> dict[
 # ---- the evaluation loop ----------------------------------------------------------------------------------------
 
 
-def transfer(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loader, cfg: AttackConfig, *,
+def craft_and_score(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loader, cfg: AttackConfig, *,
              dataset: str, seed: int = 0, device=None, quiet: bool = False,
              attack_seed: int | None = None, images: str = "test") -> list[dict[str, Any]]:
     """Craft every attack of `cfg` on each source, once per batch, and score it on every target and the source.
@@ -254,7 +137,6 @@ def transfer(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loade
     batches go (None: wherever the loader puts them); the models must already be there. `images` names the
     attacked images in the records (e.g. "test[:1000]").
     """
-    cfg.validate()
     if not sources:
         raise UserError("transfer: give at least one source model")
     models: dict[str, nn.Module] = dict(targets)
@@ -265,7 +147,7 @@ def transfer(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loade
     settings = [st for st in cfg.settings() if st["attack"] not in WHITE_BOX_MEASURES]
     if not settings:
         return []
-    rank = torch.distributed.get_rank() if _distributed() else 0
+    rank = dist_info()[0]
     robust: dict[tuple[str, str, int], list[Tensor]] = {}  # (source, target, setting index) -> per-batch masks
     clean: dict[str, list[Tensor]] = {t: [] for t in models}
     unbounded: dict[str, Tensor] = {}  # source -> (correct, n) of the eps = 1 check
@@ -299,7 +181,7 @@ def transfer(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loade
     full = _full_vectors([clean[t] for t in models] + [robust[k] for k in keys], loader)
     clean_full, robust_full = dict(zip(models, full)), dict(zip(keys, full[len(models):]))
     checked = [s for s in sources if cfg.sanity_checks]
-    unbounded_totals = dict(zip(checked, _all_reduce(torch.stack([unbounded[s] for s in checked])).tolist())) \
+    unbounded_totals = dict(zip(checked, all_sum_(torch.stack([unbounded[s] for s in checked])).tolist())) \
         if checked else {}
     records = []
     for s, t, i in keys:
@@ -320,10 +202,10 @@ def transfer(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loade
 
 def white_box(model: nn.Module, loader, cfg: AttackConfig, *, dataset: str, name: str = "model", seed: int = 0,
               device=None, quiet: bool = False, images: str = "test") -> list[dict[str, Any]]:
-    """White-box evaluation of one model: `transfer` with the model as its own only target, then the per-image
+    """White-box evaluation of one model: `craft_and_score` with the model as its own only target, then the per-image
     measures (minimal eps, AutoAttack-grade worst case) when cfg asks for them."""
     return sanity_flags(
-        transfer({name: model}, {}, loader, cfg, dataset=dataset, seed=seed, device=device, quiet=quiet,
+        craft_and_score({name: model}, {}, loader, cfg, dataset=dataset, seed=seed, device=device, quiet=quiet,
                  images=images)
         + white_box_measures(model, loader, cfg, dataset=dataset, name=name, seed=seed, device=device,
                              quiet=quiet, images=images))
@@ -342,11 +224,10 @@ def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: 
       robust_bits = robust to all three; per attack the images it broke (`broken_by`), and the
       `gradient_masking` flag when Square (no gradients) broke an image no gradient attack could.
     """
-    cfg.validate()
     wanted = [st for st in cfg.settings() if st["attack"] in WHITE_BOX_MEASURES]
     if not wanted:
         return []
-    rank = torch.distributed.get_rank() if _distributed() else 0
+    rank = dist_info()[0]
     generator = torch.Generator().manual_seed((seed if attack_seed is None else attack_seed) * 65537 + rank + 1)
     clean, min_eps, aa_robust, masked = [], [], [], []
     ensemble = None
@@ -486,11 +367,11 @@ def evaluate_checkpoints(sources: list[Path], targets: list[Path] | None, cfg: A
     """
     from attnrobust.checkpoint import load_model
     from attnrobust.data import DeviceLoader, load_dataset
-    from attnrobust.runtime import dist_info, resolve_device
+    from attnrobust.runtime import resolve_device
 
-    cfg.validate()
     if not sources:
         raise UserError("give at least one source checkpoint to attack")
+    init_distributed()
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise UserError(f"n (images to attack) must be a positive integer, got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -529,7 +410,7 @@ def evaluate_checkpoints(sources: list[Path], targets: list[Path] | None, cfg: A
     loader = DeviceLoader(images, labels, batch_size=batch_size, device=device, rank=rank, world_size=world_size,
                           equal_shards=False)
     name = f"test[:{len(labels)}]"
-    records = transfer(source_models, target_models, loader, cfg, dataset=dataset, seed=record_seed, device=device,
+    records = craft_and_score(source_models, target_models, loader, cfg, dataset=dataset, seed=record_seed, device=device,
                        quiet=quiet, attack_seed=seed, images=name)
     for source, model in source_models.items():  # minimal eps / AutoAttack, when asked: white-box only
         records += white_box_measures(model, loader, cfg, dataset=dataset, name=source, seed=record_seed,

@@ -74,17 +74,9 @@ def _refusal(run_dir: Path) -> UserError:
 
 def _rank0_agrees(ok: bool) -> bool:
     """Under torchrun: every rank learns rank 0's outcome (rank 0 passes its own, the others' `ok` is ignored)."""
-    if "torch.distributed" not in sys.modules:  # no process group without it; and importing torch costs a second
-        return ok
-    import torch.distributed as dist
+    from attnrobust.distributed import broadcast_flags
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return ok
-    import torch
-
-    flag = torch.tensor([1 if ok else 0], dtype=torch.uint8)  # CPU: runtime's process group has gloo for it
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
+    return broadcast_flags([ok])[0]
 
 
 def _open_lock_file(path: Path) -> tuple[int, bool]:
@@ -162,7 +154,7 @@ def hold_run_lock(run_dir: str | Path, *, is_main: bool | None = None,
     """
     run_dir = Path(run_dir)
     if is_main is None:
-        from attnrobust.runtime import is_main as _is_main
+        from attnrobust.distributed import is_main as _is_main
 
         is_main = _is_main()
     fd, failed, made_folder = None, None, not run_dir.exists()

@@ -1,9 +1,4 @@
-"""Where and how things run: device, seeds, threads, distributed init, env.json, atomic writes.
-
-Distributed runs are started by torchrun, which sets RANK, WORLD_SIZE and LOCAL_RANK; `dist_info()` joins the
-process group the first time it is asked (so every stage works under torchrun without extra calls) and is a
-no-op for a plain `python -m attnrobust ...` process.
-"""
+"""Where and how things run: device, seeds, threads, env.json, atomic writes (torchrun: attnrobust.distributed)."""
 
 from __future__ import annotations
 
@@ -148,50 +143,6 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
-# ---- distributed ------------------------------------------------------------------------------------------------
-
-
-def init_distributed() -> tuple[int, int, int]:
-    """Join the torchrun process group if this process was started by torchrun; return (rank, world, local_rank).
-
-    The backend serves both kinds of tensors (gloo for CPU ones, NCCL for CUDA ones when CUDA exists), so
-    collectives work whatever device a stage runs on.
-    """
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world <= 1:
-        return 0, 1, 0
-    import torch
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-            backend = "cpu:gloo,cuda:nccl"
-        else:
-            backend = "gloo"
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), local_rank
-
-
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) of this process; (0, 1, 0) when not distributed."""
-    return init_distributed()
-
-
-def is_main() -> bool:
-    """True on the process that writes files (rank 0, or the only process)."""
-    return dist_info()[0] == 0
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op when not distributed)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 # ---- environment record -----------------------------------------------------------------------------------------
 
 
@@ -251,6 +202,8 @@ def environment(device=None) -> dict:
         device_name = torch.cuda.get_device_name(device)
     else:
         device_name = platform.processor() or platform.machine()
+    from attnrobust.distributed import dist_info
+
     rank, world, _ = dist_info()
     return {
         "attnrobust": __version__,

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnrobust.config import StudyConfig, load_config, parse_config, to_toml, train_config
+from attnrobust.config import StudyConfig, load_config, parse_config, to_toml
 from attnrobust.errors import UserError
 
 
@@ -95,7 +95,7 @@ def _claim_run_dir(run_dir: Path, cfg: StudyConfig, is_main: bool) -> None:
 
 def _say(message: str) -> None:
     """Progress for the person at the terminal: once, from rank 0, however many torchrun processes there are."""
-    from attnrobust.runtime import is_main
+    from attnrobust.distributed import is_main
 
     if is_main():
         print(message, flush=True)
@@ -103,14 +103,9 @@ def _say(message: str) -> None:
 
 def _agree_on_pending(pending: list[bool]) -> list[bool]:
     """Under torchrun every rank must run the same attack jobs (they all-reduce counts): rank 0's view wins."""
-    import torch
-    import torch.distributed as dist
+    from attnrobust.distributed import broadcast_flags
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return pending
-    flags = torch.tensor(pending, dtype=torch.uint8)  # a CPU tensor: runtime's process group has gloo for those
-    dist.broadcast(flags, src=0)
-    return [bool(f) for f in flags.tolist()]
+    return broadcast_flags(pending)
 
 
 # ---- the jobs (plain functions of plain arguments, so a worker process can run them) ----------------------------
@@ -151,7 +146,7 @@ def run_train_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, dat
                   quiet: bool = False) -> Path:
     from attnrobust.train import train
 
-    return train(train_config(cfg, job.dataset, job.model, job.seed), run_dir, device=device, data_dir=data_dir,
+    return train(cfg.train_config(job.dataset, job.model, job.seed), run_dir, device=device, data_dir=data_dir,
                  quiet=quiet)
 
 
@@ -160,8 +155,9 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     """The records of one source: its row of the transfer matrix and its white-box measures."""
     from attnrobust.checkpoint import load_model
     from attnrobust.data import DeviceLoader
-    from attnrobust.evaluate import transfer, white_box_measures
-    from attnrobust.runtime import dist_info, resolve_device
+    from attnrobust.evaluate import craft_and_score, white_box_measures
+    from attnrobust.distributed import dist_info
+    from attnrobust.runtime import resolve_device
     from attnrobust.train import checkpoint_path
 
     device = resolve_device(device)
@@ -170,7 +166,7 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     from attnrobust.models import is_user_model
 
     own_code = [m for m in cfg.study.models if is_user_model(m)]
-    models = {m: load_model(checkpoint_path(train_config(cfg, job.dataset, m, job.seed), run_dir), device=device,
+    models = {m: load_model(checkpoint_path(cfg.train_config(job.dataset, m, job.seed), run_dir), device=device,
                             allow_code=own_code)
               for m in cfg.study.models}
     source = {job.model: models[job.model]}
@@ -182,7 +178,7 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     for attack_cfg, x, y, name in groups:
         loader = DeviceLoader(x, y, batch_size=cfg.eval.batch_size, device=device, rank=rank,
                               world_size=world_size, equal_shards=False)  # no test image dropped
-        records += transfer(source, models, loader, attack_cfg, dataset=job.dataset, seed=job.seed, device=device,
+        records += craft_and_score(source, models, loader, attack_cfg, dataset=job.dataset, seed=job.seed, device=device,
                             quiet=quiet, images=name)
         records += white_box_measures(models[job.model], loader, attack_cfg, dataset=job.dataset, name=job.model,
                                       seed=job.seed, device=device, quiet=quiet, images=name)
@@ -205,7 +201,7 @@ def _in_worker(kind: str, cfg_data: dict, job: Job, run_dir: str, device, data_d
 
 
 def _workers(cfg: StudyConfig, device) -> int:
-    from attnrobust.runtime import dist_info
+    from attnrobust.distributed import dist_info
 
     if cfg.eval.workers <= 1 or device.type != "cpu" or dist_info()[1] > 1:
         return 1  # a GPU is shared better by one process; torchrun already splits the work
@@ -260,15 +256,17 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
 
     config: a shipped config's name, a .toml path, or the config as a dict (as tomllib would read it).
     """
+    from attnrobust.distributed import dist_info, init_distributed
     from attnrobust.evaluate import sanity_flags
     from attnrobust.report import build_report
     from attnrobust.report.verdicts import verdict_table
     from attnrobust.results import write_records
     from attnrobust.runlock import hold_run_lock
-    from attnrobust.runtime import atomic_write, dist_info, resolve_device, write_env_json
+    from attnrobust.runtime import atomic_write, resolve_device, write_env_json
     from attnrobust.train import is_finished
 
     cfg = load_config(config, overrides, data_dir)
+    init_distributed()
     run_dir = Path(out) if out is not None else Path("runs") / cfg.study.name
     rank, _, _ = dist_info()
     is_main = rank == 0
@@ -298,7 +296,7 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
             _say(f"  done  {job}  ({seconds:.0f} s)")
 
         train_jobs = [j for j in jobs if j.kind == "train"
-                      if not is_finished(train_config(cfg, j.dataset, j.model, j.seed), run_dir)]
+                      if not is_finished(cfg.train_config(j.dataset, j.model, j.seed), run_dir)]
         _execute("train", train_jobs, cfg, run_dir, device, data_dir, quiet,
                  lambda job, _, seconds, threads: log_time(job, seconds, threads))
 

@@ -37,7 +37,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -45,12 +44,12 @@ import torch
 import torch.nn.functional as F
 
 from attnrobust.checkpoint import load_train_state, read_meta, save_checkpoint, save_train_state
+from attnrobust.config import TrainConfig
 from attnrobust.errors import UserError
-from attnrobust.runtime import (atomic_write, barrier, dist_info, resolve_device, seed_everything, set_threads,
+from attnrobust.distributed import barrier, broadcast_buffers, dist_info, init_distributed, sum_floats
+from attnrobust.runtime import (atomic_write, resolve_device, seed_everything, set_threads,
                                 write_env_json)
 
-SCHEDULES = ("onecycle", "cosine")
-ADVERSARIAL = ("none", "pgd", "fgsm-rs")
 # Fields that change how fast a run goes or how often it is scored, not the weights it computes; a run may
 # resume with them changed. (adv_check_n only decides what is logged and flagged: the check never stops a run.)
 _MAY_CHANGE_ON_RESUME = ("compile", "eval_every", "n_test", "adv_check_n")
@@ -62,156 +61,11 @@ _COLLAPSE_SHARE = 0.3
 # ... and that best showed real robustness: a model never robust (standard training, ~0% under PGD) cannot
 # collapse, and on a few hundred images a drop from below 10% is within noise.
 _COLLAPSE_MIN_BEST = 0.1
-# Test images of the end-of-epoch PGD check when adv_check_n is unset (adversarial regimes only): ~2 pp
-# standard error at 50% accuracy, far below the drop a collapse makes (Wong et al.: ~40% -> ~0% in an epoch).
-_ADV_CHECK_N = 500
 _ADV_CHECK_STEPS = 10
 # Test-time batch: larger than the training batch is fine (no gradients kept).
 _EVAL_BATCH = 500
 # Steps between loss checks / progress-bar updates: each check waits for the device, so not every step.
 _CHECK_EVERY = 50
-
-
-@dataclass
-class TrainConfig:
-    dataset: str
-    model: str
-    width: int = 64               # channels of the first stage; 64 = the published networks
-    epochs: int = 30
-    batch_size: int = 128         # global batch (summed over data-parallel ranks)
-    lr: float = 0.1               # peak learning rate
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4    # on conv/linear weights only; BatchNorm and biases are not decayed
-    warmup_epochs: float = 1.0    # linear ramp to the peak lr, then the schedule's decay to 0
-    schedule: str = "onecycle"    # "onecycle" (linear decay) or "cosine"
-    # 0 by default: label smoothing changes the loss surface attacks climb, a confound in a robustness study.
-    label_smoothing: float = 0.0
-    augment: bool = True          # the dataset's augmentation (random crop, + flip on CIFAR)
-    seed: int = 0
-    n_train: int | None = None    # train on the first n training images only (tests, quick looks)
-    n_test: int | None = None     # score test accuracy on the first n test images only
-    eval_every: int = 1           # test accuracy every k epochs (and always after the last)
-    amp: bool | None = None       # mixed precision; None = on for CUDA (bf16 where supported, else fp16)
-    # None = on: NHWC convolutions are faster with cuDNN tensor cores and, measured on a 2-core AVX-512 CPU,
-    # 1.3-1.6x faster with oneDNN too (benchmarks/train.py); set false where a CPU disagrees.
-    channels_last: bool | None = None
-    compile: bool = False         # torch.compile the model
-    # Extra keyword arguments of models.build_model (e.g. {cbam_bn_momentum = 0.1}); unknown ones are refused.
-    # A plain `dict` annotation: the config parser checks values with isinstance, which a dict[...] cannot do.
-    model_args: dict = field(default_factory=dict)
-    # Adversarial training (module docstring): "none", "pgd" (PGD-AT) or "fgsm-rs" (FGSM with random start).
-    adversarial: str = "none"
-    adv_eps: float = 8 / 255      # L-inf budget in [0, 1] pixel units (8/255: the CIFAR standard)
-    # Step size; None = 2.5 * adv_eps / adv_steps for PGD (Madry et al.'s rule: the ball's diameter is crossed with
-    # room to spare, whatever the start), 1.25 * adv_eps for FGSM-RS (Wong et al. 2020's choice; 2 * eps overfits)
-    adv_alpha: float | None = None
-    adv_steps: int = 10           # PGD-AT steps (FGSM-RS takes one)
-    # Test images of the end-of-epoch PGD-10 check (adv_test_acc, catastrophic_overfitting); None = 500 when
-    # training adversarially, 0 (off) otherwise: on a standard model it reads ~0% and costs ~10 forward+backward
-    # passes over those images per epoch.
-    adv_check_n: int | None = None
-
-    @classmethod
-    def for_dataset(cls, dataset: str, *, model: str, seed: int = 0, **overrides: Any) -> TrainConfig:
-        """The recipe for `dataset` (see DEFAULTS) with `overrides` applied; unknown keys raise UserError."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        for key in overrides:
-            if key not in fields or key in ("dataset", "model", "seed"):
-                raise UserError(f"unknown training setting {key!r}; valid: "
-                                f"{', '.join(sorted(fields - {'dataset', 'model', 'seed'}))}")
-        return cls(dataset=dataset, model=model, seed=seed, **{**DEFAULTS.get(dataset, {}), **overrides})
-
-    def validate(self, data_dir=None) -> None:
-        """Raise UserError naming the first bad field (data_dir: where a user dataset is)."""
-        from attnrobust.data import get_spec
-        from attnrobust.models import is_user_model, list_models
-
-        try:
-            get_spec(self.dataset, data_dir)
-        except UserError as err:
-            raise UserError(f"dataset: {err}") from None
-        if self.model not in list_models() and not is_user_model(self.model):
-            raise UserError(f"model: unknown model {self.model!r}; valid: {', '.join(list_models())}")
-
-        def check(name: str, ok: bool, rule: str) -> None:
-            if not ok:
-                raise UserError(f"{name}: must be {rule}, got {getattr(self, name)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        check("width", is_int(self.width) and self.width > 0, "a positive integer")
-        check("epochs", is_int(self.epochs) and self.epochs > 0, "a positive integer")
-        check("batch_size", is_int(self.batch_size) and self.batch_size > 0, "a positive integer")
-        check("lr", is_num(self.lr) and self.lr > 0, "a positive number")
-        check("momentum", is_num(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)")
-        check("weight_decay", is_num(self.weight_decay) and self.weight_decay >= 0, "a number >= 0")
-        check("warmup_epochs", is_num(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs,
-              f"between 0 and epochs ({self.epochs})")
-        check("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
-        check("label_smoothing", is_num(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)")
-        check("seed", is_int(self.seed) and self.seed >= 0, "an integer >= 0")
-        check("eval_every", is_int(self.eval_every) and self.eval_every > 0, "a positive integer")
-        for name in ("n_train", "n_test"):
-            value = getattr(self, name)
-            check(name, value is None or (is_int(value) and value > 0), "a positive integer (or unset for all)")
-        for name in ("nesterov", "augment", "compile"):
-            check(name, isinstance(getattr(self, name), bool), "true or false")
-        for name in ("amp", "channels_last"):
-            check(name, getattr(self, name) in (None, True, False), "true, false or unset (auto)")
-        if self.n_train is not None and self.batch_size > self.n_train:
-            raise UserError(f"batch_size: {self.batch_size} is larger than the {self.n_train} training images "
-                            f"(n_train); use a smaller batch size")
-        check("adversarial", self.adversarial in ADVERSARIAL, f"one of {', '.join(ADVERSARIAL)}")
-        check("adv_eps", is_num(self.adv_eps) and 0 <= self.adv_eps <= 1,
-              "a number in [0, 1] (pixel units, 0.1 = 25.5/255)")
-        if self.adversarial != "none" and self.adv_eps == 0:
-            raise UserError(f"adv_eps: must be > 0 for adversarial = {self.adversarial!r} (or set adversarial = "
-                            f"\"none\")")
-        check("adv_alpha", self.adv_alpha is None or (is_num(self.adv_alpha) and self.adv_alpha > 0),
-              "a positive number (or unset for the default)")
-        check("adv_steps", is_int(self.adv_steps) and self.adv_steps > 0, "a positive integer")
-        check("adv_check_n", self.adv_check_n is None or (is_int(self.adv_check_n) and self.adv_check_n >= 0),
-              "an integer >= 0 (0 = off; unset = 500 when training adversarially)")
-        check("model_args", isinstance(self.model_args, dict) and all(isinstance(k, str) for k in self.model_args),
-              "a table of keyword arguments for the model")
-        if self.model_args:  # build_model is the authority on which arguments a model takes: ask it now, cheaply
-            from attnrobust.models import build_model
-            try:
-                build_model(self.model, 10, width=1, **self.model_args)
-            except UserError as err:
-                raise UserError(f"model_args: {err}") from None
-
-    def alpha(self) -> float:
-        """The adversarial step size: adv_alpha, or the regime's default (see the field's comment)."""
-        if self.adv_alpha is not None:
-            return float(self.adv_alpha)
-        return 1.25 * self.adv_eps if self.adversarial == "fgsm-rs" else 2.5 * self.adv_eps / self.adv_steps
-
-    def check_images(self) -> int:
-        """Test images of the end-of-epoch PGD check (0 = no check)."""
-        if self.adv_check_n is not None:
-            return self.adv_check_n
-        return 0 if self.adversarial == "none" else _ADV_CHECK_N
-
-
-# Per-dataset recipes. Full sizes aim at the reference accuracies on a GPU (ResNet-50: CIFAR-10 ~94%,
-# CIFAR-100 ~76%, Fashion-MNIST ~94%). fashion-mnist-mini is the quick study's laptop-CPU recipe, measured on
-# its 6000/1000 images: at width 8 a high peak lr with a short warm-up and no augmentation (which only slows a
-# 6-epoch run down) gives resnet14 86.6%, cbam_resnet14 85.2%, vgg16_bn 85.8% test accuracy (seed 0); lr 0.05
-# or 0.1 stays below 80% in that budget. adv_eps 0.1 on Fashion-MNIST: the budget robust-training papers use for
-# it (0.3 is MNIST's, where strokes survive it; Fashion-MNIST textures do not).
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "fashion-mnist": dict(width=64, epochs=15, batch_size=128, lr=0.1, warmup_epochs=1.0, adv_eps=0.1),
-    "fashion-mnist-mini": dict(width=8, epochs=6, batch_size=64, lr=0.3, warmup_epochs=0.5, augment=False,
-                               adv_eps=0.1),
-    "cifar10": dict(width=64, epochs=40, batch_size=256, lr=0.2, warmup_epochs=4.0),
-    "cifar100": dict(width=64, epochs=60, batch_size=256, lr=0.2, warmup_epochs=5.0),
-}
 
 
 def checkpoint_name(cfg: TrainConfig) -> str:
@@ -305,20 +159,12 @@ def is_finished(cfg: TrainConfig, out_dir: str | Path) -> bool:
     return meta.get("epoch") == cfg.epochs and not _config_differences(meta.get("train", {}), cfg)
 
 
-def _all_sum(values: list[float | torch.Tensor], device: torch.device, world: int) -> list[float]:
-    """Sum scalars over ranks (one collective); returns Python floats."""
-    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values])
-    if world > 1:
-        torch.distributed.all_reduce(t)
-    return t.tolist()
-
-
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
 
 @torch.no_grad()
-def _test_accuracy(model: torch.nn.Module, loader, amp_dtype, channels_last: bool, device, world: int) -> float:
+def _test_accuracy(model: torch.nn.Module, loader, amp_dtype, channels_last: bool, device) -> float:
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
@@ -328,7 +174,7 @@ def _test_accuracy(model: torch.nn.Module, loader, amp_dtype, channels_last: boo
         with _autocast(device, amp_dtype):
             correct += (model(x).argmax(1) == y).sum()
         count += len(y)
-    correct_total, count_total = _all_sum([correct, count], device, world)
+    correct_total, count_total = sum_floats([correct, count], device)
     return correct_total / max(1.0, count_total)
 
 
@@ -442,7 +288,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
     from attnrobust import models
     from attnrobust.data import DeviceLoader, get_spec, load_dataset
 
-    cfg.validate(data_dir)
+    cfg.validate(data_dir)  # the API's way in: a TrainConfig built in Python has not met the config parser
+    init_distributed()
     rank, world, _ = dist_info()
     main = rank == 0
     device = resolve_device(device)
@@ -578,20 +425,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
             seen += len(y)
             bar.update(1)
             if (i + 1) % _CHECK_EVERY == 0:
-                (running,) = _all_sum([loss_sum], device, world)
+                (running,) = sum_floats([loss_sum], device)
                 _stop_if_diverged(running, epoch, ckpt, meta)
                 bar.set_postfix(loss=f"{running / (seen * world):.3f}", lr=f"{lr:.3g}")
         bar.close()
-        loss_total, correct_total, seen_total = _all_sum([loss_sum, correct, seen], device, world)
+        loss_total, correct_total, seen_total = sum_floats([loss_sum, correct, seen], device)
         # Timed after the reduction, which waits for the device: on CUDA the last steps may still be queued before.
         train_seconds = time.perf_counter() - t_epoch
         _stop_if_diverged(loss_total, epoch, ckpt, meta)
 
-        if world > 1:  # the checkpoint holds rank 0's BatchNorm statistics; score exactly that model everywhere
-            for buffer in model.buffers():
-                torch.distributed.broadcast(buffer, src=0)
+        broadcast_buffers(model)  # the checkpoint holds rank 0's BatchNorm statistics; score that model everywhere
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            test_acc = _test_accuracy(model, test_loader, amp_dtype, channels_last, device, world)
+            test_acc = _test_accuracy(model, test_loader, amp_dtype, channels_last, device)
         adv_acc, collapsed = None, False
         if n_check:  # rank 0 only; its own generator, so the check changes nothing the training computes
             adv_acc = _pgd_check_accuracy(model, x_check, y_check, cfg.adv_eps,

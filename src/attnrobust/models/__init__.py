@@ -44,7 +44,7 @@ from torch import nn
 
 from attnrobust.errors import UserError
 from attnrobust.models.attention import ATTENTION, CBAM, ECA, MHSA, SE, SELF_ATTENTION
-from attnrobust.models.common import STEMS
+from attnrobust.models.common import VARIANTS
 from attnrobust.models.resnet import ResNet
 from attnrobust.models.vgg import VGG
 
@@ -166,18 +166,18 @@ def _per_channel(kind: str, values: Sequence[float] | None, default: float, in_c
     return out
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, stem: str = "cifar", width: int = 64,
+def build_model(name: str, num_classes: int, in_channels: int = 3, variant: str = "cifar", width: int = 64,
                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, **kw: Any) -> nn.Module:
     """Build a registered model, freshly initialized, in train mode, on the CPU (or the current default device).
 
-    name: one of `list_models()`. stem: "cifar" (for 32x32 and 28x28 inputs) or "imagenet" (the published networks; for
-    VGG the ImageNet classifier head). width: 64 is the published size; every stage scales with it.
+    name: one of `list_models()`. variant: "cifar" (adapted to 32x32 and 28x28 inputs) or "imagenet" (the published
+    networks; see models.common.VARIANTS). width: 64 is the published size; every stage scales with it.
     kw: model-specific options (see resnet.ResNet): every ResNet takes `zero_init_residual` (default True), the
     cbam_* models `cbam_bn_momentum` (default 0.01, the official CBAM value), the bot_* models `input_size`
     (default 32: serves 32x32 and 28x28 inputs). An argument a model does not take is refused.
     The model's `build_args` holds every argument, defaults filled in, as plain JSON values.
     A user model (an entry point, see the module docstring) gets num_classes, in_channels, kw, and mean/std if it
-    names them; stem and width are registry options it does not get.
+    names them; variant and width are registry options it does not get.
     """
     if is_user_model(name):
         if not _is_int(num_classes) or num_classes < 1:
@@ -192,8 +192,8 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, stem: str = "
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not _is_int(in_channels) or in_channels not in IN_CHANNELS:
         raise UserError(f"in_channels must be one of {', '.join(map(str, IN_CHANNELS))}, got {in_channels!r}")
-    if stem not in STEMS:
-        raise UserError(f"unknown stem {stem!r}; valid stems: {', '.join(STEMS)}")
+    if variant not in VARIANTS:
+        raise UserError(f"unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
     if not _is_int(width) or width < 1:
         raise UserError(f"width must be a positive integer (64 = the published size), got {width!r}")
     unknown = sorted(set(kw) - set(entry.extras))
@@ -209,9 +209,9 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, stem: str = "
     mean_l = _per_channel("mean", mean, 0.0, in_channels)
     std_l = _per_channel("std", std, 1.0, in_channels)
 
-    model = entry.family(num_classes=num_classes, in_channels=in_channels, stem=stem, width=width,
+    model = entry.family(num_classes=num_classes, in_channels=in_channels, variant=variant, width=width,
                          mean=mean_l, std=std_l, **entry.fixed, **extras)
-    model.build_args = {"name": name, "num_classes": num_classes, "in_channels": in_channels, "stem": stem,
+    model.build_args = {"name": name, "num_classes": num_classes, "in_channels": in_channels, "variant": variant,
                         "width": width, "mean": mean_l, "std": std_l, **extras}
     return model
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# "cifar": for 32x32 inputs; "imagenet": the published 224x224 networks (each family says what that changes).
-STEMS = ("cifar", "imagenet")
+# A network's variant: "cifar", adapted to 32x32 (and 28x28) inputs; "imagenet", the published 224x224 network.
+# Each family says what that changes: the ResNet stem (3x3 conv vs 7x7 conv + max-pool), the VGG head (one linear
+# layer vs the 4096-4096 classifier).
+VARIANTS = ("cifar", "imagenet")
 
 
 class PixelClassifier(nn.Module):

@@ -89,11 +89,11 @@ class ResNet(PixelClassifier):
     the default 32). Inputs of another size need no other change.
     """
 
-    def __init__(self, layers: list[int], num_classes: int, in_channels: int = 3, stem: str = "cifar",
+    def __init__(self, layers: list[int], num_classes: int, in_channels: int = 3, variant: str = "cifar",
                  width: int = 64, attn: str | None = None, *, mean: list[float], std: list[float],
                  zero_init_residual: bool = True, cbam_bn_momentum: float = 0.01, input_size: int = 32):
         super().__init__(in_channels, mean, std)
-        if stem == "cifar":
+        if variant == "cifar":
             self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
                                       nn.BatchNorm2d(width), nn.ReLU(inplace=True))
             side = input_size

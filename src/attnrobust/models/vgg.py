@@ -1,10 +1,10 @@
 """VGG-16 (Simonyan & Zisserman, 2015), configuration D, plain and with batch norm.
 
-The 13 convs (3x3, padding 1, with biases -- kept in the BN variant too, as torchvision does and as the published
-138,365,992 count assumes) and 5 max-pools are the same for both heads; `width` scales every conv (64 is the
+The 13 convs (3x3, padding 1, with biases -- kept with batch norm too, as torchvision does and as the published
+138,365,992 count assumes) and 5 max-pools are the same for both variants; `width` scales every conv (64 is the
 published network: 64, 128, 256, 512, 512).
 
-Heads:
+Variants (they differ in the head only):
 - "imagenet": adaptive average pool to 7x7, then 512*7*7 -> 4096 -> 4096 -> classes with ReLU and dropout 0.5:
   the published network, 138,357,544 parameters (138,365,992 with BN) for 3 channels and 1000 classes.
 - "cifar" (the default for 32x32 inputs): the five pools leave a 1x1x512 map, and the classifier is a single
@@ -28,7 +28,7 @@ VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
 class VGG(PixelClassifier):
     """VGG-16. Arguments are validated by the registry (`build_model`), which is the public way in."""
 
-    def __init__(self, num_classes: int, in_channels: int = 3, stem: str = "cifar", width: int = 64,
+    def __init__(self, num_classes: int, in_channels: int = 3, variant: str = "cifar", width: int = 64,
                  batch_norm: bool = False, *, mean: list[float], std: list[float]):
         super().__init__(in_channels, mean, std)
         layers: list[nn.Module] = []
@@ -44,7 +44,7 @@ class VGG(PixelClassifier):
             layers.append(nn.ReLU(inplace=True))
             ch = out
         self.features = nn.Sequential(*layers)
-        if stem == "imagenet":
+        if variant == "imagenet":
             hidden = 4096 * width // 64
             self.pool = nn.AdaptiveAvgPool2d(7)
             self.classifier = nn.Sequential(
