@@ -15,6 +15,7 @@ import os
 import shutil
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from attnrobust.errors import UserError
 from attnrobust.report.grid import Grid
@@ -25,6 +26,9 @@ from attnrobust.report.readme import (COMPARISON_KEYS, PAIRED_KEYS, VERDICT_KEYS
 from attnrobust.report.tables import table2, table3, to_csv, to_latex, to_markdown
 from attnrobust.report.verdicts import paired_rows, verdict_table, verdicts
 from attnrobust.results import CLEAN, Setting, load_records
+
+if TYPE_CHECKING:
+    from attnrobust.report.figures import Series  # imported where used: matplotlib loads with the figures
 
 __all__ = ["build_report"]
 
@@ -77,28 +81,35 @@ def _points(settings: list[Setting], clean_at_zero: bool) -> list[tuple[float, S
 
 
 def _series(grid: Grid, d: str, src: str, tgt: str, settings: list[Setting], label: str, color: str,
-            style: str, clean_at_zero: bool) -> dict | None:
+            style: str, clean_at_zero: bool) -> Series | None:
+    from attnrobust.report.figures import Series
+
     found = [(x, grid.summary(d, src, tgt, s)) for x, s in _points(settings, clean_at_zero)]
     found = [(x, v) for x, v in found if v is not None]
     if not found:
         return None
-    return {"label": label, "x": [x for x, _ in found], "y": [v[0] for _, v in found],
-            "err": [v[1] for _, v in found], "color": color, "style": style}
+    return Series(label, [x for x, _ in found], [v[0] for _, v in found], color, style,
+                  err=[v[1] for _, v in found])
 
 
 def _paper_series(d: str, src: str, tgt: str, settings: list[Setting], clean_at_zero: bool, color: str,
-                  label: str) -> dict | None:
+                  label: str) -> Series | None:
+    from attnrobust.report.figures import Series
+
     found = [(x, paper_value(d, src, tgt, s)) for x, s in _points(settings, clean_at_zero)]
     found = [(x, y) for x, y in found if y is not None]
     if not found:
         return None
-    return {"label": label, "x": [x for x, _ in found], "y": [y for _, y in found], "color": color,
-            "style": "paper"}
+    return Series(label, [x for x, _ in found], [y for _, y in found], color, "paper")
+
+
+def _xticks(series: list[Series]) -> list[float]:
+    return sorted({x for s in series for x in s.x})
 
 
 def _figures(grid: Grid, out: Path) -> list[tuple[str, str]]:
     """Line figures; returns (relative path, caption) in README order."""
-    from attnrobust.report.figures import PALETTE, curves
+    from attnrobust.report.figures import PALETTE, Panel, curves
 
     made = []
     names = load_paper()["models"]
@@ -108,24 +119,23 @@ def _figures(grid: Grid, out: Path) -> list[tuple[str, str]]:
         fgsm, pgd = _fgsm_settings(grid, d), _pgd_settings(grid, d)
         pgd_title = "PGD" + (f" eps {pgd[0].eps:g}, step {pgd[0].alpha:g}" if pgd and pgd[0].alpha else "")
         # White-box (Figs 2-4): every model, with the paper's curve of its family dotted.
-        panels = [{"title": "FGSM (white-box)", "xlabel": "eps", "ylabel": "accuracy (%)", "settings": fgsm,
-                   "zero": True},
-                  {"title": f"{pgd_title} (white-box)", "xlabel": "iterations", "ylabel": "error (%)",
-                   "settings": pgd, "zero": False}]
-        for p in panels:
-            p["series"], seen = [], set()
+        panels = []
+        for p, settings, zero in ((Panel("FGSM (white-box)", "eps", "accuracy (%)"), fgsm, True),
+                                  (Panel(f"{pgd_title} (white-box)", "iterations", "error (%)"), pgd, False)):
+            seen = set()
             for m in models:
-                s = _series(grid, d, m, m, p["settings"], m, color[m], "solid", p["zero"])
+                s = _series(grid, d, m, m, settings, m, color[m], "solid", zero)
                 if s is not None:
-                    p["series"].append(s)
+                    p.series.append(s)
                 ref = paper_model(m)
                 if ref is not None and ref not in seen:
                     seen.add(ref)
-                    s = _paper_series(d, m, m, p["settings"], p["zero"], color[m], f"paper: {names[ref]}")
+                    s = _paper_series(d, m, m, settings, zero, color[m], f"paper: {names[ref]}")
                     if s is not None:
-                        p["series"].append(s)
-            p["xticks"] = sorted({x for s in p["series"] for x in s["x"]})
-        panels = [p for p in panels if p["series"]]
+                        p.series.append(s)
+            if p.series:
+                p.xticks = _xticks(p.series)
+                panels.append(p)
         if panels:
             rel = f"figures/whitebox_{d}.png"
             curves(out / rel, f"{d}: white-box attacks", panels)
@@ -145,8 +155,7 @@ def _figures(grid: Grid, out: Path) -> list[tuple[str, str]]:
                            for t in targets]
                 series = [s for s in series if s is not None]
                 if series:
-                    panels.append({"title": f"{title}: crafted on {src}", "xlabel": xlabel, "ylabel": ylabel,
-                                   "series": series, "xticks": sorted({x for s in series for x in s["x"]})})
+                    panels.append(Panel(f"{title}: crafted on {src}", xlabel, ylabel, series, _xticks(series)))
             if panels:
                 from attnrobust.models import file_stem  # a user model's name may hold '/' and ':'
 

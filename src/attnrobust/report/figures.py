@@ -1,12 +1,14 @@
 """Figures for the report, in the spirit of the paper's Figures 2-7, as PNG (matplotlib, Agg backend).
 
-`curves` draws panels of lines (accuracy vs eps, error vs iterations) from plain data the report prepares, so
-this file knows nothing of records. `attention_figure` shows CBAM's last spatial attention map over clean and
-FGSM images; it needs a checkpoint and the dataset files, and the report builds without it.
+`curves` draws panels of lines (accuracy vs eps, error vs iterations) from plain data the report prepares
+(`Panel`s of `Series`), so this file knows nothing of records. `attention_figure` shows CBAM's last spatial
+attention map over clean and FGSM images; it needs a checkpoint and the dataset files, and the report builds
+without it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -20,31 +22,51 @@ DPI = 110
 _META = {"Software": "attnrobust"}
 
 
-def curves(path: Path, title: str, panels: list[dict]) -> None:
-    """One row of panels. panel: {"title", "xlabel", "ylabel", "xticks", "series": [{"label", "x", "y",
-    "err" (CI half-widths or None), "low"/"high" (an optional shaded band), "color", "style": "solid" | "dashed" |
-    "paper"}]}; y in percent."""
+@dataclass
+class Series:
+    """One line of a panel; y in percent."""
+
+    label: str
+    x: list[float]
+    y: list[float]
+    color: str
+    style: str = "solid"  # "solid" | "dashed" | "paper" (a published curve: thin, dotted, hollow markers)
+    err: list[float | None] | None = None  # CI half-widths, drawn as error bars
+    low: list[float] | None = None  # an optional shaded band (e.g. the range over seeds) from low to high
+    high: list[float] | None = None
+
+
+@dataclass
+class Panel:
+    title: str
+    xlabel: str
+    ylabel: str
+    series: list[Series] = field(default_factory=list)
+    xticks: list[float] = field(default_factory=list)  # [] = matplotlib's own
+
+
+def curves(path: Path, title: str, panels: list[Panel]) -> None:
+    """One row of panels."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     for ax, panel in zip(axes[0], panels):
-        for s in panel["series"]:
-            style = s.get("style", "solid")
-            kw = dict(color=s["color"], label=s["label"])
-            if s.get("low") is not None:  # a band (e.g. the range over seeds) around the line
-                ax.fill_between(s["x"], s["low"], s["high"], color=s["color"], alpha=0.2, linewidth=0)
-            if style == "paper":  # the published curve: thin, dotted, hollow markers
-                ax.plot(s["x"], s["y"], linestyle=":", linewidth=1.2, marker="o", markersize=3,
+        for s in panel.series:
+            kw = dict(color=s.color, label=s.label)
+            if s.low is not None:  # a band (e.g. the range over seeds) around the line
+                ax.fill_between(s.x, s.low, s.high, color=s.color, alpha=0.2, linewidth=0)
+            if s.style == "paper":  # the published curve: thin, dotted, hollow markers
+                ax.plot(s.x, s.y, linestyle=":", linewidth=1.2, marker="o", markersize=3,
                         markerfacecolor="none", alpha=0.8, **kw)
-            elif s.get("err") is not None and any(e is not None for e in s["err"]):
-                ax.errorbar(s["x"], s["y"], yerr=[e or 0.0 for e in s["err"]], capsize=3, marker="o",
-                            markersize=4, linestyle="--" if style == "dashed" else "-", **kw)
+            elif s.err is not None and any(e is not None for e in s.err):
+                ax.errorbar(s.x, s.y, yerr=[e or 0.0 for e in s.err], capsize=3, marker="o",
+                            markersize=4, linestyle="--" if s.style == "dashed" else "-", **kw)
             else:
-                ax.plot(s["x"], s["y"], marker="o", markersize=4, linestyle="--" if style == "dashed" else "-",
+                ax.plot(s.x, s.y, marker="o", markersize=4, linestyle="--" if s.style == "dashed" else "-",
                         **kw)
-        ax.set_title(panel["title"], fontsize=10)
-        ax.set_xlabel(panel["xlabel"])
-        ax.set_ylabel(panel["ylabel"])
-        if panel.get("xticks"):
-            ax.set_xticks(panel["xticks"])
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel(panel.xlabel)
+        ax.set_ylabel(panel.ylabel)
+        if panel.xticks:
+            ax.set_xticks(panel.xticks)
         ax.set_ylim(-2, 102)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="best")

@@ -36,7 +36,7 @@ def _median_ci(values, level_z: float = 1.959963984540054) -> tuple[float, float
 
 def minimal_section(grid: Grid, out: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """The non-saturated white-box measure: median minimal eps per model, fine-grid robust accuracy, figures."""
-    from attnrobust.report.figures import PALETTE, curves
+    from attnrobust.report.figures import PALETTE, Panel, Series, curves
 
     lines, figures = [], []
     for d in grid.datasets():
@@ -76,13 +76,13 @@ def minimal_section(grid: Grid, out: Path) -> tuple[list[str], list[tuple[str, s
             series = []
             for m, style in ((attn, "solid"), (base, "dashed")):
                 c = curves_of[m]
-                series.append({"label": f"{m} ({c.shape[0]} seed{'s' if c.shape[0] > 1 else ''})",
-                               "x": [255 * e for e in grid_eps], "y": list(c.mean(axis=0)),
-                               "low": list(c.min(axis=0)) if c.shape[0] > 1 else None,
-                               "high": list(c.max(axis=0)) if c.shape[0] > 1 else None,
-                               "color": color[m], "style": style})
-            panels.append({"title": f"{attn} vs {base}", "xlabel": "eps (x 1/255)",
-                           "ylabel": "robust accuracy (%)", "series": series, "xticks": list(range(0, 17, 2))})
+                band = c.shape[0] > 1
+                series.append(Series(f"{m} ({c.shape[0]} seed{'s' if band else ''})", [255 * e for e in grid_eps],
+                                     list(c.mean(axis=0)), color[m], style,
+                                     low=list(c.min(axis=0)) if band else None,
+                                     high=list(c.max(axis=0)) if band else None))
+            panels.append(Panel(f"{attn} vs {base}", "eps (x 1/255)", "robust accuracy (%)", series,
+                                list(range(0, 17, 2))))
         if panels:
             rel = f"figures/minimal_eps_{d}.png"
             curves(out / rel, f"{d}: white-box robust accuracy on the fine eps grid", panels)
