@@ -85,20 +85,20 @@ def test_changed_config_in_existing_folder_is_refused(tiny_run):
 def test_interrupted_study_resumes_to_the_same_results(tiny_run, tmp_path, monkeypatch):
     import attnrobust.evaluate as evaluate
 
-    real_transfer, calls = evaluate.transfer, []
+    real_craft, calls = evaluate.craft_and_score, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # as if killed during the second attack job
-        return real_transfer(*args, **kwargs)
+        return real_craft(*args, **kwargs)
 
     out = tmp_path / "resumed"
-    monkeypatch.setattr(evaluate, "transfer", interrupted)
+    monkeypatch.setattr(evaluate, "craft_and_score", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_study("quick", out=out, overrides=TINY, quiet=True)
     assert len(read_records(out / "results.jsonl")) == 3 * (3 + 3) + 1  # the first job only, whole (+ minimal)
-    monkeypatch.setattr(evaluate, "transfer", real_transfer)
+    monkeypatch.setattr(evaluate, "craft_and_score", real_craft)
     run_study("quick", out=out, overrides=TINY, quiet=True)
     assert _stable(read_records(out / "results.jsonl")) == _stable(read_records(tiny_run / "results.jsonl"))
 
@@ -177,3 +177,36 @@ def test_study_refuses_a_folder_that_is_not_a_run_and_adopts_a_train_folder(tmp_
     (trained / "env.json").write_text("{}")
     _claim_run_dir(trained, cfg, is_main=True)
     assert (trained / "config.toml").is_file()
+
+
+def test_regimes_are_a_study_axis_and_never_mix(tmp_path):
+    """Two training regimes: each model is trained and attacked once per regime, records carry the regime, the
+    report compares within a regime, and ls names the regimes."""
+    out = tmp_path / "regimes"
+    regimes = '[{adversarial = "none"}, {adversarial = "fgsm-rs", adv_eps = 0.1, adv_check_n = 0}]'
+    run_study("quick", out=out, overrides=[*TINY, f"study.regimes={regimes}", 'attack.attacks=["fgsm"]',
+                                           "study.models=['resnet14','cbam_resnet14']"], quiet=True)
+    names = sorted(p.name for p in (out / "checkpoints").glob("*.safetensors"))
+    assert names == ["fashion-mnist-mini-cbam_resnet14-s0-fgsm-rs-eps-0.1.safetensors",
+                     "fashion-mnist-mini-cbam_resnet14-s0.safetensors",
+                     "fashion-mnist-mini-resnet14-s0-fgsm-rs-eps-0.1.safetensors",
+                     "fashion-mnist-mini-resnet14-s0.safetensors"]
+    records = read_records(out / "results.jsonl")
+    adversarial = [r for r in records if r.get("regime") == "FGSM-RS eps 0.1"]
+    standard = [r for r in records if "regime" not in r]
+    assert len(adversarial) == len(standard) == 2 * 2 * 3  # 2 sources x 2 targets x 3 FGSM eps, per regime
+    report = (out / "report" / "README.md").read_text()
+    assert "fashion-mnist-mini · FGSM-RS eps 0.1" in report
+    verdicts = list(csv.DictReader((out / "report" / "verdicts.csv").open()))
+    assert {v["dataset"] for v in verdicts} == {"fashion-mnist-mini", "fashion-mnist-mini · FGSM-RS eps 0.1"}
+    assert "trained standard; FGSM-RS eps 0.1; 8/8 jobs done" in list_runs(tmp_path)
+
+
+def test_bad_regime_is_one_line(capsys, tmp_path):
+    code = main(["run", "quick", "--out", str(tmp_path / "x"), "--set", "study.regimes=[{lr = 0.1}]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "study.regimes[0].lr: unknown key" in err[0]
+    code = main(["run", "quick", "--out", str(tmp_path / "x"), "--set",
+                 'study.regimes=[{adversarial = "pgd"}, {adversarial = "pgd", adv_eps = 0.1}]'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "two regimes are the same" in err[0]

@@ -25,6 +25,9 @@ from attnrobust.results import eps_key
 SHIPPED = ("quick", "quick-adversarial", "fashion-mnist-cpu", "fashion-mnist", "cifar10", "cifar100", "paper")
 # [train] keys the study itself sets per job; a config may not fix them.
 _PER_JOB_TRAIN_KEYS = ("dataset", "model", "seed")
+# What a study regime (study.regimes) may set: how a model is trained against attacks, nothing else, so that the
+# regimes of a study differ in that alone.
+REGIME_KEYS = ("adversarial", "adv_eps", "adv_alpha", "adv_steps", "adv_check_n")
 
 
 SCHEDULES = ("onecycle", "cosine")
@@ -175,6 +178,27 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def regime_label(cfg: TrainConfig | dict[str, Any]) -> str:
+    """Short human label of how a model was trained: "standard", "PGD-AT eps 0.1 (10 steps)", "FGSM-RS eps 8/255".
+
+    Takes a TrainConfig or its dict (a checkpoint's meta["train"]; one written before adversarial training existed
+    is "standard"). A step size other than the default is named too.
+    """
+    d = dataclasses.asdict(cfg) if isinstance(cfg, TrainConfig) else dict(cfg)
+    kind = d.get("adversarial", "none")
+    if kind == "none":
+        return "standard"
+    eps = float(d["adv_eps"])
+    short = f"{eps:g}"
+    if len(short) > 6 and abs(eps * 255 - round(eps * 255)) < 1e-6:  # 0.0313725 reads better as 8/255
+        short = f"{round(eps * 255)}/255"
+    label = f"PGD-AT eps {short} ({d['adv_steps']} steps" if kind == "pgd" else f"FGSM-RS eps {short}"
+    if d.get("adv_alpha") is not None:
+        label += f", alpha {d['adv_alpha']:g}" if kind == "pgd" else f" (alpha {d['adv_alpha']:g}"
+    return label + ")" if kind == "pgd" or d.get("adv_alpha") is not None else label
+
+
+
 def _default_fgsm_eps() -> list[float]:
     # round(): 0.05 * 3 is 0.15000000000000002; the records should say 0.15
     return [round(0.05 * i, 10) for i in range(7)]
@@ -295,6 +319,10 @@ class StudySection:
     # Declared comparisons beyond the registry's own twins: [attention model, model compared with (, label of
     # the attention kind)], e.g. [["./nets.py:attn_net", "./nets.py:base_net", "cbam"]]. None: none.
     pairs: list[list[str]] | None = None
+    # Training regimes to cross with everything else, each a table of REGIME_KEYS overriding [train], e.g.
+    # [{adversarial = "none"}, {adversarial = "fgsm-rs", adv_eps = 0.1}]: every model is trained, attacked and
+    # compared once per regime. None: the one regime [train] describes.
+    regimes: list[dict] | None = None
 
 
 @dataclass
@@ -307,7 +335,7 @@ class EvalSection:
     strong_n: int | None = None
     subset_seed: int = 0
     # Withhold a verdict when a compared model's clean accuracy is below this (None: the dataset's default,
-    # attnrobust.verdicts.CLEAN_FLOORS): robustness of a model that did not learn means nothing.
+    # attnrobust.report.verdicts.CLEAN_FLOORS): robustness of a model that did not learn means nothing.
     min_clean_accuracy: float | None = None
     # Independent jobs (training runs, attack jobs) run side by side in this many processes, the cores split
     # between them (small models leave cores idle in one process). 1 = in this process; CPU only.
@@ -331,15 +359,23 @@ class StudyConfig:
         return {"study": clean(dataclasses.asdict(self.study)), "train": clean(dict(self.train)),
                 "attack": clean(dataclasses.asdict(self.attack)), "eval": clean(dataclasses.asdict(self.eval))}
 
-    def train_config(self, dataset: str, model: str, seed: int) -> TrainConfig:
-        """The TrainConfig of one study job: the dataset's defaults, then the config's [train] overrides.
+    def regimes_of(self, dataset: str) -> dict[str, dict[str, Any]]:
+        """{label: the regime's overrides} in config order; labels (regime_label) depend on the dataset, whose
+        recipe may fill in adv_eps. One entry, the [train] regime, when study.regimes is not set."""
+        tables = self.study.regimes or [{}]
+        return {regime_label(self.train_config(dataset, self.study.models[0], self.study.seeds[0], t)): t
+                for t in tables}
+
+    def train_config(self, dataset: str, model: str, seed: int, regime: dict[str, Any] | None = None) -> TrainConfig:
+        """The TrainConfig of one study job: the dataset's defaults, then the config's [train] overrides, then the
+        job's regime (a table of study.regimes).
 
         train.model_args is shared by the study's models: each gets the arguments it takes (e.g. cbam_bn_momentum
         reaches only the CBAM models); `validate` refuses an argument that no model of the study takes.
         """
         from attnrobust.models import model_options
 
-        overrides = dict(self.train)
+        overrides = {**self.train, **(regime or {})}
         if "model_args" in overrides:
             accepted = model_options(model)
             overrides["model_args"] = {k: v for k, v in overrides["model_args"].items() if k in accepted}
@@ -509,6 +545,14 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
         if len(pair) not in (2, 3) or pair[0] == pair[1] or any(m not in s.models for m in pair[:2]):
             raise UserError(f"study.pairs[{i}]: {pair!r} must be [attention model, model compared with] (and "
                             f"optionally a label), two different models of study.models")
+    for i, regime in enumerate(s.regimes or []):
+        try:
+            _check_keys(regime, REGIME_KEYS, f"study.regimes[{i}]")
+        except UserError as err:
+            raise UserError(f"{err} (a regime says how models are trained against attacks; set the rest in "
+                            f"[train])") from None
+    if s.regimes is not None and not s.regimes:
+        raise UserError("study.regimes: must list at least one regime (or be left out for the [train] one)")
     if cfg.eval.n is not None and cfg.eval.n <= 0:
         raise UserError(f"eval.n: must be positive (or left out for the whole test split), got {cfg.eval.n}")
     if cfg.eval.batch_size <= 0:
@@ -527,8 +571,15 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
         raise UserError(f"train.model_args.{unused[0]}: no model of the study takes it; valid: "
                         f"{', '.join(sorted({k for m in s.models for k in model_options(m)})) or 'none'}")
     for dataset in s.datasets:  # the per-job training configs must be valid too; check before any work starts
-        for model in s.models:
-            cfg.train_config(dataset, model, s.seeds[0]).validate(data_dir)
+        for i, regime in enumerate(s.regimes or [{}]):
+            for model in s.models:
+                try:
+                    cfg.train_config(dataset, model, s.seeds[0], regime).validate(data_dir)
+                except UserError as err:
+                    raise UserError(f"study.regimes[{i}]: {err}" if s.regimes else str(err)) from None
+        labels = [regime_label(cfg.train_config(dataset, s.models[0], s.seeds[0], r)) for r in s.regimes or [{}]]
+        if len(set(labels)) != len(labels):
+            raise UserError(f"study.regimes: two regimes are the same on {dataset} ({', '.join(labels)})")
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------

@@ -86,6 +86,39 @@ def unpack_floats(text: str, n: int) -> np.ndarray:
     return array.astype(np.float64)
 
 
+STANDARD = "standard"  # the training regime of a record without a "regime" field
+
+
+def regime_of(record: dict[str, Any]) -> str:
+    """How the record's models were trained: its "regime" label (config.regime_label), absent for standard
+    training (so a standard study's records, and those written before regimes existed, read the same)."""
+    return record.get("regime", STANDARD)
+
+
+def panel_of(record: dict[str, Any]) -> str:
+    """What the report compares within: the dataset, or "dataset · regime" for a non-standard training regime
+    (models are only ever compared with, and transferred to, models of the same regime)."""
+    regime = regime_of(record)
+    return record["dataset"] if regime == STANDARD else f"{record['dataset']} · {regime}"
+
+
+def panel_dataset(panel: str) -> str:
+    """The dataset of a panel name (panel_of)."""
+    return panel.split(" · ")[0]
+
+
+def with_regime(records: list[dict[str, Any]], regime: str) -> list[dict[str, Any]]:
+    """The records labelled with a training regime (new dicts, "regime" right after "seed"); standard: as they are."""
+    if regime == STANDARD:
+        return records
+    out = []
+    for r in records:
+        items = list(r.items())
+        at = [k for k, _ in items].index("seed") + 1
+        out.append(dict(items[:at] + [("regime", regime)] + [(k, v) for k, v in items[at:] if k != "regime"]))
+    return out
+
+
 def make_record(*, dataset: str, seed: int, source: str, target: str, attack: str, eps: float,
                 steps: int | None, alpha: float | None, random_start: bool, keep_best: bool,
                 counts: dict[str, int], robust_bits: str, clean_bits: str, images: str,
@@ -122,9 +155,9 @@ def make_record(*, dataset: str, seed: int, source: str, target: str, attack: st
 
 
 def record_key(r: dict[str, Any]) -> tuple:
-    """What identifies a record: (dataset, seed, source, target, attack, eps, steps, iterate). eps is rounded so
-    that 0.1 + 0.05 and 0.15 name the same setting."""
-    return (r["dataset"], r["seed"], r["source"], r["target"], r["attack"], eps_key(r["eps"]), r["steps"],
+    """What identifies a record: (dataset, regime, seed, source, target, attack, eps, steps, iterate). eps is
+    rounded so that 0.1 + 0.05 and 0.15 name the same setting."""
+    return (r["dataset"], regime_of(r), r["seed"], r["source"], r["target"], r["attack"], eps_key(r["eps"]), r["steps"],
             r.get("iterate"))
 
 

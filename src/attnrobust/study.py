@@ -1,10 +1,13 @@
-"""A study: datasets x models x seeds, each model trained, attacked white-box and transferred to its siblings.
+"""A study: datasets x training regimes x models x seeds, each model trained, attacked white-box and transferred
+to its siblings.
 
 `plan(cfg)` lists the jobs and `run_study` executes exactly that list, in two phases:
-- train: one job per (dataset, model, seed); attnrobust.train.train resumes or skips a finished run;
-- attack: one job per (dataset, source model, seed), after every model of its (dataset, seed) is trained: it
-  crafts the attacks on the source and scores every model of the same dataset and seed (its row of the transfer
-  matrix; the diagonal is the white-box result), then the source's white-box measures (minimal eps, AutoAttack).
+- train: one job per (dataset, regime, model, seed); attnrobust.train.train resumes or skips a finished run;
+- attack: one job per (dataset, regime, source model, seed), after every model of its (dataset, regime, seed) is
+  trained: it crafts the attacks on the source and scores every model of the same dataset, regime and seed (its
+  row of the transfer matrix; the diagonal is the white-box result), then the source's white-box measures
+  (minimal eps, AutoAttack). Regimes (study.regimes: standard training, PGD-AT, FGSM-RS, ...) never mix: a
+  model is compared with, and transferred to, models trained the same way; records carry the regime's label.
   Clean accuracy and FGSM run on all attacked images; the costly attacks on the seeded subset eval.strong_n.
 An attack job's records are written to results.jsonl in one atomic rewrite, so a job is either wholly in the file
 or not at all: rerunning the same command after a kill does only what is missing. Then the report is rebuilt.
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from attnrobust.config import StudyConfig, load_config, parse_config, to_toml
 from attnrobust.errors import UserError
+from attnrobust.results import STANDARD, regime_of
 
 
 @dataclass(frozen=True)
@@ -37,20 +41,30 @@ class Job:
     dataset: str
     model: str
     seed: int
+    regime: str = STANDARD  # the training regime's label (config.regime_label)
 
     def __str__(self) -> str:
-        return f"{self.kind:<6} {self.dataset} {self.model} seed {self.seed}"
+        regime = "" if self.regime == STANDARD else f" [{self.regime}]"
+        return f"{self.kind:<6} {self.dataset}{regime} {self.model} seed {self.seed}"
+
+    def train_config(self, cfg: StudyConfig, model: str | None = None):
+        """The TrainConfig of this job's model (or of `model`, a sibling in the same dataset, regime and seed)."""
+        return cfg.train_config(self.dataset, model or self.model, self.seed,
+                                cfg.regimes_of(self.dataset)[self.regime])
 
 
 def plan(cfg: StudyConfig) -> list[Job]:
-    """Every job of the study in the order it runs: all training, then all attacks (dataset, seed, model)."""
-    cells = [(d, s, m) for d in cfg.study.datasets for s in cfg.study.seeds for m in cfg.study.models]
-    return [Job("train", d, m, s) for d, s, m in cells] + [Job("attack", d, m, s) for d, s, m in cells]
+    """Every job of the study in the order it runs: all training, then all attacks (dataset, regime, seed,
+    model)."""
+    cells = [(d, r, s, m) for d in cfg.study.datasets for r in cfg.regimes_of(d) for s in cfg.study.seeds
+             for m in cfg.study.models]
+    return [Job("train", d, m, s, r) for d, r, s, m in cells] + [Job("attack", d, m, s, r) for d, r, s, m in cells]
 
 
-def attack_jobs_done(records: list[dict]) -> set[tuple[str, str, int]]:
-    """(dataset, source, seed) of every attack job whose records are in the results (jobs are written whole)."""
-    return {(r["dataset"], r["source"], r["seed"]) for r in records}
+def attack_jobs_done(records: list[dict]) -> set[tuple[str, str, str, int]]:
+    """(dataset, regime, source, seed) of every attack job whose records are in the results (jobs are written
+    whole)."""
+    return {(r["dataset"], regime_of(r), r["source"], r["seed"]) for r in records}
 
 
 def _read_results(path: Path) -> list[dict]:
@@ -146,8 +160,7 @@ def run_train_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, dat
                   quiet: bool = False) -> Path:
     from attnrobust.train import train
 
-    return train(cfg.train_config(job.dataset, job.model, job.seed), run_dir, device=device, data_dir=data_dir,
-                 quiet=quiet)
+    return train(job.train_config(cfg), run_dir, device=device, data_dir=data_dir, quiet=quiet)
 
 
 def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, data_dir=None,
@@ -155,8 +168,9 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     """The records of one source: its row of the transfer matrix and its white-box measures."""
     from attnrobust.checkpoint import load_model
     from attnrobust.data import DeviceLoader
-    from attnrobust.evaluate import craft_and_score, white_box_measures
     from attnrobust.distributed import dist_info
+    from attnrobust.evaluate import craft_and_score, white_box_measures
+    from attnrobust.results import with_regime
     from attnrobust.runtime import resolve_device
     from attnrobust.train import checkpoint_path
 
@@ -166,8 +180,7 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     from attnrobust.models import is_user_model
 
     own_code = [m for m in cfg.study.models if is_user_model(m)]
-    models = {m: load_model(checkpoint_path(cfg.train_config(job.dataset, m, job.seed), run_dir), device=device,
-                            allow_code=own_code)
+    models = {m: load_model(checkpoint_path(job.train_config(cfg, m), run_dir), device=device, allow_code=own_code)
               for m in cfg.study.models}
     source = {job.model: models[job.model]}
     everything, subset = _test_images(cfg, job.dataset, data_dir)
@@ -178,11 +191,11 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     for attack_cfg, x, y, name in groups:
         loader = DeviceLoader(x, y, batch_size=cfg.eval.batch_size, device=device, rank=rank,
                               world_size=world_size, equal_shards=False)  # no test image dropped
-        records += craft_and_score(source, models, loader, attack_cfg, dataset=job.dataset, seed=job.seed, device=device,
-                            quiet=quiet, images=name)
+        records += craft_and_score(source, models, loader, attack_cfg, dataset=job.dataset, seed=job.seed,
+                                   device=device, quiet=quiet, images=name)
         records += white_box_measures(models[job.model], loader, attack_cfg, dataset=job.dataset, name=job.model,
                                       seed=job.seed, device=device, quiet=quiet, images=name)
-    return records
+    return with_regime(records, job.regime)
 
 
 def _in_worker(kind: str, cfg_data: dict, job: Job, run_dir: str, device, data_dir, threads: int):
@@ -288,21 +301,21 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
              + (f", {workers} side by side" if workers > 1 else ""))
 
         def log_time(job: Job, seconds: float, threads: int | None) -> None:
-            timings.append({"job": str(job).split()[0], "dataset": job.dataset, "model": job.model,
+            timings.append({"job": job.kind, "dataset": job.dataset,
+                            **({} if job.regime == STANDARD else {"regime": job.regime}), "model": job.model,
                             "seed": job.seed, "seconds": round(seconds, 2), "threads": threads,
                             "workers": workers})
             if is_main:
                 atomic_write(timings_path, "".join(json.dumps(t) + "\n" for t in timings))
             _say(f"  done  {job}  ({seconds:.0f} s)")
 
-        train_jobs = [j for j in jobs if j.kind == "train"
-                      if not is_finished(cfg.train_config(j.dataset, j.model, j.seed), run_dir)]
+        train_jobs = [j for j in jobs if j.kind == "train" if not is_finished(j.train_config(cfg), run_dir)]
         _execute("train", train_jobs, cfg, run_dir, device, data_dir, quiet,
                  lambda job, _, seconds, threads: log_time(job, seconds, threads))
 
         done = attack_jobs_done(results)
         attack_jobs = [j for j in jobs if j.kind == "attack"]
-        pending = _agree_on_pending([(j.dataset, j.model, j.seed) not in done for j in attack_jobs])
+        pending = _agree_on_pending([(j.dataset, j.regime, j.model, j.seed) not in done for j in attack_jobs])
         attack_jobs = [j for j, todo in zip(attack_jobs, pending) if todo]
 
         def write(job: Job, records: list[dict], seconds: float, threads: int | None) -> None:
@@ -333,7 +346,8 @@ def list_runs(runs_dir: str | Path = "runs") -> str:
     """
     import tomllib
 
-    from attnrobust.models import file_stem
+    from attnrobust.config import REGIME_KEYS, TrainConfig, regime_label
+    from attnrobust.train import checkpoint_name
 
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -341,19 +355,25 @@ def list_runs(runs_dir: str | Path = "runs") -> str:
     rows = []
     for run_dir in sorted(p for p in runs_dir.iterdir() if (p / "config.toml").is_file()):
         try:
-            study = tomllib.loads((run_dir / "config.toml").read_text()).get("study", {})
+            data = tomllib.loads((run_dir / "config.toml").read_text())
+            study, train = data.get("study", {}), data.get("train", {})
             datasets, models, seeds = (list(study.get(k, [])) for k in ("datasets", "models", "seeds"))
+            # only the regime keys: they name the regime and its checkpoints (nothing here builds a model)
+            regimes = [{k: v for k, v in {**train, **r}.items() if k in REGIME_KEYS}
+                       for r in study.get("regimes") or [{}]]
+            cells = [(TrainConfig.for_dataset(d, model=str(m), seed=s, **r), s)
+                     for d in datasets for r in regimes for m in models for s in seeds]
             attacked = attack_jobs_done(_read_results(run_dir / "results.jsonl"))
-        except (UserError, OSError, tomllib.TOMLDecodeError) as err:
+        except (UserError, OSError, tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as err:
             rows.append(f"{run_dir.name}: unreadable ({err})")
             continue
-        cells = [(d, m, s) for d in datasets for m in models for s in seeds]
-        stems = [run_dir / "checkpoints" / f"{d}-{file_stem(str(m))}-s{s}" for d, m, s in cells]
+        stems = [run_dir / "checkpoints" / checkpoint_name(c) for c, _ in cells]
         trained = sum(Path(f"{p}.safetensors").is_file() and not Path(f"{p}.state.safetensors").exists()
                       for p in stems)
-        done = trained + sum((d, m, s) in attacked for d, m, s in cells)
+        done = trained + sum((c.dataset, regime_label(c), c.model, s) in attacked for c, s in cells)
+        labels = list(dict.fromkeys(regime_label(c) for c, _ in cells))
         report = run_dir / "report" / "README.md"
         rows.append(f"{run_dir.name}: {','.join(datasets)} x {','.join(map(str, models))} x seeds "
-                    f"{','.join(map(str, seeds))}; {done}/{2 * len(cells)} jobs done; report: "
-                    f"{report if report.exists() else '(none yet)'}")
+                    f"{','.join(map(str, seeds))}; trained {'; '.join(labels)}; {done}/{2 * len(cells)} jobs done; "
+                    f"report: {report if report.exists() else '(none yet)'}")
     return "\n".join(rows) if rows else f"no runs in {runs_dir}"

@@ -35,17 +35,19 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from attnrobust.checkpoint import load_train_state, read_meta, save_checkpoint, save_train_state
-from attnrobust.config import TrainConfig
+from attnrobust.config import TrainConfig, regime_label
 from attnrobust.errors import UserError
+from attnrobust.results import STANDARD
 from attnrobust.distributed import barrier, broadcast_buffers, dist_info, init_distributed, sum_floats
 from attnrobust.runtime import (atomic_write, resolve_device, seed_everything, set_threads,
                                 write_env_json)
@@ -69,10 +71,14 @@ _CHECK_EVERY = 50
 
 
 def checkpoint_name(cfg: TrainConfig) -> str:
-    """File stem of a run's checkpoint: unique per (dataset, model, seed) within a run folder."""
+    """File stem of a run's checkpoint: unique per (dataset, model, seed, regime) within a run folder; a standard
+    run's has no regime part ("fashion-mnist-resnet14-s0"), an adversarial one's names it
+    ("fashion-mnist-resnet14-s0-fgsm-rs-eps-0.1")."""
     from attnrobust.models import file_stem  # a user model's entry point may hold '/' and ':'
 
-    return f"{cfg.dataset}-{file_stem(cfg.model)}-s{cfg.seed}"
+    regime = regime_label(cfg)
+    suffix = "" if regime == STANDARD else "-" + re.sub(r"[^a-z0-9.]+", "-", regime.lower()).strip("-")
+    return f"{cfg.dataset}-{file_stem(cfg.model)}-s{cfg.seed}{suffix}"
 
 
 def checkpoint_path(cfg: TrainConfig, out_dir: str | Path) -> Path:
@@ -106,26 +112,6 @@ def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     # Random starts of adversarial training: a function of where the step is, not of what ran before it, so a
     # resumed run draws what an uninterrupted one draws; per rank, so that ranks do not share noise.
     return (seed * 1_000_003 + epoch * 7_919 + step * 104_729 + rank * 15_485_863 + 2) % (2**63 - 1)
-
-
-def regime_label(cfg: TrainConfig | Mapping[str, Any]) -> str:
-    """Short human label of how a model was trained: "standard", "PGD-AT eps 0.1 (10 steps)", "FGSM-RS eps 8/255".
-
-    Takes a TrainConfig or its dict (a checkpoint's meta["train"]; one written before adversarial training existed
-    is "standard"). A step size other than the default is named too.
-    """
-    d = dataclasses.asdict(cfg) if isinstance(cfg, TrainConfig) else dict(cfg)
-    kind = d.get("adversarial", "none")
-    if kind == "none":
-        return "standard"
-    eps = float(d["adv_eps"])
-    short = f"{eps:g}"
-    if len(short) > 6 and abs(eps * 255 - round(eps * 255)) < 1e-6:  # 0.0313725 reads better as 8/255
-        short = f"{round(eps * 255)}/255"
-    label = f"PGD-AT eps {short} ({d['adv_steps']} steps" if kind == "pgd" else f"FGSM-RS eps {short}"
-    if d.get("adv_alpha") is not None:
-        label += f", alpha {d['adv_alpha']:g}" if kind == "pgd" else f" (alpha {d['adv_alpha']:g}"
-    return label + ")" if kind == "pgd" or d.get("adv_alpha") is not None else label
 
 
 def _comparable(train_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tomllib
 from pathlib import Path
@@ -25,7 +26,7 @@ from attnrobust.report.readme import (COMPARISON_KEYS, PAIRED_KEYS, VERDICT_KEYS
                                       rows_csv)
 from attnrobust.report.tables import table2, table3, to_csv, to_latex, to_markdown
 from attnrobust.report.verdicts import paired_rows, verdict_table, verdicts
-from attnrobust.results import CLEAN, Setting, load_records
+from attnrobust.results import CLEAN, STANDARD, Setting, load_records, panel_of
 
 if TYPE_CHECKING:
     from attnrobust.report.figures import Series  # imported where used: matplotlib loads with the figures
@@ -186,7 +187,8 @@ def _attention_figures(grid: Grid, run_dir: Path, out: Path) -> tuple[list[tuple
         except (UserError, OSError) as err:
             notes.append(f"attention maps: skipped {p.name}: {err}")
             continue
-        name, dataset, seed = meta["build_args"].get("name", ""), meta.get("dataset"), meta.get("seed", 0)
+        name, seed = meta["build_args"].get("name", ""), meta.get("seed", 0)
+        dataset = panel_of({"dataset": meta.get("dataset"), "regime": meta.get("regime", STANDARD)})
         if _attention_kind(name) == "cbam" and dataset in grid.datasets():
             if (dataset, name) not in chosen or seed < chosen[(dataset, name)][0]:
                 chosen[(dataset, name)] = (seed, p)
@@ -195,7 +197,7 @@ def _attention_figures(grid: Grid, run_dir: Path, out: Path) -> tuple[list[tuple
         fgsm = [s.eps for s in _fgsm_settings(grid, dataset)]
         # The smallest budget: the perturbation stays nearly invisible, yet it is where accuracy falls most.
         eps = min(fgsm) if fgsm else 0.05
-        rel = f"figures/attention_{dataset}_{name}.png"
+        rel = f"figures/attention_{re.sub(r'[^A-Za-z0-9.+-]+', '-', dataset)}_{name}.png"
         try:
             made.append((rel, attention_figure(out / rel, p, eps)))
         except (ImportError, UserError, OSError, RuntimeError, KeyError, ValueError) as err:

@@ -1,6 +1,7 @@
 """Result records -> a grid of cells, the data behind the report's tables, figures and verdicts.
 
-A cell is one (dataset, source, target) pair: source == target is the white-box result, anything else a transfer
+A cell is one (panel, source, target) triple, a panel being a dataset, or a dataset under a non-standard
+training regime (`attnrobust.results.panel_of`; the code calls it `dataset` where the two coincide): source == target is the white-box result, anything else a transfer
 result. Each cell holds, per attack setting (`attnrobust.results.Setting`, a column of the tables) and per seed, the
 record that measured it. `summary` gives a cell's value in percent: with several seeds the mean and the half-width
 of the 95% t interval over seeds.
@@ -12,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from attnrobust.report.stats import mean_ci
-from attnrobust.results import CLEAN, Setting, setting_of
+from attnrobust.results import CLEAN, Setting, panel_of, setting_of
 
 # Model order, as in the paper's tables: each no-attention network before its attention variants (in the
 # registry's order of attention kinds), VGG last; unregistered names after them.
@@ -40,7 +41,7 @@ class Grid:
     def from_records(cls, records: list[dict]) -> "Grid":
         cells: dict = defaultdict(lambda: defaultdict(dict))
         for r in records:
-            key = (r["dataset"], r["source"], r["target"])
+            key = (panel_of(r), r["source"], r["target"])
             seed = int(r["seed"])
             s = setting_of(r)
             # FGSM at eps 0 is the clean image: the clean column already shows it.

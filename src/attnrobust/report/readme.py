@@ -16,6 +16,7 @@ from attnrobust.report.grid import Grid, model_sort_key
 from attnrobust.report.paper import reduced_notes
 from attnrobust.report.tables import csv_text, markdown_table
 from attnrobust.report.verdicts import format_diff, format_paper, summaries, verdict_label
+from attnrobust.results import panel_dataset, panel_of
 
 
 @dataclass
@@ -234,11 +235,11 @@ def _threat_model(grid: Grid, records: list[dict]) -> list[str]:
              "budget applies to raw pixels, clipped to [0, 1]."]
     for d in grid.datasets():
         try:
-            spec = get_spec(d)
+            spec = get_spec(panel_dataset(d))
             pixels = f"{spec.channels}x{spec.height}x{spec.width} (the dataset's own pixels, no padding)"
         except UserError:
             pixels = "input as given"
-        mine = [r for r in records if r["dataset"] == d]
+        mine = [r for r in records if panel_of(r) == d]
         images = sorted({f"{r['attack']}: {r['images']}" for r in mine})
         lines.append(f"- {d}: every pixel of the {pixels} image may change; attacked images: {'; '.join(images)}.")
     rs = sorted({r["random_start"] for r in records if r["attack"] in ("pgd", "apgd")})

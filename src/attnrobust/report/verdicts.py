@@ -38,7 +38,7 @@ from attnrobust.report.grid import Grid
 from attnrobust.report.paper import PAPER_N, load_paper, paper_dataset, paper_model, paper_value
 from attnrobust.report.stats import Z95, holm, paired_interval, proportion_diff_se, seeds_interval
 from attnrobust.report.tables import column_titles
-from attnrobust.results import Setting, unpack_bits, unpack_floats
+from attnrobust.results import Setting, panel_dataset, unpack_bits, unpack_floats
 
 HELPS, HURTS, NONE, WITHHELD = "helps", "hurts", "no significant difference", "withheld"
 ALPHA = 0.05
@@ -50,7 +50,7 @@ DEFAULT_FLOOR = 0.5
 
 
 def clean_floor(dataset: str, override: float | None = None) -> float:
-    return override if override is not None else CLEAN_FLOORS.get(dataset, DEFAULT_FLOOR)
+    return override if override is not None else CLEAN_FLOORS.get(panel_dataset(dataset), DEFAULT_FLOOR)
 
 
 def attention_pairs(models: list[str], declared=()) -> list[tuple[str, str]]:
