@@ -27,6 +27,23 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """A data folder with tiny CIFAR-10/100 archives in the official binary format and a link to the real
+    Fashion-MNIST files (when they are at hand): what the full-width smoke tests of the shipped configs read."""
+    from test_data import fake_cifar, use
+
+    monkeypatch.setenv("ATTNROBUST_MIRROR", "http://127.0.0.1:9/")  # a missing file fails, never downloads
+    root = tmp_path / "data"
+    for name in ("cifar10", "cifar100"):
+        # 5 training images: CIFAR-10 spreads its training split over five batch files, none may be empty
+        spec, _, _ = fake_cifar(root / name, name, n_train=5, n_test=2)
+        use(monkeypatch, spec)  # the fake archives' MD5s and sizes, for this test only
+    if (SHARED_DATA / "fashion-mnist" / "train-images-idx3-ubyte.gz").is_file():
+        (root / "fashion-mnist").symlink_to(SHARED_DATA / "fashion-mnist", target_is_directory=True)  # read only
+    return root
+
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):

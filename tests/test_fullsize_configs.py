@@ -26,9 +26,8 @@ import pytest
 from attnrobust.config import SHIPPED, load_config
 from attnrobust.results import read_records
 from attnrobust.study import plan, run_study
-from test_data import fake_cifar, use
+from conftest import SHARED_DATA
 
-REAL_FASHION = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
 N = 2  # training, test-accuracy and attacked images
 # Numbers only: widths, depths, class counts and input sizes stay as shipped. Batch N >= 2 keeps BatchNorm
 # defined where VGG's features reach 1x1. warmup_epochs: the CIFAR recipes warm up for 5 epochs, more than 1.
@@ -38,24 +37,10 @@ TINY = [f"train.n_train={N}", f"train.batch_size={N}", "train.epochs=1", "train.
         "attack.autoattack_queries=2", "eval.workers=1"]
 
 
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    """A data folder with tiny CIFAR-10/100 archives and a link to the real Fashion-MNIST files."""
-    monkeypatch.setenv("ATTNROBUST_MIRROR", "http://127.0.0.1:9/")  # a missing file fails, never downloads
-    root = tmp_path / "data"
-    for name in ("cifar10", "cifar100"):
-        # 5 training images: CIFAR-10 spreads its training split over five batch files, none may be empty
-        spec, _, _ = fake_cifar(root / name, name, n_train=5, n_test=N)
-        use(monkeypatch, spec)  # the fake archives' MD5s and sizes, for this test only
-    if (REAL_FASHION / "train-images-idx3-ubyte.gz").is_file():
-        (root / "fashion-mnist").symlink_to(REAL_FASHION, target_is_directory=True)  # read, never written
-    return root
-
-
 def _run_end_to_end(config: str, data_dir: Path, out: Path) -> None:
     cfg = load_config(config, TINY)
     if "fashion-mnist" in cfg.study.datasets and not (data_dir / "fashion-mnist").exists():
-        pytest.skip(f"config {config!r} needs the real Fashion-MNIST files, not found in {REAL_FASHION} (they sit "
+        pytest.skip(f"config {config!r} needs the real Fashion-MNIST files, not found in {SHARED_DATA} (they sit "
                     f"beside the repository in a developer's checkout and in CI)")
     run = run_study(config, out=out, overrides=TINY, data_dir=data_dir, quiet=True)
     records = read_records(run / "results.jsonl")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from test_fullsize_configs import _run_end_to_end, data_dir  # noqa: F401  (data_dir: the fixture)
+from test_fullsize_configs import _run_end_to_end
 
 
 @pytest.mark.slow
-def test_paper_config_runs_end_to_end_at_full_width(data_dir, tmp_path):  # noqa: F811
+def test_paper_config_runs_end_to_end_at_full_width(data_dir, tmp_path):
     _run_end_to_end("paper", data_dir, tmp_path / "run")

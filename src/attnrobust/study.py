@@ -315,13 +315,21 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
 
         done = attack_jobs_done(results)
         attack_jobs = [j for j in jobs if j.kind == "attack"]
+        # the file lists jobs in plan order, whatever order side-by-side workers finish them in: the same study
+        # writes the same bytes
+        plan_order = {(j.dataset, j.regime, j.model, j.seed): i for i, j in enumerate(attack_jobs)}
+
+        def in_plan_order(records: list[dict]) -> list[dict]:  # stable: a job's records keep their order
+            return sorted(records, key=lambda r: plan_order.get((r["dataset"], regime_of(r), r["source"], r["seed"]),
+                                                                len(plan_order)))
+
         pending = _agree_on_pending([(j.dataset, j.regime, j.model, j.seed) not in done for j in attack_jobs])
         attack_jobs = [j for j, todo in zip(attack_jobs, pending) if todo]
 
         def write(job: Job, records: list[dict], seconds: float, threads: int | None) -> None:
             nonlocal results
             # transfer flags compare with the targets' white-box records, which other jobs write
-            results = sanity_flags(results + records)
+            results = sanity_flags(in_plan_order(results + records))
             if is_main:  # one atomic rewrite: the job's records are all in the file or none are
                 write_records(results_path, results)
             log_time(job, seconds, threads)
