@@ -169,14 +169,18 @@ def test_adversarial_resume_equals_uninterrupted(adv_reference, tmp_path, monkey
 
 
 def test_changed_attack_setting_is_another_run(adv_reference, tmp_path):
+    """Another regime is another run beside it (its own checkpoint name); a changed recipe of the same regime is
+    refused, not silently mixed into the finished run."""
     import shutil
 
     cfg, reference = adv_reference
     out = tmp_path / "run"
     shutil.copytree(reference.parent.parent, out)
     assert is_finished(cfg, out)
-    with pytest.raises(UserError, match=r"different config \(adv_eps 0.1 there, 0.2 now\)"):
-        train(dataclasses.replace(cfg, adv_eps=0.2), out, device="cpu", quiet=True)
+    other = dataclasses.replace(cfg, adv_eps=0.2)
+    assert checkpoint_path(other, out) != checkpoint_path(cfg, out) and not is_finished(other, out)
+    with pytest.raises(UserError, match=r"different config \(lr 0.05 there, 0.2 now\)"):
+        train(dataclasses.replace(cfg, lr=0.2), out, device="cpu", quiet=True)
 
 
 def test_run_written_before_adversarial_fields_existed_still_counts():

@@ -16,8 +16,10 @@ def test_shipped_config_parses_and_validates(name):
     assert cfg.study.name == name
     assert cfg.study.datasets and cfg.study.models
     assert len(cfg.study.seeds) >= 3  # a verdict about architectures needs several training seeds
-    if cfg.train.get("adversarial", "none") != "none":  # attacked at its own training budget
-        assert cfg.attack.pgd_eps == cfg.train["adv_eps"]
+    adversarial = [{**cfg.train, **r} for r in cfg.study.regimes or [cfg.train]]
+    adversarial = [r for r in adversarial if r.get("adversarial", "none") != "none"]
+    if adversarial:  # attacked at its adversarial training budget (where the paper's 0.2 leaves every model at 0%)
+        assert {r["adv_eps"] for r in adversarial} == {cfg.attack.pgd_eps}
         return
     # the paper's attack settings in every config of standard training
     assert cfg.attack.pgd_eps == 0.2 and cfg.attack.pgd_alpha == 0.01 and list(cfg.attack.pgd_steps) == [5, 10, 20]

@@ -19,12 +19,13 @@ their MD5s); Fashion-MNIST is the real files beside the repository, and the test
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from attnrobust.config import SHIPPED, load_config
-from attnrobust.results import read_records
+from attnrobust.results import read_records, regime_of
 from attnrobust.study import plan, run_study
 from conftest import SHARED_DATA
 
@@ -33,24 +34,43 @@ N = 2  # training, test-accuracy and attacked images
 # defined where VGG's features reach 1x1. warmup_epochs: the CIFAR recipes warm up for 5 epochs, more than 1.
 TINY = [f"train.n_train={N}", f"train.batch_size={N}", "train.epochs=1", "train.warmup_epochs=1",
         f"train.n_test={N}", f"eval.n={N}", "attack.fgsm_eps=[0.0,0.1]", "attack.pgd_steps=[1]", "study.seeds=[0]",
-        f"train.adv_check_n={N}", "attack.minimal_steps=1", "attack.autoattack_steps=1",
-        "attack.autoattack_queries=2", "eval.workers=1"]
+        "attack.minimal_steps=1", "attack.autoattack_steps=1",
+        "attack.autoattack_queries=2", "eval.workers=1",
+        # the unbounded-eps check is 20 PGD steps per source whatever the size (tested at small size elsewhere)
+        "attack.sanity_checks=false"]
+
+
+def _tiny(config: str) -> list[str]:
+    """TINY, and the per-epoch PGD check of adversarial training on N images too (it takes the first images of
+    the whole test split, not of n_test), wherever the config sets the check: in [train] or in a regime."""
+    cfg = load_config(config, TINY)
+    extra = []
+    if cfg.train.get("adversarial", "none") != "none":
+        extra.append(f"train.adv_check_n={N}")
+    if cfg.study.regimes:
+        tables = [", ".join(f"{k} = {json.dumps(v)}" for k, v in {**r, "adv_check_n": N}.items())
+                  for r in cfg.study.regimes]
+        extra.append("study.regimes=[" + ", ".join("{" + t + "}" for t in tables) + "]")
+    return TINY + extra
 
 
 def _run_end_to_end(config: str, data_dir: Path, out: Path) -> None:
-    cfg = load_config(config, TINY)
+    overrides = _tiny(config)
+    cfg = load_config(config, overrides)
     if "fashion-mnist" in cfg.study.datasets and not (data_dir / "fashion-mnist").exists():
         pytest.skip(f"config {config!r} needs the real Fashion-MNIST files, not found in {SHARED_DATA} (they sit "
                     f"beside the repository in a developer's checkout and in CI)")
-    run = run_study(config, out=out, overrides=TINY, data_dir=data_dir, quiet=True)
+    run = run_study(config, out=out, overrides=overrides, data_dir=data_dir, quiet=True)
     records = read_records(run / "results.jsonl")
     models, datasets = cfg.study.models, cfg.study.datasets
-    # every source attacked every target on every dataset, with each FGSM eps and PGD step count
-    assert {(r["dataset"], r["source"], r["target"]) for r in records} == {
-        (d, s, t) for d in datasets for s in models for t in models}
+    regimes = {d: list(cfg.regimes_of(d)) for d in datasets}
+    # every source attacked every target on every dataset and regime, with each FGSM eps and PGD step count
+    assert {(r["dataset"], regime_of(r), r["source"], r["target"]) for r in records} == {
+        (d, g, s, t) for d in datasets for g in regimes[d] for s in models for t in models}
+    cells = sum(len(regimes[d]) for d in datasets) * len(models) ** 2
     for attack, settings in (("fgsm", 2), ("pgd", 1)):  # TINY's two eps and one step count
         if attack in cfg.attack.attacks:
-            assert sum(r["attack"] == attack for r in records) == len(datasets) * len(models) ** 2 * settings
+            assert sum(r["attack"] == attack for r in records) == cells * settings
     assert (run / "report" / "README.md").is_file()
 
 

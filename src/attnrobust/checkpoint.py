@@ -164,7 +164,15 @@ def load_model(path: str | Path, device="cpu", *, allow_code=()) -> torch.nn.Mod
     if "stem" in build_args:  # checkpoints written before the argument was renamed `variant`
         build_args["variant"] = build_args.pop("stem")
     try:
-        model = models.build_model(**build_args)
+        if models.is_user_model(name):
+            model = models.build_model(**build_args)
+        else:
+            # Built without memory or initialisation (a ResNet-50's random init costs more than reading its
+            # weights), then every tensor is overwritten: load_state_dict(strict) below sets all parameters and
+            # buffers, and registered models keep no state outside them. User code gets a normal build.
+            with torch.device("meta"):
+                model = models.build_model(**build_args)
+            model = model.to_empty(device="cpu")
     except UserError as err:
         raise UserError(f"checkpoint {path}: cannot rebuild its model: {err}") from None
     except TypeError as err:
