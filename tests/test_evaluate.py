@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from attnrobust.attacks import predict
-from attnrobust.errors import UserError
 from attnrobust.config import AttackConfig
+from attnrobust.errors import UserError
 from attnrobust.evaluate import clean_accuracy, craft_and_score, evaluate_checkpoints, white_box
 from attnrobust.results import (DENOMINATORS, REQUIRED_KEYS, append_records, format_records, read_records,
                                 record_key, write_records)
@@ -101,7 +101,8 @@ def test_transfer_diagonal_equals_white_box(random_start):
     models = {"a": tiny(0), "b": tiny(1), "c": tiny(2)}
     cfg = fast_cfg(random_start=random_start, keep_best=True)
     loader = batches(x, y, 12)
-    matrix = craft_and_score({"a": models["a"], "b": models["b"]}, models, loader, cfg, dataset="toy", seed=3, quiet=True)
+    matrix = craft_and_score({"a": models["a"], "b": models["b"]}, models, loader, cfg, dataset="toy", seed=3,
+                             quiet=True)
     per_source = {"all": 3, "white-box": 1, "transfer": 2}  # targets a setting is scored on
     assert len(matrix) == 2 * sum(per_source[st["scope"]] for st in cfg.settings())
     for name in ("a", "b"):
@@ -378,3 +379,27 @@ def test_white_box_measures_minimal_eps_and_autoattack():
     assert aa["robust_correct"] <= aa["target_clean_correct"] and "gradient_masking" in aa["flags"]
     assert set(aa["broken_by"]) <= {"apgd-ce", "apgd-t", "square"}
     assert all(r["kind"] == "white-box" for r in records)
+
+
+def test_minimal_eps_of_a_model_nothing_breaks_is_written_as_json(tmp_path):
+    """A robust model (here one whose prediction ignores its input) leaves most images unbroken: their minimal eps
+    is inf, the median null, and the record still goes through the JSONL store, which refuses NaN and inf."""
+    from attnrobust.results import append_records, read_records, unpack_floats
+
+    class Constant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.tensor([5.0, 0.0]))
+
+        def forward(self, x):
+            return self.bias + 0 * x.flatten(1).sum(1, keepdim=True)
+
+    x, _ = data()
+    y = torch.zeros(len(x), dtype=torch.long)  # the constant prediction is right for every image
+    cfg = fast_cfg(attacks=["minimal"], minimal_max_eps=0.1, minimal_tol=0.05, minimal_steps=2)
+    (record,) = [r for r in white_box(Constant(), batches(x, y, 10), cfg, dataset="toy", quiet=True)
+                 if r["attack"] == "minimal"]
+    assert record["median_min_eps"] is None and np.isinf(unpack_floats(record["min_eps"], record["n"])).all()
+    path = tmp_path / "results.jsonl"
+    append_records(path, [record])
+    assert read_records(path)[0]["median_min_eps"] is None

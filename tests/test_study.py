@@ -196,6 +196,9 @@ def test_regimes_are_a_study_axis_and_never_mix(tmp_path):
     assert len(adversarial) == len(standard) == 2 * 2 * 3  # 2 sources x 2 targets x 3 FGSM eps, per regime
     report = (out / "report" / "README.md").read_text()
     assert "fashion-mnist-mini · FGSM-RS eps 0.1" in report
+    # the side-by-side matrix: one row for the CBAM pair, a white-box and a transfer column per regime
+    assert "| cbam (cbam_resnet14 vs resnet14) |" in report
+    assert "| fashion-mnist-mini · FGSM-RS eps 0.1: transfer |" in report
     verdicts = list(csv.DictReader((out / "report" / "verdicts.csv").open()))
     assert {v["dataset"] for v in verdicts} == {"fashion-mnist-mini", "fashion-mnist-mini · FGSM-RS eps 0.1"}
     assert "trained standard; FGSM-RS eps 0.1; 8/8 jobs done" in list_runs(tmp_path)

@@ -106,13 +106,19 @@ def _check_batch(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor
         return (x.clone() if x.is_inference() else x), (y.clone() if y.is_inference() else y)
 
 
+def _input_grad(loss: Tensor, xr: Tensor) -> Tensor:
+    """d loss / d xr as a tensor of its own: the attacks update it in place, and a model that pools its input
+    first (a user's, say) hands back a broadcast view."""
+    (grad,) = torch.autograd.grad(loss, xr)
+    return grad.clone() if 0 in grad.stride() else grad
+
+
 def _loss_grad(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(logits, per-sample cross-entropy, d(summed CE)/dx) at x: the only forward+backward an attack step needs."""
     xr = x.detach().requires_grad_(True)
     logits = model(xr)
     losses = F.cross_entropy(logits, y, reduction="none")
-    (grad,) = torch.autograd.grad(losses.sum(), xr)
-    return logits.detach(), losses.detach(), grad
+    return logits.detach(), losses.detach(), _input_grad(losses.sum(), xr)
 
 
 def _project_(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
@@ -311,8 +317,7 @@ def _dlr_targeted_grad(model: nn.Module, x: Tensor, y: Tensor, t: Tensor) -> tup
     xr = x.detach().requires_grad_(True)
     logits = model(xr)
     losses = _dlr_targeted(logits, y, t)
-    (grad,) = torch.autograd.grad(losses.sum(), xr)
-    return logits.detach(), losses.detach(), grad
+    return logits.detach(), losses.detach(), _input_grad(losses.sum(), xr)
 
 
 def apgd_t(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 100, n_target_classes: int = 9, *,
@@ -368,8 +373,7 @@ def _margin_targeted_grad(model: nn.Module, x: Tensor, y: Tensor, t: Tensor) -> 
     xr = x.detach().requires_grad_(True)
     logits = model(xr)
     losses = logits.gather(1, t[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
-    (grad,) = torch.autograd.grad(losses.sum(), xr)
-    return logits.detach(), losses.detach(), grad
+    return logits.detach(), losses.detach(), _input_grad(losses.sum(), xr)
 
 
 def _pgd_best(model: nn.Module, x_start: Tensor, x: Tensor, y: Tensor, eps: Tensor, alpha: Tensor, steps: int,

@@ -331,7 +331,8 @@ class EvalSection:
     n: int | None = None  # attack the first n test images; None = the whole test split
     batch_size: int = 256
     # The costly attacks (PGD, APGD, minimal eps, AutoAttack) on a fixed seeded subset of this many of those
-    # images (None, or at least n: all); clean accuracy and FGSM always on all n. Every model and seed sees the same subset,
+    # images (None, or at least n: all); clean accuracy and FGSM always on all n. Every model and seed sees the
+    # same subset,
     # so comparisons stay paired.
     strong_n: int | None = None
     subset_seed: int = 0

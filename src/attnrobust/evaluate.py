@@ -32,7 +32,8 @@ from attnrobust.distributed import all_sum_, dist_info, init_distributed, is_dis
 from attnrobust.errors import UserError
 from attnrobust.results import COUNT_KEYS, eps_key, make_record, pack_bits, pack_floats, regime_of
 
-__all__ = ["clean_accuracy", "craft_and_score", "white_box", "white_box_measures", "sanity_flags", "evaluate_checkpoints"]
+__all__ = ["clean_accuracy", "craft_and_score", "white_box", "white_box_measures", "sanity_flags",
+           "evaluate_checkpoints"]
 
 # Measured white-box only, per image, beside the paper's grid: not transferred (see white_box_measures).
 WHITE_BOX_MEASURES = ("minimal", "autoattack")
@@ -261,7 +262,8 @@ def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: 
             (values,) = _full_vectors([min_eps], loader)
             r = torch.isinf(values)
             extra = {"min_eps_tol": float(cfg.minimal_tol),
-                     "median_min_eps": float(values.median().item()),  # inf when most images are not broken
+                     # null when most images are not broken up to eps (JSON has no inf)
+                     "median_min_eps": None if torch.isinf(median := values.median()) else float(median.item()),
                      "fine_grid": FINE_GRID,
                      "fine_correct": [int(v) for v in robust_accuracy_curve(values, FINE_GRID, counts=True)],
                      "min_eps": pack_floats(values)}
@@ -410,8 +412,8 @@ def evaluate_checkpoints(sources: list[Path], targets: list[Path] | None, cfg: A
     loader = DeviceLoader(images, labels, batch_size=batch_size, device=device, rank=rank, world_size=world_size,
                           equal_shards=False)
     name = f"test[:{len(labels)}]"
-    records = craft_and_score(source_models, target_models, loader, cfg, dataset=dataset, seed=record_seed, device=device,
-                       quiet=quiet, attack_seed=seed, images=name)
+    records = craft_and_score(source_models, target_models, loader, cfg, dataset=dataset, seed=record_seed,
+                              device=device, quiet=quiet, attack_seed=seed, images=name)
     for source, model in source_models.items():  # minimal eps / AutoAttack, when asked: white-box only
         records += white_box_measures(model, loader, cfg, dataset=dataset, name=source, seed=record_seed,
                                       device=device, quiet=quiet, images=name, attack_seed=seed)

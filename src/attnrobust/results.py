@@ -51,8 +51,8 @@ COUNT_KEYS = ("n", "target_clean_correct", "source_clean_correct", "both_clean_c
               "robust_correct_on_both", "robust_correct_on_target_clean")
 
 REQUIRED_KEYS = ("dataset", "seed", "source", "target", "kind", "attack", "eps", "steps", "alpha", "random_start",
-                 "keep_best", "iterate", "images", "robust_bits", "clean_bits", *COUNT_KEYS, "clean_accuracy", "robust_accuracy", "error", "success_rate",
-                 "accuracy_on_both_correct", "denominators", "flags")
+                 "keep_best", "iterate", "images", "robust_bits", "clean_bits", *COUNT_KEYS, "clean_accuracy",
+                 "robust_accuracy", "error", "success_rate", "accuracy_on_both_correct", "denominators", "flags")
 
 
 def _ratio(num: int, den: int) -> float | None:

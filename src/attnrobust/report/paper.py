@@ -18,7 +18,8 @@ from attnrobust.report.tables import column_titles
 from attnrobust.results import CLEAN, Setting
 
 PAPER_N = 10000  # test images in the paper's evaluation (full CIFAR / Fashion-MNIST test split)
-FULL_SIZE = {"resnet50", "cbam_resnet50", "se_resnet50", "vgg16", "vgg16_bn"}
+# The depths of the paper's networks (a registered model's ModelInfo.base): anything else is a reduced model.
+FULL_DEPTH = ("resnet50", "vgg16", "vgg16_bn")
 _DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "fashion-mnist": "fashion-mnist",
              "fashion-mnist-mini": "fashion-mnist"}
 
@@ -115,30 +116,28 @@ def comparison_rows(grid: Grid) -> list[dict]:
 
 def reduced_notes(grid: Grid, config: dict | None) -> list[str]:
     """Reasons why our numbers are only indicative next to the paper's (empty when the setup matches)."""
+    from attnrobust.config import DEFAULTS
+    from attnrobust.models import model_info
+    from attnrobust.results import panel_dataset
+
     notes = []
-    models = sorted({m for d in grid.datasets() for m in grid.models(d)})
-    small = [m for m in models if m not in FULL_SIZE]
+    # the models set beside the paper's (paper_model), by what the registry says they are
+    models = sorted({m for d in grid.datasets() for m in grid.models(d) if paper_model(m) is not None})
+    small = [m for m in models if model_info(m).base not in FULL_DEPTH]
     if small:
         notes.append(f"reduced-depth models ({', '.join(small)}) are compared with the paper's full-size "
                      f"ResNet-50 / CBAM+ResNet-50 / VGG-16")
-    widths = sorted(set(_find_key(config or {}, "width")))
+    # the config's [train] width, else each dataset's recipe (DEFAULTS), else TrainConfig's 64
+    width = ((config or {}).get("train") or {}).get("width")
+    widths = sorted({width if width is not None else DEFAULTS.get(panel_dataset(d), {}).get("width", 64)
+                     for d in grid.datasets()})
     if any(isinstance(w, int) and w < 64 for w in widths):
         notes.append(f"reduced width ({', '.join(map(str, widths))} channels in the first stage; the paper's "
                      f"models have 64)")
-    if "fashion-mnist-mini" in grid.datasets():
+    if any(panel_dataset(d) == "fashion-mnist-mini" for d in grid.datasets()):
         notes.append("fashion-mnist-mini is a small embedded subset of Fashion-MNIST, not the full dataset")
     ns = sorted({n for d in grid.datasets() for m in grid.models(d) for n in grid.n_images(d, m, m)})
     if ns and min(ns) < PAPER_N:
         notes.append(f"attacks scored on {'/'.join(map(str, ns))} test images, the paper on the full "
                      f"{PAPER_N}-image test split")
     return notes
-
-
-def _find_key(tree, key: str):
-    """Every value stored under `key` anywhere in a nested dict (the config's layout is not ours to assume)."""
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            if k == key:
-                yield v
-            else:
-                yield from _find_key(v, key)

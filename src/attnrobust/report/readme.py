@@ -111,6 +111,36 @@ def _summary_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _attention_kind(model: str) -> str:
+    """The kind of attention a model has, as the registry says (a user model: its name)."""
+    from attnrobust.models import model_info
+
+    try:
+        return model_info(model).attention or model
+    except UserError:
+        return model
+
+
+def _kinds_matrix(rows: list[dict]) -> list[str]:
+    """The answer at a glance when a study compares several kinds of attention or several training regimes: a row
+    per attention model and its twin, a column per panel (dataset, or dataset under a regime) and scope, the
+    summary verdict in each cell. Nothing when there is one kind in one panel (the lines above say it all)."""
+    found = summaries(rows)
+    panels = list(dict.fromkeys(s["dataset"] for s in found))
+    pairs = list(dict.fromkeys((s["attention_model"], s["baseline_model"]) for s in found))
+    if len(panels) < 2 and len({_attention_kind(a) for a, _ in pairs}) < 2:
+        return []
+    cell = {(s["dataset"], s["attention_model"], s["baseline_model"], s["scope"]):
+            s["ours"] + (" (1 seed)" if s["seeds"] < 2 and s["ours"] != "withheld" else "") for s in found}
+    columns = [(d, scope) for d in panels for scope in ("white-box", "transfer")
+               if any(k[0] == d and k[3] == scope for k in cell)]
+    header = ["attention (vs twin)"] + [f"{d}: {scope}" for d, scope in columns]
+    body = [[f"{_attention_kind(a)} ({a} vs {b})"] + [cell.get((d, a, b, scope), "-") for d, scope in columns]
+            for a, b in pairs]
+    return ["", "Attention kinds and training regimes side by side (each cell: the verdict above; white-box by the "
+            "minimal eps where measured):", "", markdown_table(header, body)]
+
+
 def _header(run_dir: Path, grid: Grid, records: list[dict], env: dict) -> list[str]:
     datasets = grid.datasets()
     models = sorted({m for d in datasets for m in grid.models(d)}, key=model_sort_key)
@@ -148,6 +178,7 @@ def readme_text(inputs: ReadmeInputs) -> str:
             "model (the paper's first two transfer scenarios); *transfer from V*: both as targets of the same "
             "attacks crafted on a third model without attention (VGG).", ""]
     out += _summary_lines(rows) or ["- No attention model with its no-attention twin in the results."]
+    out += _kinds_matrix(rows)
     if rows:
         seeds = sorted({r["seeds"] for r in rows})
         out += ["", "**Method.** " + (
