@@ -199,6 +199,8 @@ def test_regimes_are_a_study_axis_and_never_mix(tmp_path):
     # the side-by-side matrix: one row for the CBAM pair, a white-box and a transfer column per regime
     assert "| cbam (cbam_resnet14 vs resnet14) |" in report
     assert "| fashion-mnist-mini · FGSM-RS eps 0.1: transfer |" in report
+    figures = [p.name for p in (out / "report" / "figures").iterdir()]
+    assert "whitebox_fashion-mnist-mini-FGSM-RS-eps-0.1.png" in figures and all(" " not in f for f in figures)
     verdicts = list(csv.DictReader((out / "report" / "verdicts.csv").open()))
     assert {v["dataset"] for v in verdicts} == {"fashion-mnist-mini", "fashion-mnist-mini · FGSM-RS eps 0.1"}
     assert "trained standard; FGSM-RS eps 0.1; 8/8 jobs done" in list_runs(tmp_path)

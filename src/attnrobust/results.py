@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import math
 import os
 import warnings
@@ -100,6 +101,12 @@ def panel_of(record: dict[str, Any]) -> str:
     (models are only ever compared with, and transferred to, models of the same regime)."""
     regime = regime_of(record)
     return record["dataset"] if regime == STANDARD else f"{record['dataset']} · {regime}"
+
+
+def panel_file_name(panel: str) -> str:
+    """A panel's name as a file-name part: the dataset's own name for a standard panel, and no spaces or "·"
+    otherwise ("fashion-mnist-mini-FGSM-RS-eps-0.1")."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", panel)
 
 
 def panel_dataset(panel: str) -> str:

@@ -8,6 +8,7 @@ paper_comparison.csv.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +112,14 @@ def _summary_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _family_size(rows: list[dict]) -> str:
+    """How many comparisons one Holm family holds: the rows of one panel (a dataset, or one under a regime)."""
+    sizes = sorted(set(Counter(r["dataset"] for r in rows).values()))
+    regimes = any(panel_dataset(r["dataset"]) != r["dataset"] for r in rows)
+    return (f"the {'/'.join(map(str, sizes))} comparisons of each dataset's table"
+            + (" (a dataset under each training regime has a table of its own)" if regimes else ""))
+
+
 def _attention_kind(model: str) -> str:
     """The kind of attention a model has, as the registry says (a user model: its name)."""
     from attnrobust.models import model_info
@@ -189,7 +198,7 @@ def readme_text(inputs: ReadmeInputs) -> str:
             "finite test set only, not how much another training run would move the numbers: the verdict is "
             "*indicative*, about these weights rather than the architectures; it is not set against the paper's "
             "conclusion. Run several seeds (`study.seeds`). ") +
-            f"**Multiplicity**: the {len(rows)} comparisons of each dataset's table below form one family; "
+            f"**Multiplicity**: {_family_size(rows)} below form one family; "
             "a verdict says helps/hurts only when its Holm-Bonferroni adjusted p-value is below 0.05 (family-wise "
             "error 5%); the 95% intervals are per comparison. A row is *withheld* when a compared model's clean "
             "accuracy is below the dataset's floor (`eval.min_clean_accuracy`).", "", _verdict_markdown(rows)]
