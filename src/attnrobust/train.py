@@ -46,9 +46,9 @@ import torch.nn.functional as F
 
 from attnrobust.checkpoint import load_train_state, read_meta, save_checkpoint, save_train_state
 from attnrobust.config import TrainConfig, regime_label
+from attnrobust.distributed import barrier, broadcast_buffers, dist_info, init_distributed, sum_floats
 from attnrobust.errors import UserError
 from attnrobust.results import STANDARD
-from attnrobust.distributed import barrier, broadcast_buffers, dist_info, init_distributed, sum_floats
 from attnrobust.runtime import (atomic_write, resolve_device, seed_everything, set_threads,
                                 write_env_json)
 
