@@ -41,7 +41,8 @@ from attnrobust.errors import UserError
 
 __all__ = ["DENOMINATORS", "REQUIRED_KEYS", "make_record", "append_records", "write_records", "read_records",
            "record_key", "format_records", "pack_bits", "unpack_bits", "pack_floats", "unpack_floats",
-           "ITERATES", "Setting", "setting_of", "CLEAN", "load_records"]
+           "ITERATES", "Setting", "setting_of", "CLEAN", "load_records", "STANDARD", "regime_of", "panel_of",
+           "panel_dataset", "panel_file_name", "with_regime"]
 
 ITERATES = ("final", "best", "best-on-source")
 

@@ -3,8 +3,8 @@
 A cell is one (panel, source, target) triple, a panel being a dataset, or a dataset under a non-standard
 training regime (`attnrobust.results.panel_of`; the code calls it `dataset` where the two coincide): source ==
 target is the white-box result, anything else a transfer result. Each cell holds, per attack setting
-(`attnrobust.results.Setting`, a column of the tables) and per seed, the record that measured it. `summary` gives a cell's value in percent: with several seeds the mean and the half-width
-of the 95% t interval over seeds.
+(`attnrobust.results.Setting`, a column of the tables) and per seed, the record that measured it. `summary`
+gives a cell's value in percent: with several seeds the mean and the half-width of the 95% t interval over seeds.
 """
 
 from __future__ import annotations
