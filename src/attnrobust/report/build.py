@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from attnrobust.errors import UserError
-from attnrobust.report.grid import Grid
+from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.minimal import minimal_section
 from attnrobust.report.paper import comparison_rows, load_paper, matches_paper_pgd, paper_model, paper_value
 from attnrobust.report.readme import (COMPARISON_KEYS, PAIRED_KEYS, VERDICT_KEYS, ReadmeInputs, readme_text,
@@ -188,7 +188,8 @@ def _attention_figures(grid: Grid, run_dir: Path, out: Path) -> tuple[list[tuple
             continue
         name, seed = meta["build_args"].get("name", ""), meta.get("seed", 0)
         dataset = panel_of({"dataset": meta.get("dataset"), "regime": meta.get("regime", STANDARD)})
-        if _attention_kind(name) == "cbam" and dataset in grid.datasets():
+        info = registered_info(name)
+        if info is not None and info.attention == "cbam" and dataset in grid.datasets():
             if (dataset, name) not in chosen or seed < chosen[(dataset, name)][0]:
                 chosen[(dataset, name)] = (seed, p)
     made = []
@@ -202,15 +203,6 @@ def _attention_figures(grid: Grid, run_dir: Path, out: Path) -> tuple[list[tuple
         except (ImportError, UserError, OSError, RuntimeError, KeyError, ValueError) as err:
             notes.append(f"attention maps: skipped {p.name}: {str(err).splitlines()[0] if str(err) else err!r}")
     return made, notes
-
-
-def _attention_kind(name: str) -> str | None:
-    from attnrobust.models import model_info
-
-    try:
-        return model_info(name).attention
-    except UserError:  # not a registered model
-        return None
 
 
 # ---- build ------------------------------------------------------------------------------------------------------

@@ -20,13 +20,21 @@ from attnrobust.results import CLEAN, Setting, panel_of, setting_of
 _ATTENTION_ORDER = {None: 0, "cbam": 1, "se": 2, "eca": 3, "mhsa": 4}
 
 
-def model_sort_key(name: str) -> tuple:
+def registered_info(name: str):
+    """The registry's ModelInfo of `name` (a user's entry point: itself, attention unknown), or None for a name
+    that is neither (e.g. a checkpoint told apart by its file name)."""
     from attnrobust.errors import UserError
     from attnrobust.models import model_info
 
     try:
-        info = model_info(name)
+        return model_info(name)
     except UserError:
+        return None
+
+
+def model_sort_key(name: str) -> tuple:
+    info = registered_info(name)
+    if info is None:
         return (2, "", 9, name)
     return (1 if info.base.startswith("vgg") else 0, info.base, _ATTENTION_ORDER.get(info.attention, 9), name)
 

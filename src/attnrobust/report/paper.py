@@ -12,8 +12,7 @@ import functools
 import json
 from importlib import resources
 
-from attnrobust.errors import UserError
-from attnrobust.report.grid import Grid
+from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.tables import column_titles
 from attnrobust.results import CLEAN, Setting
 
@@ -36,11 +35,8 @@ def paper_dataset(name: str) -> str | None:
 
 def paper_model(name: str) -> str | None:
     """The paper's model our registered model stands for, by family (base network and attention kind)."""
-    from attnrobust.models import model_info
-
-    try:
-        info = model_info(name)
-    except UserError:
+    info = registered_info(name)
+    if info is None:
         return None
     if info.base.startswith("resnet") and info.attention in (None, "cbam"):
         return "cbam_resnet50" if info.attention == "cbam" else "resnet50"
@@ -117,13 +113,12 @@ def comparison_rows(grid: Grid) -> list[dict]:
 def reduced_notes(grid: Grid, config: dict | None) -> list[str]:
     """Reasons why our numbers are only indicative next to the paper's (empty when the setup matches)."""
     from attnrobust.config import DEFAULTS
-    from attnrobust.models import model_info
     from attnrobust.results import panel_dataset
 
     notes = []
     # the models set beside the paper's (paper_model), by what the registry says they are
     models = sorted({m for d in grid.datasets() for m in grid.models(d) if paper_model(m) is not None})
-    small = [m for m in models if model_info(m).base not in FULL_DEPTH]
+    small = [m for m in models if registered_info(m).base not in FULL_DEPTH]
     if small:
         notes.append(f"reduced-depth models ({', '.join(small)}) are compared with the paper's full-size "
                      f"ResNet-50 / CBAM+ResNet-50 / VGG-16")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attnrobust.errors import UserError
-from attnrobust.report.grid import Grid, model_sort_key
+from attnrobust.report.grid import Grid, model_sort_key, registered_info
 from attnrobust.report.paper import reduced_notes
 from attnrobust.report.tables import csv_text, markdown_table
 from attnrobust.report.verdicts import format_diff, format_paper, summaries, verdict_label
@@ -92,11 +92,11 @@ def _paired_markdown(rows: list[dict]) -> str:
     return markdown_table(header, body)
 
 
-def _summary_lines(rows: list[dict]) -> list[str]:
-    """Per dataset and attention pair: the white-box and transfer verdicts against the paper's conclusion (the
-    numbers are in the table below)."""
+def _summary_lines(found: list[dict]) -> list[str]:
+    """Per dataset and attention pair (`summaries`): the white-box and transfer verdicts against the paper's
+    conclusion (the numbers are in the table below)."""
     lines = []
-    for s in summaries(rows):
+    for s in found:
         ours = {"no significant difference": "**no significant difference**",
                 "withheld": f"**verdict withheld**: {s['withheld']}",
                 "mixed": "**mixed** (significant effects in both directions)"}.get(s["ours"],
@@ -122,19 +122,15 @@ def _family_size(rows: list[dict]) -> str:
 
 def _attention_kind(model: str) -> str:
     """The kind of attention a model has, as the registry says (a user model: its name)."""
-    from attnrobust.models import model_info
-
-    try:
-        return model_info(model).attention or model
-    except UserError:
-        return model
+    info = registered_info(model)
+    return (info.attention if info is not None else None) or model
 
 
-def _kinds_matrix(rows: list[dict]) -> list[str]:
+def _kinds_matrix(found: list[dict]) -> list[str]:
     """The answer at a glance when a study compares several kinds of attention or several training regimes: a row
     per attention model and its twin, a column per panel (dataset, or dataset under a regime) and scope, the
-    summary verdict in each cell. Nothing when there is one kind in one panel (the lines above say it all)."""
-    found = summaries(rows)
+    summary verdict in each cell (`summaries`). Nothing when there is one kind in one panel (the lines above say
+    it all)."""
     panels = list(dict.fromkeys(s["dataset"] for s in found))
     pairs = list(dict.fromkeys((s["attention_model"], s["baseline_model"]) for s in found))
     if len(panels) < 2 and len({_attention_kind(a) for a, _ in pairs}) < 2:
@@ -186,8 +182,9 @@ def readme_text(inputs: ReadmeInputs) -> str:
             "model scored on attacks crafted on its twin vs the twin scored on attacks crafted on the attention "
             "model (the paper's first two transfer scenarios); *transfer from V*: both as targets of the same "
             "attacks crafted on a third model without attention (VGG).", ""]
-    out += _summary_lines(rows) or ["- No attention model with its no-attention twin in the results."]
-    out += _kinds_matrix(rows)
+    found = summaries(rows)
+    out += _summary_lines(found) or ["- No attention model with its no-attention twin in the results."]
+    out += _kinds_matrix(found)
     if rows:
         seeds = sorted({r["seeds"] for r in rows})
         out += ["", "**Method.** " + (

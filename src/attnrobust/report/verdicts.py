@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnrobust.models import model_info
-from attnrobust.report.grid import Grid
+from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.paper import PAPER_N, load_paper, paper_dataset, paper_model, paper_value
 from attnrobust.report.stats import Z95, holm, paired_interval, proportion_diff_se, seeds_interval
 from attnrobust.report.tables import column_titles
@@ -58,12 +57,7 @@ def attention_pairs(models: list[str], declared=()) -> list[tuple[str, str]]:
     registry does not know (e.g. two checkpoints of one model told apart by file name) are not paired.
     declared: a config's study.pairs ([attention model, model compared with(, label)]), added after the
     registry's pairs when both models are present."""
-    infos = {}
-    for m in models:
-        try:
-            infos[m] = model_info(m)
-        except Exception:  # not a registered name: nothing is known about its attention
-            continue
+    infos = {m: info for m in models if (info := registered_info(m)) is not None}  # unknown names: nothing known
     pairs = [(m, i.twin) for m, i in infos.items() if i.twin is not None and i.twin in models]
     return pairs + [(p[0], p[1]) for p in declared if p[0] in models and p[1] in models
                     and (p[0], p[1]) not in pairs]
@@ -75,10 +69,8 @@ def _has_attention(name: str, declared=()) -> bool | None:
             return name == p[0]
     if ":" in name:  # a user model: nothing known about its attention unless declared
         return None
-    try:
-        return model_info(name).attention is not None
-    except Exception:
-        return None
+    info = registered_info(name)
+    return None if info is None else info.attention is not None
 
 
 def _scenarios(models: list[str], attn: str, base: str, declared=()):
