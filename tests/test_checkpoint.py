@@ -38,8 +38,16 @@ def test_round_trip_rebuilds_model_in_eval_mode(tmp_path):
     assert loaded.meta["metrics"] == {"test_acc": 0.5}
     assert read_meta(path) == loaded.meta
     x = torch.rand(2, 1, 32, 32)
-    assert torch.equal(model.eval()(x), loaded(x))
+    # loaded in the layout it trained in (channels_last unless its train config said otherwise): the same
+    # function as the original in that layout, bit for bit
+    assert loaded.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(model.eval().to(memory_format=torch.channels_last)(x), loaded(x))
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
+
+
+def test_a_model_trained_without_channels_last_loads_contiguous(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", tiny(), {**meta(), "train": {"channels_last": False}})
+    assert load_model(path).stem[0].weight.is_contiguous()
 
 
 def test_wrapper_prefixes_are_stripped(tmp_path):

@@ -184,7 +184,13 @@ def load_model(path: str | Path, device="cpu", *, allow_code=()) -> torch.nn.Mod
         raise UserError(f"checkpoint {path}: weights do not fit the model {meta['build_args'].get('name')!r} "
                         f"({_first_line(err)}); delete it and train again") from None
     model.meta = meta
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    train = meta.get("train")
+    if not isinstance(train, dict) or train.get("channels_last") is not False:
+        # the layout it trained in (TrainConfig.channels_last, None = on): attacks are forward+backward passes
+        # too, and NHWC made them 1.6x faster for resnet14 on a 2-core CPU (benchmarks/attacks.py)
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 # ---- resume state -----------------------------------------------------------------------------------------------

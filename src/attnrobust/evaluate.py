@@ -163,9 +163,12 @@ def craft_and_score(sources: dict[str, nn.Module], targets: dict[str, nn.Module]
             clean[t].append(predict(m, x) == y)
         for s, source in sources.items():
             for i, adv in _craft(source, x, y, cfg, settings, wanted[s], generators[s]):
+                # FGSM at eps 0 is the clean batch itself: its outcomes are the clean ones, no pass needed
+                unchanged = settings[i]["attack"] == "fgsm" and settings[i]["eps"] == 0
                 for t, target in models.items():
                     if _scored_on(settings[i], s, t):
-                        robust.setdefault((s, t, i), []).append(predict(target, adv) == y)
+                        robust.setdefault((s, t, i), []).append(clean[t][-1] if unchanged else
+                                                                 predict(target, adv) == y)
             if first and cfg.sanity_checks:
                 m = min(cfg.sanity_n, len(y))
                 adv = pgd(source, x[:m], y[:m], 1.0, UNBOUNDED_ALPHA, [UNBOUNDED_STEPS], keep_best=True,
