@@ -54,3 +54,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
     torch.set_num_threads(1)
+
+# The test files that take longest (pytest --durations, README "Tests"), longest first. pytest -n 2 --dist
+# loadfile hands whole files to the two workers in collection order; starting the long ones first (the longest-
+# processing-time-first rule) keeps both workers busy to the end instead of leaving one long file to run alone.
+LONGEST_FIRST = ["test_fullsize_paper.py", "test_study.py", "test_train.py", "test_evaluate.py",
+                 "test_fullsize_configs.py", "test_report.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    # stable: within a file, and among the other files, the collection order stays
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

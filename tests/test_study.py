@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,6 +106,9 @@ def test_interrupted_study_resumes_to_the_same_results(tiny_run, tmp_path, monke
 @pytest.mark.slow
 def test_study_killed_with_sigkill_resumes_to_the_same_results(tiny_run, tmp_path):
     out = tmp_path / "killed"
+    # the trained checkpoints are adopted (a study folder may start from finished training runs), so the kill
+    # lands in the attack phase, whose resume this is about; a kill mid-training is test_train's
+    shutil.copytree(tiny_run / "checkpoints", out / "checkpoints")
     command = [sys.executable, "-m", "attnrobust", "run", "quick", "--out", str(out), "--quiet"]
     command += [arg for o in TINY for arg in ("--set", o)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

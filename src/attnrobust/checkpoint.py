@@ -188,7 +188,7 @@ def load_model(path: str | Path, device="cpu", *, allow_code=()) -> torch.nn.Mod
     train = meta.get("train")
     if not isinstance(train, dict) or train.get("channels_last") is not False:
         # the layout it trained in (TrainConfig.channels_last, None = on): attacks are forward+backward passes
-        # too, and NHWC made them 1.6x faster for resnet14 on a 2-core CPU (benchmarks/attacks.py)
+        # too, and NHWC makes them faster on oneDNN and cuDNN alike (benchmarks/layout.py)
         model = model.to(memory_format=torch.channels_last)
     return model
 

@@ -42,7 +42,7 @@ from attnrobust.errors import UserError
 __all__ = ["DENOMINATORS", "REQUIRED_KEYS", "make_record", "append_records", "write_records", "read_records",
            "record_key", "format_records", "pack_bits", "unpack_bits", "pack_floats", "unpack_floats",
            "ITERATES", "Setting", "setting_of", "CLEAN", "load_records", "STANDARD", "regime_of", "panel_of",
-           "panel_dataset", "panel_file_name", "with_regime"]
+           "panel_dataset", "file_name_part", "with_regime"]
 
 ITERATES = ("final", "best", "best-on-source")
 
@@ -104,10 +104,11 @@ def panel_of(record: dict[str, Any]) -> str:
     return record["dataset"] if regime == STANDARD else f"{record['dataset']} · {regime}"
 
 
-def panel_file_name(panel: str) -> str:
-    """A panel's name as a file-name part: the dataset's own name for a standard panel, and no spaces or "·"
-    otherwise ("fashion-mnist-mini-FGSM-RS-eps-0.1")."""
-    return re.sub(r"[^A-Za-z0-9.+-]+", "-", panel)
+def file_name_part(text: str) -> str:
+    """Text as a part of a file name, the one rule for panels (figures) and regimes (checkpoints): every run of
+    characters other than letters, digits and "." becomes one "-" ("fashion-mnist-mini · FGSM-RS eps 0.1" ->
+    "fashion-mnist-mini-FGSM-RS-eps-0.1")."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
 def panel_dataset(panel: str) -> str:

@@ -272,7 +272,6 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
     from attnrobust.distributed import dist_info, init_distributed
     from attnrobust.evaluate import sanity_flags
     from attnrobust.report import build_report
-    from attnrobust.report.verdicts import verdict_table
     from attnrobust.results import write_records
     from attnrobust.runlock import hold_run_lock
     from attnrobust.runtime import atomic_write, resolve_device, write_env_json
@@ -340,7 +339,7 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
             return run_dir
         report_dir = build_report(run_dir)
         _say("")
-        _say(verdict_table(results, min_clean_accuracy=cfg.eval.min_clean_accuracy, pairs=cfg.study.pairs or ()))
+        _say((report_dir / "verdicts.txt").read_text().rstrip("\n"))  # computed once, by the report
         _say(f"\nreport: {report_dir / 'README.md'}  ({time.perf_counter() - started:.0f} s)")
     return run_dir
 

@@ -35,7 +35,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ from attnrobust.checkpoint import load_train_state, read_meta, save_checkpoint, 
 from attnrobust.config import TrainConfig, regime_label
 from attnrobust.distributed import barrier, broadcast_buffers, dist_info, init_distributed, sum_floats
 from attnrobust.errors import UserError
-from attnrobust.results import STANDARD
+from attnrobust.results import STANDARD, file_name_part
 from attnrobust.runtime import (atomic_write, resolve_device, seed_everything, set_threads,
                                 write_env_json)
 
@@ -77,7 +76,7 @@ def checkpoint_name(cfg: TrainConfig) -> str:
     from attnrobust.models import file_stem  # a user model's entry point may hold '/' and ':'
 
     regime = regime_label(cfg)
-    suffix = "" if regime == STANDARD else "-" + re.sub(r"[^a-z0-9.]+", "-", regime.lower()).strip("-")
+    suffix = "" if regime == STANDARD else "-" + file_name_part(regime).lower()
     return f"{cfg.dataset}-{file_stem(cfg.model)}-s{cfg.seed}{suffix}"
 
 

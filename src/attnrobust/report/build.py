@@ -24,8 +24,8 @@ from attnrobust.report.paper import comparison_rows, load_paper, matches_paper_p
 from attnrobust.report.readme import (COMPARISON_KEYS, PAIRED_KEYS, VERDICT_KEYS, ReadmeInputs, readme_text,
                                       rows_csv)
 from attnrobust.report.tables import table2, table3, to_csv, to_latex, to_markdown
-from attnrobust.report.verdicts import paired_rows, verdict_table, verdicts
-from attnrobust.results import CLEAN, STANDARD, Setting, load_records, panel_file_name, panel_of
+from attnrobust.report.verdicts import paired_rows, verdict_text, verdicts
+from attnrobust.results import CLEAN, STANDARD, Setting, load_records, file_name_part, panel_of
 
 if TYPE_CHECKING:
     from attnrobust.report.figures import Series  # imported where used: matplotlib loads with the figures
@@ -137,7 +137,7 @@ def _figures(grid: Grid, out: Path) -> list[tuple[str, str]]:
                 p.xticks = _xticks(p.series)
                 panels.append(p)
         if panels:
-            rel = f"figures/whitebox_{panel_file_name(d)}.png"
+            rel = f"figures/whitebox_{file_name_part(d)}.png"
             curves(out / rel, f"{d}: white-box attacks", panels)
             made.append((rel, f"{d}: white-box FGSM accuracy vs eps and PGD error vs iterations, every model "
                               f"(paper's published curves dotted, for the matching families)"))
@@ -159,7 +159,7 @@ def _figures(grid: Grid, out: Path) -> list[tuple[str, str]]:
             if panels:
                 from attnrobust.models import file_stem  # a user model's name may hold '/' and ':'
 
-                rel = f"figures/transfer_{panel_file_name(d)}_{file_stem(src)}.png"
+                rel = f"figures/transfer_{file_name_part(d)}_{file_stem(src)}.png"
                 curves(out / rel, f"{d}: attacks crafted on {src}", panels)
                 made.append((rel, f"{d}: attacks crafted on {src}, scored on {src} itself (white-box, solid) "
                                   f"and on {', '.join(targets)} (transfer, dashed)"))
@@ -197,7 +197,7 @@ def _attention_figures(grid: Grid, run_dir: Path, out: Path) -> tuple[list[tuple
         fgsm = [s.eps for s in _fgsm_settings(grid, dataset)]
         # The smallest budget: the perturbation stays nearly invisible, yet it is where accuracy falls most.
         eps = min(fgsm) if fgsm else 0.05
-        rel = f"figures/attention_{panel_file_name(dataset)}_{name}.png"
+        rel = f"figures/attention_{file_name_part(dataset)}_{name}.png"
         try:
             made.append((rel, attention_figure(out / rel, p, eps)))
         except (ImportError, UserError, OSError, RuntimeError, KeyError, ValueError) as err:
@@ -228,7 +228,7 @@ def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
     rows = verdicts(records, min_clean_accuracy=floor, pairs=pairs)
     paired = paired_rows(grid, min_clean_accuracy=floor, pairs=pairs)
     _write(out / "verdicts.csv", rows_csv(rows, VERDICT_KEYS))
-    _write(out / "verdicts.txt", verdict_table(records, min_clean_accuracy=floor, pairs=pairs) + "\n")
+    _write(out / "verdicts.txt", verdict_text(rows) + "\n")
     _write(out / "paired.csv", rows_csv(paired, PAIRED_KEYS))
     comparison = comparison_rows(grid)
     _write(out / "paper_comparison.csv", rows_csv(comparison, COMPARISON_KEYS))

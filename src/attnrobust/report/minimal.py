@@ -16,7 +16,7 @@ from attnrobust.report.grid import Grid
 from attnrobust.report.stats import mean_ci
 from attnrobust.report.tables import markdown_table
 from attnrobust.report.verdicts import attention_pairs
-from attnrobust.results import panel_file_name, unpack_floats
+from attnrobust.results import file_name_part, unpack_floats
 
 
 def _minimal_records(grid: Grid, d: str, model: str) -> dict[int, dict]:
@@ -84,7 +84,7 @@ def minimal_section(grid: Grid, out: Path) -> tuple[list[str], list[tuple[str, s
             panels.append(Panel(f"{attn} vs {base}", "eps (x 1/255)", "robust accuracy (%)", series,
                                 list(range(0, 17, 2))))
         if panels:
-            rel = f"figures/minimal_eps_{panel_file_name(d)}.png"
+            rel = f"figures/minimal_eps_{file_name_part(d)}.png"
             curves(out / rel, f"{d}: white-box robust accuracy on the fine eps grid", panels)
             figures.append((rel, f"{d}: robust accuracy vs eps on the fine grid (PGD bisection per image), "
                                  f"attention model solid, its twin dashed, band = range over seeds"))

@@ -320,8 +320,13 @@ def format_paper(row: dict) -> str:
 
 
 def verdict_table(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=()) -> str:
-    """Plain-text verdict table (for the terminal at the end of a study), then the per-dataset summary."""
-    rows = verdicts(records, min_clean_accuracy=min_clean_accuracy, pairs=pairs)
+    """Plain-text verdict table of the records (verdicts.txt, printed at the end of a study), then the per-dataset
+    summary."""
+    return verdict_text(verdicts(records, min_clean_accuracy=min_clean_accuracy, pairs=pairs))
+
+
+def verdict_text(rows: list[dict]) -> str:
+    """verdict_table from rows that `verdicts` already computed."""
     if not rows:
         return "verdicts: none (no attention model with its no-attention twin in the results)"
     header = ["dataset", "attention vs twin", "scenario", "attack", "seeds", "diff pp [95% CI]", "p (Holm)",
