@@ -1,0 +1,94 @@
+"""Studies beyond the shared tiny run: side-by-side workers, training regimes as an axis, and bad study input.
+
+Apart from tests/test_study.py so that the test runner (pytest -n, --dist loadfile) can run the two halves side
+by side; these tests build their own runs and do not need its module-scoped tiny study.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from attnrobust.cli import main
+from attnrobust.errors import UserError
+from attnrobust.results import read_records
+from attnrobust.study import list_runs, run_study
+from test_study import TINY
+
+
+def test_workers_run_jobs_side_by_side_with_one_thread_each(tmp_path):
+    out = tmp_path / "parallel"
+    run_study("quick", out=out, overrides=[*TINY, "eval.workers=2", 'attack.attacks=["fgsm"]',
+                                           "study.models=['resnet14','vgg16_bn']", "train.model_args={}"],
+              quiet=True)
+    jobs = [json.loads(line) for line in (out / "logs" / "jobs.jsonl").read_text().splitlines()]
+    assert sorted((j["job"], j["model"]) for j in jobs) == [("attack", "resnet14"), ("attack", "vgg16_bn"),
+                                                            ("train", "resnet14"), ("train", "vgg16_bn")]
+    assert {(j["threads"], j["workers"]) for j in jobs} == {(1, 2)}
+    records = read_records(out / "results.jsonl")
+    assert len(records) == 2 * 2 * 3 and not (out / ".lock").exists()
+
+
+def test_cli_run_bad_override_is_one_line(capsys, tmp_path):
+    assert main(["run", "quick", "--out", str(tmp_path / "x"), "--set", "study.models=['resnet15']"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resnet15" in err[0]
+    assert not (tmp_path / "x").exists()  # nothing written for a config that does not validate
+
+
+def test_study_refuses_a_folder_that_is_not_a_run_and_adopts_a_train_folder(tmp_path):
+    from attnrobust.config import load_config
+    from attnrobust.study import _claim_run_dir
+
+    cfg = load_config("quick", TINY)
+    other = tmp_path / "thesis"
+    other.mkdir()
+    (other / "chapter1.tex").write_text("precious")
+    with pytest.raises(UserError, match="not a run folder.*chapter1.tex"):
+        _claim_run_dir(other, cfg, is_main=True)
+    assert not (other / "config.toml").exists()
+    trained = tmp_path / "trained"  # what `attnrobust train --out trained` leaves
+    (trained / "checkpoints").mkdir(parents=True)
+    (trained / "env.json").write_text("{}")
+    _claim_run_dir(trained, cfg, is_main=True)
+    assert (trained / "config.toml").is_file()
+
+
+def test_regimes_are_a_study_axis_and_never_mix(tmp_path):
+    """Two training regimes: each model is trained and attacked once per regime, records carry the regime, the
+    report compares within a regime, and ls names the regimes."""
+    out = tmp_path / "regimes"
+    regimes = '[{adversarial = "none"}, {adversarial = "fgsm-rs", adv_eps = 0.1, adv_check_n = 0}]'
+    run_study("quick", out=out, overrides=[*TINY, f"study.regimes={regimes}", 'attack.attacks=["fgsm"]',
+                                           "study.models=['resnet14','cbam_resnet14']"], quiet=True)
+    names = sorted(p.name for p in (out / "checkpoints").glob("*.safetensors"))
+    assert names == ["fashion-mnist-mini-cbam_resnet14-s0-fgsm-rs-eps-0.1.safetensors",
+                     "fashion-mnist-mini-cbam_resnet14-s0.safetensors",
+                     "fashion-mnist-mini-resnet14-s0-fgsm-rs-eps-0.1.safetensors",
+                     "fashion-mnist-mini-resnet14-s0.safetensors"]
+    records = read_records(out / "results.jsonl")
+    adversarial = [r for r in records if r.get("regime") == "FGSM-RS eps 0.1"]
+    standard = [r for r in records if "regime" not in r]
+    assert len(adversarial) == len(standard) == 2 * 2 * 3  # 2 sources x 2 targets x 3 FGSM eps, per regime
+    report = (out / "report" / "README.md").read_text()
+    assert "fashion-mnist-mini · FGSM-RS eps 0.1" in report
+    # the side-by-side matrix: one row for the CBAM pair, a white-box and a transfer column per regime
+    assert "| cbam (cbam_resnet14 vs resnet14) |" in report
+    assert "| fashion-mnist-mini · FGSM-RS eps 0.1: transfer |" in report
+    figures = [p.name for p in (out / "report" / "figures").iterdir()]
+    assert "whitebox_fashion-mnist-mini-FGSM-RS-eps-0.1.png" in figures and all(" " not in f for f in figures)
+    verdicts = list(csv.DictReader((out / "report" / "verdicts.csv").open()))
+    assert {v["dataset"] for v in verdicts} == {"fashion-mnist-mini", "fashion-mnist-mini · FGSM-RS eps 0.1"}
+    assert "trained standard; FGSM-RS eps 0.1; 8/8 jobs done" in list_runs(tmp_path)
+
+
+def test_bad_regime_is_one_line(capsys, tmp_path):
+    code = main(["run", "quick", "--out", str(tmp_path / "x"), "--set", "study.regimes=[{lr = 0.1}]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "study.regimes[0].lr: unknown key" in err[0]
+    code = main(["run", "quick", "--out", str(tmp_path / "x"), "--set",
+                 'study.regimes=[{adversarial = "pgd"}, {adversarial = "pgd", adv_eps = 0.1}]'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "two regimes are the same" in err[0]
