@@ -20,6 +20,31 @@ def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("ATTNROBUST_DATA", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _figures_drawn_only_where_tested(request, monkeypatch):
+    """Drawing a report's PNGs (matplotlib) costs about half a second per figure, several seconds per study run:
+    most of what an end-to-end test of a tiny study spends in its report. Tests that do not look at figures get
+    an empty file where each figure goes (the report still prepares every figure's data, checked here, and links
+    it); tests marked `figures` draw them for real, as does the tiny study of test_study.py (module-scoped, set
+    up before this fixture)."""
+    if request.node.get_closest_marker("figures"):
+        return
+    from attnrobust.report import figures
+
+    def placeholder_curves(path, title, panels):
+        for panel in panels:
+            for s in panel.series:
+                assert len(s.x) == len(s.y) and s.x, f"{title}: {panel.title}: {s.label} has {s.x} / {s.y}"
+        Path(path).write_bytes(b"")
+
+    def placeholder_attention(path, checkpoint, eps, count=6):
+        Path(path).write_bytes(b"")
+        return f"attention maps of {Path(checkpoint).name} (not drawn in this test)"
+
+    monkeypatch.setattr(figures, "curves", placeholder_curves)
+    monkeypatch.setattr(figures, "attention_figure", placeholder_attention)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "fashion-mnist").is_dir():
@@ -58,8 +83,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # The test files that take longest (pytest --durations, README "Tests"), longest first. pytest -n 2 --dist
 # loadfile hands whole files to the two workers in collection order; starting the long ones first (the longest-
 # processing-time-first rule) keeps both workers busy to the end instead of leaving one long file to run alone.
-LONGEST_FIRST = ["test_fullsize_paper.py", "test_train.py", "test_study.py", "test_fullsize_configs.py",
-                 "test_study_axes.py", "test_report.py", "test_evaluate.py", "test_adversarial_training.py"]
+LONGEST_FIRST = ["test_fullsize_paper.py", "test_train.py", "test_study.py", "test_study_axes.py",
+                 "test_report.py", "test_fullsize_configs.py", "test_evaluate.py", "test_adversarial_training.py",
+                 "test_models.py"]
 
 
 def pytest_collection_modifyitems(items):

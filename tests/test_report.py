@@ -391,10 +391,13 @@ def test_build_report_files(tmp_path, seeds):
 
 
 @pytest.mark.slow
+@pytest.mark.figures
 def test_rebuild_is_identical_and_replaces_stale_files(tmp_path):
     run = write_run(tmp_path, make_records((0, 1), datasets=["cifar10"]))
     first = build_report(run)
     snapshot = {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    pngs = [v for k, v in snapshot.items() if k.suffix == ".png"]
+    assert pngs and all(v.startswith(b"\x89PNG") for v in pngs)  # drawn, not placeholders: same bytes again
     (first / "stale.txt").write_text("from an older report")
     second = build_report(run)
     assert {p.relative_to(second): p.read_bytes() for p in second.rglob("*") if p.is_file()} == snapshot
@@ -416,6 +419,7 @@ def test_empty_or_malformed_results_is_a_user_error(tmp_path, content):
 
 
 @pytest.mark.slow
+@pytest.mark.figures
 def test_attention_maps_from_a_checkpoint(tmp_path):
     # An untrained tiny CBAM model on the embedded Fashion-MNIST subset: enough to exercise the plumbing.
     torch = pytest.importorskip("torch")

@@ -217,12 +217,12 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_train_one_epoch(tmp_path, capsys):
-    code = cli.main(["train", "--dataset", "fashion-mnist-mini", "--model", "resnet14", "--width", "4",
-                     "--epochs", "1", "--batch-size", "256", "--out", str(tmp_path / "out"), "--quiet"])
+    code = cli.main(["train", "--dataset", "fashion-mnist-mini", "--model", "vgg16_bn", "--width", "4",
+                     "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 0
     assert "checkpoint:" in capsys.readouterr().out
-    meta = read_meta(tmp_path / "out" / "checkpoints" / "fashion-mnist-mini-resnet14-s0.safetensors")
-    assert meta["epoch"] == 1 and meta["metrics"]["test_acc"] > 0.2
+    meta = read_meta(tmp_path / "out" / "checkpoints" / "fashion-mnist-mini-vgg16_bn-s0.safetensors")
+    assert meta["epoch"] == 1 and meta["metrics"]["test_acc"] > 0.5  # 75% measured; chance is 10%
 
 
 # ---- real processes ---------------------------------------------------------------------------------------------
@@ -265,7 +265,8 @@ def test_sigkill_mid_training_then_rerun_equals_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert read_meta(ckpt)["epoch"] < 6, "the run finished before it could be killed; make it longer"
-    subprocess.run(args, env=_env(), check=True)
+    cfg = TrainConfig.for_dataset("fashion-mnist-mini", model="resnet14", **settings)
+    train(cfg, out, device="cpu", quiet=True)  # the rerun, in this process (same thread count as the killed one)
     assert sorted(p.name for p in ckpt.parent.iterdir()) == [ckpt.name]  # no state, no stray temporary file
     reference = train(TrainConfig.for_dataset("fashion-mnist-mini", model="resnet14", **settings),
                       tmp_path / "reference", device="cpu", quiet=True)

@@ -23,6 +23,7 @@ Run folder: config.toml (the resolved config), env.json, .lock (held while a stu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -236,14 +237,14 @@ def _pool(workers: int):
 
 
 def _execute(kind: str, jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir, quiet: bool,
-             on_done) -> None:
-    """Run jobs of one phase, in this process or side by side in worker processes; on_done(job, result, seconds)
-    is called in this process as each finishes (in completion order)."""
+             on_done, pool) -> None:
+    """Run jobs of one phase, in this process or side by side in `pool`'s worker processes (None: no workers);
+    on_done(job, result, seconds) is called in this process as each finishes (in completion order)."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
     from attnrobust.runtime import set_threads
 
-    workers = min(_workers(cfg, device), len(jobs))
+    workers = min(_workers(cfg, device), len(jobs)) if pool is not None else 1
     if workers <= 1:
         for job in jobs:
             started = time.perf_counter()
@@ -252,15 +253,14 @@ def _execute(kind: str, jobs: list[Job], cfg: StudyConfig, run_dir: Path, device
             on_done(job, result, time.perf_counter() - started, set_threads() if device.type == "cpu" else None)
         return
     threads = max(1, set_threads() // workers)
-    with _pool(workers) as pool:
-        running = {pool.submit(_in_worker, kind, cfg.to_dict(), job, str(run_dir), str(device), data_dir, threads):
-                   job for job in jobs}
-        while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                job = running.pop(future)
-                result, seconds = future.result()  # a job's UserError surfaces here, as in one process
-                on_done(job, result, seconds, threads)
+    running = {pool.submit(_in_worker, kind, cfg.to_dict(), job, str(run_dir), str(device), data_dir, threads):
+               job for job in jobs}
+    while running:
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            job = running.pop(future)
+            result, seconds = future.result()  # a job's UserError surfaces here, as in one process
+            on_done(job, result, seconds, threads)
 
 
 def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = None, overrides=(),
@@ -308,32 +308,36 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
                 atomic_write(timings_path, "".join(json.dumps(t) + "\n" for t in timings))
             _say(f"  done  {job}  ({seconds:.0f} s)")
 
-        train_jobs = [j for j in jobs if j.kind == "train" if not is_finished(j.train_config(cfg), run_dir)]
-        _execute("train", train_jobs, cfg, run_dir, device, data_dir, quiet,
-                 lambda job, _, seconds, threads: log_time(job, seconds, threads))
+        # One pool of workers for both phases: each worker imports torch once (seconds per process), not once per
+        # phase. The pool starts its processes at the first job it is given: a run with nothing to do starts none.
+        pool = _pool(workers) if workers > 1 else None
+        with pool if pool is not None else contextlib.nullcontext():
+            train_jobs = [j for j in jobs if j.kind == "train" if not is_finished(j.train_config(cfg), run_dir)]
+            _execute("train", train_jobs, cfg, run_dir, device, data_dir, quiet,
+                     lambda job, _, seconds, threads: log_time(job, seconds, threads), pool)
 
-        done = attack_jobs_done(results)
-        attack_jobs = [j for j in jobs if j.kind == "attack"]
-        # the file lists jobs in plan order, whatever order side-by-side workers finish them in: the same study
-        # writes the same bytes
-        plan_order = {(j.dataset, j.regime, j.model, j.seed): i for i, j in enumerate(attack_jobs)}
+            done = attack_jobs_done(results)
+            attack_jobs = [j for j in jobs if j.kind == "attack"]
+            # the file lists jobs in plan order, whatever order side-by-side workers finish them in: the same study
+            # writes the same bytes
+            plan_order = {(j.dataset, j.regime, j.model, j.seed): i for i, j in enumerate(attack_jobs)}
 
-        def in_plan_order(records: list[dict]) -> list[dict]:  # stable: a job's records keep their order
-            return sorted(records, key=lambda r: plan_order.get((r["dataset"], regime_of(r), r["source"], r["seed"]),
-                                                                len(plan_order)))
+            def in_plan_order(records: list[dict]) -> list[dict]:  # stable: a job's records keep their order
+                return sorted(records, key=lambda r: plan_order.get(
+                    (r["dataset"], regime_of(r), r["source"], r["seed"]), len(plan_order)))
 
-        pending = _agree_on_pending([(j.dataset, j.regime, j.model, j.seed) not in done for j in attack_jobs])
-        attack_jobs = [j for j, todo in zip(attack_jobs, pending) if todo]
+            pending = _agree_on_pending([(j.dataset, j.regime, j.model, j.seed) not in done for j in attack_jobs])
+            attack_jobs = [j for j, todo in zip(attack_jobs, pending) if todo]
 
-        def write(job: Job, records: list[dict], seconds: float, threads: int | None) -> None:
-            nonlocal results
-            # transfer flags compare with the targets' white-box records, which other jobs write
-            results = sanity_flags(in_plan_order(results + records))
-            if is_main:  # one atomic rewrite: the job's records are all in the file or none are
-                write_records(results_path, results)
-            log_time(job, seconds, threads)
+            def write(job: Job, records: list[dict], seconds: float, threads: int | None) -> None:
+                nonlocal results
+                # transfer flags compare with the targets' white-box records, which other jobs write
+                results = sanity_flags(in_plan_order(results + records))
+                if is_main:  # one atomic rewrite: the job's records are all in the file or none are
+                    write_records(results_path, results)
+                log_time(job, seconds, threads)
 
-        _execute("attack", attack_jobs, cfg, run_dir, device, data_dir, quiet, write)
+            _execute("attack", attack_jobs, cfg, run_dir, device, data_dir, quiet, write, pool)
 
         if not is_main:
             return run_dir
