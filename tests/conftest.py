@@ -20,29 +20,33 @@ def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("ATTNROBUST_DATA", raising=False)
 
 
-@pytest.fixture(autouse=True)
-def _figures_drawn_only_where_tested(request, monkeypatch):
+def use_placeholder_figures(patch: pytest.MonkeyPatch) -> None:
     """Drawing a report's PNGs (matplotlib) costs about half a second per figure, several seconds per study run:
-    most of what an end-to-end test of a tiny study spends in its report. Tests that do not look at figures get
-    an empty file where each figure goes (the report still prepares every figure's data, checked here, and links
-    it); tests marked `figures` draw them for real, as does the tiny study of test_study.py (module-scoped, set
-    up before this fixture)."""
-    if request.node.get_closest_marker("figures"):
-        return
+    most of what an end-to-end test of a tiny study spends in its report. Here each figure becomes an empty file
+    in its place (the report still prepares every figure's data, checked here, and links it)."""
     from attnrobust.report import figures
 
     def placeholder_curves(path, title, panels):
         for panel in panels:
             for s in panel.series:
-                assert len(s.x) == len(s.y) and s.x, f"{title}: {panel.title}: {s.label} has {s.x} / {s.y}"
+                lengths = {len(v) for v in (s.x, s.y, s.err, s.low, s.high) if v is not None}
+                assert s.x and lengths == {len(s.x)}, f"{title}: {panel.title}: {s.label}: unequal lengths"
         Path(path).write_bytes(b"")
 
     def placeholder_attention(path, checkpoint, eps, count=6):
         Path(path).write_bytes(b"")
         return f"attention maps of {Path(checkpoint).name} (not drawn in this test)"
 
-    monkeypatch.setattr(figures, "curves", placeholder_curves)
-    monkeypatch.setattr(figures, "attention_figure", placeholder_attention)
+    patch.setattr(figures, "curves", placeholder_curves)
+    patch.setattr(figures, "attention_figure", placeholder_attention)
+
+
+@pytest.fixture(autouse=True)
+def _figures_drawn_only_where_tested(request, monkeypatch):
+    """Placeholder figures, except in tests marked `figures`, which draw them for real (test_report.py: every kind
+    of line, band and error bar; a whole report, byte for byte twice; the attention maps)."""
+    if not request.node.get_closest_marker("figures"):
+        use_placeholder_figures(monkeypatch)
 
 
 @pytest.fixture

@@ -29,11 +29,14 @@ from attnrobust.results import read_records, regime_of
 from attnrobust.study import plan, run_study
 from conftest import SHARED_DATA
 
-N = 2  # training, test-accuracy and attacked images
-# Numbers only: widths, depths, class counts and input sizes stay as shipped. Batch N >= 2 keeps BatchNorm
-# defined where VGG's features reach 1x1. warmup_epochs: the CIFAR recipes warm up for 5 epochs, more than 1.
+N = 2  # training images
+N_EVAL = 1  # test-accuracy and attacked images (a ResNet-50 forward of one image costs 60% of one of two)
+# Numbers only: widths, depths, class counts and input sizes stay as shipped. A training batch of N >= 2 keeps
+# BatchNorm defined where VGG's features reach 1x1 (evaluation runs in eval mode, where one image is fine).
+# warmup_epochs: the CIFAR recipes warm up for 5 epochs, more than 1.
 TINY = [f"train.n_train={N}", f"train.batch_size={N}", "train.epochs=1", "train.warmup_epochs=1",
-        f"train.n_test={N}", f"eval.n={N}", "attack.fgsm_eps=[0.0,0.1]", "attack.pgd_steps=[1]", "study.seeds=[0]",
+        f"train.n_test={N_EVAL}", f"eval.n={N_EVAL}", "attack.fgsm_eps=[0.0,0.1]", "attack.pgd_steps=[1]",
+        "study.seeds=[0]",
         "attack.minimal_steps=1", "attack.autoattack_steps=1",
         "attack.autoattack_queries=2", "eval.workers=1",
         # the unbounded-eps check is 20 PGD steps per source whatever the size (tested at small size elsewhere)
@@ -41,14 +44,14 @@ TINY = [f"train.n_train={N}", f"train.batch_size={N}", "train.epochs=1", "train.
 
 
 def _tiny(config: str) -> list[str]:
-    """TINY, and the per-epoch PGD check of adversarial training on N images too (it takes the first images of
+    """TINY, and the per-epoch PGD check of adversarial training on N_EVAL images too (it takes the first images of
     the whole test split, not of n_test), wherever the config sets the check: in [train] or in a regime."""
     cfg = load_config(config, TINY)
     extra = []
     if cfg.train.get("adversarial", "none") != "none":
-        extra.append(f"train.adv_check_n={N}")
+        extra.append(f"train.adv_check_n={N_EVAL}")
     if cfg.study.regimes:
-        tables = [", ".join(f"{k} = {json.dumps(v)}" for k, v in {**r, "adv_check_n": N}.items())
+        tables = [", ".join(f"{k} = {json.dumps(v)}" for k, v in {**r, "adv_check_n": N_EVAL}.items())
                   for r in cfg.study.regimes]
         extra.append("study.regimes=[" + ", ".join("{" + t + "}" for t in tables) + "]")
     return TINY + extra

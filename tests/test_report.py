@@ -440,3 +440,22 @@ def test_attention_maps_from_a_checkpoint(tmp_path):
     readme = (report / "README.md").read_text()
     assert "figures/attention_fashion-mnist-mini_cbam_resnet14.png" in readme
     assert "fashion-mnist-mini-cbam_resnet14-s0.safetensors" in readme
+
+
+@pytest.mark.figures
+def test_curves_draws_every_kind_of_series(tmp_path):
+    """The one drawing function of the report's line figures, with every style it offers: a line, a dashed line
+    with error bars, a published curve, and a band (the range over seeds of the minimal-eps figure)."""
+    from attnrobust.report.figures import PALETTE, Panel, Series, curves
+
+    x = [0.0, 0.05, 0.1]
+    panel = Panel("every style", "eps", "accuracy (%)", [
+        Series("line", x, [90.0, 50.0, 10.0], PALETTE[0]),
+        Series("dashed, error bars", x, [88.0, 45.0, 8.0], PALETTE[1], style="dashed", err=[1.0, None, 2.0]),
+        Series("paper", x, [91.0, 40.0, 5.0], PALETTE[2], style="paper"),
+        Series("band", x, [89.0, 48.0, 9.0], PALETTE[3], low=[87.0, 44.0, 7.0], high=[91.0, 52.0, 11.0])],
+        xticks=x)
+    path = tmp_path / "every.png"
+    curves(path, "styles", [panel])
+    png = path.read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000

@@ -16,6 +16,7 @@ from attnrobust.cli import main
 from attnrobust.errors import UserError
 from attnrobust.results import read_records
 from attnrobust.study import list_runs, run_study
+from conftest import use_placeholder_figures
 
 MODELS = ["resnet14", "cbam_resnet14", "vgg16_bn"]
 # Seconds, not minutes: tiny widths, a few hundred training images, 1 epoch, 48 attacked images.
@@ -36,6 +37,7 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse per-test cache is not set up yet
         patch.setenv("ATTNROBUST_CACHE", str(tmp_path_factory.mktemp("cache")))
+        use_placeholder_figures(patch)  # (nor the autouse one that stubs the figures, which test_report draws)
         run_study("quick", out=out, overrides=TINY, quiet=True)
     return out
 

@@ -164,10 +164,29 @@ def run_train_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, dat
     return train(job.train_config(cfg), run_dir, device=device, data_dir=data_dir, quiet=quiet)
 
 
+# The models of the cell (dataset, regime, seed) whose attack jobs this process ran last, by checkpoint and file
+# identity: a cell's jobs run one after another (plan order) and each needs every model of the cell, so one
+# process loads each checkpoint once instead of once per job (a ResNet-50 load, checksum included, costs about a
+# third of a second of CPU). Only one cell is held; a rewritten checkpoint has another identity.
+_CELL: dict[tuple, object] = {}
+
+
+def _cell_models(paths: list[Path], device, allow_code) -> list:
+    from attnrobust.checkpoint import load_model
+
+    try:
+        keys = [(str(p), p.stat().st_mtime_ns, p.stat().st_size, str(device)) for p in paths]
+    except OSError:  # a missing checkpoint: load_model says so in one line
+        return [load_model(p, device=device, allow_code=allow_code) for p in paths]
+    if list(_CELL) != keys:
+        _CELL.clear()
+        _CELL.update({k: load_model(p, device=device, allow_code=allow_code) for k, p in zip(keys, paths)})
+    return [_CELL[k] for k in keys]
+
+
 def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, data_dir=None,
                    quiet: bool = False) -> list[dict]:
     """The records of one source: its row of the transfer matrix and its white-box measures."""
-    from attnrobust.checkpoint import load_model
     from attnrobust.data import DeviceLoader
     from attnrobust.distributed import dist_info
     from attnrobust.evaluate import craft_and_score, white_box_measures
@@ -181,8 +200,8 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     from attnrobust.models import is_user_model
 
     own_code = [m for m in cfg.study.models if is_user_model(m)]
-    models = {m: load_model(checkpoint_path(job.train_config(cfg, m), run_dir), device=device, allow_code=own_code)
-              for m in cfg.study.models}
+    paths = [checkpoint_path(job.train_config(cfg, m), run_dir) for m in cfg.study.models]
+    models = dict(zip(cfg.study.models, _cell_models(paths, device, own_code)))
     source = {job.model: models[job.model]}
     everything, subset = _test_images(cfg, job.dataset, data_dir)
     groups = [(cfg.attack, *everything)] if subset is everything else \
@@ -338,6 +357,7 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
                 log_time(job, seconds, threads)
 
             _execute("attack", attack_jobs, cfg, run_dir, device, data_dir, quiet, write, pool)
+            _CELL.clear()  # the models of the last cell: not needed by the report
 
         if not is_main:
             return run_dir
