@@ -153,7 +153,8 @@ def test_records_carry_per_image_outcomes_that_match_the_counts():
     for r in records:
         robust, clean = unpack_bits(r["robust_bits"], r["n"]), unpack_bits(r["clean_bits"], r["n"])
         assert r["images"] == "test[:24]" and robust.sum() == r["robust_correct"]
-        assert clean.sum() == r["target_clean_correct"] and (robust & clean).sum() == r["robust_correct_on_target_clean"]
+        assert clean.sum() == r["target_clean_correct"]
+        assert (robust & clean).sum() == r["robust_correct_on_target_clean"]
         expected_clean = (predict(models[r["target"]], x) == y).numpy()
         assert (clean == expected_clean).all()
 
