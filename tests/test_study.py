@@ -143,3 +143,23 @@ def test_ls_shows_jobs_and_report(tiny_run, capsys):
     assert "tiny:" in text and "6/6 jobs done" in text and "report/README.md" in text
     assert main(["ls", str(tiny_run.parent)]) == 0
     assert "6/6 jobs done" in capsys.readouterr().out
+
+
+def test_a_cells_attack_jobs_load_its_checkpoints_once(tiny_run, tmp_path):
+    import torch
+
+    from attnrobust.study import _cell_models
+
+    paths = sorted((tiny_run / "checkpoints").glob("*.safetensors"))
+    first = _cell_models(paths, torch.device("cpu"), [])
+    assert all(a is b for a, b in zip(first, _cell_models(paths, torch.device("cpu"), [])))
+    copies = [tmp_path / p.name for p in paths]  # another run's checkpoints: other models
+    for p, c in zip(paths, copies):
+        shutil.copy(p, c)
+    second = _cell_models(copies, torch.device("cpu"), [])
+    assert not any(a is b for a, b in zip(first, second))
+    os.utime(copies[0], ns=(0, 0))  # as if rewritten (another file identity): loaded again
+    third = _cell_models(copies, torch.device("cpu"), [])
+    assert third[0] is not second[0] and third[0].meta == second[0].meta
+    with pytest.raises(UserError, match="not found"):
+        _cell_models([tmp_path / "missing.safetensors"], torch.device("cpu"), [])
