@@ -35,9 +35,10 @@ def _stable(records):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse per-test cache is not set up yet
+    # module scope: the autouse per-test fixtures (private cache, placeholder figures) are not set up yet
+    with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ATTNROBUST_CACHE", str(tmp_path_factory.mktemp("cache")))
-        use_placeholder_figures(patch)  # (nor the autouse one that stubs the figures, which test_report draws)
+        use_placeholder_figures(patch)
         run_study("quick", out=out, overrides=TINY, quiet=True)
     return out
 
