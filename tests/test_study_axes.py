@@ -92,3 +92,20 @@ def test_bad_regime_is_one_line(capsys, tmp_path):
                  'study.regimes=[{adversarial = "pgd"}, {adversarial = "pgd", adv_eps = 0.1}]'])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "two regimes are the same" in err[0]
+
+
+def test_a_worker_that_dies_is_one_clear_error(tmp_path, monkeypatch):
+    # A model whose builder ends its process when it runs in a worker (as an out-of-memory kill would): the pool
+    # breaks, and the study says which job and what to do instead of a BrokenProcessPool traceback.
+    (tmp_path / "dying.py").write_text(
+        "import multiprocessing, os\n"
+        "import torch\n"
+        "def net(num_classes, in_channels, **kw):\n"
+        "    if multiprocessing.parent_process() is not None:\n"
+        "        os._exit(9)\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"a worker process died during train .*dying\.py:net.*eval\.workers = 1"):
+        run_study("quick", out=tmp_path / "run", quiet=True,
+                  overrides=[*TINY, "eval.workers=2", "study.models=['./dying.py:net', 'vgg16_bn']",
+                             'attack.attacks=["fgsm"]', "train.model_args={}"])

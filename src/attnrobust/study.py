@@ -260,6 +260,7 @@ def _execute(kind: str, jobs: list[Job], cfg: StudyConfig, run_dir: Path, device
     """Run jobs of one phase, in this process or side by side in `pool`'s worker processes (None: no workers);
     on_done(job, result, seconds) is called in this process as each finishes (in completion order)."""
     from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     from attnrobust.runtime import set_threads
 
@@ -278,7 +279,13 @@ def _execute(kind: str, jobs: list[Job], cfg: StudyConfig, run_dir: Path, device
         finished, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in finished:
             job = running.pop(future)
-            result, seconds = future.result()  # a job's UserError surfaces here, as in one process
+            try:
+                result, seconds = future.result()  # a job's UserError surfaces here, as in one process
+            except BrokenProcessPool:
+                raise UserError(f"a worker process died during {job} (killed, out of memory, or started by a "
+                                f"script without the `if __name__ == \"__main__\":` guard that spawned processes "
+                                f"need); finished jobs are kept: rerun, or set eval.workers = 1 to see the job's "
+                                f"own error") from None
             on_done(job, result, seconds, threads)
 
 
