@@ -105,7 +105,8 @@ def test_a_worker_that_dies_is_one_clear_error(tmp_path, monkeypatch):
         "        os._exit(9)\n"
         "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))\n")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match=r"a worker process died during train .*dying\.py:net.*eval\.workers = 1"):
+    with pytest.raises(UserError, match=r"a worker process died in the train phase \(\d of its jobs unfinished;"
+                                        r".*eval\.workers = 1"):
         run_study("quick", out=tmp_path / "run", quiet=True,
                   overrides=[*TINY, "eval.workers=2", "study.models=['./dying.py:net', 'vgg16_bn']",
                              'attack.attacks=["fgsm"]', "train.model_args={}"])

@@ -282,10 +282,11 @@ def _execute(kind: str, jobs: list[Job], cfg: StudyConfig, run_dir: Path, device
             try:
                 result, seconds = future.result()  # a job's UserError surfaces here, as in one process
             except BrokenProcessPool:
-                raise UserError(f"a worker process died during {job} (killed, out of memory, or started by a "
-                                f"script without the `if __name__ == \"__main__\":` guard that spawned processes "
-                                f"need); finished jobs are kept: rerun, or set eval.workers = 1 to see the job's "
-                                f"own error") from None
+                # every unfinished job fails with the pool, whichever process died: name the phase, not a job
+                raise UserError(f"a worker process died in the {kind} phase ({len(running) + 1} of its jobs "
+                                f"unfinished; killed, out of memory, or started by a script without the "
+                                f"`if __name__ == \"__main__\":` guard that spawned processes need); finished jobs "
+                                f"are kept: rerun, or set eval.workers = 1 to see a failing job's own error") from None
             on_done(job, result, seconds, threads)
 
 
