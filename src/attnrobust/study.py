@@ -364,8 +364,10 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
                     write_records(results_path, results)
                 log_time(job, seconds, threads)
 
-            _execute("attack", attack_jobs, cfg, run_dir, device, data_dir, quiet, write, pool)
-            _CELL.clear()  # the models of the last cell: not needed by the report
+            try:
+                _execute("attack", attack_jobs, cfg, run_dir, device, data_dir, quiet, write, pool)
+            finally:
+                _CELL.clear()  # the last cell's models: not needed by the report, nor after an interruption
 
         if not is_main:
             return run_dir
