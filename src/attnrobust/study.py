@@ -175,9 +175,10 @@ def _cell_models(paths: list[Path], device, allow_code) -> list:
     from attnrobust.checkpoint import load_model
 
     try:
-        keys = [(str(p), p.stat().st_mtime_ns, p.stat().st_size, str(device)) for p in paths]
+        stats = [p.stat() for p in paths]
     except OSError:  # a missing checkpoint: load_model says so in one line
         return [load_model(p, device=device, allow_code=allow_code) for p in paths]
+    keys = [(str(p), st.st_mtime_ns, st.st_size, str(device)) for p, st in zip(paths, stats)]
     if list(_CELL) != keys:
         _CELL.clear()
         _CELL.update({k: load_model(p, device=device, allow_code=allow_code) for k, p in zip(keys, paths)})
