@@ -147,6 +147,17 @@ def test_robust_accuracy_curve_reads_min_eps():
     assert robust_accuracy_curve(found, [0.0])[0] == (predict(model, x) == y).float().mean().item()
 
 
+def test_robust_accuracy_curve_counts_an_image_broken_at_its_own_radius():
+    # minimal_eps returns radii j * tol in float32; the records' grid is round(j / 255, 10), which for 8/255 and
+    # 16/255 rounds to the float32 just below: an image broken at exactly 8/255 is not robust at 8/255
+    from attnrobust.evaluate import FINE_GRID
+
+    radii = (torch.arange(len(FINE_GRID), dtype=torch.float64) * (1 / 255)).float()  # as minimal_eps's grid
+    assert torch.tensor(FINE_GRID[8], dtype=torch.float32) < radii[8]  # the rounding the margin is for
+    counts = robust_accuracy_curve(radii, FINE_GRID, counts=True)
+    assert counts == [len(FINE_GRID) - 1 - j for j in range(len(FINE_GRID))]
+
+
 # ---- APGD-T ------------------------------------------------------------------------------------------------------
 
 

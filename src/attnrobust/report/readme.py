@@ -206,7 +206,7 @@ def readme_text(inputs: ReadmeInputs) -> str:
     if reduced:
         out += ["", "**Indicative only, next to the paper**: " + "; ".join(reduced) + "."]
     out += ["", "## Threat model", ""] + _threat_model(grid, inputs.records)
-    deviations = _deviations(inputs.run_dir)
+    deviations = _deviations(inputs.run_dir, inputs.config)
     if deviations:
         out += ["", "## Deviations from the paper", ""] + [f"- {d}" for d in deviations]
     if inputs.minimal_lines:
@@ -292,22 +292,28 @@ def _threat_model(grid: Grid, records: list[dict]) -> list[str]:
     return lines
 
 
-def _deviations(run_dir: Path) -> list[str]:
+def _deviations(run_dir: Path, config: dict | None) -> list[str]:
     """Where the run's models differ from the paper's recipe on purpose, with the reason (from the checkpoints'
-    build arguments, so the report says what was actually trained)."""
+    build arguments, so the report says what was actually trained; from the config's train.model_args when the
+    folder holds no checkpoints, e.g. a published report rebuilt from its results)."""
     from attnrobust.checkpoint import read_meta
 
     out = []
     momenta = set()
-    for path in sorted((run_dir / "checkpoints").glob("*.safetensors")) if (run_dir / "checkpoints").is_dir() else []:
-        if path.name.endswith(".state.safetensors"):
-            continue
+    paths = sorted((run_dir / "checkpoints").glob("*.safetensors")) if (run_dir / "checkpoints").is_dir() else []
+    paths = [p for p in paths if not p.name.endswith(".state.safetensors")]
+    for path in paths:
         try:
             args = read_meta(path).get("build_args") or {}
         except UserError:
             continue
         if "cbam_bn_momentum" in args:
             momenta.add(args["cbam_bn_momentum"])
+    if not paths and config:
+        models = (config.get("study") or {}).get("models") or []
+        momentum = ((config.get("train") or {}).get("model_args") or {}).get("cbam_bn_momentum")
+        if momentum is not None and any(getattr(registered_info(m), "attention", None) == "cbam" for m in models):
+            momenta.add(momentum)
     for m in sorted(momenta - {0.01}):
         out.append(f"CBAM spatial-gate BatchNorm momentum {m:g} instead of the official 0.01: in runs of a few "
                    f"hundred steps the running statistics would still carry their initial values with 0.01, so "
