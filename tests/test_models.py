@@ -325,9 +325,25 @@ def test_build_args_fill_in_defaults():
     args = build_model("cbam_resnet14", 10, width=8).build_args
     assert args == {"name": "cbam_resnet14", "num_classes": 10, "in_channels": 3, "variant": "cifar", "width": 8,
                     "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "zero_init_residual": True,
-                    "cbam_bn_momentum": 0.01}
+                    "stem_stride": 1, "cbam_bn_momentum": 0.01}
     assert build_model("bot_resnet14", 10, width=8).build_args["input_size"] == 32
     assert "input_size" not in build_model("eca_resnet14", 10, width=8).build_args
+
+
+@pytest.mark.parametrize("name", ["resnet14", "cbam_resnet14", "bot_resnet14"])
+def test_stem_stride_halves_the_first_stage_and_changes_no_parameter(name):
+    # the quick configs' CPU budget: the stem conv with stride 2, so every stage works on a quarter of the pixels
+    sides = {}
+    for stride in (1, 2):
+        model = build_model(name, 10, in_channels=1, width=8, stem_stride=stride).eval()
+        sides[stride] = [model.stem(torch.rand(2, 1, 28, 28)).shape[-1]]
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+        assert model.build_args["stem_stride"] == stride
+        assert build_model(**model.build_args).stem[0].stride == (stride, stride)
+    assert sides == {1: [28], 2: [14]}
+    counts = {s: sum(p.numel() for p in build_model(name, 10, width=8, stem_stride=s).parameters()) for s in (1, 2)}
+    # a stride changes no weight; only BoTNet's relative-position tables follow the (halved) side they cover
+    assert (counts[1] == counts[2]) == (name != "bot_resnet14")
 
 
 def spatial_momenta(model):
@@ -402,6 +418,10 @@ def test_normalization_is_inside_the_model():
     ({"name": "bot_resnet14", "input_size": 0}, "input_size must be a positive integer"),
     ({"name": "bot_resnet14", "input_size": 32.0}, "input_size must be a int"),
     ({"name": "eca_resnet14", "input_size": 32}, "valid extra arguments: zero_init_residual"),
+    ({"name": "resnet14", "stem_stride": 3}, "stem_stride must be 1 (the CIFAR stem) or 2"),
+    ({"name": "resnet14", "stem_stride": 2.0}, "stem_stride must be a int"),
+    ({"name": "vgg16_bn", "stem_stride": 2}, "unknown argument 'stem_stride'"),
+    ({"name": "resnet14", "stem_stride": 2, "variant": "imagenet"}, "stem_stride applies to the \"cifar\" stem"),
 ])
 def test_bad_arguments_raise_one_line_user_errors(kwargs, fragment):
     kwargs = {"num_classes": 10, "width": 8, **kwargs}

@@ -403,6 +403,20 @@ def test_rebuild_is_identical_and_replaces_stale_files(tmp_path):
     assert {p.relative_to(second): p.read_bytes() for p in second.rglob("*") if p.is_file()} == snapshot
 
 
+def test_deviations_and_reductions_read_from_the_config_without_checkpoints(tmp_path):
+    # a published report is rebuilt from results.jsonl and config.toml alone: the CBAM momentum of the quick
+    # configs and their stride-2 stem are still stated
+    run = write_run(tmp_path, make_records(datasets=["fashion-mnist-mini"]))
+    (run / "config.toml").write_text('[study]\nname = "t"\nmodels = ["resnet14", "cbam_resnet14", "vgg16_bn"]\n'
+                                     '[train]\nwidth = 8\nmodel_args = {cbam_bn_momentum = 0.1, stem_stride = 2}\n')
+    readme = (build_report(run) / "README.md").read_text()
+    assert "## Deviations from the paper" in readme and "momentum 0.1 instead of the official 0.01" in readme
+    assert "first convolution has stride 2" in readme
+    (run / "config.toml").write_text('[study]\nname = "t"\nmodels = ["resnet14", "cbam_resnet14", "vgg16_bn"]\n')
+    readme = (build_report(run) / "README.md").read_text()
+    assert "## Deviations from the paper" not in readme and "stride 2" not in readme
+
+
 def test_missing_results_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="results.jsonl not found"):
         build_report(tmp_path)

@@ -83,14 +83,15 @@ def _resnets() -> dict[str, _Entry]:
     depths = {"resnet14": [1, 1, 1, 1], "resnet26": [2, 2, 2, 2], "resnet50": [3, 4, 6, 3]}
     out = {}
     for base, layers in depths.items():
-        out[base] = _Entry(ResNet, base, None, {"layers": layers, "attn": None}, {"zero_init_residual": True})
+        common = {"zero_init_residual": True, "stem_stride": 1}
+        out[base] = _Entry(ResNet, base, None, {"layers": layers, "attn": None}, dict(common))
         for attn in ATTENTION:
             # CBAM's spatial BN momentum: the official 0.01 by default; the quick study's short runs pass 0.1.
-            extras = {"zero_init_residual": True, **({"cbam_bn_momentum": 0.01} if attn == "cbam" else {})}
+            extras = {**common, **({"cbam_bn_momentum": 0.01} if attn == "cbam" else {})}
             out[f"{attn}_{base}"] = _Entry(ResNet, base, attn, {"layers": layers, "attn": attn}, extras)
         # input_size sizes the self-attention's position tables; 32 covers both 32x32 and 28x28 inputs.
         out[f"bot_{base}"] = _Entry(ResNet, base, SELF_ATTENTION, {"layers": layers, "attn": SELF_ATTENTION},
-                                    {"zero_init_residual": True, "input_size": 32})
+                                    {**common, "input_size": 32})
     return out
 
 
@@ -105,6 +106,7 @@ _EXTRA_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "cbam_bn_momentum": (lambda v: math.isfinite(v) and 0 < v <= 1,
                          "a number in (0, 1] (0.01: the official CBAM value; 0.1 for short runs)"),
     "input_size": (lambda v: v >= 1, "a positive integer, the largest input side (32 covers 28x28 and 32x32)"),
+    "stem_stride": (lambda v: v in (1, 2), "1 (the CIFAR stem) or 2 (that stem halving the input side)"),
 }
 
 
@@ -172,7 +174,8 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, variant: str 
 
     name: one of `list_models()`. variant: "cifar" (adapted to 32x32 and 28x28 inputs) or "imagenet" (the published
     networks; see models.common.VARIANTS). width: 64 is the published size; every stage scales with it.
-    kw: model-specific options (see resnet.ResNet): every ResNet takes `zero_init_residual` (default True), the
+    kw: model-specific options (see resnet.ResNet): every ResNet takes `zero_init_residual` (default True) and
+    `stem_stride` (1, or 2 to halve the input side in the stem), the
     cbam_* models `cbam_bn_momentum` (default 0.01, the official CBAM value), the bot_* models `input_size`
     (default 32: serves 32x32 and 28x28 inputs). An argument a model does not take is refused.
     The model's `build_args` holds every argument, defaults filled in, as plain JSON values.

@@ -129,6 +129,9 @@ def reduced_notes(grid: Grid, config: dict | None) -> list[str]:
     if any(isinstance(w, int) and w < 64 for w in widths):
         notes.append(f"reduced width ({', '.join(map(str, widths))} channels in the first stage; the paper's "
                      f"models have 64)")
+    if ((config or {}).get("train") or {}).get("model_args", {}).get("stem_stride", 1) != 1:
+        notes.append("the ResNets' first convolution has stride 2 (stem_stride, a CPU budget: a quarter of the "
+                     "pixels in the first stage), where the paper's CIFAR-style stem keeps the input side")
     if any(panel_dataset(d) == "fashion-mnist-mini" for d in grid.datasets()):
         notes.append("fashion-mnist-mini is a small embedded subset of Fashion-MNIST, not the full dataset")
     ns = sorted({n for d in grid.datasets() for m in grid.models(d) for n in grid.n_images(d, m, m)})
