@@ -16,9 +16,9 @@ Stems:
 - "cifar": 3x3 conv stride 1, no max-pool, so a 32x32 input reaches the last stage at 4x4 (the usual CIFAR
   adaptation, and the official CBAM code's CIFAR setting); a 28x28 input reaches it at 4x4 too (28 -> 14 -> 7 ->
   4: every stride-2 layer here maps a side n to ceil(n/2)). `stem_stride=2` makes that 3x3 conv stride 2 (28 ->
-  14 -> 7 -> 4 -> 2): the first stage then works on a quarter of the pixels, which on a CPU makes a width-8
-  resnet14 about 3.4x faster to train and attack (its full-resolution first stage is most of the time), at the
-  price of the finest spatial detail; the quick configs use it, the paper-size ones do not.
+  14 -> 7 -> 4 -> 2): every stage then works on a quarter of the pixels, which on one CPU thread makes a width-8
+  resnet14 2.7x faster to train and 4.1x faster to attack (cbam_resnet14: 2.8x and 3.2x; benchmarks/stem.py),
+  at the price of the finest spatial detail; the quick config uses it, the paper-size ones do not.
 - "imagenet": 7x7 conv stride 2 + 3x3 max-pool stride 2, as published (224x224 -> 7x7 at the last stage).
 `width` is the stem width and the first stage's bottleneck width; stages are w, 2w, 4w, 8w with expansion 4, so
 width 64 is the published network (2048 features before the classifier).
