@@ -31,6 +31,46 @@ def test_workers_run_jobs_side_by_side_with_one_thread_each(tmp_path):
     assert len(records) == 2 * 2 * 3 and not (out / ".lock").exists()
 
 
+def test_attack_jobs_start_once_their_cell_is_trained(tmp_path, monkeypatch):
+    # The scheduler alone, with a pool that runs each job when it is submitted: an attack job is submitted only
+    # after every training job of its (dataset, regime, seed) has finished, and no later than that (it does not
+    # wait for the other seeds' training), and every job runs once.
+    from concurrent.futures import Future
+
+    import torch
+
+    from attnrobust import study
+    from attnrobust.config import load_config
+
+    cfg = load_config("quick", [*TINY, "study.seeds=[0, 1]", "eval.workers=2"])
+    jobs = study.plan(cfg)
+    events = []
+
+    class RunAtSubmit:
+        def submit(self, fn, kind, cfg_data, job, *args):
+            events.append(("start", job))
+            future = Future()
+            future.set_result((None, 0.0))
+            return future
+
+    def done(job, result, seconds, threads):
+        events.append(("done", job))
+
+    study._execute(jobs, cfg, tmp_path, torch.device("cpu"), None, True, {"train": done, "attack": done},
+                   RunAtSubmit())
+    starts = [job for event, job in events if event == "start"]
+    assert sorted(starts, key=jobs.index) == jobs  # every job once
+    for i, (event, job) in enumerate(events):
+        if event == "start" and job.kind == "attack":
+            trained_before = {j for e, j in events[:i] if e == "done" and j.kind == "train"}
+            own_cell = {j for j in jobs if j.kind == "train" and j.seed == job.seed}
+            assert own_cell <= trained_before
+    # seed 0's attacks were submitted before seed 1's training had all finished
+    first_attack = next(i for i, (e, j) in enumerate(events) if e == "start" and j.kind == "attack")
+    last_train = max(i for i, (e, j) in enumerate(events) if e == "done" and j.kind == "train")
+    assert first_attack < last_train
+
+
 def test_cli_run_bad_override_is_one_line(capsys, tmp_path):
     assert main(["run", "quick", "--out", str(tmp_path / "x"), "--set", "study.models=['resnet15']"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
