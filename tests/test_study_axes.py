@@ -71,6 +71,32 @@ def test_attack_jobs_start_once_their_cell_is_trained(tmp_path, monkeypatch):
     assert first_attack < last_train
 
 
+def test_a_failed_job_cancels_the_queued_ones(tmp_path):
+    # The first training job fails at once; the others are still queued in the pool: they are cancelled, so the
+    # error reaches the user when the running jobs end, not after the whole study.
+    from concurrent.futures import Future
+
+    import torch
+
+    from attnrobust import study
+    from attnrobust.config import load_config
+
+    cfg = load_config("quick", [*TINY, "study.seeds=[0, 1]", "eval.workers=2"])
+    futures = []
+
+    class FirstFails:
+        def submit(self, *args):
+            future = Future()
+            if not futures:
+                future.set_exception(UserError("the first job failed"))
+            futures.append(future)
+            return future
+
+    with pytest.raises(UserError, match="the first job failed"):
+        study._execute(study.plan(cfg), cfg, tmp_path, torch.device("cpu"), None, True, {}, FirstFails())
+    assert len(futures) == 6 and all(f.cancelled() for f in futures[1:])  # the 6 training jobs; no attack yet
+
+
 def test_cli_run_bad_override_is_one_line(capsys, tmp_path):
     assert main(["run", "quick", "--out", str(tmp_path / "x"), "--set", "study.models=['resnet15']"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

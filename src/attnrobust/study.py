@@ -300,24 +300,32 @@ def _execute(jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir,
 
     submit([j for j in jobs if j.kind == "train"] + [j for j in held if not untrained[_cell(j)]])
     held = [j for j in held if untrained[_cell(j)]]
-    while running:
-        finished, _ = wait(running, return_when=FIRST_COMPLETED)
-        for future in finished:
-            job = running.pop(future)
-            try:
-                result, seconds = future.result()  # a job's UserError surfaces here, as in one process
-            except BrokenProcessPool:
-                # every unfinished job fails with the pool, whichever process died: name the phase, not a job
-                unfinished = 1 + sum(j.kind == job.kind for j in [*running.values(), *held])
-                raise UserError(f"a worker process died in the {job.kind} phase ({unfinished} of its jobs "
-                                f"unfinished; killed, out of memory, or started by a script without the "
-                                f"`if __name__ == \"__main__\":` guard that spawned processes need); finished jobs "
-                                f"are kept: rerun, or set eval.workers = 1 to see a failing job's own error") from None
-            on_done[job.kind](job, result, seconds, threads)
-            if job.kind == "train":
-                untrained[_cell(job)] -= 1
-                submit([j for j in held if not untrained[_cell(j)]])
-                held = [j for j in held if untrained[_cell(j)]]
+    try:
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                try:
+                    result, seconds = future.result()  # a job's UserError surfaces here, as in one process
+                except BrokenProcessPool:
+                    # every unfinished job fails with the pool, whichever process died: name the phase, not a job
+                    unfinished = 1 + sum(j.kind == job.kind for j in [*running.values(), *held])
+                    raise UserError(f"a worker process died in the {job.kind} phase ({unfinished} of its jobs "
+                                    f"unfinished; killed, out of memory, or started by a script without the "
+                                    f"`if __name__ == \"__main__\":` guard that spawned processes need); finished "
+                                    f"jobs are kept: rerun, or set eval.workers = 1 to see a failing job's own "
+                                    f"error") from None
+                on_done[job.kind](job, result, seconds, threads)
+                if job.kind == "train":
+                    untrained[_cell(job)] -= 1
+                    submit([j for j in held if not untrained[_cell(j)]])
+                    held = [j for j in held if untrained[_cell(j)]]
+    except BaseException:
+        # a failed job (or Ctrl-C) ends the study: jobs still queued would only delay the message, and the pool's
+        # shutdown waits for whatever it has not cancelled (the running ones finish; their files stay consistent)
+        for future in running:
+            future.cancel()
+        raise
 
 
 def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = None, overrides=(),
