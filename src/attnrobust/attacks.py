@@ -546,7 +546,7 @@ def robust_accuracy_curve(min_eps: Tensor, eps_grid: Sequence[float], *, counts:
     n = values.numel()
     ordered = values.sort().values
     # min_eps is float32, capped by float32 radii computed as j * tol; a grid given in decimals (round(j / 255, 10),
-    # as stored in records) can round to the float32 just below such a radius (8/255 and 16/255 do), which would
+    # as stored in records) can round to the float32 just below such a radius (1, 4, 8 and 16 /255 do), which would
     # count an image broken at exactly that radius as robust there. A relative margin of 1e-6 (about 8 float32
     # steps, far below any tol) puts every radius on the right side of its own float32 value.
     at = (torch.tensor(eps_values, dtype=torch.float64) * (1 + 1e-6)).float()
