@@ -33,7 +33,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet14,cbam_resnet14,vgg16_bn")
     p.add_argument("--width", type=int, default=8)
-    p.add_argument("--batch", type=int, default=250, help="the quick study's eval.batch_size")
+    p.add_argument("--batch", type=int, default=250, help="attack batch (250: the README table's setting)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
