@@ -298,8 +298,14 @@ def _execute(jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir,
         running.update({pool.submit(_in_worker, job.kind, cfg_data, job, str(run_dir), str(device), data_dir,
                                     threads): job for job in ready})
 
-    submit([j for j in jobs if j.kind == "train"] + [j for j in held if not untrained[_cell(j)]])
-    held = [j for j in held if untrained[_cell(j)]]
+    def release_trained_cells() -> None:
+        """Submit the held attack jobs whose cell has no training job left, keep holding the rest."""
+        nonlocal held
+        submit([j for j in held if not untrained[_cell(j)]])
+        held = [j for j in held if untrained[_cell(j)]]
+
+    submit([j for j in jobs if j.kind == "train"])
+    release_trained_cells()
     try:
         while running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -318,8 +324,7 @@ def _execute(jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir,
                 on_done[job.kind](job, result, seconds, threads)
                 if job.kind == "train":
                     untrained[_cell(job)] -= 1
-                    submit([j for j in held if not untrained[_cell(j)]])
-                    held = [j for j in held if untrained[_cell(j)]]
+                    release_trained_cells()
     except BaseException:
         # a failed job (or Ctrl-C) ends the study: jobs still queued would only delay the message, and the pool's
         # shutdown waits for whatever it has not cancelled (the running ones finish; their files stay consistent)
