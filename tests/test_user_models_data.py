@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from attnrobust import data
 from attnrobust.checkpoint import load_model
@@ -223,7 +224,7 @@ def test_corrupt_npz_and_too_many_images(tmp_path):
         data.readers._to_nchw(huge, "x_train")
 
 
-# ---- image folders: PNGs written here with zlib + struct, every row filter of the PNG spec -----------------
+# ---- image folders: PNGs written here with zlib + struct (every row filter of the PNG spec), read by Pillow --
 
 
 def _paeth(a: int, b: int, c: int) -> int:
@@ -303,7 +304,10 @@ def test_malformed_image_folders(tmp_path):
     _folder(tmp_path / "corrupt")
     png = tmp_path / "corrupt" / "test" / "cat" / "0.png"
     png.write_bytes(png.read_bytes()[:40])
-    expect("corrupt", "truncated PNG")
+    expect("corrupt", "truncated or corrupt PNG")
+    _folder(tmp_path / "alpha")
+    Image.fromarray(np.zeros((7, 6, 4), np.uint8)).save(tmp_path / "alpha" / "test" / "dog" / "0.png")
+    expect("alpha", "PNG of mode RGBA: only 8-bit grey")
     _folder(tmp_path / "notpng")
     (tmp_path / "notpng" / "train" / "cat" / "x.jpg").write_bytes(b"\xff\xd8")
     expect("notpng", "is not a .png file")

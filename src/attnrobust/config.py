@@ -19,6 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from attnrobust.errors import UserError
 from attnrobust.results import eps_key
 
@@ -587,25 +589,6 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
 # ---- writing ---------------------------------------------------------------------------------------------------
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):  # an inline table, e.g. train.model_args
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
 def to_toml(data: dict[str, dict[str, Any]]) -> str:
-    """Write the resolved config (sections of scalars and lists) as TOML that tomllib reads back equal."""
-    lines = []
-    for section, table in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
-        lines.append("")
-    return "\n".join(lines)
+    """Write the resolved config (sections of scalars, lists and tables) as TOML that tomllib reads back equal."""
+    return tomli_w.dumps(data)

@@ -1,5 +1,5 @@
 """The file formats, read into uint8 arrays: the official ones (Fashion-MNIST's gzipped IDX, the CIFAR binary
-archives) and the user's own (a .npz, or class folders of PNGs, decoded by our own minimal PNG reader).
+archives) and the user's own (a .npz, or class folders of PNGs, decoded by Pillow).
 
 Every reader returns Arrays (the two SPLITS, images uint8 N x C x H x W and labels) and says what is wrong with
 a bad file in one line (a UserError).
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from attnrobust.errors import UserError
 
@@ -251,75 +252,29 @@ def read_user_npz(path: Path) -> tuple[Arrays, tuple[str, ...]]:
 
 
 def read_png(path: Path) -> np.ndarray:
-    """An 8-bit grey or RGB, non-interlaced PNG as uint8 C x H x W (C = 1 or 3); anything else a UserError.
+    """An 8-bit grey or RGB PNG as uint8 C x H x W (C = 1 or 3); anything else a UserError.
 
-    A minimal reader (zlib + the five row filters of the PNG spec), so image folders need no extra package.
+    Decoded by Pillow (installed with matplotlib). Other modes (palette, alpha, 16-bit) are refused rather than
+    converted: a silent conversion would change the pixels the models and attacks see.
     """
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            signature = f.read(8)
     except OSError as err:
         raise _bad(path, f"unreadable ({err.strerror or err})") from None
-    if raw[:8] != b"\x89PNG\r\n\x1a\n":
+    if signature != b"\x89PNG\r\n\x1a\n":
         raise _bad(path, "not a PNG file (bad signature); image folders hold .png files")
-    pos, header, idat = 8, None, []
-    while True:
-        if pos + 12 > len(raw):
-            raise _bad(path, "truncated PNG (no IEND chunk)")
-        (length,), kind = struct.unpack(">I", raw[pos:pos + 4]), raw[pos + 4:pos + 8]
-        data = raw[pos + 8:pos + 8 + length]
-        if len(data) != length or pos + 12 + length > len(raw):
-            raise _bad(path, "truncated PNG chunk")
-        (crc,) = struct.unpack(">I", raw[pos + 8 + length:pos + 12 + length])
-        if zlib.crc32(kind + data) != crc:
-            raise _bad(path, f"corrupt PNG ({kind.decode('latin-1')} chunk fails its CRC)")
-        pos += 12 + length
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", data)
-        elif kind == b"IDAT":
-            idat.append(data)
-        elif kind == b"IEND":
-            break
-    if header is None or not idat:
-        raise _bad(path, "PNG without IHDR or IDAT")
-    width, height, depth, color, _, _, interlace = header
-    channels = {0: 1, 2: 3}.get(color)
-    if depth != 8 or channels is None or interlace:
-        raise _bad(path, f"PNG of bit depth {depth}, colour type {color}, interlace {interlace}: only 8-bit grey "
-                         f"(type 0) or RGB (type 2) non-interlaced PNGs are read; convert it")
     try:
-        flat = zlib.decompress(b"".join(idat))
-    except zlib.error as err:
-        raise _bad(path, f"corrupt PNG data ({err})") from None
-    stride = width * channels
-    if len(flat) != height * (stride + 1):
-        raise _bad(path, f"PNG data is {len(flat)} bytes, {width}x{height}x{channels} needs {height * (stride + 1)}")
-    rows = np.frombuffer(flat, np.uint8).reshape(height, stride + 1)
-    out = np.zeros((height, stride), np.uint8)
-    prev = np.zeros(stride, np.int32)
-    for r in range(height):
-        kind, line = rows[r, 0], rows[r, 1:].astype(np.int32)
-        if kind == 0:
-            cur = line
-        elif kind == 1:  # Sub: a running sum per channel (mod 256)
-            cur = np.cumsum(line.reshape(width, channels), axis=0).reshape(-1) & 255
-        elif kind == 2:  # Up
-            cur = (line + prev) & 255
-        elif kind in (3, 4):  # Average, Paeth: each byte depends on the one decoded just before it
-            cur = line.copy()
-            for i in range(stride):
-                a = int(cur[i - channels]) if i >= channels else 0
-                b = int(prev[i])
-                if kind == 3:
-                    cur[i] = (cur[i] + (a + b) // 2) & 255
-                else:
-                    c = int(prev[i - channels]) if i >= channels else 0
-                    p = a + b - c
-                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                    cur[i] = (cur[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        else:
-            raise _bad(path, f"corrupt PNG (row filter {kind})")
-        out[r], prev = cur, cur
-    return out.reshape(height, width, channels).transpose(2, 0, 1)
+        with Image.open(path, formats=["PNG"]) as img:
+            if img.mode not in ("L", "RGB"):
+                raise _bad(path, f"PNG of mode {img.mode}: only 8-bit grey (L) or RGB PNGs are read; convert it")
+            img.load()
+            array = np.asarray(img, dtype=np.uint8)
+    except UserError:
+        raise
+    except (OSError, SyntaxError, ValueError):  # Pillow's errors for a truncated or corrupt file
+        raise _bad(path, "truncated or corrupt PNG (Pillow cannot decode it); export the image again") from None
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy()
 
 
 def read_image_folder(root: Path) -> tuple[Arrays, tuple[str, ...]]:
