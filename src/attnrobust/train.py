@@ -42,9 +42,13 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from attnrobust import models
+from attnrobust.attacks import pgd, predict
 from attnrobust.checkpoint import load_train_state, read_meta, save_checkpoint, save_train_state
 from attnrobust.config import TrainConfig, regime_label
+from attnrobust.data import DeviceLoader, get_spec, load_dataset
 from attnrobust.distributed import barrier, broadcast_buffers, dist_info, init_distributed, sum_floats
 from attnrobust.errors import UserError
 from attnrobust.results import STANDARD, file_name_part
@@ -73,11 +77,9 @@ def checkpoint_name(cfg: TrainConfig) -> str:
     """File stem of a run's checkpoint: unique per (dataset, model, seed, regime) within a run folder; a standard
     run's has no regime part ("fashion-mnist-resnet14-s0"), an adversarial one's names it
     ("fashion-mnist-resnet14-s0-fgsm-rs-eps-0.1")."""
-    from attnrobust.models import file_stem  # a user model's entry point may hold '/' and ':'
-
     regime = regime_label(cfg)
     suffix = "" if regime == STANDARD else "-" + file_name_part(regime).lower()
-    return f"{cfg.dataset}-{file_stem(cfg.model)}-s{cfg.seed}{suffix}"
+    return f"{cfg.dataset}-{models.file_stem(cfg.model)}-s{cfg.seed}{suffix}"  # file_stem: '/' and ':' out
 
 
 def checkpoint_path(cfg: TrainConfig, out_dir: str | Path) -> Path:
@@ -254,8 +256,6 @@ def _pgd_check_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
                         generator: torch.Generator) -> float:
     """PGD-10 accuracy (random start, step 2.5 eps / 10, eval mode via attacks.pgd, which restores the model's
     state) on the check images, in batches of _EVAL_BATCH. Draws only from `generator`: training is unaffected."""
-    from attnrobust.attacks import pgd, predict
-
     alpha = 2.5 * eps / _ADV_CHECK_STEPS
     correct = 0
     for start in range(0, len(y), _EVAL_BATCH):
@@ -265,14 +265,46 @@ def _pgd_check_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     return correct / max(1, len(y))
 
 
+@dataclasses.dataclass
+class _RunFiles:
+    """The files of one training run inside a run folder (see the module docstring)."""
+
+    checkpoint: Path
+    state: Path
+    log: Path
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, out_dir: Path) -> _RunFiles:
+        return cls(checkpoint_path(cfg, out_dir), _state_path(cfg, out_dir), _log_path(cfg, out_dir))
+
+
+@dataclasses.dataclass
+class _Data:
+    """What a run trains and scores on, on the device."""
+
+    spec: Any  # attnrobust.data.DatasetSpec
+    loader: Any  # DeviceLoader of the training split
+    test_loader: Any  # this rank's shard of the test split
+    check: tuple[torch.Tensor, torch.Tensor] | None  # held-out images of the adversarial collapse check
+
+
+@dataclasses.dataclass
+class _Setup:
+    """The model and its optimization state, fresh or resumed."""
+
+    model: torch.nn.Module  # the bare model: checkpoints and adversarial batches use it
+    net: torch.nn.Module  # what the steps call: the model, maybe wrapped in DDP and torch.compile
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    start_epoch: int
+    history: list[dict[str, Any]]
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str | Path | None = None,
           quiet: bool = False) -> Path:
     """Train (or resume, or skip if finished) `cfg` into out_dir; return the final checkpoint's path."""
-    from tqdm import tqdm
-
-    from attnrobust import models
-    from attnrobust.data import DeviceLoader, get_spec, load_dataset
-
     cfg.validate(data_dir)  # the API's way in: a TrainConfig built in Python has not met the config parser
     init_distributed()
     rank, world, _ = dist_info()
@@ -281,30 +313,77 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
     if device.type == "cpu":
         set_threads()
     out_dir = Path(out_dir)
-    ckpt, state_path, log_path = checkpoint_path(cfg, out_dir), _state_path(cfg, out_dir), _log_path(cfg, out_dir)
-    spec = get_spec(cfg.dataset, data_dir)
-
-    # ---- what is already there: refuse another run's files, skip a finished run, find the resume point
-    meta = read_meta(ckpt) if ckpt.exists() else None
-    if meta is not None:
-        _refuse_if_different(ckpt, meta.get("train", {}), cfg, out_dir)
+    files = _RunFiles.of(cfg, out_dir)
+    meta, resume = _existing_run(cfg, files, out_dir, main)
     if meta is not None and meta.get("epoch") == cfg.epochs:  # finished: never retrain
+        return files.checkpoint
+
+    data = _load_data(cfg, device, data_dir, rank, world, main)
+    setup = _build(cfg, data.spec, device, resume, world)
+    del resume
+    meta_base = {"format": 1, "name": checkpoint_name(cfg), "dataset": cfg.dataset,
+                 "num_classes": data.spec.num_classes, "in_channels": data.spec.channels,
+                 "mean": list(data.spec.mean), "std": list(data.spec.std), "epochs": cfg.epochs, "seed": cfg.seed,
+                 "train": dataclasses.asdict(cfg), "regime": regime_label(cfg)}
+    # Crafted on the bare model, not through DDP (a forward there expects its own backward) or torch.compile.
+    step_gen = torch.Generator()
+    adversary = make_adversary(cfg, setup.model, step_gen, setup.amp_dtype)
+    if main:
+        write_env_json(out_dir / "env.json", device=device)
+
+    history = setup.history
+    test_acc = history[-1]["test_acc"] if history else None
+    for epoch in range(setup.start_epoch, cfg.epochs):
+        t_epoch = time.perf_counter()
+        progress = _train_epoch(cfg, setup, data, epoch, adversary, step_gen, device, files, meta,
+                                show=main and not quiet and sys.stderr.isatty())
+        broadcast_buffers(setup.model)  # the checkpoint holds rank 0's BatchNorm statistics; score that model
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            test_acc = _test_accuracy(setup.model, data.test_loader, setup.amp_dtype, setup.channels_last, device)
+        collapse = _collapse_check(cfg, setup.model, data.check, history, epoch, quiet)
+        history.append({"epoch": epoch + 1, "loss": progress["loss"], "train_acc": progress["train_acc"],
+                        "test_acc": test_acc, **collapse, "lr": progress["lr"],
+                        "images_per_s": progress["images_per_s"], "seconds": time.perf_counter() - t_epoch})
+        if main:
+            meta = _save_epoch(cfg, setup, files, meta_base, history, quiet=quiet or sys.stderr.isatty())
+        barrier()
+
+    if main:
+        if setup.start_epoch == cfg.epochs:  # the state file was ahead of the checkpoint: publish its weights
+            save_checkpoint(files.checkpoint, setup.model, {**meta_base, "epoch": cfg.epochs,
+                                                            "metrics": history[-1], **_collapse_meta(history)})
+            _write_log(files.log, history)
+        files.state.unlink(missing_ok=True)
+    barrier()
+    return files.checkpoint
+
+
+def _existing_run(cfg: TrainConfig, files: _RunFiles, out_dir: Path, main: bool):
+    """(checkpoint metadata or None, resume state or None) of what out_dir already holds of this run. Refuses
+    another config's files; tidies a finished run's leftover state and the temporary files of killed writes."""
+    meta = read_meta(files.checkpoint) if files.checkpoint.exists() else None
+    if meta is not None:
+        _refuse_if_different(files.checkpoint, meta.get("train", {}), cfg, out_dir)
+    if meta is not None and meta.get("epoch") == cfg.epochs:
         barrier()  # every rank has read the checkpoint before rank 0 tidies up
         if main:  # a kill between the final checkpoint and removing the state leaves the state behind
-            state_path.unlink(missing_ok=True)
-        return ckpt
+            files.state.unlink(missing_ok=True)
+        return meta, None
     resume = None
-    if state_path.exists():
-        resume = load_train_state(state_path)
-        _refuse_if_different(state_path, resume[2].get("train", {}), cfg, out_dir)
+    if files.state.exists():
+        resume = load_train_state(files.state)
+        _refuse_if_different(files.state, resume[2].get("train", {}), cfg, out_dir)
     if main:  # temporary files of writes a kill interrupted (atomic_path names them .NAME.*.tmp)
-        for stale in ckpt.parent.glob(f".{checkpoint_name(cfg)}.*.tmp"):
+        for stale in files.checkpoint.parent.glob(f".{checkpoint_name(cfg)}.*.tmp"):
             stale.unlink(missing_ok=True)
     if meta is not None and resume is None and main:
-        print(f"attnrobust: {ckpt} has no resume state beside it; training {checkpoint_name(cfg)} from the "
-              f"start", file=sys.stderr)
+        print(f"attnrobust: {files.checkpoint} has no resume state beside it; training {checkpoint_name(cfg)} "
+              f"from the start", file=sys.stderr)
+    return meta, resume
 
-    # ---- data, model, optimizer
+
+def _load_data(cfg: TrainConfig, device: torch.device, data_dir, rank: int, world: int, main: bool) -> _Data:
+    spec = get_spec(cfg.dataset, data_dir)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
     x_train, y_train = load_dataset(cfg.dataset, "train", data_dir=data_dir)
@@ -324,15 +403,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
                           augment=spec.augment if cfg.augment else None, seed=cfg.seed, drop_last=True)
     # The check images: the first n of the whole test split (not of n_test, which may change on resume).
     n_check = min(cfg.check_images(), len(x_test)) if main else 0
+    check = None
     if n_check:
-        check_loader = DeviceLoader(x_test[:n_check], y_test[:n_check], batch_size=n_check, device=device)
-        x_check, y_check = next(iter(check_loader))
+        check = next(iter(DeviceLoader(x_test[:n_check], y_test[:n_check], batch_size=n_check, device=device)))
     if cfg.n_test is not None:
         x_test, y_test = x_test[:cfg.n_test], y_test[:cfg.n_test]
     # Each rank scores its own shard of the test split; together they cover every image exactly once.
     test_loader = DeviceLoader(x_test, y_test, batch_size=_EVAL_BATCH, device=device, rank=rank, world_size=world,
                                equal_shards=False)
+    return _Data(spec, loader, test_loader, check)
 
+
+def _build(cfg: TrainConfig, spec, device: torch.device, resume, world: int) -> _Setup:
+    """The model, optimizer and loss scaler, from the seed or from the resume state."""
     seed_everything(cfg.seed)
     model = models.build_model(cfg.model, spec.num_classes, in_channels=spec.channels, width=cfg.width,
                                mean=spec.mean, std=spec.std, **cfg.model_args).to(device)
@@ -359,7 +442,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
         if info.get("scaler"):
             scaler.load_state_dict(info["scaler"])
         start_epoch, history = info["epoch"], info["history"]
-        del resume, model_state, optim_state
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = model
@@ -367,102 +449,93 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if use_cuda else None)
     if cfg.compile:  # compiled around DDP so that gradient buckets still overlap with the backward pass
         net = torch.compile(net)
+    return _Setup(model, net, optimizer, scaler, amp_dtype, channels_last, start_epoch, history)
 
-    meta_base = {"format": 1, "name": checkpoint_name(cfg), "dataset": cfg.dataset,
-                 "num_classes": spec.num_classes, "in_channels": spec.channels, "mean": list(spec.mean),
-                 "std": list(spec.std), "epochs": cfg.epochs, "seed": cfg.seed, "train": dataclasses.asdict(cfg),
-                 "regime": regime_label(cfg)}
-    # Crafted on the bare model, not through DDP (a forward there expects its own backward) or torch.compile.
-    step_gen = torch.Generator()
-    adversary = make_adversary(cfg, model, step_gen, amp_dtype)
-    if main:
-        write_env_json(out_dir / "env.json", device=device)
 
-    steps_per_epoch = len(loader)
+def _train_epoch(cfg: TrainConfig, setup: _Setup, data: _Data, epoch: int, adversary, step_gen: torch.Generator,
+                 device: torch.device, files: _RunFiles, meta: dict | None, *, show: bool) -> dict[str, float]:
+    """One pass over the training split; returns the epoch's loss, train_acc, lr and images_per_s (all ranks)."""
+    rank, world, _ = dist_info()
+    steps_per_epoch = len(data.loader)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    show = main and not quiet and sys.stderr.isatty()
-    test_acc = history[-1]["test_acc"] if history else None
+    t_epoch = time.perf_counter()
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+    setup.net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    bar = tqdm(total=steps_per_epoch, desc=f"{checkpoint_name(cfg)} {epoch + 1}/{cfg.epochs}",
+               disable=not show, leave=False, dynamic_ncols=True)
+    lr = cfg.lr
+    for i, (x, y) in enumerate(data.loader.epoch(epoch)):
+        if world > 1:
+            x, y = x[rank::world], y[rank::world]
+        lr = lr_at(epoch * steps_per_epoch + i, total_steps, warmup_steps, cfg.lr, cfg.schedule)
+        if setup.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if adversary is not None:
+            step_gen.manual_seed(_step_seed(cfg.seed, epoch, i, rank))
+        loss, out = train_step(setup.net, setup.optimizer, setup.scaler, x, y, lr=lr,
+                               label_smoothing=cfg.label_smoothing, amp_dtype=setup.amp_dtype, adversary=adversary)
+        # Accumulated on the device: reading them every step would stall the GPU on each one. With an
+        # adversary, loss and train_acc are those of the adversarial batches.
+        loss_sum += loss * len(y)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+        bar.update(1)
+        if (i + 1) % _CHECK_EVERY == 0:
+            (running,) = sum_floats([loss_sum], device)
+            _stop_if_diverged(running, epoch, files.checkpoint, meta)
+            bar.set_postfix(loss=f"{running / (seen * world):.3f}", lr=f"{lr:.3g}")
+    bar.close()
+    loss_total, correct_total, seen_total = sum_floats([loss_sum, correct, seen], device)
+    # Timed after the reduction, which waits for the device: on CUDA the last steps may still be queued before.
+    train_seconds = time.perf_counter() - t_epoch
+    _stop_if_diverged(loss_total, epoch, files.checkpoint, meta)
+    return {"loss": loss_total / seen_total, "train_acc": correct_total / seen_total, "lr": lr,
+            "images_per_s": seen_total / train_seconds}
 
-    for epoch in range(start_epoch, cfg.epochs):
-        t_epoch = time.perf_counter()
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))
-        net.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        bar = tqdm(total=steps_per_epoch, desc=f"{checkpoint_name(cfg)} {epoch + 1}/{cfg.epochs}",
-                   disable=not show, leave=False, dynamic_ncols=True)
-        for i, (x, y) in enumerate(loader.epoch(epoch)):
-            if world > 1:
-                x, y = x[rank::world], y[rank::world]
-            lr = lr_at(epoch * steps_per_epoch + i, total_steps, warmup_steps, cfg.lr, cfg.schedule)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if adversary is not None:
-                step_gen.manual_seed(_step_seed(cfg.seed, epoch, i, rank))
-            loss, out = train_step(net, optimizer, scaler, x, y, lr=lr, label_smoothing=cfg.label_smoothing,
-                                   amp_dtype=amp_dtype, adversary=adversary)
-            # Accumulated on the device: reading them every step would stall the GPU on each one. With an
-            # adversary, loss and train_acc are those of the adversarial batches.
-            loss_sum += loss * len(y)
-            correct += (out.argmax(1) == y).sum()
-            seen += len(y)
-            bar.update(1)
-            if (i + 1) % _CHECK_EVERY == 0:
-                (running,) = sum_floats([loss_sum], device)
-                _stop_if_diverged(running, epoch, ckpt, meta)
-                bar.set_postfix(loss=f"{running / (seen * world):.3f}", lr=f"{lr:.3g}")
-        bar.close()
-        loss_total, correct_total, seen_total = sum_floats([loss_sum, correct, seen], device)
-        # Timed after the reduction, which waits for the device: on CUDA the last steps may still be queued before.
-        train_seconds = time.perf_counter() - t_epoch
-        _stop_if_diverged(loss_total, epoch, ckpt, meta)
 
-        broadcast_buffers(model)  # the checkpoint holds rank 0's BatchNorm statistics; score that model everywhere
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            test_acc = _test_accuracy(model, test_loader, amp_dtype, channels_last, device)
-        adv_acc, collapsed = None, False
-        if n_check:  # rank 0 only; its own generator, so the check changes nothing the training computes
-            adv_acc = _pgd_check_accuracy(model, x_check, y_check, cfg.adv_eps,
-                                          torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch)))
-            earlier = [r["adv_test_acc"] for r in history if r.get("adv_test_acc") is not None]
-            collapsed = is_collapse([*earlier, adv_acc])
-        record = {"epoch": epoch + 1, "loss": loss_total / seen_total, "train_acc": correct_total / seen_total,
-                  "test_acc": test_acc, "adv_test_acc": adv_acc, "catastrophic_overfitting": collapsed,
-                  "lr": lr, "images_per_s": seen_total / train_seconds, "seconds": time.perf_counter() - t_epoch}
-        history.append(record)
-        if main and collapsed and not quiet:
-            print(f"attnrobust: warning: {checkpoint_name(cfg)} epoch {epoch + 1}: catastrophic overfitting, PGD "
-                  f"accuracy on {n_check} test images fell to {adv_acc:.3f} (best {max(earlier):.3f}); the run "
-                  f"goes on and its checkpoint is flagged", file=sys.stderr)
-        if main:
-            # State first: whatever instant a kill lands, the state file is never behind the checkpoint. Not
-            # after the last epoch: the final checkpoint marks the run finished, and until it is written the
-            # previous epoch's state and checkpoint agree (a kill then redoes the last epoch). For a ResNet-50
-            # that is a 200 MB write (weights and momentum) saved per training run.
-            if epoch + 1 < cfg.epochs:
-                info = {"epoch": epoch + 1, "history": history, "train": dataclasses.asdict(cfg),
-                        "scaler": scaler.state_dict() if scaler.is_enabled() else None}
-                save_train_state(state_path, model, optimizer, info)
-            meta = {**meta_base, "epoch": epoch + 1, "metrics": record, **_collapse_meta(history)}
-            save_checkpoint(ckpt, model, meta)
-            _write_log(log_path, history)
-            if not show and not quiet:
-                scored = "-" if test_acc is None else f"{test_acc:.3f}"
-                print(f"{checkpoint_name(cfg)} epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} "
-                      f"train {record['train_acc']:.3f} test {scored} "
-                      f"({record['images_per_s']:.0f} img/s)", file=sys.stderr)
-        barrier()
+def _collapse_check(cfg: TrainConfig, model: torch.nn.Module, check, history: list[dict[str, Any]], epoch: int,
+                    quiet: bool) -> dict[str, Any]:
+    """adv_test_acc and catastrophic_overfitting of this epoch (None and False without check images: standard
+    training, or a rank other than 0). Its own generator, so the check changes nothing the training computes."""
+    if check is None:
+        return {"adv_test_acc": None, "catastrophic_overfitting": False}
+    x_check, y_check = check
+    adv_acc = _pgd_check_accuracy(model, x_check, y_check, cfg.adv_eps,
+                                  torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch)))
+    earlier = [r["adv_test_acc"] for r in history if r.get("adv_test_acc") is not None]
+    collapsed = is_collapse([*earlier, adv_acc])
+    if collapsed and not quiet:
+        print(f"attnrobust: warning: {checkpoint_name(cfg)} epoch {epoch + 1}: catastrophic overfitting, PGD "
+              f"accuracy on {len(y_check)} test images fell to {adv_acc:.3f} (best {max(earlier):.3f}); the run "
+              f"goes on and its checkpoint is flagged", file=sys.stderr)
+    return {"adv_test_acc": adv_acc, "catastrophic_overfitting": collapsed}
 
-    if main:
-        if start_epoch == cfg.epochs:  # the state file was ahead of the checkpoint: publish its weights
-            save_checkpoint(ckpt, model, {**meta_base, "epoch": cfg.epochs, "metrics": history[-1],
-                                          **_collapse_meta(history)})
-            _write_log(log_path, history)
-        state_path.unlink(missing_ok=True)
-    barrier()
-    return ckpt
+
+def _save_epoch(cfg: TrainConfig, setup: _Setup, files: _RunFiles, meta_base: dict[str, Any],
+                history: list[dict[str, Any]], *, quiet: bool) -> dict[str, Any]:
+    """Rank 0 after each epoch: resume state, checkpoint, log, a progress line; returns the checkpoint's meta."""
+    epoch, record = history[-1]["epoch"], history[-1]
+    # State first: whatever instant a kill lands, the state file is never behind the checkpoint. Not after the
+    # last epoch: the final checkpoint marks the run finished, and until it is written the previous epoch's state
+    # and checkpoint agree (a kill then redoes the last epoch). For a ResNet-50 that is a 200 MB write (weights
+    # and momentum) saved per training run.
+    if epoch < cfg.epochs:
+        info = {"epoch": epoch, "history": history, "train": dataclasses.asdict(cfg),
+                "scaler": setup.scaler.state_dict() if setup.scaler.is_enabled() else None}
+        save_train_state(files.state, setup.model, setup.optimizer, info)
+    meta = {**meta_base, "epoch": epoch, "metrics": record, **_collapse_meta(history)}
+    save_checkpoint(files.checkpoint, setup.model, meta)
+    _write_log(files.log, history)
+    if not quiet:
+        scored = "-" if record["test_acc"] is None else f"{record['test_acc']:.3f}"
+        print(f"{checkpoint_name(cfg)} epoch {epoch}/{cfg.epochs}: loss {record['loss']:.4f} "
+              f"train {record['train_acc']:.3f} test {scored} ({record['images_per_s']:.0f} img/s)",
+              file=sys.stderr)
+    return meta
 
 
 def _collapse_meta(history: list[dict[str, Any]]) -> dict[str, Any]:
