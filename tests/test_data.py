@@ -166,7 +166,7 @@ def test_fashion_mnist_synthetic_load_and_cache(tmp_path, monkeypatch):
     assert x.dtype == torch.uint8 and x.shape == (20, 1, 28, 28) and y.dtype == torch.int64
     assert np.array_equal(x[:, 0].numpy(), arrays["train"][0]) and np.array_equal(y.numpy(), arrays["train"][1])
     cached = list((tmp_path / "cache" / "decoded").iterdir())
-    assert [p.name for p in cached] == [f"fashion-mnist-{data.cache._decoded_path(spec).name.split('-')[-1]}"]
+    assert [p.name for p in cached] == [f"fashion-mnist-{data.cache.decoded_path(spec).name.split('-')[-1]}"]
     # Later loads come from the cache: a reader that would fail is never called.
     use(monkeypatch, dataclasses.replace(spec, reader=None))
     xt, yt = data.load_dataset("fashion-mnist", "test", data_dir=tmp_path / "d")
@@ -183,11 +183,11 @@ def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage):
     spec, arrays = fake_fashion(tmp_path / "d")
     use(monkeypatch, spec)
     data.load_dataset("fashion-mnist", "train", data_dir=tmp_path / "d")
-    cache = data.cache._decoded_path(spec)
+    cache = data.cache.decoded_path(spec)
     cache.write_bytes(damage if damage is not None else cache.read_bytes()[: cache.stat().st_size // 2])
     x, _ = data.load_dataset("fashion-mnist", "train", data_dir=tmp_path / "d")
     assert np.array_equal(x[:, 0].numpy(), arrays["train"][0])
-    assert data.cache._read_decoded(cache, ["train_images"]) is not None  # rewritten whole
+    assert data.cache.read_decoded(cache, ["train_images"]) is not None  # rewritten whole
 
 
 def test_changed_source_is_not_served_from_cache(tmp_path, monkeypatch):

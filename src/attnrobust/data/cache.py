@@ -28,23 +28,23 @@ def cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "attnrobust"
 
 
-def _data_dir(data_dir: Path | str | None) -> Path | None:
+def chosen_data_dir(data_dir: Path | str | None) -> Path | None:
     if data_dir is not None:
         return Path(data_dir).expanduser()
     env = os.environ.get("ATTNROBUST_DATA")
     return Path(env).expanduser() if env else None
 
 
-def _decoded_path(spec: DatasetSpec) -> Path:
+def decoded_path(spec: DatasetSpec) -> Path:
     key = hashlib.md5("".join(f.md5 for f in spec.files).encode()).hexdigest()[:16]
     return cache_dir() / "decoded" / f"{spec.name}-{key}.npz"
 
 
-def _user_cache_path(name: str, source: Path) -> Path:
+def user_cache_path(name: str, source: Path) -> Path:
     return cache_dir() / "decoded" / f"user-{name}-{hashlib.md5(str(source).encode()).hexdigest()[:12]}.npz"
 
 
-def _read_decoded(path: Path, keys: list[str]) -> Arrays | None:
+def read_decoded(path: Path, keys: list[str]) -> Arrays | None:
     """The cached arrays, or None when absent or unreadable (an unreadable cache is rebuilt, not an error)."""
     if not path.is_file():
         return None
@@ -55,7 +55,7 @@ def _read_decoded(path: Path, keys: list[str]) -> Arrays | None:
         return None
 
 
-def _write_decoded(path: Path, arrays: Arrays) -> None:
+def write_decoded(path: Path, arrays: Arrays) -> None:
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)  # uncompressed: loading is then a plain read, well under a second

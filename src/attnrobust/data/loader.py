@@ -11,10 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attnrobust.data.cache import _decoded_path, _read_decoded, _write_decoded, cache_dir
+from attnrobust.data.cache import decoded_path, read_decoded, write_decoded, cache_dir
 from attnrobust.data.readers import SPLITS, Arrays
-from attnrobust.data.specs import DatasetSpec, _user_dataset, get_spec
-from attnrobust.data.store import _download_file, _load_embedded, _locate, _missing, check_md5
+from attnrobust.data.specs import DatasetSpec, user_dataset, get_spec
+from attnrobust.data.store import download_file, load_embedded, locate_file, missing_file_error, check_md5
 from attnrobust.errors import UserError
 
 AUGMENTATIONS = (None, "crop", "crop_flip")
@@ -33,19 +33,19 @@ def _stamp(path: Path, md5: str) -> str:
 def _load_files(spec: DatasetSpec, split: str, data_dir: Path | str | None, download: bool) -> Arrays:
     paths = {}
     for src in spec.files:
-        path = _locate(spec, src.name, data_dir)
+        path = locate_file(spec, src.name, data_dir)
         if path is None:
             if not download:
-                raise _missing(spec, src.name, data_dir)
+                raise missing_file_error(spec, src.name, data_dir)
             try:
-                path = _download_file(spec, src, cache_dir() / spec.name, None, quiet=False)
+                path = download_file(spec, src, cache_dir() / spec.name, None, quiet=False)
             except UserError as err:
-                raise _missing(spec, src.name, data_dir, f" and the download failed: {err}") from None
+                raise missing_file_error(spec, src.name, data_dir, f" and the download failed: {err}") from None
         paths[src.name] = path
     keys = [f"{split}_images", f"{split}_labels"]
-    target = _decoded_path(spec)
+    target = decoded_path(spec)
     stamps = [_stamp(paths[src.name], src.md5) for src in spec.files]
-    cached = _read_decoded(target, keys + ["sources"])
+    cached = read_decoded(target, keys + ["sources"])
     if cached is not None and cached.pop("sources").tolist() == stamps:
         return cached  # the sources are the very files hashed when this cache was written
     for src in spec.files:
@@ -53,7 +53,7 @@ def _load_files(spec: DatasetSpec, split: str, data_dir: Path | str | None, down
     if cached is not None:
         return cached  # same MD5s -> same bytes -> same arrays, only found elsewhere or touched
     arrays = spec.reader(spec, paths)
-    _write_decoded(target, {**arrays, "sources": np.array(stamps)})
+    write_decoded(target, {**arrays, "sources": np.array(stamps)})
     return {k: arrays[k] for k in keys}
 
 
@@ -68,9 +68,9 @@ def load_dataset(name: str, split: str, data_dir: Path | str | None = None, *,
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} for {name}; valid splits: {', '.join(SPLITS)}")
     if spec.source:
-        arrays = _user_dataset(name, Path(spec.source))[1]()
+        arrays = user_dataset(name, Path(spec.source))[1]()
     else:
-        arrays = _load_embedded(spec) if spec.embedded else _load_files(spec, split, data_dir, download)
+        arrays = load_embedded(spec) if spec.embedded else _load_files(spec, split, data_dir, download)
     # A freshly decoded array can be a read-only view of the file's bytes; torch wants a writable one.
     images = torch.from_numpy(np.require(arrays[f"{split}_images"], requirements=["C", "W"]))
     labels = torch.from_numpy(arrays[f"{split}_labels"].astype(np.int64))

@@ -76,7 +76,7 @@ def read_idx(path: Path | str, ndim: int | None = None) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
-def _check_split(spec: DatasetSpec, split: str, images: np.ndarray, labels: np.ndarray, where: str) -> None:
+def check_split(spec: DatasetSpec, split: str, images: np.ndarray, labels: np.ndarray, where: str) -> None:
     shape = (spec.size(split), spec.channels, spec.height, spec.width)
     if images.shape != shape or labels.shape != (shape[0],):
         raise _malformed(where, f"{split} split has images {tuple(images.shape)} and labels "
@@ -93,7 +93,7 @@ def read_fashion_mnist(spec: DatasetSpec, paths: dict[str, Path]) -> Arrays:
         img_path, lbl_path = paths[f"{prefix}-images-idx3-ubyte.gz"], paths[f"{prefix}-labels-idx1-ubyte.gz"]
         images = read_idx(img_path, ndim=3)[:, None]  # N,28,28 -> N,1,28,28 (channel-first like CIFAR)
         labels = read_idx(lbl_path, ndim=1)
-        _check_split(spec, split, images, labels, f"{img_path} / {lbl_path.name}")
+        check_split(spec, split, images, labels, f"{img_path} / {lbl_path.name}")
         out[f"{split}_images"], out[f"{split}_labels"] = images, labels
     return out
 
@@ -144,7 +144,7 @@ def read_cifar(spec: DatasetSpec, paths: dict[str, Path], *, folder: str, train:
         parts = [parse_cifar_records(found[f"{folder}/{m}"], label_bytes, f"{archive}:{folder}/{m}")
                  for m in files]
         images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        _check_split(spec, split, images, labels, str(archive))
+        check_split(spec, split, images, labels, str(archive))
         out[f"{split}_images"], out[f"{split}_labels"] = images, labels
     return out
 

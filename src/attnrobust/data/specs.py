@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnrobust.data.cache import _data_dir, _read_decoded, _user_cache_path, _write_decoded
+from attnrobust.data.cache import chosen_data_dir, read_decoded, user_cache_path, write_decoded
 from attnrobust.data.readers import (SPLITS, Arrays, read_cifar, read_fashion_mnist, read_image_folder,
                                      read_user_npz)
 from attnrobust.errors import UserError
@@ -139,12 +139,12 @@ def get_spec(name: str, data_dir: Path | str | None = None) -> DatasetSpec:
         return DATASETS[name]
     source = _user_source(name, data_dir)
     if source is None:
-        root = _data_dir(data_dir)
+        root = chosen_data_dir(data_dir)
         where = (f"no {root / (str(name) + '.npz')} or {root / str(name)}/ either" if root is not None and
                  isinstance(name, str) else "for your own data, give --data-dir or set $ATTNROBUST_DATA")
         raise UserError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}, or your own as "
                         f"DIR/NAME.npz or DIR/NAME/{{train,test}}/CLASS/*.png in the data directory ({where})")
-    return _user_dataset(name, source)[0]
+    return user_dataset(name, source)[0]
 
 
 # ---- the user's own datasets -------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 
 def _user_source(name: str, data_dir: Path | str | None) -> Path | None:
     """DIR/NAME.npz or the folder DIR/NAME/ (holding train/ and test/), else None."""
-    root = _data_dir(data_dir)
+    root = chosen_data_dir(data_dir)
     if root is None or not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
         return None  # a name with a path in it could read files outside the data directory
     if (root / f"{name}.npz").is_file():
@@ -207,7 +207,7 @@ def _source_md5(source: Path) -> str:
     return h.hexdigest()
 
 
-def _decode_user(name: str, source: Path) -> tuple[DatasetSpec, Arrays]:
+def decode_user(name: str, source: Path) -> tuple[DatasetSpec, Arrays]:
     arrays, names = read_user_npz(source) if source.is_file() else read_image_folder(source)
     spec = _user_spec(name, source, arrays, names, _channel_stats(arrays["train_images"]))
     return spec, arrays
@@ -225,21 +225,21 @@ def _user_spec(name: str, source: Path, arrays: Arrays, names: tuple[str, ...], 
 _USER_SPECS: dict[tuple[str, str], DatasetSpec] = {}
 
 
-def _user_dataset(name: str, source: Path) -> tuple[DatasetSpec, Callable[[], Arrays]]:
+def user_dataset(name: str, source: Path) -> tuple[DatasetSpec, Callable[[], Arrays]]:
     """(spec, a function returning the arrays) of a user dataset, decoding it only when the cache is stale."""
     stamp = _source_stamp(source)
-    cache = _user_cache_path(name, source)
+    cache = user_cache_path(name, source)
     keys = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")]
 
     def cached_arrays() -> Arrays:
-        arrays = _read_decoded(cache, keys)
+        arrays = read_decoded(cache, keys)
         if arrays is None:  # removed since: decode again
-            arrays = _decode_user(name, source)[1]
+            arrays = decode_user(name, source)[1]
         return arrays
 
     if (str(source), stamp) in _USER_SPECS:
         return _USER_SPECS[(str(source), stamp)], cached_arrays
-    found = _read_decoded(cache, ["meta"])
+    found = read_decoded(cache, ["meta"])
     meta = json.loads(str(found["meta"])) if found is not None else None
     if meta is not None and meta.get("stamp") != stamp and meta.get("md5") == _source_md5(source):
         meta["stamp"] = stamp  # touched or copied, same bytes: the cached arrays stand
@@ -248,11 +248,11 @@ def _user_dataset(name: str, source: Path) -> tuple[DatasetSpec, Callable[[], Ar
                               "mean": tuple(meta["spec"]["mean"]), "std": tuple(meta["spec"]["std"])})
         _USER_SPECS[(str(source), stamp)] = spec
         return spec, cached_arrays
-    spec, arrays = _decode_user(name, source)
+    spec, arrays = decode_user(name, source)
     fields = {k: getattr(spec, k) for k in ("name", "num_classes", "channels", "height", "width", "class_names",
                                             "mean", "std", "augment", "train_size", "test_size", "citation",
                                             "source")}
     meta = {"stamp": stamp, "md5": _source_md5(source), "spec": fields}
-    _write_decoded(cache, {**arrays, "meta": np.array(json.dumps(meta))})
+    write_decoded(cache, {**arrays, "meta": np.array(json.dumps(meta))})
     _USER_SPECS[(str(source), stamp)] = spec
     return spec, lambda: arrays

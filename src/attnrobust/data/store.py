@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from attnrobust.data.cache import _data_dir, cache_dir
-from attnrobust.data.readers import SPLITS, Arrays, _check_split
-from attnrobust.data.specs import DatasetSpec, SourceFile, _decode_user, get_spec
+from attnrobust.data.cache import chosen_data_dir, cache_dir
+from attnrobust.data.readers import SPLITS, Arrays, check_split
+from attnrobust.data.specs import DatasetSpec, SourceFile, decode_user, get_spec
 from attnrobust.errors import UserError
 from attnrobust.runtime import atomic_path
 
@@ -26,16 +26,16 @@ from attnrobust.runtime import atomic_path
 
 
 def _candidates(spec: DatasetSpec, name: str, data_dir: Path | str | None) -> list[Path]:
-    root = _data_dir(data_dir)
+    root = chosen_data_dir(data_dir)
     places = [root / spec.name / name, root / name] if root is not None else []
     return places + [cache_dir() / spec.name / name]
 
 
-def _locate(spec: DatasetSpec, name: str, data_dir: Path | str | None) -> Path | None:
+def locate_file(spec: DatasetSpec, name: str, data_dir: Path | str | None) -> Path | None:
     return next((p for p in _candidates(spec, name, data_dir) if p.is_file()), None)
 
 
-def _missing(spec: DatasetSpec, name: str, data_dir: Path | str | None, why: str = "") -> UserError:
+def missing_file_error(spec: DatasetSpec, name: str, data_dir: Path | str | None, why: str = "") -> UserError:
     looked = ", ".join(str(p.parent) for p in _candidates(spec, name, data_dir))
     return UserError(f"{spec.name}: file {name} not found (looked in {looked}){why}; "
                      f"{_download_hint(spec, name)}")
@@ -96,7 +96,7 @@ def _fetch(url: str, dest: Path, md5: str, quiet: bool) -> None:
             raise ValueError(f"checksum mismatch: expected MD5 {md5}, got {h.hexdigest()}")
 
 
-def _download_file(spec: DatasetSpec, src: SourceFile, dest_dir: Path, base_url: str | None,
+def download_file(spec: DatasetSpec, src: SourceFile, dest_dir: Path, base_url: str | None,
                    quiet: bool) -> Path:
     """Fetch one file into dest_dir, trying each base URL; raise UserError naming every failure."""
     failures = []
@@ -123,16 +123,16 @@ def download(name: str, data_dir: Path | str | None = None, *, base_url: str | N
             print(f"{name} is {'embedded in the package' if spec.embedded else 'your own: ' + spec.source}: "
                   f"nothing to download")
         return []
-    root = _data_dir(data_dir)
+    root = chosen_data_dir(data_dir)
     dest_dir = (root if root is not None else cache_dir()) / spec.name
     paths = []
     for src in spec.files:
-        path = _locate(spec, src.name, data_dir)
+        path = locate_file(spec, src.name, data_dir)
         if path is not None:
             check_md5(path, src.md5, spec.name)
             state = "already present"
         else:
-            path = _download_file(spec, src, dest_dir, base_url, quiet)
+            path = download_file(spec, src, dest_dir, base_url, quiet)
             state = "downloaded"
         if not quiet:
             print(f"OK  {path}  ({state}, MD5 {src.md5})")
@@ -146,23 +146,23 @@ def verify(name: str, data_dir: Path | str | None = None, *, quiet: bool = False
     spec = get_spec(name, data_dir)
     if spec.source:
         source = Path(spec.source)
-        spec, arrays = _decode_user(name, source)
+        spec, arrays = decode_user(name, source)
         if not quiet:
             print(f"OK  {source}  (user dataset: {spec.train_size} train, {spec.test_size} test images "
                   f"{spec.channels}x{spec.height}x{spec.width}, {spec.num_classes} classes, checked)")
         return [source]
     if spec.embedded:
         path = _embedded_path(spec)
-        arrays = _load_embedded(spec)
+        arrays = load_embedded(spec)
         if not quiet:
             print(f"OK  {path}  (embedded: {len(arrays['train_labels'])} train, {len(arrays['test_labels'])} "
                   f"test images, shapes and labels checked)")
         return [path]
     paths = []
     for src in spec.files:
-        path = _locate(spec, src.name, data_dir)
+        path = locate_file(spec, src.name, data_dir)
         if path is None:
-            raise _missing(spec, src.name, data_dir)
+            raise missing_file_error(spec, src.name, data_dir)
         check_md5(path, src.md5, spec.name)
         if not quiet:
             print(f"OK  {path}  (MD5 {src.md5})")
@@ -190,7 +190,7 @@ def info(name: str, data_dir: Path | str | None = None) -> dict[str, object]:
     if spec.source:
         out["file"] = f"{spec.source} (your own)"
     for src in spec.files:
-        path = _locate(spec, src.name, data_dir)
+        path = locate_file(spec, src.name, data_dir)
         out[src.name] = (f"{path} (MD5 {src.md5})" if path is not None else
                          f"not found; {_download_hint(spec, src.name)}")
     if spec.files:
@@ -205,7 +205,7 @@ def _embedded_path(spec: DatasetSpec) -> Path:
     return Path(str(resources.files("attnrobust") / "embedded" / spec.embedded))
 
 
-def _load_embedded(spec: DatasetSpec) -> Arrays:
+def load_embedded(spec: DatasetSpec) -> Arrays:
     path = _embedded_path(spec)
     if not path.is_file():
         raise UserError(f"{spec.name}: the embedded file {path} is missing from the installed package; "
@@ -216,5 +216,5 @@ def _load_embedded(spec: DatasetSpec) -> Arrays:
     except (OSError, ValueError, KeyError, zlib.error, EOFError, zipfile.BadZipFile) as err:
         raise UserError(f"{path}: unreadable embedded dataset ({err}); reinstall attnrobust") from None
     for split in SPLITS:
-        _check_split(spec, split, arrays[f"{split}_images"], arrays[f"{split}_labels"], str(path))
+        check_split(spec, split, arrays[f"{split}_images"], arrays[f"{split}_labels"], str(path))
     return arrays
