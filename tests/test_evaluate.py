@@ -107,7 +107,7 @@ def test_transfer_diagonal_equals_white_box(random_start):
     assert len(matrix) == 2 * sum(per_source[st["scope"]] for st in cfg.settings())
     for name in ("a", "b"):
         wb = by_key(white_box(models[name], loader, cfg, dataset="toy", name=name, seed=3, quiet=True))
-        diagonal = {k: r for k, r in by_key(matrix).items() if k[3] == k[4] == name}  # source, target
+        diagonal = {k: r for k, r in by_key(matrix).items() if k[4] == k[5] == name}  # source, target
         assert diagonal.keys() == wb.keys()
         for k in wb:
             assert {c: diagonal[k][c] for c in COUNTS} == {c: wb[k][c] for c in COUNTS}
@@ -267,7 +267,8 @@ def test_malformed_line_is_an_error_naming_file_and_line(tmp_path, some_records)
 def test_record_key_and_format(some_records):
     keys = {record_key(r) for r in some_records}
     assert len(keys) == len(some_records)
-    assert record_key(some_records[0]) == ("toy", "standard", 0, "model", "model", "fgsm", 0.0, None, None)
+    assert record_key(some_records[0]) == ("toy", "standard", None, 0, "model", "model", "fgsm", 0.0, None,
+                                          None)
     table = format_records(some_records)
     lines = table.splitlines()
     assert len(lines) == 2 + len(some_records) and "robust%" in lines[0] and "pgd" in table

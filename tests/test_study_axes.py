@@ -130,10 +130,10 @@ def test_regimes_are_a_study_axis_and_never_mix(tmp_path):
     run_study("quick", out=out, overrides=[*TINY, f"study.regimes={regimes}", 'attack.attacks=["fgsm"]',
                                            "study.models=['resnet14','cbam_resnet14']"], quiet=True)
     names = sorted(p.name for p in (out / "checkpoints").glob("*.safetensors"))
-    assert names == ["fashion-mnist-mini-cbam_resnet14-s0-fgsm-rs-eps-0.1.safetensors",
-                     "fashion-mnist-mini-cbam_resnet14-s0.safetensors",
-                     "fashion-mnist-mini-resnet14-s0-fgsm-rs-eps-0.1.safetensors",
-                     "fashion-mnist-mini-resnet14-s0.safetensors"]
+    assert names == ["fashion-mnist-mini-cbam_resnet14-s0-fgsm-rs-eps-0.1-w4.safetensors",
+                     "fashion-mnist-mini-cbam_resnet14-s0-w4.safetensors",
+                     "fashion-mnist-mini-resnet14-s0-fgsm-rs-eps-0.1-w4.safetensors",
+                     "fashion-mnist-mini-resnet14-s0-w4.safetensors"]
     records = read_records(out / "results.jsonl")
     adversarial = [r for r in records if r.get("regime") == "FGSM-RS eps 0.1"]
     standard = [r for r in records if "regime" not in r]
@@ -148,6 +148,44 @@ def test_regimes_are_a_study_axis_and_never_mix(tmp_path):
     verdicts = list(csv.DictReader((out / "report" / "verdicts.csv").open()))
     assert {v["dataset"] for v in verdicts} == {"fashion-mnist-mini", "fashion-mnist-mini · FGSM-RS eps 0.1"}
     assert "trained standard; FGSM-RS eps 0.1; 8/8 jobs done" in list_runs(tmp_path)
+
+
+def test_widths_are_a_study_axis_and_never_mix(tmp_path):
+    """Two widths: each model is trained and attacked once per width, records carry the width, attacks are only
+    scored on models of the crafting model's width, the report has a panel per width, and ls names the widths."""
+    out = tmp_path / "widths"
+    run_study("quick", out=out, overrides=[*TINY, "study.widths=[4, 8]", 'attack.attacks=["fgsm"]',
+                                           "study.models=['resnet14','cbam_resnet14']"], quiet=True)
+    names = sorted(p.name for p in (out / "checkpoints").glob("*.safetensors"))
+    # width 8 is the fashion-mnist-mini recipe's: its names carry no width part
+    assert names == ["fashion-mnist-mini-cbam_resnet14-s0-w4.safetensors",
+                     "fashion-mnist-mini-cbam_resnet14-s0.safetensors",
+                     "fashion-mnist-mini-resnet14-s0-w4.safetensors", "fashion-mnist-mini-resnet14-s0.safetensors"]
+    from attnrobust.checkpoint import read_meta
+
+    assert {read_meta(out / "checkpoints" / n)["train"]["width"] for n in names} == {4, 8}
+    records = read_records(out / "results.jsonl")
+    assert sorted({r["width"] for r in records}) == [4, 8]
+    for width in (4, 8):  # per width: 2 sources x 2 targets x 3 FGSM eps, each source scored on its own width only
+        mine = [r for r in records if r["width"] == width]
+        assert len(mine) == 12 and {(r["source"], r["target"]) for r in mine} == \
+            {(s, t) for s in ("resnet14", "cbam_resnet14") for t in ("resnet14", "cbam_resnet14")}
+    assert list(records[0])[:4] == ["dataset", "seed", "width", "source"]  # the label sits beside the seed
+    report = (out / "report" / "README.md").read_text()
+    assert "fashion-mnist-mini · width 4" in report and "fashion-mnist-mini · width 8" in report
+    verdicts = list(csv.DictReader((out / "report" / "verdicts.csv").open()))
+    assert {v["dataset"] for v in verdicts} == {"fashion-mnist-mini · width 4", "fashion-mnist-mini · width 8"}
+    assert "widths 4,8; 8/8 jobs done" in list_runs(tmp_path)
+    jobs = [json.loads(line) for line in (out / "logs" / "jobs.jsonl").read_text().splitlines()]
+    assert sorted({j["width"] for j in jobs}) == [4, 8]
+
+
+@pytest.mark.parametrize("widths", ["[]", "[0]", "[8, 8]", "[8.5]", "[true]"])
+def test_bad_widths_are_one_line(capsys, tmp_path, widths):
+    code = main(["run", "quick", "--out", str(tmp_path / "x"), "--set", f"study.widths={widths}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "study.widths" in err[0], err
+    assert not (tmp_path / "x").exists()
 
 
 def test_bad_regime_is_one_line(capsys, tmp_path):

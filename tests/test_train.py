@@ -50,7 +50,7 @@ def reference(tmp_path_factory):
 def test_layout_log_and_metadata(reference):
     out = reference.parent.parent
     cfg = tiny_cfg()
-    name = "fashion-mnist-mini-resnet14-s0"
+    name = "fashion-mnist-mini-resnet14-s0-w4"  # width 4 is not the recipe's 8: the name says so
     assert reference == checkpoint_path(cfg, out) == out / "checkpoints" / f"{name}.safetensors"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [reference.name]  # resume state removed
     lines = [json.loads(line) for line in (out / "logs" / f"{name}.jsonl").read_text().splitlines()]
@@ -78,7 +78,7 @@ def test_same_seed_same_weights_bit_for_bit(reference, tmp_path):
 def test_other_seed_other_weights(reference, tmp_path):
     other = train(TrainConfig.for_dataset("fashion-mnist-mini", model="resnet14", seed=1, **TINY), tmp_path,
                   device="cpu", quiet=True)
-    assert other.name == "fashion-mnist-mini-resnet14-s1.safetensors"
+    assert other.name == "fashion-mnist-mini-resnet14-s1-w4.safetensors"
     a, b = weights(reference), weights(other)
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
 
@@ -105,7 +105,7 @@ def test_resume_equals_uninterrupted(reference, tmp_path, monkeypatch, where):
     monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
     resumed = train(tiny_cfg(), tmp_path, device="cpu", quiet=True)
     assert_same_weights(reference, resumed)
-    log = (tmp_path / "logs" / "fashion-mnist-mini-resnet14-s0.jsonl").read_text().splitlines()
+    log = (tmp_path / "logs" / "fashion-mnist-mini-resnet14-s0-w4.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
     assert not list((tmp_path / "checkpoints").glob("*.state.safetensors"))
 
@@ -221,7 +221,7 @@ def test_cli_train_one_epoch(tmp_path, capsys):
                      "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 0
     assert "checkpoint:" in capsys.readouterr().out
-    meta = read_meta(tmp_path / "out" / "checkpoints" / "fashion-mnist-mini-vgg16_bn-s0.safetensors")
+    meta = read_meta(tmp_path / "out" / "checkpoints" / "fashion-mnist-mini-vgg16_bn-s0-w4.safetensors")
     assert meta["epoch"] == 1 and meta["metrics"]["test_acc"] > 0.5  # 75% measured; chance is 10%
 
 
@@ -257,7 +257,7 @@ def test_sigkill_mid_training_then_rerun_equals_uninterrupted(tmp_path):
     script, out = _driver(tmp_path), tmp_path / "killed"
     args = [sys.executable, str(script), str(out), "resnet14", json.dumps(settings)]
     proc = subprocess.Popen(args, env=_env())
-    ckpt = out / "checkpoints" / "fashion-mnist-mini-resnet14-s0.safetensors"
+    ckpt = out / "checkpoints" / "fashion-mnist-mini-resnet14-s0-w4.safetensors"
     deadline = time.monotonic() + 120
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)

@@ -326,6 +326,10 @@ class StudySection:
     # [{adversarial = "none"}, {adversarial = "fgsm-rs", adv_eps = 0.1}]: every model is trained, attacked and
     # compared once per regime. None: the one regime [train] describes.
     regimes: list[dict] | None = None
+    # Network widths to cross with everything else (channels of the first stage, e.g. [8, 16, 32]): every model is
+    # trained, attacked and compared once per width, never across widths, so that a conclusion can be followed
+    # as the networks grow. Each width replaces [train] width. None: the one width [train] (or the recipe) sets.
+    widths: list[int] | None = None
 
 
 @dataclass
@@ -370,16 +374,21 @@ class StudyConfig:
         return {regime_label(self.train_config(dataset, self.study.models[0], self.study.seeds[0], t)): t
                 for t in tables}
 
-    def train_config(self, dataset: str, model: str, seed: int, regime: dict[str, Any] | None = None) -> TrainConfig:
+    def widths_of(self) -> list[int | None]:
+        """The study's widths (study.widths), or [None]: the one width of [train] or the dataset's recipe."""
+        return list(self.study.widths) if self.study.widths else [None]
+
+    def train_config(self, dataset: str, model: str, seed: int, regime: dict[str, Any] | None = None,
+                     width: int | None = None) -> TrainConfig:
         """The TrainConfig of one study job: the dataset's defaults, then the config's [train] overrides, then the
-        job's regime (a table of study.regimes).
+        job's regime (a table of study.regimes) and width (one of study.widths; None: the [train] width).
 
         train.model_args is shared by the study's models: each gets the arguments it takes (e.g. cbam_bn_momentum
         reaches only the CBAM models); `validate` refuses an argument that no model of the study takes.
         """
         from attnrobust.models import model_options
 
-        overrides = {**self.train, **(regime or {})}
+        overrides = {**self.train, **(regime or {}), **({} if width is None else {"width": width})}
         if "model_args" in overrides:
             accepted = model_options(model)
             overrides["model_args"] = {k: v for k, v in overrides["model_args"].items() if k in accepted}
@@ -555,6 +564,11 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
         except UserError as err:
             raise UserError(f"{err} (a regime says how models are trained against attacks; set the rest in "
                             f"[train])") from None
+    if s.widths is not None and (not s.widths or len(set(s.widths)) != len(s.widths)
+                                 or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0
+                                            for w in s.widths)):
+        raise UserError(f"study.widths: must be a non-empty list of distinct positive integers (channels of the "
+                        f"first stage, e.g. [8, 16, 32]), got {s.widths!r}")
     if s.regimes is not None and not s.regimes:
         raise UserError("study.regimes: must list at least one regime (or be left out for the [train] one)")
     if cfg.eval.n is not None and cfg.eval.n <= 0:

@@ -30,7 +30,7 @@ from attnrobust.attacks import apgd, attack_hygiene, fgsm, minimal_eps, pgd, pre
 from attnrobust.config import AttackConfig
 from attnrobust.distributed import all_sum_, dist_info, init_distributed, is_distributed
 from attnrobust.errors import UserError
-from attnrobust.results import COUNT_KEYS, eps_key, make_record, pack_bits, pack_floats, regime_of
+from attnrobust.results import COUNT_KEYS, eps_key, make_record, pack_bits, pack_floats, regime_of, width_of
 
 __all__ = ["clean_accuracy", "craft_and_score", "white_box", "white_box_measures", "sanity_flags",
            "evaluate_checkpoints"]
@@ -307,7 +307,7 @@ def sanity_flags(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     white-box record, which another job writes. Rates, not counts, are compared: FGSM may be scored on more
     images than PGD (eval.strong_n)."""
     def same(r: dict) -> tuple:
-        return (r["dataset"], regime_of(r), r["seed"], r["source"], r["target"])
+        return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["source"], r["target"])
 
     out = [{**r, "flags": {k: v for k, v in r["flags"].items() if k not in CROSS_RECORD_FLAGS}} for r in records]
     white = [r for r in out if r["kind"] == "white-box"]
@@ -332,8 +332,8 @@ def sanity_flags(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 f"(keeping the best iterate, it cannot decrease)")
 
     def setting(r: dict) -> tuple:
-        return (r["dataset"], regime_of(r), r["seed"], r["attack"], eps_key(r["eps"]), r["steps"], r["alpha"],
-                r["random_start"])
+        return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["attack"], eps_key(r["eps"]), r["steps"],
+                r["alpha"], r["random_start"])
 
     # the white-box record to compare a transfer with: the same setting, final iterate preferred (the transfer
     # record's own rule), else the best iterate (which only makes white-box stronger)

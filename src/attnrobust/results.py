@@ -42,7 +42,7 @@ from attnrobust.errors import UserError
 __all__ = ["DENOMINATORS", "REQUIRED_KEYS", "make_record", "append_records", "write_records", "read_records",
            "record_key", "format_records", "pack_bits", "unpack_bits", "pack_floats", "unpack_floats",
            "ITERATES", "Setting", "setting_of", "CLEAN", "load_records", "STANDARD", "regime_of", "panel_of",
-           "panel_dataset", "file_name_part", "with_regime"]
+           "panel_dataset", "file_name_part", "with_cell", "width_of"]
 
 ITERATES = ("final", "best", "best-on-source")
 
@@ -97,11 +97,21 @@ def regime_of(record: dict[str, Any]) -> str:
     return record.get("regime", STANDARD)
 
 
+def width_of(record: dict[str, Any]) -> int | None:
+    """The width of the record's models when the study crosses widths (study.widths), else None."""
+    return record.get("width")
+
+
 def panel_of(record: dict[str, Any]) -> str:
-    """What the report compares within: the dataset, or "dataset · regime" for a non-standard training regime
-    (models are only ever compared with, and transferred to, models of the same regime)."""
-    regime = regime_of(record)
-    return record["dataset"] if regime == STANDARD else f"{record['dataset']} · {regime}"
+    """What the report compares within: the dataset, then " · regime" for a non-standard training regime and
+    " · width W" in a study that crosses widths (models are only ever compared with, and transferred to, models
+    trained the same way at the same width)."""
+    parts = [record["dataset"]]
+    if regime_of(record) != STANDARD:
+        parts.append(regime_of(record))
+    if width_of(record) is not None:
+        parts.append(f"width {width_of(record)}")
+    return " · ".join(parts)
 
 
 def file_name_part(text: str) -> str:
@@ -116,15 +126,17 @@ def panel_dataset(panel: str) -> str:
     return panel.split(" · ")[0]
 
 
-def with_regime(records: list[dict[str, Any]], regime: str) -> list[dict[str, Any]]:
-    """The records labelled with a training regime (new dicts, "regime" right after "seed"); standard: as they are."""
-    if regime == STANDARD:
+def with_cell(records: list[dict[str, Any]], regime: str, width: int | None = None) -> list[dict[str, Any]]:
+    """The records labelled with their models' training regime and width (new dicts, "regime" then "width" right
+    after "seed"); a standard regime and no width axis add nothing, so such records read as they always did."""
+    labels = ([] if regime == STANDARD else [("regime", regime)]) + ([] if width is None else [("width", width)])
+    if not labels:
         return records
     out = []
     for r in records:
-        items = list(r.items())
+        items = [(k, v) for k, v in r.items() if k not in ("regime", "width")]
         at = [k for k, _ in items].index("seed") + 1
-        out.append(dict(items[:at] + [("regime", regime)] + [(k, v) for k, v in items[at:] if k != "regime"]))
+        out.append(dict(items[:at] + labels + items[at:]))
     return out
 
 
@@ -164,10 +176,10 @@ def make_record(*, dataset: str, seed: int, source: str, target: str, attack: st
 
 
 def record_key(r: dict[str, Any]) -> tuple:
-    """What identifies a record: (dataset, regime, seed, source, target, attack, eps, steps, iterate). eps is
-    rounded so that 0.1 + 0.05 and 0.15 name the same setting."""
-    return (r["dataset"], regime_of(r), r["seed"], r["source"], r["target"], r["attack"], eps_key(r["eps"]), r["steps"],
-            r.get("iterate"))
+    """What identifies a record: (dataset, regime, width, seed, source, target, attack, eps, steps, iterate). eps
+    is rounded so that 0.1 + 0.05 and 0.15 name the same setting."""
+    return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["source"], r["target"], r["attack"],
+            eps_key(r["eps"]), r["steps"], r.get("iterate"))
 
 
 def eps_key(eps: float) -> float:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from attnrobust.config import StudyConfig, load_config, parse_config, to_toml
 from attnrobust.errors import UserError
-from attnrobust.results import STANDARD, regime_of
+from attnrobust.results import STANDARD, regime_of, width_of
 
 
 @dataclass(frozen=True)
@@ -45,29 +45,43 @@ class Job:
     model: str
     seed: int
     regime: str = STANDARD  # the training regime's label (config.regime_label)
+    width: int | None = None  # one of study.widths; None: the study does not cross widths
 
     def __str__(self) -> str:
         regime = "" if self.regime == STANDARD else f" [{self.regime}]"
-        return f"{self.kind:<6} {self.dataset}{regime} {self.model} seed {self.seed}"
+        width = "" if self.width is None else f" width {self.width}"
+        return f"{self.kind:<6} {self.dataset}{regime}{width} {self.model} seed {self.seed}"
+
+    @property
+    def cell(self) -> tuple:
+        """(dataset, regime, width, seed): the models trained the same way that this job's model is compared with
+        and transferred to."""
+        return (self.dataset, self.regime, self.width, self.seed)
 
     def train_config(self, cfg: StudyConfig, model: str | None = None):
-        """The TrainConfig of this job's model (or of `model`, a sibling in the same dataset, regime and seed)."""
+        """The TrainConfig of this job's model (or of `model`, a sibling in the same cell)."""
         return cfg.train_config(self.dataset, model or self.model, self.seed,
-                                cfg.regimes_of(self.dataset)[self.regime])
+                                cfg.regimes_of(self.dataset)[self.regime], self.width)
 
 
 def plan(cfg: StudyConfig) -> list[Job]:
-    """Every job of the study in the order it runs: all training, then all attacks (dataset, regime, seed,
+    """Every job of the study in the order it runs: all training, then all attacks (dataset, regime, width, seed,
     model)."""
-    cells = [(d, r, s, m) for d in cfg.study.datasets for r in cfg.regimes_of(d) for s in cfg.study.seeds
-             for m in cfg.study.models]
-    return [Job("train", d, m, s, r) for d, r, s, m in cells] + [Job("attack", d, m, s, r) for d, r, s, m in cells]
+    cells = [(d, r, w, s, m) for d in cfg.study.datasets for r in cfg.regimes_of(d) for w in cfg.widths_of()
+             for s in cfg.study.seeds for m in cfg.study.models]
+    return [Job("train", d, m, s, r, w) for d, r, w, s, m in cells] + \
+        [Job("attack", d, m, s, r, w) for d, r, w, s, m in cells]
 
 
-def attack_jobs_done(records: list[dict]) -> set[tuple[str, str, str, int]]:
-    """(dataset, regime, source, seed) of every attack job whose records are in the results (jobs are written
-    whole)."""
-    return {(r["dataset"], regime_of(r), r["source"], r["seed"]) for r in records}
+def attack_jobs_done(records: list[dict]) -> set[tuple]:
+    """(dataset, regime, width, source, seed) of every attack job whose records are in the results (jobs are
+    written whole)."""
+    return {_job_key(r) for r in records}
+
+
+def _job_key(record: dict) -> tuple:
+    """The attack job (dataset, regime, width, source, seed) that wrote a record."""
+    return (record["dataset"], regime_of(record), width_of(record), record["source"], record["seed"])
 
 
 def _read_results(path: Path) -> list[dict]:
@@ -193,7 +207,7 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     from attnrobust.data import DeviceLoader
     from attnrobust.distributed import dist_info
     from attnrobust.evaluate import craft_and_score, white_box_measures
-    from attnrobust.results import with_regime
+    from attnrobust.results import with_cell
     from attnrobust.runtime import resolve_device
     from attnrobust.train import checkpoint_path
 
@@ -218,7 +232,7 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
                                    device=device, quiet=quiet, images=name)
         records += white_box_measures(models[job.model], loader, attack_cfg, dataset=job.dataset, name=job.model,
                                       seed=job.seed, device=device, quiet=quiet, images=name)
-    return with_regime(records, job.regime)
+    return with_cell(records, job.regime, job.width)
 
 
 def _in_worker(kind: str, cfg_data: dict, job: Job, run_dir: str, device, data_dir, threads: int):
@@ -258,11 +272,6 @@ def _pool(workers: int):
                                initializer=die_with_parent, initargs=(os.getpid(),))
 
 
-def _cell(job: Job) -> tuple[str, str, int]:
-    """The (dataset, regime, seed) whose models an attack job needs trained."""
-    return job.dataset, job.regime, job.seed
-
-
 def _execute(jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir, quiet: bool, on_done,
              pool) -> None:
     """Run `jobs` (training jobs, then attack jobs, each in plan order), in this process or side by side in
@@ -290,7 +299,7 @@ def _execute(jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir,
         return
     threads = max(1, set_threads() // workers)
     cfg_data = cfg.to_dict()
-    untrained = Counter(_cell(j) for j in jobs if j.kind == "train")
+    untrained = Counter(j.cell for j in jobs if j.kind == "train")
     held = [j for j in jobs if j.kind == "attack"]
     running = {}
 
@@ -301,8 +310,8 @@ def _execute(jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir,
     def release_trained_cells() -> None:
         """Submit the held attack jobs whose cell has no training job left, keep holding the rest."""
         nonlocal held
-        submit([j for j in held if not untrained[_cell(j)]])
-        held = [j for j in held if untrained[_cell(j)]]
+        submit([j for j in held if not untrained[j.cell]])
+        held = [j for j in held if untrained[j.cell]]
 
     submit([j for j in jobs if j.kind == "train"])
     release_trained_cells()
@@ -323,7 +332,7 @@ def _execute(jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir,
                                     f"error") from None
                 on_done[job.kind](job, result, seconds, threads)
                 if job.kind == "train":
-                    untrained[_cell(job)] -= 1
+                    untrained[job.cell] -= 1
                     release_trained_cells()
     except BaseException:
         # a failed job (or Ctrl-C) ends the study: jobs still queued would only delay the message, and the pool's
@@ -371,7 +380,8 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
 
         def log_time(job: Job, seconds: float, threads: int | None) -> None:
             timings.append({"job": job.kind, "dataset": job.dataset,
-                            **({} if job.regime == STANDARD else {"regime": job.regime}), "model": job.model,
+                            **({} if job.regime == STANDARD else {"regime": job.regime}),
+                            **({} if job.width is None else {"width": job.width}), "model": job.model,
                             "seed": job.seed, "seconds": round(seconds, 2), "threads": threads,
                             "workers": workers})
             if is_main:
@@ -383,13 +393,13 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
         attack_jobs = [j for j in jobs if j.kind == "attack"]
         # the file lists jobs in plan order, whatever order side-by-side workers finish them in: the same study
         # writes the same bytes
-        plan_order = {(j.dataset, j.regime, j.model, j.seed): i for i, j in enumerate(attack_jobs)}
+        plan_order = {(j.dataset, j.regime, j.width, j.model, j.seed): i for i, j in enumerate(attack_jobs)}
 
         def in_plan_order(records: list[dict]) -> list[dict]:  # stable: a job's records keep their order
-            return sorted(records, key=lambda r: plan_order.get(
-                (r["dataset"], regime_of(r), r["source"], r["seed"]), len(plan_order)))
+            return sorted(records, key=lambda r: plan_order.get(_job_key(r), len(plan_order)))
 
-        pending = _agree_on_pending([(j.dataset, j.regime, j.model, j.seed) not in done for j in attack_jobs])
+        pending = _agree_on_pending([(j.dataset, j.regime, j.width, j.model, j.seed) not in done
+                                     for j in attack_jobs])
         attack_jobs = [j for j, todo in zip(attack_jobs, pending) if todo]
 
         def write(job: Job, records: list[dict], seconds: float, threads: int | None) -> None:
@@ -445,17 +455,23 @@ def list_runs(runs_dir: str | Path = "runs") -> str:
             # only the regime keys: they name the regime and its checkpoints (nothing here builds a model)
             regimes = [{k: v for k, v in {**train, **r}.items() if k in REGIME_KEYS}
                        for r in study.get("regimes") or [{}]]
-            cells = [(TrainConfig.for_dataset(d, model=str(m), seed=s, **r), s)
-                     for d in datasets for r in regimes for m in models for s in seeds]
+            widths = [{"width": w} for w in study.get("widths") or []] or \
+                [{"width": train["width"]} if "width" in train else {}]
+            cells = [(TrainConfig.for_dataset(d, model=str(m), seed=s, **r, **w), s, w.get("width"))
+                     for d in datasets for r in regimes for w in widths for m in models for s in seeds]
             attacked = attack_jobs_done(_read_results(run_dir / "results.jsonl"))
         except (UserError, OSError, tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as err:
             rows.append(f"{run_dir.name}: unreadable ({err})")
             continue
-        stems = [run_dir / "checkpoints" / checkpoint_name(c) for c, _ in cells]
+        stems = [run_dir / "checkpoints" / checkpoint_name(c) for c, _, _ in cells]
         trained = sum(Path(f"{p}.safetensors").is_file() and not Path(f"{p}.state.safetensors").exists()
                       for p in stems)
-        done = trained + sum((c.dataset, regime_label(c), c.model, s) in attacked for c, s in cells)
-        labels = list(dict.fromkeys(regime_label(c) for c, _ in cells))
+        axis = bool(study.get("widths"))
+        done = trained + sum((c.dataset, regime_label(c), w if axis else None, c.model, s) in attacked
+                             for c, s, w in cells)
+        labels = list(dict.fromkeys(regime_label(c) for c, _, _ in cells))
+        if axis:
+            labels.append(f"widths {','.join(map(str, study['widths']))}")
         report = run_dir / "report" / "README.md"
         rows.append(f"{run_dir.name}: {','.join(datasets)} x {','.join(map(str, models))} x seeds "
                     f"{','.join(map(str, seeds))}; trained {'; '.join(labels)}; {done}/{2 * len(cells)} jobs done; "

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from attnrobust import models
 from attnrobust.attacks import pgd, predict
 from attnrobust.checkpoint import load_train_state, read_meta, save_checkpoint, save_train_state
-from attnrobust.config import TrainConfig, regime_label
+from attnrobust.config import DEFAULTS, TrainConfig, regime_label
 from attnrobust.data import DeviceLoader, get_spec, load_dataset
 from attnrobust.distributed import barrier, broadcast_buffers, dist_info, init_distributed, sum_floats
 from attnrobust.errors import UserError
@@ -74,11 +74,15 @@ _CHECK_EVERY = 50
 
 
 def checkpoint_name(cfg: TrainConfig) -> str:
-    """File stem of a run's checkpoint: unique per (dataset, model, seed, regime) within a run folder; a standard
-    run's has no regime part ("fashion-mnist-resnet14-s0"), an adversarial one's names it
-    ("fashion-mnist-resnet14-s0-fgsm-rs-eps-0.1")."""
+    """File stem of a run's checkpoint: unique per (dataset, model, seed, regime, width) within a run folder. A
+    standard run at its dataset recipe's width has neither part ("fashion-mnist-mini-resnet14-s0"); an
+    adversarial one names its regime ("...-s0-fgsm-rs-eps-0.1"), one of another width names it ("...-s0-w16"),
+    so a study crossing widths (study.widths) keeps every width's checkpoints apart."""
     regime = regime_label(cfg)
     suffix = "" if regime == STANDARD else "-" + file_name_part(regime).lower()
+    recipe_width = DEFAULTS.get(cfg.dataset, {}).get("width", TrainConfig.width)
+    if cfg.width != recipe_width:
+        suffix += f"-w{cfg.width}"
     return f"{cfg.dataset}-{models.file_stem(cfg.model)}-s{cfg.seed}{suffix}"  # file_stem: '/' and ':' out
 
 

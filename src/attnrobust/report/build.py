@@ -187,7 +187,11 @@ def _attention_figures(grid: Grid, run_dir: Path, out: Path) -> tuple[list[tuple
             notes.append(f"attention maps: skipped {p.name}: {err}")
             continue
         name, seed = meta["build_args"].get("name", ""), meta.get("seed", 0)
-        dataset = panel_of({"dataset": meta.get("dataset"), "regime": meta.get("regime", STANDARD)})
+        labels = {"dataset": meta.get("dataset"), "regime": meta.get("regime", STANDARD)}
+        # the width is part of the panel only in a study that crosses widths
+        dataset = panel_of({**labels, "width": (meta.get("train") or {}).get("width")})
+        if dataset not in grid.datasets():
+            dataset = panel_of(labels)
         info = registered_info(name)
         if info is not None and info.attention == "cbam" and dataset in grid.datasets():
             if (dataset, name) not in chosen or seed < chosen[(dataset, name)][0]:

@@ -122,9 +122,11 @@ def reduced_notes(grid: Grid, config: dict | None) -> list[str]:
     if small:
         notes.append(f"reduced-depth models ({', '.join(small)}) are compared with the paper's full-size "
                      f"ResNet-50 / CBAM+ResNet-50 / VGG-16")
-    # the config's [train] width, else each dataset's recipe (DEFAULTS), else TrainConfig's 64
+    # the study's widths axis, else the config's [train] width, else each dataset's recipe (DEFAULTS), else
+    # TrainConfig's 64
     width = ((config or {}).get("train") or {}).get("width")
-    widths = sorted({width if width is not None else DEFAULTS.get(panel_dataset(d), {}).get("width", 64)
+    widths = sorted(((config or {}).get("study") or {}).get("widths") or
+                    {width if width is not None else DEFAULTS.get(panel_dataset(d), {}).get("width", 64)
                      for d in grid.datasets()})
     if any(isinstance(w, int) and w < 64 for w in widths):
         notes.append(f"reduced width ({', '.join(map(str, widths))} channels in the first stage; the paper's "
