@@ -24,8 +24,8 @@ import tomli_w
 from attnrobust.errors import UserError
 from attnrobust.results import eps_key
 
-SHIPPED = ("quick", "quick-adversarial", "attention-kinds", "fashion-mnist-cpu", "fashion-mnist", "cifar10", "cifar100",
-           "paper")
+SHIPPED = ("quick", "quick-adversarial", "attention-kinds", "width-trend", "fashion-mnist-cpu", "fashion-mnist",
+           "cifar10", "cifar100", "paper")
 # [train] keys the study itself sets per job; a config may not fix them.
 _PER_JOB_TRAIN_KEYS = ("dataset", "model", "seed")
 # What a study regime (study.regimes) may set: how a model is trained against attacks, nothing else, so that the
