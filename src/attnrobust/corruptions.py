@@ -227,7 +227,9 @@ def glass_blur(x, c, rngs, swap_probability: float = 1.0):
     """Blur, shuffle pixels locally, blur again. APPROXIMATED: the original walks the image pixel by pixel and swaps
     each with a random neighbour up to max_delta away (a sequential Python loop, seconds per thousand images);
     here every interior pixel at once takes the value of a random neighbour in the same window (a gather, not a
-    swap: a value may be copied twice and another lost), `iterations` times. MNIST-C moves a pixel with
+    swap: a value may be copied twice and another lost), `iterations` times. The offsets are drawn from
+    [-max_delta, max_delta]: the original's randint(-max_delta, max_delta) leaves out +max_delta, harmless in a
+    swap (both pixels move) but a drift of half a pixel per iteration in a gather. MNIST-C moves a pixel with
     probability 1/2 (swap_probability)."""
     sigma, delta, iterations = c
     n, h, w, _ = x.shape
@@ -236,7 +238,7 @@ def glass_blur(x, c, rngs, swap_probability: float = 1.0):
     interior = (rows > delta) & (rows <= h - delta) & (cols > delta) & (cols <= w - delta)
     batch = np.arange(n)[:, None, None]
     for _ in range(iterations):
-        d = _each(rngs, lambda r: r.integers(-delta, delta, (2, h, w)))
+        d = _each(rngs, lambda r: r.integers(-delta, delta + 1, (2, h, w)))
         move = interior & (_each(rngs, lambda r: r.random((h, w))) < swap_probability)
         src_r = np.where(move, np.clip(rows + d[:, 0], 0, h - 1), rows)
         src_c = np.where(move, np.clip(cols + d[:, 1], 0, w - 1), cols)

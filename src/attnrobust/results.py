@@ -164,10 +164,11 @@ def make_record(*, dataset: str, seed: int, source: str, target: str, attack: st
 
 
 def record_key(r: dict[str, Any]) -> tuple:
-    """What identifies a record: (dataset, regime, seed, source, target, attack, eps, steps, iterate). eps is
-    rounded so that 0.1 + 0.05 and 0.15 name the same setting."""
-    return (r["dataset"], regime_of(r), r["seed"], r["source"], r["target"], r["attack"], eps_key(r["eps"]), r["steps"],
-            r.get("iterate"))
+    """What identifies a record: (dataset, regime, seed, source, target, attack, eps, steps, iterate), and for a
+    corruption its (corruption, severity). eps is rounded so that 0.1 + 0.05 and 0.15 name the same setting."""
+    key = (r["dataset"], regime_of(r), r["seed"], r["source"], r["target"], r["attack"], eps_key(r["eps"]),
+           r["steps"], r.get("iterate"))
+    return key + (r["corruption"], r["severity"]) if "corruption" in r else key
 
 
 def eps_key(eps: float) -> float:
@@ -175,8 +176,8 @@ def eps_key(eps: float) -> float:
     return round(float(eps), 9)
 
 
-# Column order: clean first, then the paper's two attacks, then anything else.
-_ATTACK_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "apgd": 3, "autoattack": 4, "minimal": 5}
+# Column order: clean first, then the paper's two attacks, then anything else; common corruptions last.
+_ATTACK_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "apgd": 3, "autoattack": 4, "minimal": 5, "corruption": 10}
 
 
 @dataclass(frozen=True)
@@ -189,15 +190,17 @@ class Setting:
     alpha: float | None = None
     random_start: bool = False
     keep_best: bool = False
+    corruption: str = ""  # attack "corruption": its name (attnrobust.corruptions) and severity (1-5)
+    severity: int = 0
 
     @property
     def is_error(self) -> bool:
         """Iterative attacks are reported as error (1 - robust accuracy), as in the paper's PGD columns."""
-        return self.attack not in ("clean", "fgsm")
+        return self.attack not in ("clean", "fgsm", "corruption")
 
     def sort_key(self) -> tuple:
         return (_ATTACK_ORDER.get(self.attack, 9), self.attack, self.eps, self.steps, self.alpha or 0.0,
-                self.random_start, self.keep_best)
+                self.random_start, self.keep_best, self.corruption, self.severity)
 
     def accuracy(self, record: dict) -> float:
         """The accuracy (fraction over n) this setting measures in `record`."""
@@ -218,7 +221,8 @@ def setting_of(record: dict) -> Setting:
     return Setting(record["attack"], eps_key(record["eps"]), int(steps) if steps is not None else 0,
                    float(alpha) if alpha is not None and record["attack"] != "fgsm" else None,
                    bool(record.get("random_start", False)) and record["attack"] != "fgsm",
-                   bool(record.get("keep_best", False)) and record["attack"] != "fgsm")
+                   bool(record.get("keep_best", False)) and record["attack"] != "fgsm",
+                   str(record.get("corruption") or ""), int(record.get("severity") or 0))
 
 
 CLEAN = Setting("clean")
