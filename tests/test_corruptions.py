@@ -104,3 +104,125 @@ def test_closed_forms(batches):
     rgb = batches["CIFAR-10-C-style"].astype(np.float32) / 255
     low = corrupt(rgb, "contrast", 5, dataset="d")
     assert np.allclose(low.mean(axis=(2, 3)), rgb.mean(axis=(2, 3)), atol=2e-3)  # clipping aside
+
+
+# ---- the study's scenario: config, records, report ------------------------------------------------------------
+
+
+def test_config_keys_are_checked_and_name_the_key():
+    from attnrobust.config import AttackConfig, load_config
+
+    assert AttackConfig().corruptions is None and AttackConfig().corruption_severities() == [1, 2, 3, 4, 5]
+    with pytest.raises(UserError, match=r"^attack\.corruptions: expected a non-empty list"):
+        AttackConfig(corruptions=["snowfall"])
+    with pytest.raises(UserError, match=r"^attack\.corruptions"):
+        AttackConfig(corruptions=[])
+    for bad in ([0], [6], [1, 1], [], [True]):
+        with pytest.raises(UserError, match=r"^attack\.severities"):
+            AttackConfig(corruptions=["all"], severities=bad)
+    # a CIFAR-10-C corruption asked of a grey 28x28 dataset: named, with the family's valid names
+    with pytest.raises(UserError, match=r"^attack\.corruptions: 'defocus_blur' is not in the MNIST-C-style set"):
+        load_config("quick", ["attack.corruptions=[\"defocus_blur\"]"])
+    cfg = load_config("quick", ["attack.corruptions=[\"all\"]", "attack.severities=[5, 1]"])
+    assert cfg.attack.corruption_severities() == [1, 5]
+    assert cfg.to_dict()["attack"]["corruptions"] == ["all"]
+    # left out, the keys leave the resolved config (and so the config.toml of runs made before them) unchanged
+    plain = load_config("quick", ["attack.corruptions=[\"all\"]"])
+    plain.attack.corruptions = None
+    assert "corruptions" not in plain.to_dict()["attack"] and "severities" not in plain.to_dict()["attack"]
+
+
+def _tiny_models():
+    import torch
+    from torch import nn
+
+    def tiny(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(4 * 14 * 14, 10)).eval()
+
+    return {"a": tiny(0), "b": tiny(1)}
+
+
+def test_corruption_records_are_paired_and_independent_of_the_batching():
+    from attnrobust.config import AttackConfig
+    from attnrobust.data import DeviceLoader, load_dataset
+    from attnrobust.evaluate import corruption_scores
+    from attnrobust.results import COUNT_KEYS, record_key, unpack_bits
+
+    x, y = load_dataset("fashion-mnist-mini", "test")
+    x, y = x[:20], y[:20]
+    cfg = AttackConfig(corruptions=["shot_noise", "rotate"], severities=[1, 5])
+    models = _tiny_models()
+
+    def run(batch):
+        return corruption_scores(models, DeviceLoader(x, y, batch_size=batch), cfg, dataset="fashion-mnist-mini",
+                                 seed=3, quiet=True, images="test[:20]")
+
+    records = run(8)
+    assert len(records) == 2 * 2 * 2 and len({record_key(r) for r in records}) == 8
+    for r in records:
+        assert (r["attack"], r["source"], r["kind"], r["seed"], r["eps"]) == ("corruption", r["target"], "white-box",
+                                                                              3, 0.0)
+        assert r["corruption_family"] == "MNIST-C-style" and r["severity"] in (1, 5)
+        robust = unpack_bits(r["robust_bits"], r["n"])
+        clean = unpack_bits(r["clean_bits"], r["n"])
+        assert r["robust_correct"] == robust.sum() and r["target_clean_correct"] == clean.sum()
+        assert r["robust_correct_on_target_clean"] == (robust & clean).sum()
+    # the same images whatever the batch size (each image seeded by its index): every count and bit equal
+    assert [{k: r[k] for k in (*COUNT_KEYS, "robust_bits", "clean_bits")} for r in run(20)] == \
+        [{k: r[k] for k in (*COUNT_KEYS, "robust_bits", "clean_bits")} for r in records]
+
+
+def _corruption_record(seed, model, corruption, severity, correct, n=200, clean=180):
+    from attnrobust.results import make_record, pack_bits
+
+    return make_record(dataset="fashion-mnist-mini", seed=seed, source=model, target=model, attack="corruption",
+                       eps=0.0, steps=None, alpha=None, random_start=False, keep_best=False, images=f"test[:{n}]",
+                       robust_bits=pack_bits([i < correct for i in range(n)]),
+                       clean_bits=pack_bits([i < clean for i in range(n)]),
+                       counts={"n": n, "target_clean_correct": clean, "source_clean_correct": clean,
+                               "both_clean_correct": clean, "robust_correct": correct,
+                               "robust_correct_on_both": min(correct, clean),
+                               "robust_correct_on_target_clean": min(correct, clean)},
+                       corruption=corruption, severity=severity, corruption_family="MNIST-C-style")
+
+
+def test_corruption_verdicts_their_own_family_and_relative_ce(tmp_path):
+    """Attention far better on fog, equal on rotate, over 3 seeds: fog 'helps', rotate n.s.; CE vs twin is the
+    ratio of errors summed over severities; the adversarial verdicts and tables do not see these records."""
+    import json
+
+    from attnrobust.report import build_report
+    from attnrobust.report.corruptions import corruption_verdicts
+
+    records = []
+    for seed in (0, 1, 2):
+        for sev in (1, 3, 5):
+            for model, fog in (("resnet14", 120 - 10 * sev), ("cbam_resnet14", 160 - 10 * sev + seed)):
+                records.append(_corruption_record(seed, model, "fog", sev, fog))
+                records.append(_corruption_record(seed, model, "rotate", sev, 150 - 10 * sev))
+    rows = {r["attack"]: r for r in corruption_verdicts(records)}
+    assert set(rows) == {"all corruptions", "fog", "rotate"}
+    assert rows["fog"]["verdict"] == "helps" and rows["fog"]["seeds"] == 3
+    assert rows["rotate"]["verdict"] == "no significant difference" and rows["rotate"]["difference"] == 0
+    assert all(r["p_holm"] >= r["p_value"] for r in rows.values())
+    # CE: twin errors (200 - 110) + (200 - 90) + (200 - 70) = 330; attention's (mean over seeds +1) = 210
+    assert rows["fog"]["relative_ce"] == pytest.approx(100 * 207 / 330)
+    assert rows["rotate"]["relative_ce"] == pytest.approx(100.0)
+    assert rows["all corruptions"]["relative_ce"] == pytest.approx((100 * 207 / 330 + 100) / 2)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report = build_report(run)
+    readme = (report / "README.md").read_text()
+    assert "## Common corruptions" in readme and "figures/corruptions_fashion-mnist-mini.png" in readme
+    assert "figures/corruption_samples_fashion-mnist-mini.png" in readme  # the shipped subset is at hand
+    assert "| fog | 5 |" in readme and "Holm family of their own" in readme
+    text = (report / "verdicts.txt").read_text()
+    assert "Common corruptions" in text and "fog" in text
+    # no adversarial rows were made from them: the adversarial table stays empty, Table II has no fog column
+    assert text.startswith("verdicts: none") and "fog" not in (report / "table2.md").read_text()
+    lines = (report / "corruptions.csv").read_text().splitlines()
+    assert lines[0] == "dataset,model,corruption,severity,seeds,accuracy_pct,ci95_pct" and len(lines) == 1 + 12
