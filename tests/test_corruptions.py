@@ -128,7 +128,7 @@ def test_config_keys_are_checked_and_name_the_key():
     assert cfg.to_dict()["attack"]["corruptions"] == ["all"]
     # left out, the keys leave the resolved config (and so the config.toml of runs made before them) unchanged
     plain = load_config("quick", ["attack.corruptions=[\"all\"]"])
-    plain.attack.corruptions = None
+    plain.attack.corruptions = plain.attack.severities = None
     assert "corruptions" not in plain.to_dict()["attack"] and "severities" not in plain.to_dict()["attack"]
 
 
@@ -169,6 +169,8 @@ def test_corruption_records_are_paired_and_independent_of_the_batching():
         clean = unpack_bits(r["clean_bits"], r["n"])
         assert r["robust_correct"] == robust.sum() and r["target_clean_correct"] == clean.sum()
         assert r["robust_correct_on_target_clean"] == (robust & clean).sum()
+    # a second job of the same process reads the corrupted batches it kept (evaluate._CORRUPTED): same records
+    assert run(8) == records
     # the same images whatever the batch size (each image seeded by its index): every count and bit equal
     assert [{k: r[k] for k in (*COUNT_KEYS, "robust_bits", "clean_bits")} for r in run(20)] == \
         [{k: r[k] for k in (*COUNT_KEYS, "robust_bits", "clean_bits")} for r in records]

@@ -419,6 +419,9 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
                           "attack": write}, pool)
             finally:
                 _CELL.clear()  # the last cell's models: not needed by the report, nor after an interruption
+                from attnrobust.evaluate import clear_corruption_cache
+
+                clear_corruption_cache()  # corrupted test images kept between attack jobs (evaluate._CORRUPTED)
 
         if not is_main:
             return run_dir
