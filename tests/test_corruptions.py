@@ -222,9 +222,30 @@ def test_corruption_verdicts_their_own_family_and_relative_ce(tmp_path):
     assert "## Common corruptions" in readme and "figures/corruptions_fashion-mnist-mini.png" in readme
     assert "figures/corruption_samples_fashion-mnist-mini.png" in readme  # the shipped subset is at hand
     assert "| fog | 5 |" in readme and "Holm family of their own" in readme
+    verdicts = readme[readme.index("## Verdicts"):readme.index("## Threat model")]
+    assert "common corruptions (3 seeds): mean corruption accuracy" in verdicts and "fog: helps" in verdicts
     text = (report / "verdicts.txt").read_text()
     assert "Common corruptions" in text and "fog" in text
     # no adversarial rows were made from them: the adversarial table stays empty, Table II has no fog column
     assert text.startswith("verdicts: none") and "fog" not in (report / "table2.md").read_text()
     lines = (report / "corruptions.csv").read_text().splitlines()
     assert lines[0] == "dataset,model,corruption,severity,seeds,accuracy_pct,ci95_pct" and len(lines) == 1 + 12
+
+
+@pytest.mark.figures
+def test_corruption_figures_are_drawn(tmp_path, batches):
+    """The two figures of the corruption section, drawn for real: small multiples and the sample mosaic."""
+    from attnrobust.report.figures import Panel, Series, image_grid, small_multiples
+
+    panels = [Panel(name, "severity", "accuracy (%)", [Series("a", [0, 1, 3], [90, 80, 60], "#1f77b4"),
+                                                         Series("b", [0, 1, 3], [88, 70, 50], "#d62728", "dashed",
+                                                                err=[None, 2.0, 3.0])], [0, 1, 3])
+              for name in ("fog", "rotate", "zigzag", "stripe", "scale", "shear")]
+    small_multiples(tmp_path / "curves.png", "severity", panels, columns=4)
+    grey = batches["MNIST-C-style"][:2]
+    image_grid(tmp_path / "grid.png", "samples", [[grey, corrupt(grey, "fog", 5, dataset="d")]], ["fog"],
+               ["clean", "5"])
+    rgb = batches["CIFAR-10-C-style"][:2]
+    image_grid(tmp_path / "rgb.png", "samples", [[rgb, rgb], [rgb, rgb]], ["a", "b"], ["clean", "1"])
+    for name in ("curves.png", "grid.png", "rgb.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -214,7 +214,8 @@ def _write(path: Path, text: str) -> None:
 
 
 def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
-    from attnrobust.report.corruptions import corruption_section, corruption_text, corruption_verdicts, is_corruption
+    from attnrobust.report.corruptions import (corruption_section, corruption_summary, corruption_text,
+                                              corruption_verdicts, is_corruption)
 
     all_records, records = records, [r for r in records if not is_corruption(r)]  # corruptions: their own section
     grid = Grid.from_records(records)
@@ -244,7 +245,8 @@ def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
     _write(out / "README.md", readme_text(ReadmeInputs(
         run_dir=run_dir, grid=grid, records=all_records, config_text=config_text, config=config, env=env,
         tables=tables, rows=rows, paired=paired, comparison=comparison, figures=minimal_figures + figures + attention,
-        notes=notes, minimal_lines=minimal_lines, corruption_lines=corruption_lines)))
+        notes=notes, minimal_lines=minimal_lines, corruption_lines=corruption_lines,
+        corruption_summary=corruption_summary(corruption_rows))))
 
 
 def build_report(run_dir: str | Path) -> Path:

@@ -28,7 +28,8 @@ from attnrobust.report.verdicts import (NONE, _aligned, _compare, _decide, atten
                                         clean_floor, format_diff, verdict_label)
 from attnrobust.results import CLEAN, Setting, file_name_part, panel_dataset
 
-__all__ = ["is_corruption", "corruption_verdicts", "corruption_text", "corruption_section", "CORRUPTION_KEYS"]
+__all__ = ["is_corruption", "corruption_verdicts", "corruption_text", "corruption_summary", "corruption_section",
+           "CORRUPTION_KEYS"]
 
 CORRUPTION = "corruption"
 ALL = "all corruptions"
@@ -122,6 +123,26 @@ def corruption_text(rows: list[dict]) -> str:
                       "severities; 'all corruptions' = mean corruption accuracy; Holm over each dataset's corruption "
                       "rows, a family of their own; CE vs twin = attention errors / twin errors summed over "
                       "severities, < 100%: attention fewer):", *_aligned([header] + body)])
+
+
+def corruption_summary(rows: list[dict]) -> list[str]:
+    """One README line per panel and attention pair, the corruption half of the answer: the verdict on the mean
+    corruption accuracy and the relative mCE, with the per-corruption verdicts that are significant."""
+    lines = []
+    for r in [r for r in rows if r["attack"] == ALL]:
+        same = [x for x in rows if (x["dataset"], x["attention_model"], x["baseline_model"]) ==
+                (r["dataset"], r["attention_model"], r["baseline_model"]) and x["attack"] != ALL]
+        significant = [f"{x['attack']}: {x['verdict']}" for x in same if x["verdict"] in ("helps", "hurts")]
+        verdict = verdict_label(r["verdict"], r["seeds"])
+        if r["withheld"]:
+            verdict += f" ({r['withheld']})"
+        ce = "" if r["relative_ce"] is None else f", relative mCE {r['relative_ce']:.1f}% of the twin's"
+        lines.append(f"- **{r['dataset']}**, {r['attention_model']} vs {r['baseline_model']}, common corruptions "
+                     f"({r['seeds']} seed{'s' if r['seeds'] != 1 else ''}): mean corruption accuracy "
+                     f"{format_diff(r)} pp: **{verdict}**{ce}"
+                     + (f"; significant per corruption: {'; '.join(significant)}" if significant else "")
+                     + " (see *Common corruptions*).")
+    return lines
 
 
 # ---- README section, tables, figures ----------------------------------------------------------------------------

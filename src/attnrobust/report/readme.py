@@ -38,6 +38,7 @@ class ReadmeInputs:
     notes: list[str]  # why figures are missing
     minimal_lines: list[str]  # the minimal-eps section's Markdown, [] when not measured
     corruption_lines: list[str] = ()  # the common-corruptions section (report/corruptions.py), () when not measured
+    corruption_summary: list[str] = ()  # its one-line answers, shown with the adversarial ones
 
 
 def _verdict_markdown(rows: list[dict]) -> str:
@@ -185,6 +186,7 @@ def readme_text(inputs: ReadmeInputs) -> str:
             "attacks crafted on a third model without attention (VGG).", ""]
     found = summaries(rows)
     out += _summary_lines(found) or ["- No attention model with its no-attention twin in the results."]
+    out += list(inputs.corruption_summary)
     out += _kinds_matrix(found)
     if rows:
         seeds = sorted({r["seeds"] for r in rows})
