@@ -113,10 +113,12 @@ def test_config_keys_are_checked_and_name_the_key():
     from attnrobust.config import AttackConfig, load_config
 
     assert AttackConfig().corruptions is None and AttackConfig().corruption_severities() == [1, 2, 3, 4, 5]
-    with pytest.raises(UserError, match=r"^attack\.corruptions: expected a non-empty list"):
+    with pytest.raises(UserError, match=r"^attack\.corruptions: expected a list of distinct names"):
         AttackConfig(corruptions=["snowfall"])
     with pytest.raises(UserError, match=r"^attack\.corruptions"):
-        AttackConfig(corruptions=[])
+        AttackConfig(corruptions=["fog", "fog"])
+    # [] turns a shipped config's corruptions off, e.g. for a dataset no family is made for
+    assert load_config("quick", ["study.datasets=['cifar10']", "attack.corruptions=[]"]).attack.corruptions == []
     for bad in ([0], [6], [1, 1], [], [True]):
         with pytest.raises(UserError, match=r"^attack\.severities"):
             AttackConfig(corruptions=["all"], severities=bad)

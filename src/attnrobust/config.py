@@ -232,7 +232,8 @@ class AttackConfig:
     sanity_n: int = 100  # images of the first batch used by the unbounded-eps check
     # Common corruptions (attnrobust.corruptions), scored white-box-free: a forward pass per corrupted image.
     # Names of the dataset's family (MNIST-C-style for grey 28x28, CIFAR-10-C-style for RGB 32x32) or "all".
-    # None (left out): none; also what keeps the resolved config.toml of older runs unchanged.
+    # None (left out) or []: none (left out also keeps the resolved config.toml of older runs unchanged; [] is how
+    # --set turns off a shipped config's corruptions, e.g. for a dataset of another shape).
     corruptions: list[str] | None = None
     severities: list[int] | None = None  # of each corruption, from 1-5; None = all five
 
@@ -282,10 +283,10 @@ class AttackConfig:
         if self.corruptions is not None:
             from attnrobust.corruptions import ALL_NAMES
 
-            if not isinstance(self.corruptions, (list, tuple)) or not self.corruptions \
+            if not isinstance(self.corruptions, (list, tuple)) \
                     or any(c not in ("all", *ALL_NAMES) for c in self.corruptions) \
                     or len(set(self.corruptions)) != len(self.corruptions):
-                raise bad("corruptions", f"expected a non-empty list of distinct names from all, "
+                raise bad("corruptions", f"expected a list of distinct names ([] for none) from all, "
                                          f"{', '.join(ALL_NAMES)}", self.corruptions)
         if self.severities is not None and (
                 not isinstance(self.severities, (list, tuple)) or not self.severities
@@ -589,7 +590,7 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
         raise UserError(f"eval.min_clean_accuracy: must be in [0, 1], got {floor}")
     if cfg.eval.workers < 1:
         raise UserError(f"eval.workers: must be a positive integer, got {cfg.eval.workers}")
-    if cfg.attack.corruptions is not None:  # each dataset's family must hold the names listed
+    if cfg.attack.corruptions:  # each dataset's family must hold the names listed
         from attnrobust.corruptions import expand_names, family_of
 
         for name in s.datasets:

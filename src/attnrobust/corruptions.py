@@ -582,7 +582,7 @@ def family_of(shape: tuple[int, ...], dataset: str = "the dataset") -> str:
             return label
     kinds = "; ".join(f"{label}: {'x'.join(map(str, k))}" for label, (k, _) in FAMILIES.items())
     raise UserError(f"attack.corruptions: no corruption family for {dataset}'s {'x'.join(map(str, shape))} images "
-                    f"(made for {kinds}); remove attack.corruptions for it")
+                    f"(made for {kinds}); set attack.corruptions = [] to score none")
 
 
 def family_names(label: str) -> list[str]:
@@ -602,7 +602,7 @@ def expand_names(names: list[str], label: str, dataset: str = "the dataset") -> 
                 out.append(name)
         else:
             raise UserError(f"attack.corruptions: {name!r} is not in the {label} set of {dataset}; valid: all, "
-                            f"{', '.join(family)}")
+                            f"{', '.join(family)} ([] for none)")
     return out
 
 
