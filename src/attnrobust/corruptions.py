@@ -524,7 +524,7 @@ CIFAR_C = {c.name: c for c in [
     Corruption("defocus_blur", defocus_blur, ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1))),
     Corruption("glass_blur", glass_blur, ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
                _APPROX_GLASS),
-    Corruption("motion_blur", motion_blur, ((10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)), _APPROX_MOTION),
+    Corruption("motion_blur", motion_blur, ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)), _APPROX_MOTION),
     Corruption("zoom_blur", zoom_blur, tuple(_r(np.arange(1, top, 0.01)) for top in (1.06, 1.11, 1.16, 1.21, 1.26))),
     Corruption("fog", fog, ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75))),
     Corruption("brightness", brightness, (0.05, 0.1, 0.15, 0.2, 0.3)),
