@@ -188,7 +188,7 @@ def _line(h: int, w: int, c0, r0, c1, r1) -> np.ndarray:
     return np.where(inside & ~vertical, line, 0.0)
 
 
-# ---- the corruptions: f(x [N, H, W, C] in [0, 1], parameters of the severity, rngs) -> x' ------------------------------
+# ---- the corruptions: f(x [N, H, W, C] in [0, 1], parameters of the severity, rngs) -> x' -----------------------
 
 
 def gaussian_noise(x, c, rngs):
@@ -500,10 +500,6 @@ class Corruption:
     published: int | None = None  # MNIST-C: the severity its published files use (its code's default)
 
 
-def _r(values) -> tuple:
-    return tuple(values)
-
-
 def _fog_256(x, c, rngs):
     return fog(x, c, rngs, mapsize=256)
 
@@ -525,7 +521,8 @@ CIFAR_C = {c.name: c for c in [
     Corruption("glass_blur", glass_blur, ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
                _APPROX_GLASS),
     Corruption("motion_blur", motion_blur, ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)), _APPROX_MOTION),
-    Corruption("zoom_blur", zoom_blur, tuple(_r(np.arange(1, top, 0.01)) for top in (1.06, 1.11, 1.16, 1.21, 1.26))),
+    Corruption("zoom_blur", zoom_blur,
+               tuple(tuple(np.arange(1, top, 0.01)) for top in (1.06, 1.11, 1.16, 1.21, 1.26))),
     Corruption("fog", fog, ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75))),
     Corruption("brightness", brightness, (0.05, 0.1, 0.15, 0.2, 0.3)),
     Corruption("contrast", contrast, (0.75, 0.5, 0.4, 0.3, 0.15)),

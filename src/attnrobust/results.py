@@ -1,6 +1,8 @@
 """Result records: the schema, the JSONL store, and a compact text table.
 
-One record per (dataset, seed, source, target, attack, eps, steps). A record stores n and the integer counts
+One record per (dataset, seed, source, target, attack, eps, steps), and for a common corruption (attack
+"corruption", source = target, eps 0; attnrobust.evaluate.corruption_scores) per (corruption, severity) too,
+both fields in the record beside `corruption_family`. A record stores n and the integer counts
 beside every ratio, and names each ratio's denominator, so a number is never read against the wrong base:
 
     robust_accuracy = robust_correct / n                    the paper's "Acc" (FGSM)
@@ -19,8 +21,9 @@ attacked test images ("test[:1000]", or a seeded subset), and `iterate` says whi
 convention) or "best-on-source" (APGD crafted on another model keeps the iterate that fooled its source).
 
 `Setting` is what a record measured, as one key (`setting_of`): the attack and its budget, iterations, step size,
-start and iterate rule, eps rounded by `eps_key`; `CLEAN` is the clean image. `load_records` reads a run's store
-for the report (an error when it is missing or empty).
+start and iterate rule, eps rounded by `eps_key`, and for a common corruption (attack "corruption") its name and
+severity; `CLEAN` is the clean image. `load_records` reads a run's store for the report (an error when it is
+missing or empty).
 """
 
 from __future__ import annotations

@@ -1,17 +1,20 @@
 """The corruption half of the report: accuracy under common corruptions (records with attack "corruption",
 attnrobust.evaluate.corruption_scores), attention vs twin.
 
-- `corruption_tables`: accuracy per corruption and severity for every model (mean ± 95% CI over seeds), its mean
-  corruption accuracy, and each attention model's corruption error relative to its twin: per corruption
-  CE = sum over severities of the attention model's error / the same sum for the twin (as ImageNet-C's CE is
-  relative to AlexNet), and their mean over corruptions (the relative mCE; < 100%: attention fewer errors);
+- the tables: accuracy per corruption and severity for every model (mean ± 95% CI over seeds), its mean
+  corruption accuracy, and each attention model's corruption error relative to its twin (`relative_ce`): per
+  corruption CE = sum over severities of the attention model's error / the same sum for the twin (as ImageNet-C's
+  CE is relative to AlexNet), and their mean over corruptions (the relative mCE; < 100%: attention fewer errors);
 - `corruption_verdicts`: the paired verdicts, one row per attention pair and corruption (accuracy averaged over its
   severities, per image) plus one over every corruption and severity (mean corruption accuracy), computed by the
   adversarial rows' own machinery (verdicts._compare: paired per image, several seeds with training noise; the
   clean-accuracy floor). The corruption rows of a panel are a Holm family of their own, separate from the
   adversarial one: they answer a different question, and joining the families would make each weaker;
-- `corruption_section`: the README section with both, the accuracy-vs-severity figure (one small panel per
-  corruption, every model) and a sample grid of the corruptions on a few test images, for a person to judge.
+- `corruption_text` / `corruption_summary`: the rows in verdicts.txt and the one-line answers beside the
+  adversarial ones in the README;
+- `corruption_section`: the README section with the tables and verdicts, the accuracy-vs-severity figure (one small
+  panel per corruption, every model) and a sample grid of the corruptions on a few test images, for a person to
+  judge.
 """
 
 from __future__ import annotations
@@ -251,7 +254,8 @@ def _sample_grid(grid: Grid, d: str, out: Path, count: int = 3) -> tuple[str | N
 
 
 def corruption_section(records: list[dict], rows: list[dict], out: Path, pairs=()) -> list[str]:
-    """The README section (a missing sample grid says why in it); writes corruptions.csv, corruption_verdicts.csv and the figures into `out`."""
+    """The README section (a missing sample grid says why in it); writes corruptions.csv, corruption_verdicts.csv
+    and the figures into `out`."""
     from attnrobust.report.readme import rows_csv
 
     corrupted = [r for r in records if is_corruption(r)]
