@@ -110,34 +110,36 @@ def _signs(rngs, k: int = 1) -> np.ndarray:
 
 def _plasma(rngs, mapsize: int, decay: float) -> np.ndarray:
     """The diamond-square height map of ImageNet-C's fog (a power-of-two square in [0, 1]), for each image:
-    [N, mapsize, mapsize], vectorised over the batch. Each image draws all its wibbles at once from its own
-    generator (mapsize^2 - 1 uniforms, used level by level: squares, then the two diamond sets)."""
+    [N, mapsize, mapsize]. Each image draws all its wibbles at once from its own generator (mapsize^2 - 1 uniforms,
+    used level by level: squares, then the two diamond sets). Vectorised over the batch with the batch as the last
+    axis and in float32: the levels write strided grids, which then move whole contiguous vectors (4-5x faster than
+    batch-first float64 for MNIST-C's 256x256 map, the costliest corruption to make)."""
     n = len(rngs)
-    m = np.zeros((n, mapsize, mapsize))
-    unit = _each(rngs, lambda r: r.uniform(-1, 1, mapsize * mapsize - 1))
+    unit = _each(rngs, lambda r: r.uniform(-1, 1, mapsize * mapsize - 1)).T.astype(np.float32)  # [draws, N]
+    m = np.zeros((mapsize, mapsize, n), np.float32)
     used, step, wibble = 0, mapsize, 100.0
 
     def wibbled(a):
         nonlocal used
-        k = a[0].size
-        noise = unit[:, used:used + k].reshape(a.shape)
+        k = a.shape[0] * a.shape[1]
+        noise = unit[used:used + k].reshape(a.shape)
         used += k
-        return a / 4 + wibble * wibble * noise  # wibble * uniform(-wibble, wibble)
+        return a / 4 + np.float32(wibble * wibble) * noise  # wibble * uniform(-wibble, wibble)
 
     while step >= 2:
         half = step // 2
-        corners = m[:, 0:mapsize:step, 0:mapsize:step]
-        square = corners + np.roll(corners, -1, axis=1)
-        square = square + np.roll(square, -1, axis=2)
-        m[:, half:mapsize:step, half:mapsize:step] = wibbled(square)
-        dr = m[:, half:mapsize:step, half:mapsize:step]
-        ul = m[:, 0:mapsize:step, 0:mapsize:step]
-        m[:, 0:mapsize:step, half:mapsize:step] = wibbled(dr + np.roll(dr, 1, axis=1) + ul + np.roll(ul, -1, axis=2))
-        m[:, half:mapsize:step, 0:mapsize:step] = wibbled(dr + np.roll(dr, 1, axis=2) + ul + np.roll(ul, -1, axis=1))
+        corners = m[0:mapsize:step, 0:mapsize:step]
+        square = corners + np.roll(corners, -1, axis=0)
+        square = square + np.roll(square, -1, axis=1)
+        m[half:mapsize:step, half:mapsize:step] = wibbled(square)
+        dr = m[half:mapsize:step, half:mapsize:step]
+        ul = m[0:mapsize:step, 0:mapsize:step]
+        m[0:mapsize:step, half:mapsize:step] = wibbled(dr + np.roll(dr, 1, axis=0) + ul + np.roll(ul, -1, axis=1))
+        m[half:mapsize:step, 0:mapsize:step] = wibbled(dr + np.roll(dr, 1, axis=1) + ul + np.roll(ul, -1, axis=0))
         step //= 2
         wibble /= decay
-    m -= m.min(axis=(1, 2), keepdims=True)
-    return m / m.max(axis=(1, 2), keepdims=True)
+    m -= m.min(axis=(0, 1), keepdims=True)
+    return (m / m.max(axis=(0, 1), keepdims=True)).transpose(2, 0, 1).astype(np.float64)
 
 
 def _scale_hsv(x: np.ndarray, saturation: tuple[float, float] | None = None, value_add: float = 0.0) -> np.ndarray:
