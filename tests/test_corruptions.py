@@ -276,3 +276,26 @@ def test_hsv_corruptions_equal_the_hsv_round_trip(batches, name):
             else:
                 s = min(max(s * c[0] + c[1], 0.0), 1.0)
             assert np.allclose(out[n, :, i, j], colorsys.hsv_to_rgb(h, s, v), atol=1e-6), (severity, n, i, j)
+
+
+def test_attack_verb_scores_corruptions(tmp_path, capsys):
+    import torch
+
+    from attnrobust.checkpoint import save_checkpoint
+    from attnrobust.cli import main
+    from attnrobust.models import build_model
+    from attnrobust.results import read_records
+
+    torch.manual_seed(0)  # an untrained model will do: the records' shape is under test, not the accuracy
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", build_model("resnet14", 10, in_channels=1, width=2),
+                           {"dataset": "fashion-mnist-mini", "num_classes": 10, "seed": 0})
+    out = tmp_path / "records.jsonl"
+    assert main(["attack", str(ckpt), "--attacks", "fgsm", "--fgsm-eps", "0.1", "--num-images", "16", "--quiet",
+                 "--corruptions", "fog,rotate", "--severities", "1,5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    records = [r for r in read_records(out) if r["attack"] == "corruption"]
+    assert sorted((r["corruption"], r["severity"]) for r in records) == [("fog", 1), ("fog", 5), ("rotate", 1),
+                                                                         ("rotate", 5)]
+    assert "fog 5" in printed and all(r["n"] == 16 for r in records)
+    assert main(["attack", str(ckpt), "--attacks", "fgsm", "--num-images", "16", "--corruptions", "snow"]) == 2
+    assert "attack.corruptions" in capsys.readouterr().err

@@ -327,7 +327,8 @@ def format_records(records: Iterable[dict[str, Any]]) -> str:
     rows = []
     for r in records:
         failed = [name for name, flag in r.get("flags", {}).items() if not flag.get("ok", True)]
-        rows.append((r["source"], r["target"], r["kind"], r["attack"], f"{r['eps']:g}",
+        attack = f"{r['corruption']} {r['severity']}" if "corruption" in r else r["attack"]  # a common corruption
+        rows.append((r["source"], r["target"], r["kind"], attack, f"{r['eps']:g}",
                      "-" if r["steps"] is None else str(r["steps"]), str(r["n"]), _pct(r["clean_accuracy"]),
                      _pct(r["robust_accuracy"]), _pct(r["error"]), _pct(r["success_rate"]),
                      _pct(r["accuracy_on_both_correct"]),
