@@ -2,9 +2,11 @@
 attnrobust.evaluate.corruption_scores), attention vs twin.
 
 - the tables: accuracy per corruption and severity for every model (mean ± 95% CI over seeds), its mean
-  corruption accuracy, and each attention model's corruption error relative to its twin (`relative_ce`): per
+  corruption accuracy, and each attention model's corruption error relative to its twin (`ce_vs_twin`): per
   corruption CE = sum over severities of the attention model's error / the same sum for the twin (as ImageNet-C's
-  CE is relative to AlexNet), and their mean over corruptions (the relative mCE; < 100%: attention fewer errors);
+  CE is relative to AlexNet), and their mean over corruptions (mCE; < 100%: attention fewer errors); beside it
+  Hendrycks & Dietterich's *relative* CE, each error minus the model's clean error (the drop the corruption
+  causes, without the clean accuracy's confound);
 - `corruption_verdicts`: the paired verdicts, one row per attention pair and corruption (accuracy averaged over its
   severities, per image) plus one over every corruption and severity (mean corruption accuracy), computed by the
   adversarial rows' own machinery (verdicts._compare: paired per image, several seeds with training noise; the
@@ -38,7 +40,7 @@ CORRUPTION = "corruption"
 ALL = "all corruptions"
 CORRUPTION_KEYS = ["dataset", "attention_model", "baseline_model", "attack", "seeds", "n", "attention_accuracy",
                    "baseline_accuracy", "difference", "ci_low", "ci_high", "p_value", "p_holm", "verdict",
-                   "indicative", "withheld", "method", "relative_ce"]
+                   "indicative", "withheld", "method", "ce_vs_twin", "relative_ce_vs_twin"]
 
 
 def is_corruption(record: dict) -> bool:
@@ -74,20 +76,27 @@ def _mean_accuracy(grid: Grid, d: str, model: str, settings: list[Setting]) -> t
     return mean_ci([100 * float(v) for v in complete]) if complete else None
 
 
-def relative_ce(grid: Grid, d: str, attn: str, base: str, settings: list[Setting]) -> float | None:
+def ce_vs_twin(grid: Grid, d: str, attn: str, base: str, settings: list[Setting],
+               relative: bool = False) -> float | None:
     """Sum over `settings` of the attention model's error / the same sum of its twin's (errors averaged over
-    seeds), in percent; None when the twin makes no error at all."""
+    seeds), in percent; relative: each error minus the model's clean error (ImageNet-C's "relative CE"). None
+    when the twin's sum is not positive (no errors, or relative: the corruption cost the twin nothing, so there
+    is no drop to compare with)."""
     def errors(model):
+        clean = grid.summary(d, model, model, CLEAN)
         values = [100 - grid.summary(d, model, model, s)[0] for s in settings if grid.runs(d, model, model, s)]
-        return sum(values) if len(values) == len(settings) else None
+        if len(values) != len(settings) or (relative and clean is None):
+            return None
+        return sum(values) - (len(values) * (100 - clean[0]) if relative else 0.0)
 
     a, b = errors(attn), errors(base)
-    return None if a is None or b is None or b == 0 else 100 * a / b
+    return None if a is None or b is None or b <= 0 else 100 * a / b
 
 
 def corruption_verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=()) -> list[dict]:
     """One row per panel x (attention model, twin) x measure (each corruption over its severities, and all of
-    them); keys as verdicts.verdicts' rows (scenario "corruptions", attack = the measure) plus relative_ce."""
+    them); keys as verdicts.verdicts' rows (scenario "corruptions", attack = the measure) plus ce_vs_twin and
+    relative_ce_vs_twin (means over the row's corruptions)."""
     grid = Grid.from_records([r for r in records if is_corruption(r)])
     out = []
     for d in grid.datasets():
@@ -100,13 +109,15 @@ def corruption_verdicts(records: list[dict], *, min_clean_accuracy: float | None
                 row = _compare(grid, d, (attn, attn), (base, base), chosen, floor)
                 if row is None:
                     continue
-                ce = [relative_ce(grid, d, attn, base, [s for s in chosen if s.corruption == c])
-                      for c in dict.fromkeys(s.corruption for s in chosen)]
+                by_name = [[s for s in chosen if s.corruption == c] for c in dict.fromkeys(s.corruption for s in chosen)]
+                ce = [ce_vs_twin(grid, d, attn, base, group) for group in by_name]
+                relative = [ce_vs_twin(grid, d, attn, base, group, relative=True) for group in by_name]
                 family.append({"dataset": d, "attention_model": attn, "baseline_model": base,
                                "scenario": "corruptions", "attack": measure,
                                "compared": f"{attn} vs {base} on the same corrupted test images", **row,
                                # the mean of the per-corruption CEs: ImageNet-C's mCE, relative to the twin
-                               "relative_ce": None if None in ce else float(np.mean(ce))})
+                               "ce_vs_twin": None if None in ce else float(np.mean(ce)),
+                               "relative_ce_vs_twin": None if None in relative else float(np.mean(relative))})
         _decide(family)  # Holm over this panel's corruption rows only: their own family
         out += family
     return out
@@ -121,7 +132,7 @@ def corruption_text(rows: list[dict]) -> str:
     body = [[r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", r["attack"], str(r["seeds"]),
              format_diff(r), "-" if r["p_holm"] is None else f"{r['p_holm']:.3g}",
              verdict_label(r["verdict"], r["seeds"]).replace(NONE, "n.s."),
-             "-" if r["relative_ce"] is None else f"{r['relative_ce']:.1f}%"] for r in rows]
+             "-" if r["ce_vs_twin"] is None else f"{r['ce_vs_twin']:.1f}%"] for r in rows]
     return "\n".join(["", "", "Common corruptions (accuracy, attention minus twin, per image, averaged over the "
                       "severities; 'all corruptions' = mean corruption accuracy; Holm over each dataset's corruption "
                       "rows, a family of their own; CE vs twin = attention errors / twin errors summed over "
@@ -130,7 +141,7 @@ def corruption_text(rows: list[dict]) -> str:
 
 def corruption_summary(rows: list[dict]) -> list[str]:
     """One README line per panel and attention pair, the corruption half of the answer: the verdict on the mean
-    corruption accuracy and the relative mCE, with the per-corruption verdicts that are significant."""
+    corruption accuracy and the mCE relative to the twin, with the per-corruption verdicts that are significant."""
     lines = []
     for r in [r for r in rows if r["attack"] == ALL]:
         same = [x for x in rows if (x["dataset"], x["attention_model"], x["baseline_model"]) ==
@@ -139,7 +150,7 @@ def corruption_summary(rows: list[dict]) -> list[str]:
         verdict = verdict_label(r["verdict"], r["seeds"])
         if r["withheld"]:
             verdict += f" ({r['withheld']})"
-        ce = "" if r["relative_ce"] is None else f", relative mCE {r['relative_ce']:.1f}% of the twin's"
+        ce = "" if r["ce_vs_twin"] is None else f", mCE {r['ce_vs_twin']:.1f}% of the twin's"
         lines.append(f"- **{r['dataset']}**, {r['attention_model']} vs {r['baseline_model']}, common corruptions "
                      f"({r['seeds']} seed{'s' if r['seeds'] != 1 else ''}): mean corruption accuracy "
                      f"{format_diff(r)} pp: **{verdict}**{ce}"
@@ -181,12 +192,14 @@ def _ce_table(grid: Grid, d: str, pairs) -> str | None:
     settings = _settings(grid, d)
     rows = []
     for attn, base in attention_pairs(grid.models(d), pairs):
-        ces = [relative_ce(grid, d, attn, base, [s for s in settings if s.corruption == c]) for c in _names(grid, d)]
-        mean = None if None in ces else float(np.mean(ces))
-        rows.append([f"{attn} vs {base}"] + ["-" if v is None else f"{v:.1f}" for v in ces + [mean]])
+        for relative, what in ((False, "CE"), (True, "relative CE")):
+            ces = [ce_vs_twin(grid, d, attn, base, [s for s in settings if s.corruption == c], relative)
+                   for c in _names(grid, d)]
+            mean = None if None in ces else float(np.mean(ces))
+            rows.append([f"{attn} vs {base}", what] + ["-" if v is None else f"{v:.1f}" for v in ces + [mean]])
     if not rows:
         return None
-    return markdown_table(["attention vs twin"] + _names(grid, d) + ["mean (relative mCE)"], rows)
+    return markdown_table(["attention vs twin", ""] + _names(grid, d) + ["mean (mCE)"], rows)
 
 
 def _verdict_markdown(rows: list[dict]) -> str:
@@ -196,7 +209,7 @@ def _verdict_markdown(rows: list[dict]) -> str:
              f"{r['attention_accuracy']:.2f}", f"{r['baseline_accuracy']:.2f}", format_diff(r),
              "-" if r["p_holm"] is None else f"{r['p_holm']:.3g}",
              f"**{verdict_label(r['verdict'], r['seeds'])}**",
-             "-" if r["relative_ce"] is None else f"{r['relative_ce']:.1f}"] for r in rows]
+             "-" if r["ce_vs_twin"] is None else f"{r['ce_vs_twin']:.1f}"] for r in rows]
     return markdown_table(header, body)
 
 
@@ -276,7 +289,7 @@ def corruption_section(records: list[dict], rows: list[dict], out: Path, pairs=(
                   "dataset are one Holm family of their own (family-wise error 5%), separate from the adversarial "
                   "family. *CE vs twin*: the attention model's errors summed over severities / its twin's "
                   "(< 100%: fewer errors; ImageNet-C's CE is relative to AlexNet in the same way); on the *all "
-                  "corruptions* row, their mean (relative mCE). Also in "
+                  "corruptions* row, their mean (mCE). Also in "
                   "[corruption_verdicts.csv](corruption_verdicts.csv).", "", _verdict_markdown(rows), ""]
     csv_rows, notes = [], []
     for d in grid.datasets():
@@ -287,8 +300,12 @@ def corruption_section(records: list[dict], rows: list[dict], out: Path, pairs=(
                   "[corruptions.csv](corruptions.csv).", "", table, ""]
         ce = _ce_table(grid, d, pairs)
         if ce is not None:
-            lines += ["Corruption error relative to the twin (%), per corruption (sum over severities):", "", ce,
-                      ""]
+            lines += ["Corruption error of each attention model relative to its twin (%), per corruption: *CE* = "
+                      "its errors summed over the severities / the twin's (ImageNet-C's CE, relative to AlexNet, "
+                      "made relative to the twin); *relative CE* = the same with each model's clean error "
+                      "subtracted from every error first (Hendrycks & Dietterich's relative CE: the drop the "
+                      "corruption causes, without the clean accuracy's confound). Below 100: fewer errors than "
+                      "the twin.", "", ce, ""]
         figure = _severity_figure(grid, d, out)
         if figure is not None:
             caption = f"{d}: accuracy against severity, one panel per corruption (attention models solid)"
