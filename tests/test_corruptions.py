@@ -208,15 +208,16 @@ def test_corruption_verdicts_their_own_family_and_ce_vs_twin(tmp_path):
             for model, fog in (("resnet14", 120 - 10 * sev), ("cbam_resnet14", 160 - 10 * sev + seed)):
                 records.append(_corruption_record(seed, model, "fog", sev, fog))
                 records.append(_corruption_record(seed, model, "rotate", sev, 150 - 10 * sev))
+                records.append(_corruption_record(seed, model, "stripe", sev, 25 - sev))  # ~10%: chance
     rows = {r["attack"]: r for r in corruption_verdicts(records)}
-    assert set(rows) == {"all corruptions", "fog", "rotate"}
+    assert set(rows) == {"all corruptions", "fog", "rotate", "stripe"}
     assert rows["fog"]["verdict"] == "helps" and rows["fog"]["seeds"] == 3
     assert rows["rotate"]["verdict"] == "no significant difference" and rows["rotate"]["difference"] == 0
     assert all(r["p_holm"] >= r["p_value"] for r in rows.values())
     # CE: twin errors (200 - 110) + (200 - 90) + (200 - 70) = 330; attention's (mean over seeds +1) = 210
     assert rows["fog"]["ce_vs_twin"] == pytest.approx(100 * 207 / 330)
     assert rows["rotate"]["ce_vs_twin"] == pytest.approx(100.0)
-    assert rows["all corruptions"]["ce_vs_twin"] == pytest.approx((100 * 207 / 330 + 100) / 2)
+    assert rows["all corruptions"]["ce_vs_twin"] == pytest.approx((100 * 207 / 330 + 100 + 100) / 3)
     # relative CE: the clean error (20 of 200 images for both) subtracted from each of the 3 severities' errors
     assert rows["fog"]["relative_ce_vs_twin"] == pytest.approx(100 * (207 - 3 * 20) / (330 - 3 * 20))
 
@@ -228,6 +229,7 @@ def test_corruption_verdicts_their_own_family_and_ce_vs_twin(tmp_path):
     assert "## Common corruptions" in readme and "figures/corruptions_fashion-mnist-mini.png" in readme
     assert "figures/corruption_samples_fashion-mnist-mini.png" in readme  # the shipped subset is at hand
     assert "| fog | 5 |" in readme and "Holm family of their own" in readme
+    assert "**At chance**: stripe:" in readme  # 10 classes: 11-12% at every severity, for both models
     verdicts = readme[readme.index("## Verdicts"):readme.index("## Threat model")]
     assert "common corruptions (3 seeds): mean corruption accuracy" in verdicts and "fog: helps" in verdicts
     text = (report / "verdicts.txt").read_text()
@@ -235,7 +237,7 @@ def test_corruption_verdicts_their_own_family_and_ce_vs_twin(tmp_path):
     # no adversarial rows were made from them: the adversarial table stays empty, Table II has no fog column
     assert text.startswith("verdicts: none") and "fog" not in (report / "table2.md").read_text()
     lines = (report / "corruptions.csv").read_text().splitlines()
-    assert lines[0] == "dataset,model,corruption,severity,seeds,accuracy_pct,ci95_pct" and len(lines) == 1 + 12
+    assert lines[0] == "dataset,model,corruption,severity,seeds,accuracy_pct,ci95_pct" and len(lines) == 1 + 18
 
 
 @pytest.mark.figures

@@ -213,6 +213,23 @@ def _verdict_markdown(rows: list[dict]) -> str:
     return markdown_table(header, body)
 
 
+def _at_chance(grid: Grid, d: str, margin: float = 5.0) -> list[str]:
+    """The corruptions at which every model is within `margin` pp of chance (1 / classes) at every severity."""
+    from attnrobust.data import get_spec
+
+    try:
+        chance = 100 / get_spec(panel_dataset(d)).num_classes
+    except UserError:  # a user dataset no longer at hand: nothing said
+        return []
+    settings = _settings(grid, d)
+    out = []
+    for c in _names(grid, d):
+        values = [grid.summary(d, m, m, s) for m in grid.models(d) for s in settings if s.corruption == c]
+        if values and all(v is not None and v[0] <= chance + margin for v in values):
+            out.append(c)
+    return out
+
+
 def _severity_figure(grid: Grid, d: str, out: Path) -> str | None:
     from attnrobust.report.figures import PALETTE, Panel, Series, small_multiples
     from attnrobust.report.grid import registered_info
@@ -306,6 +323,11 @@ def corruption_section(records: list[dict], rows: list[dict], out: Path, pairs=(
                       "subtracted from every error first (Hendrycks & Dietterich's relative CE: the drop the "
                       "corruption causes, without the clean accuracy's confound). Below 100: fewer errors than "
                       "the twin.", "", ce, ""]
+        floor = _at_chance(grid, d)
+        if floor:
+            lines += [f"**At chance**: {', '.join(floor)}: every model is within 5 pp of chance accuracy at every "
+                      f"severity, so these corruptions cannot tell the models apart (a floor, not evidence); their "
+                      f"verdict rows test nothing.", ""]
         figure = _severity_figure(grid, d, out)
         if figure is not None:
             caption = f"{d}: accuracy against severity, one panel per corruption (attention models solid)"
