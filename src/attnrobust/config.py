@@ -230,7 +230,7 @@ class AttackConfig:
     autoattack_targets: int = 3
     sanity_checks: bool = True  # gradient-masking flags (costs one small eps = 1 PGD run per source)
     sanity_n: int = 100  # images of the first batch used by the unbounded-eps check
-    # Common corruptions (attnrobust.corruptions), scored white-box-free: a forward pass per corrupted image.
+    # Common corruptions (attnrobust.corruptions): nothing is crafted on a model, a forward pass per corrupted image.
     # Names of the dataset's family (MNIST-C-style for grey 28x28, CIFAR-10-C-style for RGB 32x32) or "all".
     # None (left out) or []: none (left out also keeps the resolved config.toml of older runs unchanged; [] is how
     # --set turns off a shipped config's corruptions, e.g. for a dataset of another shape).

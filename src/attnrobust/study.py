@@ -221,11 +221,12 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     # Common corruptions, on all attacked images (a forward pass each, as cheap as FGSM), scored on the source only:
     # a corrupted image depends on no model, so scoring every model of the cell here would do the cell's other
     # jobs' work, and their records (source = that model) would mark those jobs done before they ran.
-    x, y, name = everything
-    loader = DeviceLoader(x, y, batch_size=cfg.eval.batch_size, device=device, rank=rank, world_size=world_size,
-                          equal_shards=False)
-    records += corruption_scores(source, loader, cfg.attack, dataset=job.dataset, seed=job.seed, device=device,
-                                 quiet=quiet, images=name)
+    if cfg.attack.corruptions:
+        x, y, name = everything
+        loader = DeviceLoader(x, y, batch_size=cfg.eval.batch_size, device=device, rank=rank,
+                              world_size=world_size, equal_shards=False)
+        records += corruption_scores(source, loader, cfg.attack, dataset=job.dataset, seed=job.seed,
+                                     device=device, quiet=quiet, images=name)
     return with_regime(records, job.regime)
 
 
