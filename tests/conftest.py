@@ -37,7 +37,16 @@ def use_placeholder_figures(patch: pytest.MonkeyPatch) -> None:
         Path(path).write_bytes(b"")
         return f"attention maps of {Path(checkpoint).name} (not drawn in this test)"
 
+    def placeholder_small_multiples(path, title, panels, columns=5):
+        placeholder_curves(path, title, panels)
+
+    def placeholder_image_grid(path, title, rows, row_labels, col_labels):
+        assert len(rows) == len(row_labels) and all(len(r) == len(col_labels) for r in rows), title
+        Path(path).write_bytes(b"")
+
     patch.setattr(figures, "curves", placeholder_curves)
+    patch.setattr(figures, "small_multiples", placeholder_small_multiples)
+    patch.setattr(figures, "image_grid", placeholder_image_grid)
     patch.setattr(figures, "attention_figure", placeholder_attention)
 
 

@@ -54,8 +54,13 @@ def test_tiny_study_writes_every_report_file(tiny_run):
             assert (report / f"{table}{suffix}").is_file(), table + suffix
     assert list(report.glob("figures/*.png"))
     records = read_records(tiny_run / "results.jsonl")
-    # 3 sources x 3 targets x (3 FGSM eps + 3 PGD step counts), and each model's minimal eps (white-box)
-    assert len(records) == 3 * 3 * (3 + 3) + 3
+    # 3 sources x 3 targets x (3 FGSM eps + 3 PGD step counts), each model's minimal eps (white-box), and each
+    # model's accuracy under the quick config's 4 corruptions at 3 severities (scored in its own attack job)
+    assert len(records) == 3 * 3 * (3 + 3) + 3 + 3 * 4 * 3
+    corrupted = [r for r in records if r["attack"] == "corruption"]
+    assert {(r["source"], r["target"]) for r in corrupted} == {(m, m) for m in MODELS}
+    assert {r["clean_bits"] for r in corrupted if r["source"] == "resnet14"} == \
+        {r["clean_bits"] for r in records if r["attack"] == "fgsm" and r["target"] == "resnet14"}
     assert {r["source"] for r in records if r["attack"] == "minimal"} == set(MODELS)
     assert {(r["source"], r["target"]) for r in records} == {(s, t) for s in MODELS for t in MODELS}
     with open(report / "table2.csv", newline="") as f:
@@ -67,6 +72,7 @@ def test_tiny_study_writes_every_report_file(tiny_run):
     assert "| cbam_resnet14 vs resnet14 | white-box | MINIMAL |" in verdicts
     assert "indicative, 1 seed" in verdicts or "withheld" in verdicts
     assert "every pixel of the 1x28x28" in readme  # the threat model: the dataset's own pixels
+    assert "## Common corruptions" in readme and (report / "corruption_verdicts.csv").is_file()
 
 
 def test_rerun_of_finished_study_does_nothing_new(tiny_run):
@@ -100,7 +106,8 @@ def test_interrupted_study_resumes_to_the_same_results(tiny_run, tmp_path, monke
     monkeypatch.setattr(evaluate, "craft_and_score", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_study("quick", out=out, overrides=TINY, quiet=True)
-    assert len(read_records(out / "results.jsonl")) == 3 * (3 + 3) + 1  # the first job only, whole (+ minimal)
+    # the first job only, whole (+ minimal, + 4 corruptions x 3 severities)
+    assert len(read_records(out / "results.jsonl")) == 3 * (3 + 3) + 1 + 4 * 3
     monkeypatch.setattr(evaluate, "craft_and_score", real_craft)
     run_study("quick", out=out, overrides=TINY, quiet=True)
     assert _stable(read_records(out / "results.jsonl")) == _stable(read_records(tiny_run / "results.jsonl"))

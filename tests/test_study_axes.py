@@ -28,7 +28,8 @@ def test_workers_run_jobs_side_by_side_with_one_thread_each(tmp_path):
                                                             ("train", "resnet14"), ("train", "vgg16_bn")]
     assert {(j["threads"], j["workers"]) for j in jobs} == {(1, 2)}
     records = read_records(out / "results.jsonl")
-    assert len(records) == 2 * 2 * 3 and not (out / ".lock").exists()
+    # 2 sources x 2 targets x 3 FGSM eps, and each model under the quick config's 4 corruptions x 3 severities
+    assert len(records) == 2 * 2 * 3 + 2 * 4 * 3 and not (out / ".lock").exists()
 
 
 def test_attack_jobs_start_once_their_cell_is_trained(tmp_path, monkeypatch):
@@ -137,7 +138,8 @@ def test_regimes_are_a_study_axis_and_never_mix(tmp_path):
     records = read_records(out / "results.jsonl")
     adversarial = [r for r in records if r.get("regime") == "FGSM-RS eps 0.1"]
     standard = [r for r in records if "regime" not in r]
-    assert len(adversarial) == len(standard) == 2 * 2 * 3  # 2 sources x 2 targets x 3 FGSM eps, per regime
+    # per regime: 2 sources x 2 targets x 3 FGSM eps, and each model under 4 corruptions x 3 severities
+    assert len(adversarial) == len(standard) == 2 * 2 * 3 + 2 * 4 * 3
     report = (out / "report" / "README.md").read_text()
     assert "fashion-mnist-mini · FGSM-RS eps 0.1" in report
     # the side-by-side matrix: one row for the CBAM pair, a white-box and a transfer column per regime
@@ -155,7 +157,8 @@ def test_widths_are_a_study_axis_and_never_mix(tmp_path):
     scored on models of the crafting model's width, the report has a panel per width, and ls names the widths."""
     out = tmp_path / "widths"
     run_study("quick", out=out, overrides=[*TINY, "study.widths=[4, 8]", 'attack.attacks=["fgsm"]',
-                                           "study.models=['resnet14','cbam_resnet14']"], quiet=True)
+                                           "attack.corruptions=[]", "study.models=['resnet14','cbam_resnet14']"],
+              quiet=True)
     names = sorted(p.name for p in (out / "checkpoints").glob("*.safetensors"))
     # width 8 is the fashion-mnist-mini recipe's: its names carry no width part
     assert names == ["fashion-mnist-mini-cbam_resnet14-s0-w4.safetensors",

@@ -49,6 +49,10 @@ def _add_attack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pgd-eps", type=float, default=None, help="PGD/APGD L-inf budget (default: 0.2)")
     p.add_argument("--pgd-alpha", type=float, default=None, help="PGD step size (default: 0.01)")
     p.add_argument("--pgd-steps", type=_ints, default=None, help="PGD iteration counts (default: 5,10,20)")
+    p.add_argument("--corruptions", default=None,
+                   help="also score common corruptions: comma-separated names of the dataset's family, or all "
+                        "(MNIST-C-style for grey 28x28, CIFAR-10-C-style for RGB 32x32; docs/corruptions.md)")
+    p.add_argument("--severities", type=_ints, default=None, help="corruption severities, of 1-5 (default: all)")
     p.add_argument("--random-start", action="store_true", help="PGD starts at a random point of the eps-ball")
     p.add_argument("--keep-best", action="store_true",
                    help="count a sample as broken once any iterate fools the model (AutoAttack's convention)")
@@ -184,7 +188,9 @@ def _attack_config(args: argparse.Namespace):
     names = [a.strip() for a in args.attacks.split(",") if a.strip()]
     given = dict(fgsm_eps=args.fgsm_eps, pgd_eps=args.pgd_eps, pgd_alpha=args.pgd_alpha,
                  pgd_steps=args.pgd_steps, autoattack_eps=args.autoattack_eps,
-                 minimal_max_eps=args.minimal_max_eps)
+                 minimal_max_eps=args.minimal_max_eps, severities=args.severities,
+                 corruptions=None if args.corruptions is None else
+                 [c.strip() for c in args.corruptions.split(",") if c.strip()])
     cfg = AttackConfig(attacks=names, random_start=args.random_start, keep_best=args.keep_best,
                        **{k: v for k, v in given.items() if v is not None})
     return cfg

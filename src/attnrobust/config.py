@@ -232,6 +232,15 @@ class AttackConfig:
     autoattack_targets: int = 3
     sanity_checks: bool = True  # gradient-masking flags (costs one small eps = 1 PGD run per source)
     sanity_n: int = 100  # images of the first batch used by the unbounded-eps check
+    # Common corruptions (attnrobust.corruptions): nothing is crafted on a model, a forward pass per corrupted image.
+    # Names of the dataset's family (MNIST-C-style for grey 28x28, CIFAR-10-C-style for RGB 32x32) or "all".
+    # None (left out) or []: none (left out also keeps the resolved config.toml of older runs unchanged; [] is how
+    # --set turns off a shipped config's corruptions, e.g. for a dataset of another shape).
+    corruptions: list[str] | None = None
+    severities: list[int] | None = None  # of each corruption, from 1-5; None = all five
+
+    def corruption_severities(self) -> list[int]:
+        return sorted(self.severities) if self.severities is not None else [1, 2, 3, 4, 5]
 
     def __post_init__(self) -> None:
         self.validate()  # an AttackConfig is valid from birth: the stages that receive one never re-check it
@@ -273,6 +282,19 @@ class AttackConfig:
                      "autoattack_targets"):
             if not positive_int(getattr(self, name)):
                 raise bad(name, "expected a positive integer", getattr(self, name))
+        if self.corruptions is not None:
+            from attnrobust.corruptions import ALL_NAMES
+
+            if not isinstance(self.corruptions, (list, tuple)) \
+                    or any(c not in ("all", *ALL_NAMES) for c in self.corruptions) \
+                    or len(set(self.corruptions)) != len(self.corruptions):
+                raise bad("corruptions", f"expected a list of distinct names ([] for none) from all, "
+                                         f"{', '.join(ALL_NAMES)}", self.corruptions)
+        if self.severities is not None and (
+                not isinstance(self.severities, (list, tuple)) or not self.severities
+                or any(not positive_int(s) or s > 5 for s in self.severities)
+                or len(set(self.severities)) != len(self.severities)):
+            raise bad("severities", "expected a non-empty list of distinct integers from 1 to 5", self.severities)
         return self
 
     def settings(self) -> list[dict[str, Any]]:
@@ -584,6 +606,12 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
         raise UserError(f"eval.min_clean_accuracy: must be in [0, 1], got {floor}")
     if cfg.eval.workers < 1:
         raise UserError(f"eval.workers: must be a positive integer, got {cfg.eval.workers}")
+    if cfg.attack.corruptions:  # each dataset's family must hold the names listed
+        from attnrobust.corruptions import expand_names, family_of
+
+        for name in s.datasets:
+            spec = get_spec(name, data_dir)
+            expand_names(cfg.attack.corruptions, family_of((spec.channels, spec.height, spec.width), name), name)
     unused = [k for k in cfg.train.get("model_args", {}) if not any(k in model_options(m) for m in s.models)]
     if unused:
         raise UserError(f"train.model_args.{unused[0]}: no model of the study takes it; valid: "

@@ -23,17 +23,19 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from attnrobust.attacks import apgd, attack_hygiene, fgsm, minimal_eps, pgd, predict, robust_accuracy_curve, worst_case
 from attnrobust.config import AttackConfig
+from attnrobust.corruptions import corrupt
 from attnrobust.distributed import all_sum_, dist_info, init_distributed, is_distributed
 from attnrobust.errors import UserError
 from attnrobust.results import COUNT_KEYS, eps_key, make_record, pack_bits, pack_floats, regime_of, width_of
 
-__all__ = ["clean_accuracy", "craft_and_score", "white_box", "white_box_measures", "sanity_flags",
-           "evaluate_checkpoints"]
+__all__ = ["clean_accuracy", "craft_and_score", "white_box", "white_box_measures", "corruption_scores",
+           "sanity_flags", "evaluate_checkpoints"]
 
 # Measured white-box only, per image, beside the paper's grid: not transferred (see white_box_measures).
 WHITE_BOX_MEASURES = ("minimal", "autoattack")
@@ -284,6 +286,81 @@ def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: 
     return records
 
 
+# Corrupted test images made in this process, kept for the next attack job of the study: a corrupted image depends
+# on no model, and every job of a study (each source model and seed) scores the same ones. In bytes, up to
+# CORRUPTION_CACHE_BYTES: all fifteen MNIST-C-style corruptions at five severities on Fashion-MNIST's 10,000 test
+# images take 588 MB; beyond the budget, batches are made anew each time (same bytes: they are seeded per image).
+CORRUPTION_CACHE_BYTES = 1 << 30
+_CORRUPTED: dict[tuple, np.ndarray] = {}
+
+
+def _corrupted(pixels: np.ndarray, name: str, severity: int, dataset: str, where: np.ndarray) -> np.ndarray:
+    import hashlib
+
+    key = (dataset, name, severity, pixels.shape, hashlib.sha256(where.tobytes() + pixels.tobytes()).hexdigest())
+    if key in _CORRUPTED:
+        return _CORRUPTED[key]
+    out = corrupt(pixels, name, severity, dataset=dataset, indices=where)
+    if sum(a.nbytes for a in _CORRUPTED.values()) + out.nbytes <= CORRUPTION_CACHE_BYTES:
+        _CORRUPTED[key] = out
+    return out
+
+
+def clear_corruption_cache() -> None:
+    _CORRUPTED.clear()
+
+
+def corruption_scores(models: dict[str, nn.Module], loader, cfg: AttackConfig, *, dataset: str, seed: int = 0,
+                      device=None, quiet: bool = False, images: str = "test") -> list[dict[str, Any]]:
+    """Each model's accuracy on the test images under every corruption and severity cfg asks for (attnrobust.
+    corruptions), one record per (model, corruption, severity): attack "corruption", `corruption`, `severity` and
+    `corruption_family` ("MNIST-C-style" / "CIFAR-10-C-style"), eps 0, source = target = the model (kind
+    "white-box": nothing is crafted on a model), per-image outcomes in robust_bits beside clean_bits.
+
+    A corrupted batch does not depend on the model: it is made once per batch and scored on every model given
+    (a forward pass per model and corrupted image). The images' corruptions are seeded by the dataset name and
+    their positions in the split (`loader.indices`), never by the training seed: every model and seed sees the
+    same corrupted test set. `seed` is the training seed the records carry."""
+    from attnrobust.corruptions import expand_names, family_of
+
+    if not cfg.corruptions:
+        return []
+    shape = tuple(loader.images.shape[1:])
+    family = family_of(shape, dataset)
+    names = expand_names(cfg.corruptions, family, dataset)
+    severities = cfg.corruption_severities()
+    positions = loader.indices(0).numpy()
+    clean: dict[str, list[Tensor]] = {m: [] for m in models}
+    robust: dict[tuple[str, str, int], list[Tensor]] = {}
+    start = 0
+    for x, y in _progress(loader, device, "corruptions " + ",".join(models), quiet):
+        where = positions[start:start + len(y)]
+        start += len(y)
+        for m, model in models.items():
+            clean[m].append(predict(model, x) == y)
+        # the loader's floats are its uint8 images / 255: back to the exact bytes the corruptions start from
+        pixels = (x * 255).round().to(torch.uint8).cpu().numpy()
+        for c in names:
+            for sev in severities:
+                bad = torch.from_numpy(_corrupted(pixels, c, sev, dataset, where)).to(x.device)
+                bad = bad.to(torch.float32).div_(255)
+                for m, model in models.items():
+                    robust.setdefault((m, c, sev), []).append(predict(model, bad) == y)
+    if not start:
+        raise UserError("corruptions: the loader yielded no batches; give at least one test image")
+    keys = list(robust)
+    full = _full_vectors([clean[m] for m in models] + [robust[k] for k in keys], loader)
+    clean_full = dict(zip(models, full))
+    records = []
+    for (m, c, sev), r in zip(keys, full[len(models):]):
+        ct = clean_full[m]
+        records.append(make_record(dataset=dataset, seed=seed, source=m, target=m, attack="corruption", eps=0.0,
+                                   steps=None, alpha=None, random_start=False, keep_best=False,
+                                   counts=_counts(r, ct, ct), robust_bits=pack_bits(r), clean_bits=pack_bits(ct),
+                                   images=images, corruption=c, severity=sev, corruption_family=family))
+    return records
+
+
 # ---- sanity flags -----------------------------------------------------------------------------------------------
 
 
@@ -420,4 +497,6 @@ def evaluate_checkpoints(sources: list[Path], targets: list[Path] | None, cfg: A
     for source, model in source_models.items():  # minimal eps / AutoAttack, when asked: white-box only
         records += white_box_measures(model, loader, cfg, dataset=dataset, name=source, seed=record_seed,
                                       device=device, quiet=quiet, images=name, attack_seed=seed)
+    records += corruption_scores(source_models, loader, cfg, dataset=dataset, seed=record_seed, device=device,
+                                 quiet=quiet, images=name)
     return sanity_flags(records)

@@ -1,6 +1,8 @@
 """Result records: the schema, the JSONL store, and a compact text table.
 
-One record per (dataset, seed, source, target, attack, eps, steps). A record stores n and the integer counts
+One record per (dataset, seed, source, target, attack, eps, steps), and for a common corruption (attack
+"corruption", source = target, eps 0; attnrobust.evaluate.corruption_scores) per (corruption, severity) too,
+both fields in the record beside `corruption_family`. A record stores n and the integer counts
 beside every ratio, and names each ratio's denominator, so a number is never read against the wrong base:
 
     robust_accuracy = robust_correct / n                    the paper's "Acc" (FGSM)
@@ -19,8 +21,9 @@ attacked test images ("test[:1000]", or a seeded subset), and `iterate` says whi
 convention) or "best-on-source" (APGD crafted on another model keeps the iterate that fooled its source).
 
 `Setting` is what a record measured, as one key (`setting_of`): the attack and its budget, iterations, step size,
-start and iterate rule, eps rounded by `eps_key`; `CLEAN` is the clean image. `load_records` reads a run's store
-for the report (an error when it is missing or empty).
+start and iterate rule, eps rounded by `eps_key`, and for a common corruption (attack "corruption") its name and
+severity; `CLEAN` is the clean image. `load_records` reads a run's store for the report (an error when it is
+missing or empty).
 """
 
 from __future__ import annotations
@@ -176,10 +179,12 @@ def make_record(*, dataset: str, seed: int, source: str, target: str, attack: st
 
 
 def record_key(r: dict[str, Any]) -> tuple:
-    """What identifies a record: (dataset, regime, width, seed, source, target, attack, eps, steps, iterate). eps
-    is rounded so that 0.1 + 0.05 and 0.15 name the same setting."""
-    return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["source"], r["target"], r["attack"],
-            eps_key(r["eps"]), r["steps"], r.get("iterate"))
+    """What identifies a record: (dataset, regime, width, seed, source, target, attack, eps, steps, iterate), and
+    for a corruption its (corruption, severity). eps is rounded so that 0.1 + 0.05 and 0.15 name the same
+    setting."""
+    key = (r["dataset"], regime_of(r), width_of(r), r["seed"], r["source"], r["target"], r["attack"],
+           eps_key(r["eps"]), r["steps"], r.get("iterate"))
+    return key + (r["corruption"], r["severity"]) if "corruption" in r else key
 
 
 def eps_key(eps: float) -> float:
@@ -187,8 +192,8 @@ def eps_key(eps: float) -> float:
     return round(float(eps), 9)
 
 
-# Column order: clean first, then the paper's two attacks, then anything else.
-_ATTACK_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "apgd": 3, "autoattack": 4, "minimal": 5}
+# Column order: clean first, then the paper's two attacks, then anything else; common corruptions last.
+_ATTACK_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "apgd": 3, "autoattack": 4, "minimal": 5, "corruption": 10}
 
 
 @dataclass(frozen=True)
@@ -201,15 +206,17 @@ class Setting:
     alpha: float | None = None
     random_start: bool = False
     keep_best: bool = False
+    corruption: str = ""  # attack "corruption": its name (attnrobust.corruptions) and severity (1-5)
+    severity: int = 0
 
     @property
     def is_error(self) -> bool:
         """Iterative attacks are reported as error (1 - robust accuracy), as in the paper's PGD columns."""
-        return self.attack not in ("clean", "fgsm")
+        return self.attack not in ("clean", "fgsm", "corruption")
 
     def sort_key(self) -> tuple:
         return (_ATTACK_ORDER.get(self.attack, 9), self.attack, self.eps, self.steps, self.alpha or 0.0,
-                self.random_start, self.keep_best)
+                self.random_start, self.keep_best, self.corruption, self.severity)
 
     def accuracy(self, record: dict) -> float:
         """The accuracy (fraction over n) this setting measures in `record`."""
@@ -230,7 +237,8 @@ def setting_of(record: dict) -> Setting:
     return Setting(record["attack"], eps_key(record["eps"]), int(steps) if steps is not None else 0,
                    float(alpha) if alpha is not None and record["attack"] != "fgsm" else None,
                    bool(record.get("random_start", False)) and record["attack"] != "fgsm",
-                   bool(record.get("keep_best", False)) and record["attack"] != "fgsm")
+                   bool(record.get("keep_best", False)) and record["attack"] != "fgsm",
+                   str(record.get("corruption") or ""), int(record.get("severity") or 0))
 
 
 CLEAN = Setting("clean")
@@ -332,7 +340,8 @@ def format_records(records: Iterable[dict[str, Any]]) -> str:
     rows = []
     for r in records:
         failed = [name for name, flag in r.get("flags", {}).items() if not flag.get("ok", True)]
-        rows.append((r["source"], r["target"], r["kind"], r["attack"], f"{r['eps']:g}",
+        attack = f"{r['corruption']} {r['severity']}" if "corruption" in r else r["attack"]  # a common corruption
+        rows.append((r["source"], r["target"], r["kind"], attack, f"{r['eps']:g}",
                      "-" if r["steps"] is None else str(r["steps"]), str(r["n"]), _pct(r["clean_accuracy"]),
                      _pct(r["robust_accuracy"]), _pct(r["error"]), _pct(r["success_rate"]),
                      _pct(r["accuracy_on_both_correct"]),

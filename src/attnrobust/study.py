@@ -206,7 +206,7 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     """The records of one source: its row of the transfer matrix and its white-box measures."""
     from attnrobust.data import DeviceLoader
     from attnrobust.distributed import dist_info
-    from attnrobust.evaluate import craft_and_score, white_box_measures
+    from attnrobust.evaluate import corruption_scores, craft_and_score, white_box_measures
     from attnrobust.results import with_cell
     from attnrobust.runtime import resolve_device
     from attnrobust.train import checkpoint_path
@@ -232,6 +232,15 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
                                    device=device, quiet=quiet, images=name)
         records += white_box_measures(models[job.model], loader, attack_cfg, dataset=job.dataset, name=job.model,
                                       seed=job.seed, device=device, quiet=quiet, images=name)
+    # Common corruptions, on all attacked images (a forward pass each, as cheap as FGSM), scored on the source only:
+    # a corrupted image depends on no model, so scoring every model of the cell here would do the cell's other
+    # jobs' work, and their records (source = that model) would mark those jobs done before they ran.
+    if cfg.attack.corruptions:
+        x, y, name = everything
+        loader = DeviceLoader(x, y, batch_size=cfg.eval.batch_size, device=device, rank=rank,
+                              world_size=world_size, equal_shards=False)
+        records += corruption_scores(source, loader, cfg.attack, dataset=job.dataset, seed=job.seed,
+                                     device=device, quiet=quiet, images=name)
     return with_cell(records, job.regime, job.width)
 
 
@@ -421,6 +430,9 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
                           "attack": write}, pool)
             finally:
                 _CELL.clear()  # the last cell's models: not needed by the report, nor after an interruption
+                from attnrobust.evaluate import clear_corruption_cache
+
+                clear_corruption_cache()  # corrupted test images kept between attack jobs (evaluate._CORRUPTED)
 
         if not is_main:
             return run_dir

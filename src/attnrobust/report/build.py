@@ -218,6 +218,10 @@ def _write(path: Path, text: str) -> None:
 
 
 def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
+    from attnrobust.report.corruptions import (corruption_section, corruption_summary, corruption_text,
+                                              corruption_verdicts, is_corruption)
+
+    all_records, records = records, [r for r in records if not is_corruption(r)]  # corruptions: their own section
     grid = Grid.from_records(records)
     config_text, config = _read_config(run_dir)
     env = _read_env(run_dir)
@@ -231,8 +235,9 @@ def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
     pairs = ((config or {}).get("study") or {}).get("pairs") or ()  # declared comparisons (study.pairs)
     rows = verdicts(records, min_clean_accuracy=floor, pairs=pairs)
     paired = paired_rows(grid, min_clean_accuracy=floor, pairs=pairs)
+    corruption_rows = corruption_verdicts(all_records, min_clean_accuracy=floor, pairs=pairs)
     _write(out / "verdicts.csv", rows_csv(rows, VERDICT_KEYS))
-    _write(out / "verdicts.txt", verdict_text(rows) + "\n")
+    _write(out / "verdicts.txt", verdict_text(rows) + corruption_text(corruption_rows) + "\n")
     _write(out / "paired.csv", rows_csv(paired, PAIRED_KEYS))
     comparison = comparison_rows(grid)
     _write(out / "paper_comparison.csv", rows_csv(comparison, COMPARISON_KEYS))
@@ -240,10 +245,12 @@ def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
     figures = _figures(grid, out)
     attention, notes = _attention_figures(grid, run_dir, out)
     minimal_lines, minimal_figures = minimal_section(grid, out)
+    corruption_lines = corruption_section(all_records, corruption_rows, out, pairs)
     _write(out / "README.md", readme_text(ReadmeInputs(
-        run_dir=run_dir, grid=grid, records=records, config_text=config_text, config=config, env=env, tables=tables,
-        rows=rows, paired=paired, comparison=comparison, figures=minimal_figures + figures + attention, notes=notes,
-        minimal_lines=minimal_lines)))
+        run_dir=run_dir, grid=grid, records=all_records, config_text=config_text, config=config, env=env,
+        tables=tables, rows=rows, paired=paired, comparison=comparison, figures=minimal_figures + figures + attention,
+        notes=notes, minimal_lines=minimal_lines, corruption_lines=corruption_lines,
+        corruption_summary=corruption_summary(corruption_rows))))
 
 
 def build_report(run_dir: str | Path) -> Path:

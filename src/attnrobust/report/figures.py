@@ -45,32 +45,88 @@ class Panel:
     xticks: list[float] = field(default_factory=list)  # [] = matplotlib's own
 
 
+def _draw(ax, panel: Panel, legend_size: float = 7) -> None:
+    """One panel's lines on an axes (shared by `curves` and `small_multiples`)."""
+    for s in panel.series:
+        kw = dict(color=s.color, label=s.label)
+        if s.low is not None:  # a band (e.g. the range over seeds) around the line
+            ax.fill_between(s.x, s.low, s.high, color=s.color, alpha=0.2, linewidth=0)
+        if s.style == "paper":  # the published curve: thin, dotted, hollow markers
+            ax.plot(s.x, s.y, linestyle=":", linewidth=1.2, marker="o", markersize=3,
+                    markerfacecolor="none", alpha=0.8, **kw)
+        elif s.err is not None and any(e is not None for e in s.err):
+            ax.errorbar(s.x, s.y, yerr=[e or 0.0 for e in s.err], capsize=3, marker="o",
+                        markersize=4, linestyle="--" if s.style == "dashed" else "-", **kw)
+        else:
+            ax.plot(s.x, s.y, marker="o", markersize=4, linestyle="--" if s.style == "dashed" else "-",
+                    **kw)
+    ax.set_title(panel.title, fontsize=10)
+    ax.set_xlabel(panel.xlabel)
+    ax.set_ylabel(panel.ylabel)
+    if panel.xticks:
+        ax.set_xticks(panel.xticks)
+    ax.set_ylim(-2, 102)
+    ax.grid(True, alpha=0.3)
+    if legend_size:
+        ax.legend(fontsize=legend_size, loc="best")
+
+
 def curves(path: Path, title: str, panels: list[Panel]) -> None:
     """One row of panels."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     for ax, panel in zip(axes[0], panels):
-        for s in panel.series:
-            kw = dict(color=s.color, label=s.label)
-            if s.low is not None:  # a band (e.g. the range over seeds) around the line
-                ax.fill_between(s.x, s.low, s.high, color=s.color, alpha=0.2, linewidth=0)
-            if s.style == "paper":  # the published curve: thin, dotted, hollow markers
-                ax.plot(s.x, s.y, linestyle=":", linewidth=1.2, marker="o", markersize=3,
-                        markerfacecolor="none", alpha=0.8, **kw)
-            elif s.err is not None and any(e is not None for e in s.err):
-                ax.errorbar(s.x, s.y, yerr=[e or 0.0 for e in s.err], capsize=3, marker="o",
-                            markersize=4, linestyle="--" if s.style == "dashed" else "-", **kw)
-            else:
-                ax.plot(s.x, s.y, marker="o", markersize=4, linestyle="--" if s.style == "dashed" else "-",
-                        **kw)
-        ax.set_title(panel.title, fontsize=10)
-        ax.set_xlabel(panel.xlabel)
-        ax.set_ylabel(panel.ylabel)
-        if panel.xticks:
-            ax.set_xticks(panel.xticks)
-        ax.set_ylim(-2, 102)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        _draw(ax, panel)
     fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, metadata=_META)
+    plt.close(fig)
+
+
+def small_multiples(path: Path, title: str, panels: list[Panel], columns: int = 5) -> None:
+    """Many small panels in rows of `columns` sharing one legend (e.g. accuracy vs severity per corruption)."""
+    rows = -(-len(panels) // columns)
+    cols = min(columns, len(panels))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols, 2.5 * rows + 0.6), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        _draw(ax, panel, legend_size=0)
+        ax.title.set_fontsize(9)
+        ax.xaxis.label.set_fontsize(8)
+        ax.yaxis.label.set_fontsize(8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=DPI, metadata=_META)
+    plt.close(fig)
+
+
+def image_grid(path: Path, title: str, rows: list[list], row_labels: list[str], col_labels: list[str]) -> None:
+    """A mosaic of images, drawn as one picture: rows[i][j] is a batch (K x C x H x W, uint8) shown side by side
+    in cell (i, j), e.g. corruption i at severity j. Grey images in grey, RGB as they are."""
+    import numpy as np
+
+    k, c, h, w = np.asarray(rows[0][0]).shape
+    gap = 2
+    cell_w = k * (w + 1) - 1
+    mosaic = np.full((len(rows) * (h + gap) - gap, len(rows[0]) * (cell_w + 3 * gap) - 3 * gap, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, batch in enumerate(row):
+            for n, img in enumerate(np.asarray(batch)):
+                top, left = i * (h + gap), j * (cell_w + 3 * gap) + n * (w + 1)
+                mosaic[top:top + h, left:left + w] = np.repeat(img, 3, axis=0).transpose(1, 2, 0) if c == 1 \
+                    else img.transpose(1, 2, 0)
+    height = 0.45 * len(rows) + 0.8
+    fig, ax = plt.subplots(figsize=(1.0 * len(rows[0]) * k * 0.55 + 1.6, height))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_yticks([i * (h + gap) + h / 2 for i in range(len(rows))], row_labels, fontsize=7)
+    ax.set_xticks([j * (cell_w + 3 * gap) + cell_w / 2 for j in range(len(rows[0]))], col_labels, fontsize=7)
+    ax.tick_params(length=0)
+    ax.xaxis.tick_top()
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI, metadata=_META)
     plt.close(fig)

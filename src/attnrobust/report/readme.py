@@ -37,6 +37,8 @@ class ReadmeInputs:
     figures: list[tuple[str, str]]  # (path relative to the report, caption), in README order
     notes: list[str]  # why figures are missing
     minimal_lines: list[str]  # the minimal-eps section's Markdown, [] when not measured
+    corruption_lines: list[str] = ()  # the common-corruptions section (report/corruptions.py), () when not measured
+    corruption_summary: list[str] = ()  # its one-line answers, shown with the adversarial ones
 
 
 def _verdict_markdown(rows: list[dict]) -> str:
@@ -184,6 +186,7 @@ def readme_text(inputs: ReadmeInputs) -> str:
             "attacks crafted on a third model without attention (VGG).", ""]
     found = summaries(rows)
     out += _summary_lines(found) or ["- No attention model with its no-attention twin in the results."]
+    out += list(inputs.corruption_summary)
     out += _kinds_matrix(found)
     if rows:
         seeds = sorted({r["seeds"] for r in rows})
@@ -216,6 +219,8 @@ def readme_text(inputs: ReadmeInputs) -> str:
                 "with early stopping) finds an adversarial example: 0 for images misclassified clean, 'not broken' "
                 "above the largest eps tried. This is the verdict's primary white-box measure (row *minimal*).",
                 ""] + inputs.minimal_lines
+    if inputs.corruption_lines:
+        out += [""] + list(inputs.corruption_lines)
     out += ["", "## Table II: white-box attacks", "",
             "Clean and FGSM columns are accuracy (%), PGD/APGD columns error (%) = 100 - accuracy under attack, all "
             "over the n test images" + (", mean ± 95% CI half-width over seeds" if several else "") +

@@ -36,6 +36,9 @@ def _labels(settings: list[Setting], sep: str, titles: bool) -> list[str]:
         if s.attack == "clean":
             out.append("clean")
             continue
+        if s.attack == "corruption":  # a common corruption at a severity (attnrobust.corruptions)
+            out.append(sep.join([s.corruption, str(s.severity)]))
+            continue
         name = s.attack.upper() if titles else s.attack
         parts = [name]
         if s.attack == "fgsm":
