@@ -469,7 +469,11 @@ def test_curves_draws_every_kind_of_series(tmp_path):
         Series("paper", x, [91.0, 40.0, 5.0], PALETTE[2], style="paper"),
         Series("band", x, [89.0, 48.0, 9.0], PALETTE[3], low=[87.0, 44.0, 7.0], high=[91.0, 52.0, 11.0])],
         xticks=x)
+    # a panel of differences (the width trend): its own y range and a line at 0
+    gaps = Panel("differences", "width", "gap (pp)", [
+        Series("gap", [8.0, 16.0], [-1.0, 0.5], PALETTE[0], low=[-3.0, -1.0], high=[1.0, 2.0])],
+        ylim=None, zero_line=True)
     path = tmp_path / "every.png"
-    curves(path, "styles", [panel])
+    curves(path, "styles", [panel, gaps])
     png = path.read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000

@@ -179,6 +179,15 @@ def test_widths_are_a_study_axis_and_never_mix(tmp_path):
     verdicts = list(csv.DictReader((out / "report" / "verdicts.csv").open()))
     assert {v["dataset"] for v in verdicts} == {"fashion-mnist-mini · width 4", "fashion-mnist-mini · width 8"}
     assert "widths 4,8; 8/8 jobs done" in list_runs(tmp_path)
+    # the width trend lines up each width's own verdict row: one per (scenario, measure) and width
+    assert "## The width trend" in report and "| white-box | fgsm | " in report
+    trend = list(csv.DictReader((out / "report" / "width_trend.csv").open()))
+    wb = {(r["width"], r["scenario"]): r for r in trend}
+    assert sorted(wb) == [("4", "transfer (twin)"), ("4", "white-box"), ("8", "transfer (twin)"), ("8", "white-box")]
+    by_panel = {(v["dataset"], v["scenario"]): v for v in verdicts}
+    for (width, scenario), r in wb.items():
+        assert r["difference"] == by_panel[(f"fashion-mnist-mini · width {width}", scenario)]["difference"]
+    assert (out / "report" / "figures" / "width_trend_fashion-mnist-mini_cbam_resnet14.png").exists()
     jobs = [json.loads(line) for line in (out / "logs" / "jobs.jsonl").read_text().splitlines()]
     assert sorted({j["width"] for j in jobs}) == [4, 8]
 

@@ -45,7 +45,7 @@ from attnrobust.errors import UserError
 __all__ = ["DENOMINATORS", "REQUIRED_KEYS", "make_record", "append_records", "write_records", "read_records",
            "record_key", "format_records", "pack_bits", "unpack_bits", "pack_floats", "unpack_floats",
            "ITERATES", "Setting", "setting_of", "CLEAN", "load_records", "STANDARD", "regime_of", "panel_of",
-           "panel_dataset", "file_name_part", "with_cell", "width_of"]
+           "panel_dataset", "panel_width", "file_name_part", "with_cell", "width_of"]
 
 ITERATES = ("final", "best", "best-on-source")
 
@@ -127,6 +127,12 @@ def file_name_part(text: str) -> str:
 def panel_dataset(panel: str) -> str:
     """The dataset of a panel name (panel_of)."""
     return panel.split(" · ")[0]
+
+
+def panel_width(panel: str) -> tuple[str, int | None]:
+    """(the panel without its width part, the width) of a panel name (panel_of); width None without the axis."""
+    head, _, last = panel.rpartition(" · width ")
+    return (head, int(last)) if head and last.isdigit() else (panel, None)
 
 
 def with_cell(records: list[dict[str, Any]], regime: str, width: int | None = None) -> list[dict[str, Any]]:

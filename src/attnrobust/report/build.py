@@ -218,6 +218,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
+    from attnrobust.report.widths import TREND_KEYS, width_section
     from attnrobust.report.corruptions import (corruption_section, corruption_summary, corruption_text,
                                               corruption_verdicts, is_corruption)
 
@@ -246,11 +247,14 @@ def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
     attention, notes = _attention_figures(grid, run_dir, out)
     minimal_lines, minimal_figures = minimal_section(grid, out)
     corruption_lines = corruption_section(all_records, corruption_rows, out, pairs)
+    width_lines, width_figures, trend = width_section(rows, out)
+    if trend:
+        _write(out / "width_trend.csv", rows_csv(trend, TREND_KEYS))
     _write(out / "README.md", readme_text(ReadmeInputs(
         run_dir=run_dir, grid=grid, records=all_records, config_text=config_text, config=config, env=env,
-        tables=tables, rows=rows, paired=paired, comparison=comparison, figures=minimal_figures + figures + attention,
+        tables=tables, rows=rows, paired=paired, comparison=comparison, figures=width_figures + minimal_figures + figures + attention,
         notes=notes, minimal_lines=minimal_lines, corruption_lines=corruption_lines,
-        corruption_summary=corruption_summary(corruption_rows))))
+        corruption_summary=corruption_summary(corruption_rows), width_lines=width_lines)))
 
 
 def build_report(run_dir: str | Path) -> Path:

@@ -43,6 +43,8 @@ class Panel:
     ylabel: str
     series: list[Series] = field(default_factory=list)
     xticks: list[float] = field(default_factory=list)  # [] = matplotlib's own
+    ylim: tuple[float, float] | None = (-2, 102)  # percent by default; None = matplotlib's own (differences)
+    zero_line: bool = False  # a thin line at y = 0 (differences: above it attention is more robust)
 
 
 def _draw(ax, panel: Panel, legend_size: float = 7) -> None:
@@ -65,7 +67,10 @@ def _draw(ax, panel: Panel, legend_size: float = 7) -> None:
     ax.set_ylabel(panel.ylabel)
     if panel.xticks:
         ax.set_xticks(panel.xticks)
-    ax.set_ylim(-2, 102)
+    if panel.ylim is not None:
+        ax.set_ylim(*panel.ylim)
+    if panel.zero_line:
+        ax.axhline(0.0, color="black", linewidth=0.8, alpha=0.6)
     ax.grid(True, alpha=0.3)
     if legend_size:
         ax.legend(fontsize=legend_size, loc="best")

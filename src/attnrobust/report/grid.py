@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from attnrobust.report.stats import mean_ci
-from attnrobust.results import CLEAN, Setting, panel_of, setting_of
+from attnrobust.results import CLEAN, Setting, panel_of, panel_width, setting_of
 
 # Model order, as in the paper's tables: each no-attention network before its attention variants (in the
 # registry's order of attention kinds), VGG last; unregistered names after them.
@@ -59,7 +59,8 @@ class Grid:
         return cls({k: dict(v) for k, v in cells.items()})
 
     def datasets(self) -> list[str]:
-        return sorted({d for d, _, _ in self.cells})
+        # panels in name order, widths in numeric order ("width 8" before "width 16")
+        return sorted({d for d, _, _ in self.cells}, key=lambda d: (panel_width(d)[0], panel_width(d)[1] or 0))
 
     def models(self, dataset: str) -> list[str]:
         names = {m for d, s, t in self.cells if d == dataset for m in (s, t)}

@@ -39,6 +39,7 @@ class ReadmeInputs:
     minimal_lines: list[str]  # the minimal-eps section's Markdown, [] when not measured
     corruption_lines: list[str] = ()  # the common-corruptions section (report/corruptions.py), () when not measured
     corruption_summary: list[str] = ()  # its one-line answers, shown with the adversarial ones
+    width_lines: list[str] = ()  # the width trend (report/widths.py), () when the study does not cross widths
 
 
 def _verdict_markdown(rows: list[dict]) -> str:
@@ -221,6 +222,8 @@ def readme_text(inputs: ReadmeInputs) -> str:
                 ""] + inputs.minimal_lines
     if inputs.corruption_lines:
         out += [""] + list(inputs.corruption_lines)
+    if inputs.width_lines:
+        out += [""] + list(inputs.width_lines)
     out += ["", "## Table II: white-box attacks", "",
             "Clean and FGSM columns are accuracy (%), PGD/APGD columns error (%) = 100 - accuracy under attack, all "
             "over the n test images" + (", mean ± 95% CI half-width over seeds" if several else "") +
