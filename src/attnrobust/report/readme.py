@@ -52,7 +52,7 @@ def _verdict_markdown(rows: list[dict]) -> list[str]:
         if mine:
             body = [[c.replace("|", "/") for c in verdict_cells(r)] for r in mine]
             for b in body:
-                b[8] = f"**{b[8]}**"
+                b[3], b[8] = b[3].upper(), f"**{b[8]}**"
             out += [f"{title}:", "", markdown_table(VERDICT_HEADER, body), ""]
     return out
 
