@@ -490,7 +490,8 @@ def power_note(rows: list[dict]) -> str:
             largest = max(r["detectable"] for r in of)
             margin = of[0]["margin"]
             u = "pp" if unit == "pp" else "/255"
-            parts.append(f"{smallest:.2f}-{largest:.2f} {u} (margin +-{margin:g} {u})")
+            span = f"{smallest:.2f}" if f"{smallest:.2f}" == f"{largest:.2f}" else f"{smallest:.2f}-{largest:.2f}"
+            parts.append(f"{span} {u} (margin +-{margin:g} {u})")
     seeds = sorted({r["seeds"] for r in live})
     inconclusive = [r for r in live if r["verdict"] == INCONCLUSIVE]
     needed = [r["seeds_needed"] for r in inconclusive if r["seeds"] >= 2]
