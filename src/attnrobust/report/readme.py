@@ -60,8 +60,8 @@ def _verdict_markdown(rows: list[dict]) -> list[str]:
 VERDICT_KEYS = ["dataset", "attention_model", "baseline_model", "scenario", "family", "attack", "seeds", "n",
                 "attention_accuracy", "baseline_accuracy", "unit", "difference", "ci_low", "ci_high", "sim_low",
                 "sim_high", "margin", "p_value", "p_holm", "p_equivalence_holm", "verdict", "df_verdict", "df",
-                "verdict_satterthwaite", "detectable", "seeds_needed", "family_size", "both_correct_difference",
-                "both_correct_n", "relative_gap", "wilcoxon_p", "saturated", "flags", "indicative", "withheld",
+                "verdict_satterthwaite", "detectable", "seeds_needed", "family_size", "alpha",
+                "both_correct_difference", "both_correct_n", "relative_gap", "wilcoxon_p", "saturated", "flags", "indicative", "withheld",
                 "paper_difference", "paper_verdict", "reproduced", "method", "settings"]
 PAIRED_KEYS = ["dataset", "attention_model", "baseline_model", "scenario", "setting", "seeds", "n",
                 "attention_accuracy", "baseline_accuracy", "difference", "ci_low", "ci_high", "p_value", "verdict",
@@ -231,7 +231,8 @@ def readme_text(inputs: ReadmeInputs) -> str:
             "finite test set only, not how much another training run would move the numbers: the verdict is "
             "*indicative*, about these weights rather than the architectures; it is not set against the paper's "
             "conclusion. Run several seeds (`study.seeds`). ") +
-            f"**Decisions**: {_family_size(rows)} form one family. *helps/hurts*: Holm-adjusted p < 0.05; "
+            f"**Decisions**: {_family_size(rows)} form one family. *helps/hurts*: Holm-adjusted p < "
+            f"{rows[0]['alpha']:g}; "
             f"*equivalent*: the difference lies within the declared margin "
             f"({', '.join(f'+-{v:g} {k}' for k, v in margins.items())}; `[verdict]` in the config), two one-sided "
             "tests Holm-adjusted over the same family; else *inconclusive* — not 'no effect'. *simultaneous*: "

@@ -54,7 +54,7 @@ from scipy import stats as scipy_stats
 from attnrobust.config import VerdictSection
 from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.paper import PAPER_N, load_paper, paper_dataset, paper_model, paper_value
-from attnrobust.report.stats import (EQUIVALENT, INCONCLUSIVE, Z95, decide, paired_interval,
+from attnrobust.report.stats import (EQUIVALENT, INCONCLUSIVE, POWER, Z95, decide, paired_interval,
                                      proportion_diff_se, seeds_interval)
 from attnrobust.report.tables import column_titles
 from attnrobust.results import Setting, panel_dataset, unpack_bits, unpack_floats
@@ -272,12 +272,13 @@ def _decide(rows: list[dict], verdict: VerdictSection) -> None:
                  margin=mg * scale, sim_low=scale * dec.sim_low, sim_high=scale * dec.sim_high,
                  detectable=scale * dec.detectable, seeds_needed=dec.seeds_needed,
                  df_verdict=r["seeds"] - 1 if r["seeds"] >= 2 else None, verdict_satterthwaite=alt.verdict,
-                 family_size=len(live), indicative=r["seeds"] < 2)
+                 family_size=len(live), indicative=r["seeds"] < 2, alpha=verdict.alpha)
     for r in rows:
         if r["withheld"] is not None:
             r.update(p_holm=None, p_equivalence_holm=None, verdict=WITHHELD, margin=_margin(r, verdict),
                      sim_low=None, sim_high=None, detectable=None, seeds_needed=None, df_verdict=None,
-                     verdict_satterthwaite=None, family_size=len(live), indicative=r["seeds"] < 2)
+                     verdict_satterthwaite=None, family_size=len(live), indicative=r["seeds"] < 2,
+                     alpha=verdict.alpha)
 
 
 def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=(),
@@ -287,8 +288,8 @@ def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pa
     Keys: dataset, attention_model, baseline_model, scenario, family ("robustness" | "transferability"), attack,
     compared, settings, seeds, n, attention_accuracy, baseline_accuracy, unit, difference, ci_low, ci_high (per
     comparison), sim_low, sim_high (simultaneous over the family), margin, p_value, p_holm, p_equivalence_holm,
-    df (Satterthwaite), df_verdict (seeds - 1), verdict ("helps" | "hurts" | "equivalent" | "inconclusive" |
-    "withheld"), verdict_satterthwaite (the sensitivity column), detectable, seeds_needed, family_size,
+    df (Satterthwaite), df_verdict (seeds - 1), alpha (the family-wise error of the decisions), verdict ("helps" |
+    "hurts" | "equivalent" | "inconclusive" | "withheld"), verdict_satterthwaite (the sensitivity column), detectable, seeds_needed, family_size,
     both_correct_difference, both_correct_n, relative_gap (% of the twin's value), wilcoxon_p (minimal eps),
     flags (failed sanity flags of its records), method, withheld (None or why), indicative (one seed),
     saturated (both models within SATURATED_PP of 0% or 100%), paper_difference, paper_verdict, reproduced.
@@ -501,7 +502,8 @@ def power_note(rows: list[dict]) -> str:
         tail = (f"; {len(inconclusive)} of {len(live)} rows inconclusive, deciding them at the margin would take "
                 + (f"up to {max(finite)} seeds" if finite else "")
                 + (" (some: more images, not seeds)" if None in needed else ""))
-    return (f"power: with {'/'.join(map(str, seeds))} seed(s), the smallest effects these rows detect with 80% "
+    return (f"power: with {'/'.join(map(str, seeds))} seed(s), the smallest effects these rows detect with "
+            f"{100 * POWER:.0f}% "
             f"power at the family's level: {'; '.join(parts)}{tail}")
 
 
