@@ -292,7 +292,8 @@ def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pa
     "hurts" | "equivalent" | "inconclusive" | "withheld"), verdict_satterthwaite (the sensitivity column),
     detectable, seeds_needed, family_size, both_correct_difference, both_correct_n, relative_gap (% of the twin's
     value), wilcoxon_p (minimal eps), flags (failed sanity flags of its records), method, withheld (None or why),
-    indicative (one seed), saturated (both models within SATURATED_PP of 0% or 100%), paper_difference, paper_verdict, reproduced.
+    indicative (one seed), saturated (both models within SATURATED_PP of 0% or 100%), paper_difference,
+    paper_verdict, reproduced.
     """
     verdict = verdict or VerdictSection()
     grid = Grid.from_records(records)
