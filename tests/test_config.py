@@ -86,3 +86,18 @@ def test_bad_toml_file(tmp_path):
         load_config(path)
     with pytest.raises(UserError, match="SECTION.KEY=VALUE"):
         load_config("quick", ["epochs=3"])
+
+
+def test_verdict_section_defaults_round_trip_and_errors_name_the_key():
+    cfg = parse_config(_data())
+    assert (cfg.verdict.margin_pp, cfg.verdict.margin_eps, cfg.verdict.alpha) == (2.0, 0.5, 0.05)
+    assert "verdict" not in cfg.to_dict()  # defaults: an old run folder's config.toml still matches on resume
+    cfg = parse_config({**_data(), "verdict": {"margin_pp": 1.5}})
+    assert cfg.verdict.margin_pp == 1.5
+    assert parse_config(tomllib.loads(to_toml(cfg.to_dict()))).verdict == cfg.verdict
+    for table, key in (({"margin_pp": 0}, "verdict.margin_pp"), ({"margin_eps": -1}, "verdict.margin_eps"),
+                       ({"alpha": 0.7}, "verdict.alpha"), ({"margin": 2}, "verdict.margin"),
+                       ({"margin_pp": "2"}, "verdict.margin_pp")):
+        with pytest.raises(UserError, match=key.replace(".", r"\.")) as err:
+            parse_config({**_data(), "verdict": table})
+        assert "\n" not in str(err.value)

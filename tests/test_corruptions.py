@@ -195,7 +195,7 @@ def _corruption_record(seed, model, corruption, severity, correct, n=200, clean=
 
 
 def test_corruption_verdicts_their_own_family_and_ce_vs_twin(tmp_path):
-    """Attention far better on fog, equal on rotate, over 3 seeds: fog 'helps', rotate n.s.; CE vs twin is the
+    """Attention far better on fog, equal on rotate, over 3 seeds: fog 'helps', rotate neither; CE vs twin is the
     ratio of errors summed over severities; the adversarial verdicts and tables do not see these records."""
     import json
 
@@ -212,7 +212,10 @@ def test_corruption_verdicts_their_own_family_and_ce_vs_twin(tmp_path):
     rows = {r["attack"]: r for r in corruption_verdicts(records)}
     assert set(rows) == {"all corruptions", "fog", "rotate", "stripe"}
     assert rows["fog"]["verdict"] == "helps" and rows["fog"]["seeds"] == 3
-    assert rows["rotate"]["verdict"] == "no significant difference" and rows["rotate"]["difference"] == 0
+    # identical outcomes: no difference to find; whether 3 seeds of 200 images prove equivalence within the margin
+    # is the statistics' business (tests/test_stats.py), not this test's
+    assert rows["rotate"]["verdict"] in ("equivalent", "inconclusive") and rows["rotate"]["difference"] == 0
+    assert rows["fog"]["margin"] == 2.0 and rows["fog"]["sim_low"] < rows["fog"]["ci_low"]
     assert all(r["p_holm"] >= r["p_value"] for r in rows.values())
     # CE: twin errors (200 - 110) + (200 - 90) + (200 - 70) = 330; attention's (mean over seeds +1) = 210
     assert rows["fog"]["ce_vs_twin"] == pytest.approx(100 * 207 / 330)

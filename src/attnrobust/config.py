@@ -373,6 +373,40 @@ class EvalSection:
 
 
 @dataclass
+class VerdictSection:
+    """[verdict]: the equivalence margins a row is judged against, declared before the run.
+
+    margin_pp = 2.0 (robust accuracy, percentage points): about the seed-to-seed standard deviation of one model's
+    robust accuracy in our runs (results/fashion-mnist-cpu: median 0.9 pp white-box, 2.0 pp in transfer); a
+    difference a retraining moves by is not a property of the architecture. margin_eps = 0.5 (minimal eps, in
+    1/255): half a step of the 1/255 grid the minimal eps is measured on, ~14% of a standard Fashion-MNIST model's
+    mean minimal eps (3.7/255 there).
+    alpha = 0.05: the family-wise error of each kind of decision (Holm over a dataset panel's rows).
+    """
+
+    margin_pp: float = 2.0
+    margin_eps: float = 0.5
+    alpha: float = 0.05
+
+    def validate(self) -> VerdictSection:
+        for name in ("margin_pp", "margin_eps"):
+            value = getattr(self, name)
+            if not value > 0 or not math.isfinite(value):
+                raise UserError(f"verdict.{name}: must be a positive number, got {value!r}")
+        if not 0 < self.alpha < 0.5:
+            raise UserError(f"verdict.alpha: must be in (0, 0.5), got {self.alpha!r}")
+        return self
+
+
+def verdict_section(table: dict | None, where: str = "verdict") -> VerdictSection:
+    """A [verdict] table (as TOML gives it, None: the defaults) as a checked VerdictSection; the report reads it
+    from a run's config.toml, the study from its config."""
+    if table is not None and not isinstance(table, dict):
+        raise UserError(f"{where}: [verdict] must be a table")
+    return _build(VerdictSection, table or {}, "verdict").validate()
+
+
+@dataclass
 class StudyConfig:
     study: StudySection
     # [train]: overrides of the per-dataset recipe (TrainConfig.for_dataset), typed against TrainConfig's fields;
@@ -381,13 +415,16 @@ class StudyConfig:
     attack: AttackConfig
     eval: EvalSection
     source: str = ""  # where it was read from, for messages
+    verdict: VerdictSection = field(default_factory=VerdictSection)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The resolved config as plain TOML-able data (None values left out: TOML has no null)."""
         def clean(d):
             return {k: v for k, v in d.items() if v is not None}
         return {"study": clean(dataclasses.asdict(self.study)), "train": clean(dict(self.train)),
-                "attack": clean(dataclasses.asdict(self.attack)), "eval": clean(dataclasses.asdict(self.eval))}
+                "attack": clean(dataclasses.asdict(self.attack)), "eval": clean(dataclasses.asdict(self.eval)),
+                # only when set: a run folder written before [verdict] existed still matches its config on resume
+                **({"verdict": dataclasses.asdict(self.verdict)} if self.verdict != VerdictSection() else {})}
 
     def regimes_of(self, dataset: str) -> dict[str, dict[str, Any]]:
         """{label: the regime's overrides} in config order; labels (regime_label) depend on the dataset, whose
@@ -514,7 +551,7 @@ def _apply_override(data: dict, override: str) -> None:
 
 def parse_config(data: dict, where: str = "config", data_dir=None) -> StudyConfig:
     """Validate a config given as plain data (as tomllib returns it); data_dir: where user datasets are."""
-    _check_keys(data, ("study", "train", "attack", "eval"), where)
+    _check_keys(data, ("study", "train", "attack", "eval", "verdict"), where)
     for section in ("study", "train", "attack", "eval"):
         if not isinstance(data.get(section, {}), dict):
             raise UserError(f"{where}: [{section}] must be a table")
@@ -527,7 +564,8 @@ def parse_config(data: dict, where: str = "config", data_dir=None) -> StudyConfi
     # unknown keys pass through untyped: TrainConfig.for_dataset refuses them when `validate` builds the jobs
     train = {k: _coerce(v, train_hints[k], f"train.{k}") if k in train_hints else v for k, v in train_table.items()}
     cfg = StudyConfig(study=study, train=train, attack=_build(AttackConfig, data.get("attack", {}), "attack"),
-                      eval=_build(EvalSection, data.get("eval", {}), "eval"), source=where)
+                      eval=_build(EvalSection, data.get("eval", {}), "eval"), source=where,
+                      verdict=verdict_section(data.get("verdict"), where))
     validate(cfg, data_dir)
     return cfg
 

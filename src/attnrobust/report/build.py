@@ -17,6 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from attnrobust.config import verdict_section
 from attnrobust.errors import UserError
 from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.minimal import minimal_section
@@ -234,11 +235,13 @@ def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
         _write(out / f"{table.name}.tex", to_latex(table))
     floor = ((config or {}).get("eval") or {}).get("min_clean_accuracy")
     pairs = ((config or {}).get("study") or {}).get("pairs") or ()  # declared comparisons (study.pairs)
-    rows = verdicts(records, min_clean_accuracy=floor, pairs=pairs)
+    # the margins the config declared ([verdict]; its defaults for a run folder written before the section existed)
+    verdict = verdict_section((config or {}).get("verdict"), str(run_dir / "config.toml"))
+    rows = verdicts(records, min_clean_accuracy=floor, pairs=pairs, verdict=verdict)
     paired = paired_rows(grid, min_clean_accuracy=floor, pairs=pairs)
-    corruption_rows = corruption_verdicts(all_records, min_clean_accuracy=floor, pairs=pairs)
+    corruption_rows = corruption_verdicts(all_records, min_clean_accuracy=floor, pairs=pairs, verdict=verdict)
     _write(out / "verdicts.csv", rows_csv(rows, VERDICT_KEYS))
-    _write(out / "verdicts.txt", verdict_text(rows) + corruption_text(corruption_rows) + "\n")
+    _write(out / "verdicts.txt", verdict_text(rows, records) + corruption_text(corruption_rows) + "\n")
     _write(out / "paired.csv", rows_csv(paired, PAIRED_KEYS))
     comparison = comparison_rows(grid)
     _write(out / "paper_comparison.csv", rows_csv(comparison, COMPARISON_KEYS))

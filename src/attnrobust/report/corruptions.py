@@ -29,8 +29,9 @@ from attnrobust.errors import UserError
 from attnrobust.report.grid import Grid
 from attnrobust.report.stats import mean_ci
 from attnrobust.report.tables import csv_text, markdown_table
-from attnrobust.report.verdicts import (NONE, _aligned, _compare, _decide, attention_pairs,
-                                        clean_floor, format_diff, verdict_label)
+from attnrobust.config import VerdictSection
+from attnrobust.report.verdicts import (_aligned, _compare, _decide, attention_pairs, clean_floor, format_diff,
+                                        format_sim, verdict_label)
 from attnrobust.results import CLEAN, Setting, file_name_part, panel_dataset
 
 __all__ = ["is_corruption", "corruption_verdicts", "corruption_text", "corruption_summary", "corruption_section",
@@ -93,7 +94,8 @@ def ce_vs_twin(grid: Grid, d: str, attn: str, base: str, settings: list[Setting]
     return None if a is None or b is None or b <= 0 else 100 * a / b
 
 
-def corruption_verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=()) -> list[dict]:
+def corruption_verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=(),
+                        verdict: VerdictSection | None = None) -> list[dict]:
     """One row per panel x (attention model, twin) x measure (each corruption over its severities, and all of
     them); keys as verdicts.verdicts' rows (scenario "corruptions", attack = the measure) plus ce_vs_twin and
     relative_ce_vs_twin (means over the row's corruptions)."""
@@ -118,7 +120,9 @@ def corruption_verdicts(records: list[dict], *, min_clean_accuracy: float | None
                                # the mean of the per-corruption CEs: ImageNet-C's mCE, relative to the twin
                                "ce_vs_twin": None if None in ce else float(np.mean(ce)),
                                "relative_ce_vs_twin": None if None in relative else float(np.mean(relative))})
-        _decide(family)  # Holm over this panel's corruption rows only: their own family
+        # three-way decisions (helps / hurts / equivalent within verdict.margin_pp / inconclusive), Holm over this
+        # panel's corruption rows only: their own family
+        _decide(family, verdict or VerdictSection())
         out += family
     return out
 
@@ -127,11 +131,11 @@ def corruption_text(rows: list[dict]) -> str:
     """The corruption verdicts as plain text (verdicts.txt, printed at the end of a study)."""
     if not rows:
         return ""
-    header = ["dataset", "attention vs twin", "corruption", "seeds", "diff pp [95% CI]", "p (Holm)", "verdict",
-              "CE vs twin"]
+    header = ["dataset", "attention vs twin", "corruption", "seeds", "diff pp [95% CI]", "simultaneous",
+              "p (Holm)", "verdict", "CE vs twin"]
     body = [[r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", r["attack"], str(r["seeds"]),
-             format_diff(r), "-" if r["p_holm"] is None else f"{r['p_holm']:.3g}",
-             verdict_label(r["verdict"], r["seeds"]).replace(NONE, "n.s."),
+             format_diff(r), format_sim(r), "-" if r["p_holm"] is None else f"{r['p_holm']:.3g}",
+             verdict_label(r["verdict"], r["seeds"]),
              "-" if r["ce_vs_twin"] is None else f"{r['ce_vs_twin']:.1f}%"] for r in rows]
     return "\n".join(["", "", "Common corruptions (accuracy, attention minus twin, per image, averaged over the "
                       "severities; 'all corruptions' = mean corruption accuracy; Holm over each dataset's corruption "
@@ -204,10 +208,10 @@ def _ce_table(grid: Grid, d: str, pairs) -> str | None:
 
 def _verdict_markdown(rows: list[dict]) -> str:
     header = ["attention vs twin", "corruption", "seeds", "n", "attention acc", "twin acc", "diff pp [95% CI]",
-              "p (Holm)", "verdict", "CE vs twin %"]
+              "simultaneous", "margin", "p (Holm)", "verdict", "CE vs twin %"]
     body = [[f"{r['attention_model']} vs {r['baseline_model']}", r["attack"], str(r["seeds"]), str(r["n"]),
-             f"{r['attention_accuracy']:.2f}", f"{r['baseline_accuracy']:.2f}", format_diff(r),
-             "-" if r["p_holm"] is None else f"{r['p_holm']:.3g}",
+             f"{r['attention_accuracy']:.2f}", f"{r['baseline_accuracy']:.2f}", format_diff(r), format_sim(r),
+             f"±{r['margin']:g}", "-" if r["p_holm"] is None else f"{r['p_holm']:.3g}",
              f"**{verdict_label(r['verdict'], r['seeds'])}**",
              "-" if r["ce_vs_twin"] is None else f"{r['ce_vs_twin']:.1f}"] for r in rows]
     return markdown_table(header, body)

@@ -16,7 +16,8 @@ from attnrobust.errors import UserError
 from attnrobust.report.grid import Grid, model_sort_key, registered_info
 from attnrobust.report.paper import reduced_notes
 from attnrobust.report.tables import csv_text, markdown_table
-from attnrobust.report.verdicts import format_diff, format_paper, summaries, verdict_label
+from attnrobust.report.verdicts import (ROBUSTNESS, TRANSFERABILITY, VERDICT_HEADER, format_diff, format_paper,
+                                       power_note, summaries, verdict_cells, warnings_lines)
 from attnrobust.results import panel_dataset, panel_of
 
 
@@ -42,21 +43,29 @@ class ReadmeInputs:
     width_lines: list[str] = ()  # the width trend (report/widths.py), () when the study does not cross widths
 
 
-def _verdict_markdown(rows: list[dict]) -> str:
-    header = ["dataset", "attention vs twin", "scenario", "attack", "seeds", "n", "attention acc", "twin acc",
-              "diff pp [95% CI]", "p (Holm)", "verdict", "paper: diff pp (verdict)", "reproduced"]
-    body = [[r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["attack"].upper(),
-             str(r["seeds"]), str(r["n"]), f"{r['attention_accuracy']:.2f}", f"{r['baseline_accuracy']:.2f}",
-             format_diff(r), "-" if r["p_holm"] is None else f"{r['p_holm']:.3g}",
-             f"**{verdict_label(r['verdict'], r['seeds'])}**", format_paper(r), r["reproduced"]]
-            for r in rows]
-    return markdown_table(header, body)
+def _verdict_markdown(rows: list[dict]) -> list[str]:
+    """The power note, then one table per family: robustness (the verdict), transferability (descriptive)."""
+    out = [f"*{power_note(rows)}.*", ""]
+    for family, title in ((ROBUSTNESS, "Robustness (the verdict: white-box, and both models as targets of the "
+                                       "same third model's attacks)"),
+                          (TRANSFERABILITY, "Transferability (twin transfer mixes target and source; *as a source*: "
+                                            "the same third model attacked by each one's attacks). Not evidence "
+                                            "about robustness; its own Holm family")):
+        mine = [r for r in rows if r["family"] == family]
+        if mine:
+            body = [[c.replace("|", "/") for c in verdict_cells(r)] for r in mine]
+            for b in body:
+                b[3], b[8] = b[3].upper(), f"**{b[8]}**"
+            out += [f"{title}:", "", markdown_table(VERDICT_HEADER, body), ""]
+    return out
 
 
-VERDICT_KEYS = ["dataset", "attention_model", "baseline_model", "scenario", "attack", "seeds", "n",
-                 "attention_accuracy", "baseline_accuracy", "difference", "ci_low", "ci_high", "p_value", "p_holm",
-                 "verdict", "indicative", "withheld", "paper_difference", "paper_verdict", "reproduced", "method",
-                 "settings"]
+VERDICT_KEYS = ["dataset", "attention_model", "baseline_model", "scenario", "family", "attack", "seeds", "n",
+                "attention_accuracy", "baseline_accuracy", "unit", "difference", "ci_low", "ci_high", "sim_low",
+                "sim_high", "margin", "p_value", "p_holm", "p_equivalence_holm", "verdict", "df_verdict", "df",
+                "verdict_satterthwaite", "detectable", "seeds_needed", "family_size", "alpha",
+                "both_correct_difference", "both_correct_n", "relative_gap", "wilcoxon_p", "saturated", "flags",
+                "indicative", "withheld", "paper_difference", "paper_verdict", "reproduced", "method", "settings"]
 PAIRED_KEYS = ["dataset", "attention_model", "baseline_model", "scenario", "setting", "seeds", "n",
                 "attention_accuracy", "baseline_accuracy", "difference", "ci_low", "ci_high", "p_value", "verdict",
                 "withheld", "paper_difference", "paper_verdict", "method"]
@@ -96,16 +105,23 @@ def _paired_markdown(rows: list[dict]) -> str:
 
 
 def _summary_lines(found: list[dict]) -> list[str]:
-    """Per dataset and attention pair (`summaries`): the white-box and transfer verdicts against the paper's
-    conclusion (the numbers are in the table below)."""
+    """Per dataset and attention pair (`summaries`): the white-box and transfer (as a target) verdicts against the
+    paper's conclusion (the numbers are in the table below)."""
     lines = []
     for s in found:
-        ours = {"no significant difference": "**no significant difference**",
+        ours = {"inconclusive": "**inconclusive** (neither a difference nor equivalence within the margin shown)",
+                "equivalent": "**equivalent** within the margin",
                 "withheld": f"**verdict withheld**: {s['withheld']}",
-                "mixed": "**mixed** (significant effects in both directions)"}.get(s["ours"],
-                                                                                 f"attention **{s['ours']}**")
+                "mixed": "**mixed** (effects in both directions)"}.get(s["ours"], f"attention **{s['ours']}**")
+        if s["ours"] == "inconclusive" and s["seeds_needed"] is not None:
+            ours += ("; more images, not more seeds, would decide it" if s["seeds_needed"] == "more images" else
+                     f"; about {s['seeds_needed']} seeds would decide it at the margin")
         if s["seeds"] < 2 and s["ours"] != "withheld":
             ours += " — *indicative (1 seed): about these weights, not the architecture*"
+        if s["flagged_rows"]:
+            ours += f" ({s['flagged_rows']} of its rows rest on failed sanity flags: see Warnings)"
+        if s["gradient_masking"]:
+            ours += f" (**gradient masking flagged**: {', '.join(s['gradient_masking'])})"
         paper = (f" The paper concluded: {s['paper']} -> **{s['agreement']}**." if s["paper"]
                  else " (No counterpart in the paper.)")
         if s["paper_tables"] is not None and s["paper_tables"] != s["paper"]:
@@ -115,9 +131,25 @@ def _summary_lines(found: list[dict]) -> list[str]:
     return lines
 
 
+def _minimal_comparison(rows: list[dict]) -> list[str]:
+    """The verdict's minimal-eps rows named for what they compare, with the Wilcoxon signed-rank p beside them."""
+    mine = [r for r in rows if r["attack"] == "minimal"]
+    if not mine:
+        return []
+    header = ["dataset", "attention vs twin", "restricted mean up to the cap, diff /255 [95% CI]", "verdict",
+              "Wilcoxon signed-rank p (secondary)"]
+    body = [[r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", format_diff(r), r["verdict"],
+             "-" if r["wilcoxon_p"] is None else f"{r['wilcoxon_p']:.3g}"] for r in mine]
+    return ["Attention model minus its twin: the verdict compares the restricted mean of the per-image minimal eps "
+            "up to the cap (the area under the robust-accuracy curve up to the cap; a median is not additive over "
+            "seeds and images). Beside it, a paired Wilcoxon signed-rank test over the images of the seed-averaged "
+            "differences: distribution-free, but blind to training noise, so a secondary check only.", "",
+            markdown_table(header, body), ""]
+
+
 def _family_size(rows: list[dict]) -> str:
     """How many comparisons one Holm family holds: the rows of one panel (a dataset, or one under a regime)."""
-    sizes = sorted(set(Counter(r["dataset"] for r in rows).values()))
+    sizes = sorted(set(Counter(r["dataset"] for r in rows if r["family"] == ROBUSTNESS).values()))
     regimes = any(panel_dataset(r["dataset"]) != r["dataset"] for r in rows)
     return (f"the {'/'.join(map(str, sizes))} comparisons of each dataset's table"
             + (" (a dataset under each training regime has a table of its own)" if regimes else ""))
@@ -177,38 +209,53 @@ def readme_text(inputs: ReadmeInputs) -> str:
     several = len(grid.seeds()) > 1
     out = _header(inputs.run_dir, grid, inputs.records, inputs.env)
     out += ["", "## Verdicts", "",
-            "Does attention help, hurt, or make no significant difference? Each attention model is compared with "
+            "Does attention help, hurt, is it equivalent within a declared margin, or can this study not tell? "
+            "Each attention model is compared with "
             "its no-attention twin (same network, same width, same training seed) on the same test images, image "
             "by image: robust accuracy averaged over the attack's settings (FGSM: every eps > 0; PGD: every "
             "iteration count), attention minus twin, in percentage points (pp; > 0: attention more robust). "
-            "Scenarios: *white-box* (each model attacked on its own gradients); *transfer (twin)*: the attention "
-            "model scored on attacks crafted on its twin vs the twin scored on attacks crafted on the attention "
-            "model (the paper's first two transfer scenarios); *transfer from V*: both as targets of the same "
-            "attacks crafted on a third model without attention (VGG).", ""]
-    found = summaries(rows)
+            "Robustness scenarios: *white-box* (each model attacked on its own gradients); *transfer from V*: both "
+            "as targets of the same attacks crafted on a third model without attention (VGG). Transferability "
+            "(not robustness): *transfer (twin)*, the attention model scored on attacks crafted on its twin vs the "
+            "twin scored on attacks crafted on the attention model (the paper's first two transfer scenarios, "
+            "which mix a target's robustness with a source's attack strength), and *as a source, on V*.", ""]
+    found = summaries(rows, inputs.records)
     out += _summary_lines(found) or ["- No attention model with its no-attention twin in the results."]
     out += list(inputs.corruption_summary)
     out += _kinds_matrix(found)
     if rows:
         seeds = sorted({r["seeds"] for r in rows})
+        margins = {r["unit"]: r["margin"] for r in rows}
         out += ["", "**Method.** " + (
-            "Several seeds: the interval adds training noise (the spread of the per-seed paired differences) to "
-            "the test-set noise shared by every seed (all are scored on the same images); t quantile with "
-            "Welch-Satterthwaite degrees of freedom. " if max(seeds) >= 2 else
+            "Several seeds: the crossed seeds x images estimator (training noise, the test-set noise every seed "
+            "shares, their interaction counted once); t tests at df = seeds - 1, the Satterthwaite df beside it "
+            "(*S*; '!' where it would decide otherwise: with 3 seeds it trusts a seed term that came out small by "
+            "chance, and undercovers in simulation). " if max(seeds) >= 2 else
             "**One seed**: the interval is paired over the test images (Agresti-Min adjusted) and reflects the "
             "finite test set only, not how much another training run would move the numbers: the verdict is "
             "*indicative*, about these weights rather than the architectures; it is not set against the paper's "
             "conclusion. Run several seeds (`study.seeds`). ") +
-            f"**Multiplicity**: {_family_size(rows)} below form one family; "
-            "a verdict says helps/hurts only when its Holm-Bonferroni adjusted p-value is below 0.05 (family-wise "
-            "error 5%); the 95% intervals are per comparison. A row is *withheld* when a compared model's clean "
-            "accuracy is below the dataset's floor (`eval.min_clean_accuracy`).", "", _verdict_markdown(rows)]
+            f"**Decisions**: {_family_size(rows)} form one family. *helps/hurts*: Holm-adjusted p < "
+            f"{rows[0]['alpha']:g}; "
+            f"*equivalent*: the difference lies within the declared margin "
+            f"({', '.join(f'+-{v:g} {k}' for k, v in margins.items())}; `[verdict]` in the config), two one-sided "
+            "tests Holm-adjusted over the same family; else *inconclusive* — not 'no effect'. *simultaneous*: "
+            "Bonferroni intervals over the family, for any claim about several rows. *detectable*: the smallest "
+            "effect the row finds with 80% power at the family's level; *seeds to decide*: how many seeds would "
+            "bring that down to the margin. *both-correct*: the difference on images both targets classify "
+            "correctly (clean accuracy leaks into robust accuracy); *rel. gap*: the difference over the twin's "
+            "value. A row at a floor or ceiling (both models within 2 pp of 0% or 100%) tests nothing and does "
+            "not count. A row is *withheld* when a compared model's clean accuracy is below the dataset's floor "
+            "(`eval.min_clean_accuracy`); *[flag]*: built on records with a failed sanity flag.", ""]
+        out += _verdict_markdown(rows)
         out.append("The paper column applies the same comparison to the paper's published numbers, over the "
                    "final-iterate settings we share with it, judged by an unpaired one-run rule with n = 10000 "
                    "(the paper publishes accuracies, not per-image outcomes). Full rows: [verdicts.csv](verdicts.csv).")
     reduced = reduced_notes(grid, inputs.config)
     if reduced:
         out += ["", "**Indicative only, next to the paper**: " + "; ".join(reduced) + "."]
+    out += ["", "## Warnings", ""] + [line.strip() if not line.startswith("  ") else f"- {line.strip()}"
+                                      for line in warnings_lines(inputs.records)]
     out += ["", "## Threat model", ""] + _threat_model(grid, inputs.records)
     deviations = _deviations(inputs.run_dir, inputs.config)
     if deviations:
@@ -219,7 +266,7 @@ def readme_text(inputs: ReadmeInputs) -> str:
                 "models apart. Per image, the smallest L-inf eps at which PGD (bisection on the grid of 1/255, "
                 "with early stopping) finds an adversarial example: 0 for images misclassified clean, 'not broken' "
                 "above the largest eps tried. This is the verdict's primary white-box measure (row *minimal*).",
-                ""] + inputs.minimal_lines
+                ""] + inputs.minimal_lines + _minimal_comparison(rows)
     if inputs.corruption_lines:
         out += [""] + list(inputs.corruption_lines)
     if inputs.width_lines:
@@ -263,7 +310,8 @@ def readme_text(inputs: ReadmeInputs) -> str:
             "over the images the target classified correctly when clean (`target_clean_correct`).",
             "- eps is an L-inf budget in [0, 1] pixel units (0.05 = 12.75/255); the models normalize inside.",
             "- Transfer (twin) mixes two effects, as the paper's comparison does: how robust the target is and "
-            "how well the source's attacks transfer. The VGG-source scenario isolates the target.",
+            "how well the source's attacks transfer. Only the VGG-source scenario (both models as targets) feeds "
+            "the robustness verdict; the *as a source* rows show the other direction.",
             "- Which model is an attention model, and its twin, comes from the model registry "
             "(`attnrobust.models.model_info`)."]
     if inputs.config_text is not None:

@@ -1,51 +1,74 @@
-"""Does attention help, hurt, or make no significant difference? Paired comparisons, seeds, and a controlled family.
+"""Does attention help, hurt, is it equivalent within a declared margin, or can the study not tell? Paired
+comparisons, seeds, and a controlled family.
 
 For each dataset and each attention model A whose no-attention twin B is in the results (the registry's ModelInfo
-says which is which), one comparison per scenario and measure:
+says which is which), one comparison per scenario and measure. Robustness rows (the verdict's family):
 
 - white-box: A attacked white-box vs B attacked white-box;
+- transfer from V (every model without attention that is neither A nor B, e.g. VGG): A vs B *as targets* of the
+  same attacks crafted on V (the paper's third scenario): the transfer direction that is evidence about A's
+  robustness.
+
+Transferability rows (their own family, never in the robustness verdict):
+
 - transfer (twin): A scored on attacks crafted on B vs B scored on attacks crafted on A (the paper's first two
-  transfer scenarios; it mixes A's robustness with B's transferability, as the paper's comparison does);
-- transfer from V (every model without attention that is neither A nor B, e.g. VGG): A vs B as targets of the
-  same attacks crafted on V (the paper's third).
+  scenarios). It mixes A's robustness as a target with B's attacks' strength as a source;
+- as a source, on V (every other model V): V attacked by attacks crafted on A vs by attacks crafted on B (> 0: A's
+  attacks transfer less). In results/attention-kinds BoTNet's twin-transfer "hurts" was this, not robustness.
 
 A measure is an attack's robust accuracy, averaged over its settings (FGSM at every eps > 0, PGD/APGD at every
 iteration count), per image: d_i = mean over settings of (A correct on image i) - (B correct on image i), in
 percentage points (> 0: attention more robust); or, for "minimal", the per-image minimal adversarial eps of A
-minus B, in 1/255 (> 0: A needs a larger perturbation). The latter is the primary white-box measure when
-present: at the paper's budgets every standard model is at ~0% robust accuracy, a ceiling, not evidence.
+minus B, in 1/255, an image not broken up to the cap counted at the cap: the restricted mean up to the cap, i.e.
+the area under the robust-accuracy-vs-eps curve (> 0: A needs a larger perturbation). The latter is the primary
+white-box measure when present: at the paper's budgets every standard model is at ~0% robust accuracy, a floor.
 
-Statistics (see attnrobust.report.stats; coverage checked by simulation in tests/test_stats.py):
+Statistics (attnrobust.report.stats; coverage, false positives and false equivalences checked by simulation in
+tests/test_stats.py):
 - paired: A and B are scored on the same images, so they are compared image by image;
 - one seed: a paired interval over the images (Agresti-Min adjusted). It is about these weights, not the
-  architecture: training noise is not in it, and the verdict says "indicative (1 seed)";
-- several seeds (A and B paired by seed): an interval with both training noise (spread of the per-seed
-  differences) and test-set noise (shared by every seed, since every seed is scored on the same images);
-- multiplicity: every comparison of a dataset (all pairs, scenarios and measures) is one family; Holm-Bonferroni
-  adjusted p-values decide "helps"/"hurts" at a family-wise 5%. The 95% intervals shown are per comparison;
+  architecture: the verdict says "indicative (1 seed)";
+- several seeds (A and B paired by seed): the crossed seeds x images estimator, tests at df = seeds - 1; the
+  Satterthwaite df and what the verdict would be there (the sensitivity column) beside it;
+- three-way verdicts over each family (a dataset panel's robustness rows): helps / hurts (Holm over the family),
+  equivalent within +-margin ([verdict] margin_pp / margin_eps; TOST, Holm over the same family), else
+  inconclusive, with the smallest effect the row could have detected and, for an inconclusive row, the seeds it
+  would take to decide at the margin. Simultaneous (Bonferroni) intervals beside the per-comparison ones: claims
+  over several rows use them;
+- confounds shown: the same difference on the images both models classify correctly (clean accuracy leaks into
+  robust accuracy: a misclassified image counts as broken at eps 0), and the gap relative to the twin's value;
+- sanity flags: a row whose input records carry a failed flag names it;
 - no verdict from models that did not learn: when a compared model's clean accuracy is below the dataset's floor
   (`clean_floor`), the row is withheld and says why.
-The paper's own numbers go through the unpaired one-seed rule (only counts are published, n = 10000): e.g. its
-CIFAR-10 white-box PGD gap (0.02% vs 0% accuracy at 5 iterations) is no significant difference.
+The paper's own numbers go through the unpaired one-seed rule (only counts are published, n = 10000). "Not
+reproduced" is said only where the paper's gap lies outside our simultaneous interval and the comparison is not
+at a floor or ceiling (both models within SATURATED_PP of 0% or 100%, where the paper's gap cannot occur).
 """
 
 from __future__ import annotations
 
-import numpy as np
 
+import numpy as np
+from scipy import stats as scipy_stats
+
+from attnrobust.config import VerdictSection
 from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.paper import PAPER_N, load_paper, paper_dataset, paper_model, paper_value
-from attnrobust.report.stats import Z95, holm, paired_interval, proportion_diff_se, seeds_interval
+from attnrobust.report.stats import (EQUIVALENT, INCONCLUSIVE, POWER, Z95, decide, paired_interval,
+                                     proportion_diff_se, seeds_interval)
 from attnrobust.report.tables import column_titles
 from attnrobust.results import Setting, panel_dataset, unpack_bits, unpack_floats
 
 HELPS, HURTS, NONE, WITHHELD = "helps", "hurts", "no significant difference", "withheld"
-ALPHA = 0.05
 _SHORT = {NONE: "n.s."}
 # Clean accuracy a compared model must reach for its robustness to mean anything (a model near chance is
 # "robust" to nothing); per dataset, else DEFAULT_FLOOR. Override with [eval] min_clean_accuracy.
 CLEAN_FLOORS = {"fashion-mnist": 0.80, "fashion-mnist-mini": 0.75, "cifar10": 0.70, "cifar100": 0.40}
 DEFAULT_FLOOR = 0.5
+# Both models' robust accuracy within this many pp of 0% (or 100%): the comparison is at a floor (ceiling); a gap
+# larger than the accuracies themselves cannot occur there, so it tests nothing about the paper's gap.
+SATURATED_PP = 2.0
+ROBUSTNESS, TRANSFERABILITY = "robustness", "transferability"
 
 
 def clean_floor(dataset: str, override: float | None = None) -> float:
@@ -74,21 +97,26 @@ def _has_attention(name: str, declared=()) -> bool | None:
 
 
 def _scenarios(models: list[str], attn: str, base: str, declared=()):
-    """(scenario, attention cell, baseline cell, what is compared) as (source, target) cells."""
-    yield ("white-box", (attn, attn), (base, base),
-           f"{attn} vs {base}, each attacked white-box")
-    yield ("transfer (twin)", (base, attn), (attn, base),
-           f"{attn} on attacks crafted on {base} vs {base} on attacks crafted on {attn}")
+    """(scenario, attention cell, baseline cell, what is compared, family) as (source, target) cells."""
+    yield ("white-box", (attn, attn), (base, base), f"{attn} vs {base}, each attacked white-box", ROBUSTNESS)
     for v in models:
         if v not in (attn, base) and _has_attention(v, declared) is False:
             yield (f"transfer from {v}", (v, attn), (v, base),
-                   f"{attn} vs {base} as targets of attacks crafted on {v}")
+                   f"{attn} vs {base} as targets of attacks crafted on {v}", ROBUSTNESS)
+    yield ("transfer (twin)", (base, attn), (attn, base),
+           f"{attn} on attacks crafted on {base} vs {base} on attacks crafted on {attn} (mixes robustness as a "
+           f"target with strength as a source)", TRANSFERABILITY)
+    for v in models:
+        if v not in (attn, base):
+            yield (f"as a source, on {v}", (attn, v), (base, v),
+                   f"{v} attacked by attacks crafted on {attn} vs on {base} (> 0: {attn}'s attacks transfer less)",
+                   TRANSFERABILITY)
 
 
 def _per_image_scores(record: dict, s: Setting) -> np.ndarray:
     """What a measure scores per image: correct (1/0) for accuracies; for minimal eps the eps itself, an image
-    not broken up to the largest eps tried counted at that eps (censored: a lower bound, which can only shrink a
-    difference)."""
+    not broken up to the largest eps tried counted at that eps (censored: its mean is the restricted mean up to
+    the cap, the area under the robust-accuracy curve)."""
     if s.attack == "minimal":
         return np.minimum(unpack_floats(record["min_eps"], record["n"]), record["eps"])
     key = "clean_bits" if s.attack == "clean" else "robust_bits"
@@ -96,15 +124,29 @@ def _per_image_scores(record: dict, s: Setting) -> np.ndarray:
 
 
 def _per_image_differences(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], seed: int):
-    """d_i for one seed: mean over settings of A's minus B's per-image score (None if the images differ)."""
-    total = None
+    """(d_i, both-correct mask) for one seed: mean over settings of A's minus B's per-image score, and the images
+    both compared targets classify correctly (None if the images differ)."""
+    total, both = None, None
     for s in settings:
         ra, rb = grid.runs(d, *a_cell, s)[seed], grid.runs(d, *b_cell, s)[seed]
         if ra["n"] != rb["n"] or ra["images"] != rb["images"]:
             return None
         diff = _per_image_scores(ra, s) - _per_image_scores(rb, s)
         total = diff if total is None else total + diff
-    return total / len(settings)
+        if both is None:
+            both = unpack_bits(ra["clean_bits"], ra["n"]) & unpack_bits(rb["clean_bits"], rb["n"])
+    return total / len(settings), both
+
+
+def _failed_flags(grid: Grid, d: str, cells, settings: list[Setting], seeds: list[int]) -> list[str]:
+    """Names of the failed sanity flags on the records a row is computed from (sorted, each once)."""
+    found = set()
+    for cell in cells:
+        for s in settings:
+            for seed, record in grid.runs(d, *cell, s).items():
+                if seed in seeds:
+                    found |= {name for name, f in (record.get("flags") or {}).items() if not f.get("ok", True)}
+    return sorted(found)
 
 
 def _unit(attack: str) -> tuple[str, float]:
@@ -139,6 +181,15 @@ def _paper_verdict(d: str, a_cell, b_cell, settings: list[Setting]) -> tuple[flo
     return diff, HELPS if diff - half > 0 else HURTS if diff + half < 0 else NONE
 
 
+def _wilcoxon_p(d: np.ndarray) -> float | None:
+    """Paired Wilcoxon signed-rank p over the images of the seed-averaged differences: a secondary,
+    distribution-free check of the minimal-eps row (it sees the images' noise, not the training noise)."""
+    x = d.mean(axis=0)
+    if not np.any(x != 0):
+        return 1.0
+    return float(scipy_stats.wilcoxon(x, zero_method="wilcox").pvalue)
+
+
 def _compare(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], floor: float) -> dict | None:
     settings = [s for s in settings if grid.runs(d, *a_cell, s) and grid.runs(d, *b_cell, s)]
     if not settings:
@@ -150,39 +201,50 @@ def _compare(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], floor:
     if not pairs:
         return None
     seeds = [seed for seed, _ in pairs]
-    diffs = np.stack([v for _, v in pairs])
+    diffs = np.stack([v[0] for _, v in pairs])
+    masks = [v[1] for _, v in pairs]
     unit, scale = _unit(settings[0].attack)
     bound = max(s.eps for s in settings) if unit == "/255" else 1.0
-    if len(seeds) >= 2:
-        iv = seeds_interval(diffs, bound=bound)
-    else:
-        iv = paired_interval(diffs[0], bound=bound)
+    iv = seeds_interval(diffs, bound=bound) if len(seeds) >= 2 else paired_interval(diffs[0], bound=bound)
+    # both models targets of the comparison (white-box / as a target); in a source row the target is shared
     attn_model, base_model = a_cell[1], b_cell[1]
-    clean = {m: _clean_accuracy(grid, d, m, seeds) for m in (attn_model, base_model)}
-    low_clean = [f"{m} {100 * c:.1f}%" for m, c in clean.items() if c is not None and c < floor]
+    clean = {m: _clean_accuracy(grid, d, m, seeds) for m in {attn_model, base_model, a_cell[0], b_cell[0]}}
+    low_clean = [f"{m} {100 * c:.1f}%" for m, c in sorted(clean.items()) if c is not None and c < floor]
 
-    def mean_accuracy(cell):  # or, for minimal eps, the mean per-image eps (censored at the largest tried)
+    def mean_accuracy(cell):  # or, for minimal eps, the restricted mean eps up to the cap
         return scale * float(np.mean([_per_image_scores(grid.runs(d, *cell, s)[seed], s).mean() if unit == "/255"
                                       else s.accuracy(grid.runs(d, *cell, s)[seed])
                                       for s in settings for seed in seeds]))
 
+    baseline = mean_accuracy(b_cell)
+    both = [float(x[m].mean()) for x, m in zip(diffs, masks) if m.any()]
     paper_diff, paper_verdict = _paper_verdict(d, a_cell, b_cell, settings)
     return {
         "settings": column_titles(settings),
         "seeds": len(seeds),
         "n": int(diffs.shape[1]),
         "attention_accuracy": mean_accuracy(a_cell),
-        "baseline_accuracy": mean_accuracy(b_cell),
+        "baseline_accuracy": baseline,
         "unit": unit,
         "difference": scale * iv.estimate,
         "ci_low": scale * iv.low,
         "ci_high": scale * iv.high,
         "p_value": iv.p_value,
+        "df": iv.df,
         "method": iv.method,
+        # the confounds: the same difference on the images both targets classify correctly (mean over seeds),
+        # and the gap as a fraction of the twin's own value
+        "both_correct_difference": scale * float(np.mean(both)) if both else None,
+        "both_correct_n": int(round(np.mean([m.sum() for m in masks]))),
+        "relative_gap": 100 * scale * iv.estimate / baseline if baseline > 0 else None,
+        "wilcoxon_p": _wilcoxon_p(diffs) if unit == "/255" else None,
+        "flags": _failed_flags(grid, d, (a_cell, b_cell), settings, seeds),
         "withheld": (f"clean accuracy below the floor of {100 * floor:.0f}% ({', '.join(low_clean)}): the model "
                      f"did not learn enough for its robustness to mean anything") if low_clean else None,
         "paper_difference": paper_diff,
         "paper_verdict": paper_verdict,
+        "_interval": iv,
+        "_scale": scale,
     }
 
 
@@ -191,70 +253,118 @@ def _measures(grid: Grid, d: str) -> list[str]:
     return sorted(attacks, key=lambda a: Setting(a).sort_key())
 
 
-def _decide(rows: list[dict]) -> None:
-    """Holm over the family (the rows of one dataset that are not withheld); sets adjusted p and verdict."""
+def _margin(row: dict, verdict: VerdictSection) -> float:
+    """The row's equivalence margin in its own unit (pp or 1/255)."""
+    return verdict.margin_eps if row["unit"] == "/255" else verdict.margin_pp
+
+
+def _decide(rows: list[dict], verdict: VerdictSection) -> None:
+    """Three-way decisions over one family (the rows of one dataset and family kind that are not withheld), at
+    df = seeds - 1 and, for the sensitivity column, at the Satterthwaite df."""
     live = [r for r in rows if r["withheld"] is None]
-    for r, p in zip(live, holm([r["p_value"] for r in live])):
-        r["p_holm"] = p
-        significant = p < ALPHA and (r["ci_low"] > 0 or r["ci_high"] < 0)
-        r["verdict"] = (HELPS if r["difference"] > 0 else HURTS) if significant else NONE
-        r["indicative"] = r["seeds"] < 2
+    intervals = [r["_interval"] for r in live]
+    margins = [_margin(r, verdict) / r["_scale"] for r in live]
+    main = decide(intervals, margins, alpha=verdict.alpha)
+    loose = decide(intervals, margins, alpha=verdict.alpha, satterthwaite=True)
+    for r, dec, alt, mg in zip(live, main, loose, margins):
+        scale = r["_scale"]
+        r.update(p_holm=dec.p_holm, p_equivalence_holm=dec.p_equivalence_holm, verdict=dec.verdict,
+                 margin=mg * scale, sim_low=scale * dec.sim_low, sim_high=scale * dec.sim_high,
+                 detectable=scale * dec.detectable, seeds_needed=dec.seeds_needed,
+                 df_verdict=r["seeds"] - 1 if r["seeds"] >= 2 else None, verdict_satterthwaite=alt.verdict,
+                 family_size=len(live), indicative=r["seeds"] < 2, alpha=verdict.alpha)
     for r in rows:
         if r["withheld"] is not None:
-            r.update(p_holm=None, verdict=WITHHELD, indicative=r["seeds"] < 2)
+            r.update(p_holm=None, p_equivalence_holm=None, verdict=WITHHELD, margin=_margin(r, verdict),
+                     sim_low=None, sim_high=None, detectable=None, seeds_needed=None, df_verdict=None,
+                     verdict_satterthwaite=None, family_size=len(live), indicative=r["seeds"] < 2,
+                     alpha=verdict.alpha)
 
 
-def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=()) -> list[dict]:
+def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=(),
+             verdict: VerdictSection | None = None) -> list[dict]:
     """One dict per dataset x (attention model, twin) x scenario x measure; see the module docstring.
 
-    Keys: dataset, attention_model, baseline_model, scenario, attack, compared, settings, seeds, n,
-    attention_accuracy, baseline_accuracy, difference, ci_low, ci_high (percentage points), p_value, p_holm,
-    method, withheld (None or why), verdict ("helps" | "hurts" | "no significant difference" | "withheld"),
-    indicative (one seed), paper_difference, paper_verdict, reproduced ("yes" | "no" | "inconclusive" | "n/a").
+    Keys: dataset, attention_model, baseline_model, scenario, family ("robustness" | "transferability"), attack,
+    compared, settings, seeds, n, attention_accuracy, baseline_accuracy, unit, difference, ci_low, ci_high (per
+    comparison), sim_low, sim_high (simultaneous over the family), margin, p_value, p_holm, p_equivalence_holm,
+    df (Satterthwaite), df_verdict (seeds - 1), alpha (the family-wise error of the decisions), verdict ("helps" |
+    "hurts" | "equivalent" | "inconclusive" | "withheld"), verdict_satterthwaite (the sensitivity column),
+    detectable, seeds_needed, family_size, both_correct_difference, both_correct_n, relative_gap (% of the twin's
+    value), wilcoxon_p (minimal eps), flags (failed sanity flags of its records), method, withheld (None or why),
+    indicative (one seed), saturated (both models within SATURATED_PP of 0% or 100%), paper_difference,
+    paper_verdict, reproduced.
     """
+    verdict = verdict or VerdictSection()
     grid = Grid.from_records(records)
     out = []
     for d in grid.datasets():
         models = grid.models(d)
         floor = clean_floor(d, min_clean_accuracy)
-        family = []
+        families: dict[str, list[dict]] = {ROBUSTNESS: [], TRANSFERABILITY: []}
         for attn, base in attention_pairs(models, pairs):
-            for scenario, a_cell, b_cell, compared in _scenarios(models, attn, base, pairs):
+            for scenario, a_cell, b_cell, compared, family in _scenarios(models, attn, base, pairs):
                 for attack in _measures(grid, d):
                     settings = [s for s in grid.settings(d) if s.attack == attack]
                     row = _compare(grid, d, a_cell, b_cell, settings, floor)
                     if row is not None:
-                        family.append({"dataset": d, "attention_model": attn, "baseline_model": base,
-                                       "scenario": scenario, "attack": attack, "compared": compared, **row})
-        _decide(family)
-        for r in family:
-            r["reproduced"] = _agreement(r)
-        out += family
+                        families[family].append({"dataset": d, "attention_model": attn, "baseline_model": base,
+                                                 "scenario": scenario, "family": family, "attack": attack,
+                                                 "compared": compared, **row})
+        for family in families.values():
+            _decide(family, verdict)
+            for r in family:
+                r["saturated"] = _saturated(r)
+                r["reproduced"] = _agreement(r)
+                del r["_interval"], r["_scale"]
+            out += family
     return out
 
 
+def _saturated(row: dict) -> bool:
+    """Both models at a floor or ceiling of an accuracy measure: no gap of the paper's size can occur there."""
+    if row["unit"] != "pp":
+        return False
+    values = (row["attention_accuracy"], row["baseline_accuracy"])
+    return all(v <= SATURATED_PP for v in values) or all(v >= 100 - SATURATED_PP for v in values)
+
+
 def _agreement(row: dict) -> str:
+    """Does the paper's gap survive our row? Only where it lies outside our simultaneous interval, away from a
+    floor or ceiling, is it "not reproduced"."""
     if row["paper_verdict"] is None or row["indicative"] or row["verdict"] == WITHHELD:
         return "n/a"
-    if row["verdict"] == row["paper_verdict"]:
-        return "yes"
-    return "inconclusive" if row["verdict"] == NONE else "no"
+    if row["saturated"]:
+        return "not tested at this scale (floor/ceiling)"
+    inside = row["sim_low"] <= row["paper_difference"] <= row["sim_high"]
+    if row["verdict"] in (HELPS, HURTS) and row["verdict"] == row["paper_verdict"]:
+        return "reproduced" if inside else "direction reproduced (gap size not)"
+    if not inside:
+        return "not reproduced"
+    if row["verdict"] == EQUIVALENT and row["paper_verdict"] == NONE:
+        return "reproduced"
+    return "inconclusive"
 
 
 def _combine(found: list[str]) -> str:
-    significant = {v for v in found if v not in (NONE, WITHHELD)}
-    if not significant:
-        return WITHHELD if found and all(v == WITHHELD for v in found) else NONE
-    return significant.pop() if len(significant) == 1 else "mixed"
+    """A scope's verdict from its rows: the direction of the decided ones (both: "mixed"), else "equivalent" when
+    every row is, else "inconclusive"."""
+    live = [v for v in found if v != WITHHELD]
+    if not live:
+        return WITHHELD if found else INCONCLUSIVE
+    directions = {v for v in live if v in (HELPS, HURTS)}
+    if directions:
+        return directions.pop() if len(directions) == 1 else "mixed"
+    return EQUIVALENT if all(v == EQUIVALENT for v in live) else INCONCLUSIVE
 
 
-def summaries(rows: list[dict]) -> list[dict]:
-    """Per dataset and attention pair: white-box and transfer verdicts against the paper's conclusion.
+def summaries(rows: list[dict], records: list[dict] | None = None) -> list[dict]:
+    """Per dataset and attention pair: white-box and transfer (as a target) verdicts against the paper's
+    conclusion. Only robustness rows count; the twin-transfer and as-a-source rows say how well attacks
+    transfer, not how robust a model is.
 
-    Ours for a scope is the direction of its rows that are significant after Holm (FGSM, PGD, ... and, for
-    transfer, every scenario): all agreeing -> that direction, some disagreeing -> "mixed", none -> no
-    significant difference. With one seed it is "indicative" and never "reproduced" or "not reproduced": one
-    training run says something about those weights, not about the architecture.
+    With one seed it is "indicative" and never "reproduced" or "not reproduced". records (optional): to say when
+    the gradient-masking flag is set for either model.
     """
     conclusion = load_paper()["conclusion"]
     out = []
@@ -262,15 +372,19 @@ def summaries(rows: list[dict]) -> list[dict]:
     for d, attn, base in keys:
         pd = paper_dataset(d)
         paper_pair = paper_model(attn) == "cbam_resnet50" and paper_model(base) == "resnet50"
+        masking = sorted({(r["target"], r["seed"]) for r in records or () if r["dataset"] == d
+                          and r["target"] in (attn, base) and not (r.get("flags") or {}).get(
+                              "gradient_masking", {}).get("ok", True)})
         for scope in ("white-box", "transfer"):
             mine = [r for r in rows if (r["dataset"], r["attention_model"], r["baseline_model"]) == (d, attn, base)
-                    and r["scenario"].startswith(scope)]
+                    and r["family"] == ROBUSTNESS and r["scenario"].startswith(scope)]
             if not mine:
                 continue
             # White-box: the minimal eps per image is the primary measure when measured (the paper's budgets
-            # saturate: every standard model is at ~0% there, and "no difference" would be a ceiling).
+            # saturate: every standard model is at ~0% there, a floor).
             primary = [r for r in mine if r["attack"] == "minimal"] if scope == "white-box" else []
-            ours = _combine([r["verdict"] for r in (primary or mine)])
+            # a row at a floor or ceiling tests nothing: it does not count towards the scope's verdict
+            ours = _combine([r["verdict"] for r in (primary or mine) if not r["saturated"]])
             seeds = min(r["seeds"] for r in mine)
             paper = conclusion[scope].get(pd) if paper_pair and pd else None
             if paper is None:
@@ -279,12 +393,14 @@ def summaries(rows: list[dict]) -> list[dict]:
                 agreement = "not judged (1 seed: indicative)"
             elif ours == WITHHELD:
                 agreement = "not judged (verdict withheld)"
+            elif ours == INCONCLUSIVE:
+                agreement = "inconclusive (neither a difference nor equivalence shown)"
             elif paper == "no clear difference":
-                agreement = "reproduced" if ours == NONE else f"not reproduced (ours: {ours})"
+                agreement = "reproduced" if ours == EQUIVALENT else f"not reproduced (ours: {ours})"
             elif ours == paper:
                 agreement = "reproduced"
-            elif ours == NONE:
-                agreement = "not reproduced (no significant difference)"
+            elif ours == EQUIVALENT:
+                agreement = "not reproduced (equivalent within the margin)"
             elif ours == "mixed":
                 agreement = "partly (mixed)"
             else:
@@ -293,12 +409,23 @@ def summaries(rows: list[dict]) -> list[dict]:
             # text, significant gaps in Table III), so its tables' verdict by our rule is given beside it.
             from_tables = [r["paper_verdict"] for r in mine if r["paper_verdict"] is not None]
             withheld = [r["withheld"] for r in mine if r["withheld"]]
+            needed = [r["seeds_needed"] for r in (primary or mine) if r["verdict"] == INCONCLUSIVE]
             out.append({"dataset": d, "attention_model": attn, "baseline_model": base, "scope": scope,
                         "ours": ours, "paper": paper, "agreement": agreement,
-                        "paper_tables": _combine(from_tables) if from_tables else None,
+                        "paper_tables": _combine_paper(from_tables) if from_tables else None,
                         "seeds": seeds, "withheld": withheld[0] if withheld else None,
-                        "primary": "minimal eps" if primary else "all measures"})
+                        "primary": "minimal eps" if primary else "all measures",
+                        "seeds_needed": (None if not needed else "more images" if None in needed else max(needed)),
+                        "flagged_rows": sum(1 for r in mine if r["flags"]),
+                        "gradient_masking": [f"{m} seed {s}" for m, s in masking] if scope == "white-box" else []})
     return out
+
+
+def _combine_paper(found: list[str]) -> str:
+    significant = {v for v in found if v != NONE}
+    if not significant:
+        return NONE
+    return significant.pop() if len(significant) == 1 else "mixed"
 
 
 def verdict_label(verdict: str, seeds: int) -> str:
@@ -313,43 +440,169 @@ def format_diff(row: dict) -> str:
     return f"{row['difference']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]{unit}"
 
 
+def format_sim(row: dict) -> str:
+    if row.get("sim_low") is None:
+        return "-"
+    return f"[{row['sim_low']:+.2f}, {row['sim_high']:+.2f}]"
+
+
+def format_df(row: dict) -> str:
+    """df of the verdict's test, the Satterthwaite df beside it, and the verdict there when it differs."""
+    if row["seeds"] < 2:
+        return "normal"
+    text = f"{row['seeds'] - 1} (S {row['df']:.0f})"
+    alt = row.get("verdict_satterthwaite")
+    if alt is not None and alt != row["verdict"]:
+        text += f" S: {alt}!"
+    return text
+
+
+def format_needed(row: dict) -> str:
+    if row.get("verdict") != INCONCLUSIVE or row["seeds"] < 2:
+        return "-"
+    return "more images" if row["seeds_needed"] is None else str(row["seeds_needed"])
+
+
+def format_both(row: dict) -> str:
+    if row.get("both_correct_difference") is None:
+        return "-"
+    return f"{row['both_correct_difference']:+.2f}"
+
+
+def format_relative(row: dict) -> str:
+    return "-" if row.get("relative_gap") is None else f"{row['relative_gap']:+.0f}%"
+
+
 def format_paper(row: dict) -> str:
     if row["paper_difference"] is None:
         return "-"
     return f"{row['paper_difference']:+.2f} ({row['paper_verdict']})"
 
 
-def verdict_table(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=()) -> str:
+def power_note(rows: list[dict]) -> str:
+    """The one line that leads a verdict table: what the study could have seen at all."""
+    live = [r for r in rows if r["family"] == ROBUSTNESS and r.get("detectable") is not None]
+    if not live:
+        return "power: no robustness rows to judge"
+    parts = []
+    for unit in ("pp", "/255"):
+        of = [r for r in live if r["unit"] == unit]
+        if of:
+            smallest = min(r["detectable"] for r in of)
+            largest = max(r["detectable"] for r in of)
+            margin = of[0]["margin"]
+            u = "pp" if unit == "pp" else "/255"
+            span = f"{smallest:.2f}" if f"{smallest:.2f}" == f"{largest:.2f}" else f"{smallest:.2f}-{largest:.2f}"
+            parts.append(f"{span} {u} (margin +-{margin:g} {u})")
+    seeds = sorted({r["seeds"] for r in live})
+    inconclusive = [r for r in live if r["verdict"] == INCONCLUSIVE]
+    needed = [r["seeds_needed"] for r in inconclusive if r["seeds"] >= 2]
+    tail = ""
+    if needed:
+        finite = [k for k in needed if k is not None]
+        tail = (f"; {len(inconclusive)} of {len(live)} rows inconclusive, deciding them at the margin would take "
+                + (f"up to {max(finite)} seeds" if finite else "")
+                + (" (some: more images, not seeds)" if None in needed else ""))
+    return (f"power: with {'/'.join(map(str, seeds))} seed(s), the smallest effects these rows detect with "
+            f"{100 * POWER:.0f}% "
+            f"power at the family's level: {'; '.join(parts)}{tail}")
+
+
+def verdict_table(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=(),
+                  verdict: VerdictSection | None = None) -> str:
     """Plain-text verdict table of the records (verdicts.txt, printed at the end of a study), then the per-dataset
-    summary."""
-    return verdict_text(verdicts(records, min_clean_accuracy=min_clean_accuracy, pairs=pairs))
+    summary and the warnings."""
+    return verdict_text(verdicts(records, min_clean_accuracy=min_clean_accuracy, pairs=pairs, verdict=verdict),
+                        records)
 
 
-def verdict_text(rows: list[dict]) -> str:
-    """verdict_table from rows that `verdicts` already computed."""
+def failed_flags(records: list[dict]) -> list[dict]:
+    """Every failed sanity flag of the records: dataset, flag, target, source, seed, setting, detail."""
+    out = []
+    for r in records:
+        for name, f in sorted((r.get("flags") or {}).items()):
+            if not f.get("ok", True):
+                setting = r["attack"] + (f" eps {r['eps']:.4g}" if r.get("eps") is not None else "") + (
+                    f" {r['steps']} steps" if r.get("steps") else "")
+                out.append({"dataset": r["dataset"] if not r.get("regime") else f"{r['dataset']} [{r['regime']}]",
+                            "flag": name, "target": r["target"], "source": r["source"], "seed": r["seed"],
+                            "setting": setting, "detail": f.get("detail", "")})
+    return out
+
+
+def warnings_lines(records: list[dict]) -> list[str]:
+    """The warnings: a count per flag, then each failed flag with its model, seed, setting and detail; a clean
+    bill in one line."""
+    failed = failed_flags(records)
+    checked = sum(len(r.get("flags") or {}) for r in records)
+    if not failed:
+        return [f"warnings: none (all {checked} sanity flags of {len(records)} records passed)"]
+    counts: dict[str, int] = {}
+    for f in failed:
+        counts[f["flag"]] = counts.get(f["flag"], 0) + 1
+    lines = [f"warnings: {len(failed)} of {checked} sanity flags failed ("
+             + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + "); verdict rows built on them are "
+             "marked [flag]"]
+    for f in failed:
+        lines.append(f"  {f['flag']}: {f['dataset']}, {f['source']} -> {f['target']}, seed {f['seed']}, "
+                     f"{f['setting']}: {f['detail']}")
+    return lines
+
+
+VERDICT_HEADER = ["dataset", "attention vs twin", "scenario", "attack", "seeds", "diff [95% CI]", "simultaneous",
+                  "margin", "verdict", "df (S: Satterthwaite)", "detectable", "seeds to decide", "both-correct",
+                  "rel. gap", "paper", "reproduced"]
+
+
+def verdict_cells(r: dict) -> list[str]:
+    """One row of the verdict table (text and Markdown share it)."""
+    verdict = (verdict_label(r["verdict"], r["seeds"]) + (" (at floor/ceiling)" if r["saturated"] else "")
+               + (" [flag]" if r["flags"] else ""))
+    return [r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["attack"],
+            str(r["seeds"]), format_diff(r), format_sim(r), f"+-{r['margin']:g}", verdict, format_df(r),
+            "-" if r["detectable"] is None else f"{r['detectable']:.2f}", format_needed(r), format_both(r),
+            format_relative(r), format_paper(r).replace(NONE, "n.s."), r["reproduced"]]
+
+
+def verdict_text(rows: list[dict], records: list[dict] | None = None) -> str:
+    """verdict_table from rows that `verdicts` already computed (records: for the warnings and the gradient-
+    masking flag)."""
     if not rows:
         return "verdicts: none (no attention model with its no-attention twin in the results)"
-    header = ["dataset", "attention vs twin", "scenario", "attack", "seeds", "diff pp [95% CI]", "p (Holm)",
-              "verdict", "paper", "reproduced"]
-    body = [[r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["attack"],
-             str(r["seeds"]), format_diff(r), "-" if r["p_holm"] is None else f"{r['p_holm']:.3g}",
-             _SHORT.get(r["verdict"], r["verdict"]), format_paper(r).replace(NONE, "n.s."), r["reproduced"]]
-            for r in rows]
-    lines = _aligned([header] + body)
-    lines.append("")
-    lines.append("diff = robust accuracy of the attention model minus its twin's, per image, averaged over the "
-                 "attack's settings (pp; > 0: attention more robust); minimal: the per-image minimal eps, "
-                 "attention minus twin, in 1/255 (the primary white-box measure); verdicts from Holm-adjusted p "
-                 "over each dataset's comparisons; n.s. = no significant difference")
-    for s in summaries(rows):
+    lines = [power_note(rows), ""]
+    for family, title in ((ROBUSTNESS, "robustness (the verdict)"),
+                          (TRANSFERABILITY, "transferability (how well attacks crafted on each transfer; not "
+                                            "evidence about robustness)")):
+        mine = [r for r in rows if r["family"] == family]
+        if mine:
+            lines += [f"{title}:"] + _aligned([VERDICT_HEADER] + [verdict_cells(r) for r in mine]) + [""]
+    lines.append("diff = attention model minus its twin, per image, averaged over the attack's settings: robust "
+                 "accuracy in pp (> 0: attention more robust); minimal: the restricted mean of the per-image minimal "
+                 "eps up to the cap (area under the robust-accuracy curve), in 1/255. verdict: helps/hurts "
+                 "(Holm-adjusted over each dataset's family), equivalent (the difference lies within +-margin, "
+                 "TOST, Holm-adjusted), else inconclusive; tests at df = seeds - 1, 'S: X!' where the Satterthwaite "
+                 "df would decide X. simultaneous: Bonferroni intervals over the family (claims over several rows "
+                 "use them). detectable: the smallest effect found with 80% power at the family's level. "
+                 "both-correct: the diff on images both targets classify correctly; rel. gap: diff over the twin's "
+                 "value")
+    for s in summaries(rows, records):
         paper = f"paper: {s['paper']} -> {s['agreement']}" if s["paper"] else "paper: n/a"
         if s["paper_tables"] is not None and s["paper_tables"] != s["paper"]:
             paper += f"; the paper's own tables by this rule: {s['paper_tables']}"
         ours = verdict_label(s["ours"], s["seeds"])
+        if s["ours"] == INCONCLUSIVE and s["seeds_needed"] is not None:
+            ours += f" at {s['seeds']} seeds; deciding at the margin would take {s['seeds_needed']}" + (
+                "" if s["seeds_needed"] == "more images" else " seeds")
         if s["withheld"]:
             ours += f" ({s['withheld']})"
+        if s["flagged_rows"]:
+            ours += f" ({s['flagged_rows']} row(s) built on failed sanity flags)"
+        if s["gradient_masking"]:
+            ours += f" (GRADIENT MASKING flagged: {', '.join(s['gradient_masking'])})"
         lines.append(f"{s['dataset']}: {s['scope']}: {s['attention_model']} vs {s['baseline_model']}: "
                      f"{ours} ({paper})")
+    if records is not None:
+        lines += [""] + warnings_lines(records)
     return "\n".join(lines)
 
 
@@ -368,11 +621,11 @@ def paired_rows(grid: Grid, *, min_clean_accuracy: float | None = None, pairs=()
         settings = [s for s in grid.settings(d) if s.attack != "clean"]
         titles = dict(zip(settings, column_titles(settings)))
         for attn, base in attention_pairs(models, pairs):
-            for scenario, a_cell, b_cell, _ in _scenarios(models, attn, base, pairs):
+            for scenario, a_cell, b_cell, _, _ in _scenarios(models, attn, base, pairs):
                 for s in settings:
                     row = _compare(grid, d, a_cell, b_cell, [s], floor)
                     if row is not None:
-                        del row["settings"]
+                        del row["settings"], row["_interval"], row["_scale"]
                         low, high = row["ci_low"], row["ci_high"]
                         row["verdict"] = (WITHHELD if row["withheld"] else HELPS if low > 0 else
                                           HURTS if high < 0 else NONE)
