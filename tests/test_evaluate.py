@@ -419,6 +419,9 @@ def test_the_stored_minimal_eps_is_never_above_a_radius_where_another_attack_suc
     assert minimal["fine_correct"] == [int((values > np.float32(e) * (1 + 1e-6)).sum()) for e in minimal["fine_grid"]]
     assert [r for r in sanity_flags(records) if r["attack"] == "minimal"] == [minimal]
     assert minimal["min_eps_attack"] == {"steps": 1, "candidates": 0, "cross_entropy": True}
+    from attnrobust.report.readme import _minimal_label
+
+    assert _minimal_label(minimal).startswith("PGD-1 per radius on the cross-entropy, grid 12.8/255; lowered")
 
 
 def test_autoattack_records_name_their_version_and_budgets():
@@ -430,6 +433,10 @@ def test_autoattack_records_name_their_version_and_budgets():
     assert aa["autoattack"] == {"version": "fast", "attacks": ["apgd-ce", "square"], "steps": 20, "queries": 1000,
                                 "targets": 0}
     assert aa["steps"] == 20
+    # the report's threat model names them
+    from attnrobust.report.readme import _autoattack_label
+
+    assert _autoattack_label(aa) == ("version fast at eps 0.02 (5.1/255): APGD-CE 20 steps, Square 1000 queries")
 
 
 @pytest.mark.parametrize("kw, match", [
