@@ -225,9 +225,11 @@ def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: 
     - "minimal": per-image minimal L-inf eps (attacks.minimal_eps) in `min_eps` (base64 float32, inf = not
       broken up to `eps` = minimal_max_eps), its median, and the robust-accuracy curve on FINE_GRID (images
       correct at each eps, read off the per-image values: one attack, not one per eps); robust_bits = not broken
-      up to minimal_max_eps.
-    - "autoattack": the worst case over APGD-CE, APGD-T and Square at autoattack_eps (attacks.worst_case);
-      robust_bits = robust to all three; per attack the images it broke (`broken_by`), and the
+      up to minimal_max_eps; `min_eps_attack` says how it ran. sanity_flags later lowers it to the radius of any
+      other white-box record that broke the image (`tighten_minimal`, counted in `min_eps_lowered_by`).
+    - "autoattack": the worst case over APGD-CE, APGD-T and Square at autoattack_eps (attacks.worst_case) with
+      the budgets of cfg.autoattack_version, recorded in `autoattack` (version, attacks, steps, queries, targets
+      as run); robust_bits = robust to all three; per attack the images it broke (`broken_by`), and the
       `gradient_masking` flag when Square (no gradients) broke an image no gradient attack could.
     """
     wanted = [st for st in cfg.settings() if st["attack"] in WHITE_BOX_MEASURES]
