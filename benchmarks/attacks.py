@@ -1,8 +1,8 @@
 """Attack speed against torchattacks 3.5.1, on the same model, batch and machine, in one run.
 
     python benchmarks/attacks.py [--batch 32] [--width 16] [--epochs 3] [--repeats 5] [--device cpu]
-                                 [--threads N] [--clock wall|cpu] [--part all|issue6|issue12]
-                                 [--min-steps 10] [--queries 100] [--apgd-steps 20]
+                                 [--threads N] [--clock wall|cpu] [--part all|issue6|issue12|issue23]
+                                 [--min-steps 10] [--queries 100] [--apgd-steps 20] [--aa-eps 8/255]
 
 Prints four ratios (targets from issue 6):
   1. FGSM sweep over eps 0..0.3 (7 values), ours vs torchattacks.FGSM once per eps          target >= 2.5x
@@ -15,6 +15,13 @@ and three more (issue 12):
      (also against PGD with keep_best+pruning at each eps, a stronger baseline, and the forward+backward counts)
   6. Square time per query vs one forward of the model, per image                           target <= 1.2x
   7. APGD-T time per step vs the bare forward+backward floor, per image                     target <= 1.1x
+and three more (issue 23, --part issue23):
+  8. per-image minimal eps with its defaults (targeted margin towards the linearized-nearest class) vs the
+     pre-issue-23 default (cross-entropy only: candidates=0, cross_entropy=True), time per image  target <= 2x
+  9. the same vs the naive per-eps sweep (PGD-10 at each of 1..16/255 separately, scored)
+ 10. AutoAttack time per image at --aa-eps: version standard (100 steps, 9 targets, 5000 queries) and fast (20, 3,
+     1000), with each robust accuracy, and the minimal eps curves' robust accuracy at the same eps beside them
+     (the primary measure's strength: it should leave no more images robust than the ensemble)
 Lines 6 and 7 divide by the image-queries / image-steps actually run (counted by a hook in a separate run), since
 images leave the batch when broken; they run at eps 1/255 so that most images stay in the batch throughout.
 
@@ -36,7 +43,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from attnrobust.attacks import apgd_t, attack_hygiene, fgsm, minimal_eps, pgd, predict, robust_accuracy_curve, square
+from attnrobust.attacks import (apgd_t, attack_hygiene, fgsm, minimal_eps, pgd, predict, robust_accuracy_curve, square,
+                                worst_case)
+from attnrobust.config import AUTOATTACK_VERSIONS
 from attnrobust.checkpoint import load_model
 from attnrobust.data import DeviceLoader, load_dataset
 from attnrobust.config import TrainConfig
@@ -123,11 +132,14 @@ def main() -> None:
                              "machine, where one descheduled thread of two stalls the other at every barrier")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="which time the verdicts use (both are printed)")
-    parser.add_argument("--part", choices=["all", "issue6", "issue12"], default="all",
-                        help="issue6: lines 1-4 (needs torchattacks); issue12: lines 5-7")
+    parser.add_argument("--part", choices=["all", "issue6", "issue12", "issue23"], default="all",
+                        help="issue6: lines 1-4 (needs torchattacks); issue12: lines 5-7; issue23: lines 8-10")
     parser.add_argument("--min-steps", type=int, default=10, help="PGD steps per radius for line 5")
     parser.add_argument("--queries", type=int, default=100, help="Square queries for line 6")
     parser.add_argument("--apgd-steps", type=int, default=20, help="APGD-T steps per target for line 7")
+    parser.add_argument("--aa-eps", type=float, default=8 / 255, help="AutoAttack budget for line 10")
+    parser.add_argument("--aa-repeats", type=int, default=1,
+                        help="repeats of line 10's AutoAttack runs (standard costs minutes on a CPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
 
@@ -145,6 +157,8 @@ def main() -> None:
         issue6(args, model, x, y, device)
     if args.part in ("all", "issue12"):
         issue12(args, model, x, y, device)
+    if args.part in ("all", "issue23"):
+        issue23(args, model, x, y, device)
 
 
 def issue6(args, model, x, y, device) -> None:
@@ -265,6 +279,62 @@ def issue12(args, model, x, y, device) -> None:
           f"{'ok' if per_step <= 1.1 else 'MISSED'}; {other_name} clock "
           f"{(other['apgd-t'] / at.grad) / (other['floor'] / (apgd_steps * n)):.2f}x)  [{apgd_steps} steps x 9 "
           f"targets at eps 1/255; {at.grad / n:.1f} fwd+bwd + {at.score / n:.1f} fwd per image]")
+
+
+def issue23(args, model, x, y, device) -> None:
+    steps, n = args.min_steps, x.shape[0]
+    grid = [j / 255 for j in range(1, 17)]
+    shown = [4 / 255, 8 / 255, 16 / 255]
+
+    def naive() -> list[float]:
+        return [(predict(model, pgd(model, x, y, e, 2.5 * e / steps, [steps])[steps]) == y).float().mean().item()
+                for e in grid]
+
+    new = dict(max_eps=16 / 255, tol=1 / 255, steps=steps)  # the defaults (candidates=9, targeted only)
+    old = dict(new, candidates=0, cross_entropy=True)  # the default before issue 23
+    runs = {"new": lambda: minimal_eps(model, x, y, **new), "old": lambda: minimal_eps(model, x, y, **old),
+            "naive pgd": naive}
+    best = best_times(runs, "new", args.repeats, device)
+    counts = {}
+    for name in ("new", "old", "naive pgd"):
+        with PassCounter(model) as counter:
+            runs[name]()
+        counts[name] = counter
+
+    def aa(version: str) -> dict:
+        steps_v, queries_v, targets_v = AUTOATTACK_VERSIONS[version]
+        return worst_case(model, x, y, args.aa_eps, steps=steps_v, queries=queries_v, n_target_classes=targets_v,
+                          generator=torch.Generator().manual_seed(0))
+
+    aa_runs = {"standard": lambda: aa("standard"), "fast": lambda: aa("fast")}
+    aa_best = best_times(aa_runs, "fast", args.aa_repeats, device)
+    aa_robust = {v: run()["robust"].float().mean().item() for v, run in aa_runs.items()}
+
+    t, other = best[args.clock], best["cpu" if args.clock == "wall" else "wall"]
+    other_name = "cpu" if args.clock == "wall" else "wall"
+    curves = {name: robust_accuracy_curve(minimal_eps(model, x, y, **kw), shown) for name, kw in
+              (("new", new), ("old", old))}
+    print(f"\nissue 23, ratios by {args.clock} clock (minimum of {args.repeats} repeats); passes are per image")
+    ratio = t["new"] / t["old"]
+    c, o = counts["new"], counts["old"]
+    print(f"{'8. minimal eps, new default vs the pre-issue-23 default':<58} {ratio:6.2f}x cost  (target <= 2x: "
+          f"{'ok' if ratio <= 2 else 'MISSED'}; {other_name} clock {other['new'] / other['old']:.2f}x)  "
+          f"[{t['new'] / n * 1e3:.1f} vs {t['old'] / n * 1e3:.1f} ms per image; {c.grad / n:.1f} fwd+bwd + "
+          f"{c.score / n:.1f} fwd (+ up to 9 backward for the target choice) vs {o.grad / n:.1f} + "
+          f"{o.score / n:.1f}]")
+    nv = counts["naive pgd"]
+    print(f"{'9. minimal eps, new default vs PGD at each of 1..16/255':<58} {t['naive pgd'] / t['new']:6.2f}x faster"
+          f"  ({other_name} clock {other['naive pgd'] / other['new']:.2f}x)  [{nv.grad / n:.1f} fwd+bwd + "
+          f"{nv.score / n:.1f} fwd per image]")
+    ta, oa = aa_best[args.clock], aa_best["cpu" if args.clock == "wall" else "wall"]
+    print(f"{'10. AutoAttack standard vs fast, time per image':<58} {ta['standard'] / ta['fast']:6.2f}x  "
+          f"[standard {ta['standard'] / n:.3f} s, fast {ta['fast'] / n:.3f} s per image at eps "
+          f"{args.aa_eps * 255:.3g}/255 ({other_name} clock {oa['standard'] / n:.3f} / {oa['fast'] / n:.3f} s); "
+          f"robust accuracy standard {aa_robust['standard']:.1%}, fast {aa_robust['fast']:.1%}]")
+    sweep = dict(zip(grid, naive()))
+    print("    minimal eps robust accuracy at " + ", ".join(f"{e * 255:.0f}" for e in shown) + "/255: new "
+          + ", ".join(f"{v:.1%}" for v in curves["new"]) + "; old " + ", ".join(f"{v:.1%}" for v in curves["old"])
+          + "; naive PGD sweep " + ", ".join(f"{sweep[e]:.1%}" for e in shown))
 
 
 if __name__ == "__main__":

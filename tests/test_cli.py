@@ -58,3 +58,14 @@ def test_unwritable_output_is_one_line_not_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("attnrobust: error: ") and "a-file" in err[0]
     assert blocker.read_text() == "not a folder"
+
+
+def test_attack_autoattack_version_is_one_flag_away():
+    from attnrobust.cli import _attack_config, build_parser
+
+    args = build_parser().parse_args(["attack", "model.pt", "--attacks", "autoattack",
+                                      "--autoattack-version", "standard"])
+    cfg = _attack_config(args)
+    assert (cfg.autoattack_version, cfg.autoattack_steps, cfg.autoattack_queries, cfg.autoattack_targets) == (
+        "standard", 100, 5000, 9)
+    assert _attack_config(build_parser().parse_args(["attack", "model.pt"])).autoattack_version == "fast"

@@ -15,7 +15,7 @@ from attnrobust.config import AttackConfig
 from attnrobust.errors import UserError
 from attnrobust.evaluate import clean_accuracy, craft_and_score, evaluate_checkpoints, white_box
 from attnrobust.results import (DENOMINATORS, REQUIRED_KEYS, append_records, format_records, read_records,
-                                record_key, write_records)
+                                pack_bits, record_key, write_records)
 
 COUNTS = ("n", "target_clean_correct", "source_clean_correct", "both_clean_correct", "robust_correct",
           "robust_correct_on_both", "robust_correct_on_target_clean")
@@ -388,6 +388,89 @@ def test_white_box_measures_minimal_eps_and_autoattack():
     assert aa["robust_correct"] <= aa["target_clean_correct"] and "gradient_masking" in aa["flags"]
     assert set(aa["broken_by"]) <= {"apgd-ce", "apgd-t", "square"}
     assert all(r["kind"] == "white-box" for r in records)
+
+
+def test_the_stored_minimal_eps_is_never_above_a_radius_where_another_attack_succeeded():
+    """Issue 23: the primary measure is the per-image minimum over every white-box attack of the record set. A
+    deliberately weak minimal eps (one cross-entropy step per radius, grid 0.05) leaves images that FGSM, PGD or the
+    AutoAttack ensemble broke at a smaller radius; the stored value must be at most that radius, every derived
+    field must follow, and a second pass over the records (as a study's union makes) must change nothing."""
+    from attnrobust.evaluate import sanity_flags
+    from attnrobust.results import unpack_bits, unpack_floats
+
+    x, y = data()
+    cfg = fast_cfg(attacks=["fgsm", "pgd", "apgd", "minimal", "autoattack"], fgsm_eps=[0.0, 0.03, 0.06],
+                   pgd_eps=0.06, pgd_alpha=0.01, pgd_steps=[8], keep_best=True, apgd_steps=8,
+                   minimal_max_eps=0.1, minimal_tol=0.05, minimal_steps=1, minimal_candidates=0,
+                   minimal_cross_entropy=True, autoattack_eps=0.04, autoattack_version="custom",
+                   autoattack_steps=4, autoattack_queries=20, autoattack_targets=2)
+    records = white_box(tiny(0), batches(x, y, 12), cfg, dataset="toy", quiet=True, images="test[:24]")
+    (minimal,) = [r for r in records if r["attack"] == "minimal"]
+    n = minimal["n"]
+    values = unpack_floats(minimal["min_eps"], n)
+    checked = 0
+    for w in records:
+        if w["kind"] == "white-box" and w["attack"] != "minimal":
+            broken = unpack_bits(w["clean_bits"], n) & ~unpack_bits(w["robust_bits"], n)
+            assert (values[broken] <= np.float32(w["eps"])).all(), (w["attack"], w["eps"])
+            checked += int(broken.sum())
+    assert checked > 0 and sum(minimal["min_eps_lowered_by"].values()) > 0  # the weak attack was overruled
+    assert (unpack_bits(minimal["robust_bits"], n) == np.isinf(values)).all()
+    assert minimal["robust_correct"] == int(np.isinf(values).sum())
+    assert minimal["fine_correct"] == [int((values > np.float32(e) * (1 + 1e-6)).sum()) for e in minimal["fine_grid"]]
+    assert [r for r in sanity_flags(records) if r["attack"] == "minimal"] == [minimal]
+    # a common corruption breaks images without any L-inf budget (its eps is 0): it must lower nothing
+    corrupted = {**records[0], "attack": "corruption", "eps": 0.0, "steps": None, "corruption": "fog",
+                 "severity": 5, "robust_bits": pack_bits(np.zeros(n, bool))}
+    assert [r for r in sanity_flags([*records, corrupted]) if r["attack"] == "minimal"] == [minimal]
+    assert minimal["min_eps_attack"] == {"steps": 1, "candidates": 0, "cross_entropy": True}
+    from attnrobust.report.readme import _minimal_label
+
+    assert _minimal_label(minimal).startswith("PGD-1 per radius on the cross-entropy, grid 12.8/255; lowered")
+
+
+def test_autoattack_records_name_their_version_and_budgets():
+    x, y = data(8)
+    records = white_box(tiny(0), batches(x, y, 8), fast_cfg(attacks=["autoattack"], autoattack_eps=0.02),
+                        dataset="toy", quiet=True)
+    (aa,) = records
+    # the default is the fast version; 3 classes: no APGD-T (its DLR loss needs 4), so no targets
+    assert aa["autoattack"] == {"version": "fast", "attacks": ["apgd-ce", "square"], "steps": 20, "queries": 1000,
+                                "targets": 0}
+    assert aa["steps"] == 20
+    # the report's threat model names them
+    from attnrobust.report.readme import _autoattack_label
+
+    assert _autoattack_label(aa) == ("version fast at eps 0.02 (5.1/255): APGD-CE 20 steps, Square 1000 queries")
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(autoattack_version="standard", autoattack_steps=20), "attack.autoattack_steps = 20 contradicts "
+                                                               "attack.autoattack_version"),
+    (dict(autoattack_version="fast", autoattack_queries=5000), "attack.autoattack_version"),
+    (dict(autoattack_version="strong"), "attack.autoattack_version"),
+    (dict(minimal_candidates=-1), "attack.minimal_candidates"),
+    (dict(minimal_candidates=0), "attack.minimal_candidates"),
+    (dict(minimal_cross_entropy="yes"), "attack.minimal_cross_entropy"),
+])
+def test_autoattack_version_and_minimal_keys_are_checked(kw, match):
+    with pytest.raises(UserError, match=match):
+        AttackConfig(**kw)
+
+
+def test_autoattack_version_sets_the_budgets():
+    standard = AttackConfig(autoattack_version="standard")
+    assert (standard.autoattack_steps, standard.autoattack_queries, standard.autoattack_targets) == (100, 5000, 9)
+    assert AttackConfig(autoattack_version="standard", autoattack_steps=100).autoattack_steps == 100  # agrees: ok
+    fast = AttackConfig()
+    assert (fast.autoattack_version, fast.autoattack_steps, fast.autoattack_queries, fast.autoattack_targets) == (
+        "fast", 20, 1000, 3)
+    # the explicit keys of configs written before versions existed keep working: fast's values read as fast,
+    # anything else as custom (the record then says so)
+    assert AttackConfig(autoattack_steps=20, autoattack_queries=1000, autoattack_targets=3).autoattack_version == "fast"
+    assert AttackConfig(autoattack_steps=50).autoattack_version == "custom"
+    custom = AttackConfig(autoattack_version="custom", autoattack_targets=5)
+    assert (custom.autoattack_steps, custom.autoattack_queries, custom.autoattack_targets) == (20, 1000, 5)
 
 
 def test_minimal_eps_of_a_model_nothing_breaks_is_written_as_json(tmp_path):

@@ -42,6 +42,9 @@ def _add_attack_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated: fgsm, pgd, apgd, minimal (per-image minimal eps), autoattack (APGD-CE, "
                         "APGD-T and Square at --autoattack-eps) (default: fgsm,pgd)")
     p.add_argument("--autoattack-eps", type=float, default=None, help="AutoAttack budget (default: 8/255)")
+    p.add_argument("--autoattack-version", choices=["fast", "standard"], default=None,
+                   help="AutoAttack budgets: fast (APGD 20 steps, 3 targets, Square 1000 queries) or standard "
+                        "(Croce & Hein's: 100 steps, 9 targets, 5000 queries) (default: fast)")
     p.add_argument("--minimal-max-eps", type=float, default=None,
                    help="largest eps the minimal-eps bisection tries (default: 0.1)")
     p.add_argument("--fgsm-eps", type=_floats, default=None,
@@ -188,8 +191,8 @@ def _attack_config(args: argparse.Namespace):
     names = [a.strip() for a in args.attacks.split(",") if a.strip()]
     given = dict(fgsm_eps=args.fgsm_eps, pgd_eps=args.pgd_eps, pgd_alpha=args.pgd_alpha,
                  pgd_steps=args.pgd_steps, autoattack_eps=args.autoattack_eps,
-                 minimal_max_eps=args.minimal_max_eps, severities=args.severities,
-                 corruptions=None if args.corruptions is None else
+                 autoattack_version=args.autoattack_version, minimal_max_eps=args.minimal_max_eps,
+                 severities=args.severities, corruptions=None if args.corruptions is None else
                  [c.strip() for c in args.corruptions.split(",") if c.strip()])
     cfg = AttackConfig(attacks=names, random_start=args.random_start, keep_best=args.keep_best,
                        **{k: v for k, v in given.items() if v is not None})

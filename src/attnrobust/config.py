@@ -36,6 +36,10 @@ REGIME_KEYS = ("adversarial", "adv_eps", "adv_alpha", "adv_steps", "adv_check_n"
 SCHEDULES = ("onecycle", "cosine")
 ADVERSARIAL = ("none", "pgd", "fgsm-rs")
 ATTACKS = ("fgsm", "pgd", "apgd", "minimal", "autoattack")
+# AutoAttack's budgets by version: (APGD steps, Square queries, APGD-T target classes). "standard" is Croce &
+# Hein 2020's (their `version='standard'` L-inf run; targets are capped at classes - 1); "fast" the reduced
+# ensemble of the CPU studies.
+AUTOATTACK_VERSIONS = {"standard": (100, 5000, 9), "fast": (20, 1000, 3)}
 # Test images of the end-of-epoch PGD check when adv_check_n is unset (adversarial regimes only): ~2 pp
 # standard error at 50% accuracy, far below the drop a collapse makes (Wong et al.: ~40% -> ~0% in an epoch).
 _ADV_CHECK_N = 500
@@ -220,16 +224,25 @@ class AttackConfig:
     keep_best: bool = False  # PGD: a sample counts as broken once any iterate fools the model
     apgd_steps: int = 20
     # minimal eps per image (attacks.minimal_eps): bisection on the grid j * minimal_tol up to minimal_max_eps,
-    # PGD with minimal_steps steps per radius. Not saturated where the paper's budgets are.
+    # PGD with minimal_steps steps per radius on the targeted margin towards the nearest of minimal_candidates
+    # classes (0: none), then cross-entropy PGD where minimal_cross_entropy (0 + true: the weaker pre-issue-23
+    # attack). Not saturated where the paper's budgets are.
     minimal_max_eps: float = 0.1
     minimal_tol: float = 1 / 255
     minimal_steps: int = 10
+    minimal_candidates: int = 9
+    minimal_cross_entropy: bool = False
     # AutoAttack-grade worst case at one eps (below the paper's 0.2, where every standard model is at 0%):
     # APGD-CE, APGD-T and the gradient-free Square attack, each on the images the others left.
+    # autoattack_version names the budgets (AUTOATTACK_VERSIONS): "standard" (Croce & Hein's: 100 steps,
+    # 9 targets, 5000 queries) or "fast" (20, 3, 1000). The three budget keys, left unset, take the version's
+    # values; set, they must agree with an explicit version (a record labelled "standard" must have run
+    # standard AutoAttack), and without a version, values other than "fast"'s make the version "custom".
     autoattack_eps: float = 8 / 255
-    autoattack_steps: int = 20
-    autoattack_queries: int = 1000
-    autoattack_targets: int = 3
+    autoattack_version: str | None = None
+    autoattack_steps: int | None = None
+    autoattack_queries: int | None = None
+    autoattack_targets: int | None = None
     sanity_checks: bool = True  # gradient-masking flags (costs one small eps = 1 PGD run per source)
     sanity_n: int = 100  # images of the first batch used by the unbounded-eps check
     # Common corruptions (attnrobust.corruptions): nothing is crafted on a model, a forward pass per corrupted image.
@@ -243,7 +256,33 @@ class AttackConfig:
         return sorted(self.severities) if self.severities is not None else [1, 2, 3, 4, 5]
 
     def __post_init__(self) -> None:
+        self._resolve_autoattack()
         self.validate()  # an AttackConfig is valid from birth: the stages that receive one never re-check it
+
+    def _resolve_autoattack(self) -> None:
+        """Fill autoattack_version and its three budgets from each other (see the field comments)."""
+        keys = ("autoattack_steps", "autoattack_queries", "autoattack_targets")
+        version = self.autoattack_version
+        if version is not None and version not in AUTOATTACK_VERSIONS and version != "custom":
+            raise UserError(f"attack.autoattack_version: expected one of {', '.join(AUTOATTACK_VERSIONS)} (or "
+                            f"custom), got {version!r}")
+        for key in keys:
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise UserError(f"attack.{key}: expected a positive integer, got {value!r}")
+        base = AUTOATTACK_VERSIONS["fast" if version in (None, "custom") else version]
+        if version in AUTOATTACK_VERSIONS:
+            for key, want in zip(keys, base):
+                if getattr(self, key) not in (None, want):
+                    raise UserError(f"attack.{key} = {getattr(self, key)!r} contradicts attack.autoattack_version = "
+                                    f"{version!r} ({key} {want}); leave it unset, or set autoattack_version = "
+                                    f"\"custom\" to run other budgets")
+        for key, want in zip(keys, base):
+            if getattr(self, key) is None:
+                setattr(self, key, want)
+        if version is None:
+            values = tuple(getattr(self, k) for k in keys)
+            self.autoattack_version = "fast" if values == AUTOATTACK_VERSIONS["fast"] else "custom"
 
     def validate(self) -> AttackConfig:
         """Raise UserError naming the first bad field; return self."""
@@ -295,6 +334,14 @@ class AttackConfig:
                 or any(not positive_int(s) or s > 5 for s in self.severities)
                 or len(set(self.severities)) != len(self.severities)):
             raise bad("severities", "expected a non-empty list of distinct integers from 1 to 5", self.severities)
+        if not isinstance(self.minimal_candidates, int) or isinstance(self.minimal_candidates, bool) \
+                or self.minimal_candidates < 0:
+            raise bad("minimal_candidates", "expected an integer >= 0", self.minimal_candidates)
+        if not isinstance(self.minimal_cross_entropy, bool):
+            raise bad("minimal_cross_entropy", "expected true or false", self.minimal_cross_entropy)
+        if self.minimal_candidates == 0 and not self.minimal_cross_entropy:
+            raise bad("minimal_candidates", "0 needs minimal_cross_entropy = true (some attack must run)",
+                      self.minimal_candidates)
         return self
 
     def settings(self) -> list[dict[str, Any]]:

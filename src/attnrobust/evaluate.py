@@ -32,10 +32,11 @@ from attnrobust.config import AttackConfig
 from attnrobust.corruptions import corrupt
 from attnrobust.distributed import all_sum_, dist_info, init_distributed, is_distributed
 from attnrobust.errors import UserError
-from attnrobust.results import COUNT_KEYS, eps_key, make_record, pack_bits, pack_floats, regime_of, width_of
+from attnrobust.results import (COUNT_KEYS, eps_key, make_record, pack_bits, pack_floats, regime_of, unpack_bits,
+                                unpack_floats, width_of)
 
 __all__ = ["clean_accuracy", "craft_and_score", "white_box", "white_box_measures", "corruption_scores",
-           "sanity_flags", "evaluate_checkpoints"]
+           "sanity_flags", "tighten_minimal", "evaluate_checkpoints"]
 
 # Measured white-box only, per image, beside the paper's grid: not transferred (see white_box_measures).
 WHITE_BOX_MEASURES = ("minimal", "autoattack")
@@ -225,9 +226,11 @@ def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: 
     - "minimal": per-image minimal L-inf eps (attacks.minimal_eps) in `min_eps` (base64 float32, inf = not
       broken up to `eps` = minimal_max_eps), its median, and the robust-accuracy curve on FINE_GRID (images
       correct at each eps, read off the per-image values: one attack, not one per eps); robust_bits = not broken
-      up to minimal_max_eps.
-    - "autoattack": the worst case over APGD-CE, APGD-T and Square at autoattack_eps (attacks.worst_case);
-      robust_bits = robust to all three; per attack the images it broke (`broken_by`), and the
+      up to minimal_max_eps; `min_eps_attack` says how it ran. sanity_flags later lowers it to the radius of any
+      other white-box record that broke the image (`tighten_minimal`, counted in `min_eps_lowered_by`).
+    - "autoattack": the worst case over APGD-CE, APGD-T and Square at autoattack_eps (attacks.worst_case) with
+      the budgets of cfg.autoattack_version, recorded in `autoattack` (version, attacks, steps, queries, targets
+      as run); robust_bits = robust to all three; per attack the images it broke (`broken_by`), and the
       `gradient_masking` flag when Square (no gradients) broke an image no gradient attack could.
     """
     wanted = [st for st in cfg.settings() if st["attack"] in WHITE_BOX_MEASURES]
@@ -242,7 +245,8 @@ def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: 
         clean.append(predict(model, x) == y)
         if "minimal" in cfg.attacks:
             min_eps.append(minimal_eps(model, x, y, max_eps=cfg.minimal_max_eps, tol=cfg.minimal_tol,
-                                       steps=cfg.minimal_steps))
+                                       steps=cfg.minimal_steps, candidates=cfg.minimal_candidates,
+                                       cross_entropy=cfg.minimal_cross_entropy))
         if "autoattack" in cfg.attacks:
             if ensemble is None:  # APGD-T's targeted DLR loss reads the 4 largest logits
                 with attack_hygiene(model), torch.inference_mode():  # eval mode: no BatchNorm update
@@ -267,14 +271,18 @@ def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: 
             (values,) = _full_vectors([min_eps], loader)
             r = torch.isinf(values)
             extra = {"min_eps_tol": float(cfg.minimal_tol),
-                     # null when most images are not broken up to eps (JSON has no inf)
-                     "median_min_eps": None if torch.isinf(median := values.median()) else float(median.item()),
-                     "fine_grid": FINE_GRID,
-                     "fine_correct": [int(v) for v in robust_accuracy_curve(values, FINE_GRID, counts=True)],
-                     "min_eps": pack_floats(values)}
+                     "min_eps_attack": {"steps": cfg.minimal_steps, "candidates": cfg.minimal_candidates,
+                                        "cross_entropy": cfg.minimal_cross_entropy},
+                     "min_eps_lowered_by": {},  # filled by tighten_minimal from the other records
+                     **_minimal_fields(values)}
         else:
             r, m, *fooled = _full_vectors([aa_robust, masked, *broken_by.values()], loader)
-            extra = {"broken_by": {a: int(v.sum()) for a, v in zip(broken_by, fooled)}}
+            extra = {"broken_by": {a: int(v.sum()) for a, v in zip(broken_by, fooled)},
+                     # what ran: the version's budgets (APGD-T's targets capped at classes - 1, as apgd_t does)
+                     "autoattack": {"version": cfg.autoattack_version, "attacks": list(ensemble),
+                                    "steps": cfg.autoattack_steps, "queries": cfg.autoattack_queries,
+                                    "targets": min(cfg.autoattack_targets, classes - 1)
+                                    if "apgd-t" in ensemble else 0}}
             flags["gradient_masking"] = _flag(
                 not bool(m.any()),
                 f"Square (no gradients) broke {int(m.sum())} image(s) that APGD-CE and APGD-T could not at "
@@ -361,6 +369,71 @@ def corruption_scores(models: dict[str, nn.Module], loader, cfg: AttackConfig, *
     return records
 
 
+def _minimal_fields(values: Tensor) -> dict[str, Any]:
+    """The fields of a minimal record read off its per-image minimal eps (float32 [N], inf = not broken)."""
+    return {"median_min_eps": None if torch.isinf(median := values.median()) else float(median.item()),  # JSON: no inf
+            "fine_grid": FINE_GRID,
+            "fine_correct": [int(v) for v in robust_accuracy_curve(values, FINE_GRID, counts=True)],
+            "min_eps": pack_floats(values)}
+
+
+# Fields make_record computes; everything else of a record is passed back to it when a record is rebuilt.
+_COMPUTED = {"kind", "clean_accuracy", "robust_accuracy", "error", "success_rate", "accuracy_on_both_correct",
+             "denominators", *COUNT_KEYS}
+
+
+# The attacks whose records certify an adversarial example within their eps (L-inf, crafted on the model itself).
+_BOUNDED_ATTACKS = ("fgsm", "pgd", "apgd", "autoattack")
+
+
+def tighten_minimal(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records with each minimal record's per-image minimal eps lowered to the radius of every other white-box
+    record of the same model, seed, regime and images that broke that image (FGSM, PGD, APGD, AutoAttack at eps
+    <= the minimal record's eps): an adversarial example within that radius exists, so the primary measure is
+    never weaker than any attack the record set holds. min_eps_lowered_by counts the images each attack lowered
+    (accumulated: a second call lowers nothing more, so it is idempotent). The robust bits, counts, median and
+    fine curve are recomputed from the lowered values. New dicts where changed; the inputs are not modified."""
+    def same(r: dict) -> tuple:
+        return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["source"], r["images"], r["n"])
+
+    others: dict[tuple, list[dict]] = {}
+    for w in records:
+        # adversarial attacks only: a corruption record (eps 0) breaks images without an L-inf budget
+        if w["kind"] == "white-box" and w["attack"] in _BOUNDED_ATTACKS:
+            others.setdefault(same(w), []).append(w)
+    out = []
+    for r in records:
+        if r["attack"] != "minimal" or r["kind"] != "white-box" or same(r) not in others:
+            out.append(r)
+            continue
+        n = r["n"]
+        values = unpack_floats(r["min_eps"], n).astype(np.float32)
+        lowered = dict(r.get("min_eps_lowered_by", {}))
+        changed = False
+        for w in others[same(r)]:
+            radius = np.float32(w["eps"])  # compared in float32, as stored: a second pass finds nothing to lower
+            if radius > np.float32(r["eps"]):
+                continue  # beyond the measured range: "not broken up to eps" stays true
+            broken = unpack_bits(w["clean_bits"], n) & ~unpack_bits(w["robust_bits"], n)
+            lower = broken & (values > radius)
+            if lower.any():
+                values[lower] = radius
+                name = w["attack"] if w["steps"] is None else f"{w['attack']}-{w['steps']}"
+                lowered[name] = lowered.get(name, 0) + int(lower.sum())
+                changed = True
+        if not changed:
+            out.append(r)
+            continue
+        v = torch.from_numpy(values)
+        c = torch.from_numpy(unpack_bits(r["clean_bits"], n))
+        robust = torch.isinf(v)
+        fields = {k: val for k, val in r.items() if k not in _COMPUTED}
+        fields.update(_minimal_fields(v), min_eps_lowered_by=lowered, robust_bits=pack_bits(robust),
+                      counts=_counts(robust, c, c))
+        out.append(make_record(**fields))
+    return out
+
+
 # ---- sanity flags -----------------------------------------------------------------------------------------------
 
 
@@ -382,11 +455,13 @@ def sanity_flags(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records with their cross-record gradient-masking flags computed over this whole set (new dicts; the
     inputs are not changed). Call it on the union of a study's records: a transfer flag needs the target's
     white-box record, which another job writes. Rates, not counts, are compared: FGSM may be scored on more
-    images than PGD (eval.strong_n)."""
+    images than PGD (eval.strong_n). The minimal records are tightened by the others first (`tighten_minimal`):
+    every caller that unites records calls this function, so no stored minimal eps escapes it."""
     def same(r: dict) -> tuple:
         return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["source"], r["target"])
 
-    out = [{**r, "flags": {k: v for k, v in r["flags"].items() if k not in CROSS_RECORD_FLAGS}} for r in records]
+    out = [{**r, "flags": {k: v for k, v in r["flags"].items() if k not in CROSS_RECORD_FLAGS}}
+           for r in tighten_minimal(records)]
     white = [r for r in out if r["kind"] == "white-box"]
     fgsm_by = {(*same(r), eps_key(r["eps"])): r for r in white if r["attack"] == "fgsm"}
     for r in white:

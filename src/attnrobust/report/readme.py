@@ -345,7 +345,41 @@ def _threat_model(grid: Grid, records: list[dict]) -> list[str]:
                      " (final: the paper's convention; best: a sample counts as broken once any iterate fooled "
                      "the attacked model; best-on-source: the iterate that fooled the source, passed to the "
                      "targets).")
+    aa = sorted({_autoattack_label(r) for r in records if r["attack"] == "autoattack"})
+    if aa:
+        lines.append("- AutoAttack-grade ensemble (each attack on the images the previous ones left): " + "; ".join(aa)
+                     + ".")
+    minimal = sorted({_minimal_label(r) for r in records if r["attack"] == "minimal"})
+    if minimal:
+        lines.append("- Minimal eps: " + "; ".join(minimal) + ".")
     return lines
+
+
+def _autoattack_label(r: dict) -> str:
+    """The version and budgets of an autoattack record (records written before issue 23 name only the steps)."""
+    a = r.get("autoattack")
+    if a is None:
+        return f"eps {r['eps']:.4g}, {r['steps']} APGD steps (version not recorded)"
+    parts = [f"{a['steps']} steps" if name == "apgd-ce" else f"{a['targets']} targets x {a['steps']} steps"
+             if name == "apgd-t" else f"{a['queries']} queries" for name in a["attacks"]]
+    names = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "square": "Square"}
+    return (f"version {a['version']} at eps {r['eps']:.4g} ({r['eps'] * 255:.3g}/255): "
+            + ", ".join(f"{names.get(n, n)} {p}" for n, p in zip(a["attacks"], parts)))
+
+
+def _minimal_label(r: dict) -> str:
+    """How a minimal record's attack ran (records written before issue 23: cross-entropy PGD only)."""
+    a = r.get("min_eps_attack")
+    if a is None:
+        return f"PGD-{r['steps']} on the cross-entropy per radius (recorded before the targeted default)"
+    how = []
+    if a["candidates"]:
+        how.append(f"targeted margin towards the nearest of {a['candidates']} classes (linearized)")
+    if a["cross_entropy"]:
+        how.append("cross-entropy")
+    grid = f"grid {r['min_eps_tol'] * 255:.3g}/255" if r.get("min_eps_tol") else "grid not recorded"
+    return (f"PGD-{a['steps']} per radius on the " + ", then ".join(how) + f", {grid}; lowered to the radius of "
+            "any other recorded white-box attack that broke the image")
 
 
 def _deviations(run_dir: Path, config: dict | None) -> list[str]:
