@@ -101,3 +101,10 @@ def test_verdict_section_defaults_round_trip_and_errors_name_the_key():
         with pytest.raises(UserError, match=key.replace(".", r"\.")) as err:
             parse_config({**_data(), "verdict": table})
         assert "\n" not in str(err.value)
+
+
+def test_a_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path, monkeypatch):
+    # `attnrobust run quick --out quick` twice from the same folder: the second run must still read the shipped config
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quick").mkdir()
+    assert load_config("quick").study.name == "quick"

@@ -568,7 +568,7 @@ def _build(cls, table: dict, section: str):
 
 def _read_toml(config: str | Path) -> tuple[dict, str]:
     path = Path(config)
-    if path.suffix != ".toml" and not path.exists():
+    if path.suffix != ".toml" and not path.is_file():  # a folder named like a config (a run folder) is not one
         if str(config) not in SHIPPED:
             raise UserError(f"unknown config {str(config)!r}: give a .toml file or one of {', '.join(SHIPPED)}")
         text = resources.files("attnrobust").joinpath("configs", f"{config}.toml").read_text()
