@@ -429,15 +429,23 @@ class VerdictSection:
     1/255): half a step of the 1/255 grid the minimal eps is measured on, ~14% of a standard Fashion-MNIST model's
     mean minimal eps (3.7/255 there).
     alpha = 0.05: the family-wise error of each kind of decision (Holm over a dataset panel's rows).
+    The power plan a study prints before it trains (attnrobust.report.power): pilot = a previous run's folder (or
+    its results.jsonl) whose variance components predict this study's; detect_pp / detect_eps = the effects it
+    should be able to find (unset: the margins), for which the plan states the seeds needed.
     """
 
     margin_pp: float = 2.0
     margin_eps: float = 0.5
     alpha: float = 0.05
+    pilot: str | None = None
+    detect_pp: float | None = None
+    detect_eps: float | None = None
 
     def validate(self) -> VerdictSection:
-        for name in ("margin_pp", "margin_eps"):
+        for name in ("margin_pp", "margin_eps", "detect_pp", "detect_eps"):
             value = getattr(self, name)
+            if value is None and name.startswith("detect"):
+                continue
             if not value > 0 or not math.isfinite(value):
                 raise UserError(f"verdict.{name}: must be a positive number, got {value!r}")
         if not 0 < self.alpha < 0.5:
@@ -471,7 +479,7 @@ class StudyConfig:
         return {"study": clean(dataclasses.asdict(self.study)), "train": clean(dict(self.train)),
                 "attack": clean(dataclasses.asdict(self.attack)), "eval": clean(dataclasses.asdict(self.eval)),
                 # only when set: a run folder written before [verdict] existed still matches its config on resume
-                **({"verdict": dataclasses.asdict(self.verdict)} if self.verdict != VerdictSection() else {})}
+                **({"verdict": clean(dataclasses.asdict(self.verdict))} if self.verdict != VerdictSection() else {})}
 
     def regimes_of(self, dataset: str) -> dict[str, dict[str, Any]]:
         """{label: the regime's overrides} in config order; labels (regime_label) depend on the dataset, whose

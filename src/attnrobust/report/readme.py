@@ -63,7 +63,7 @@ def _verdict_markdown(rows: list[dict]) -> list[str]:
 VERDICT_KEYS = ["dataset", "attention_model", "baseline_model", "scenario", "family", "attack", "seeds", "n",
                 "attention_accuracy", "baseline_accuracy", "unit", "difference", "ci_low", "ci_high", "sim_low",
                 "sim_high", "margin", "p_value", "p_holm", "p_equivalence_holm", "verdict", "df_verdict", "df",
-                "verdict_satterthwaite", "detectable", "seeds_needed", "family_size", "alpha",
+                "verdict_satterthwaite", "detectable", "seeds_needed", "seed_var", "image_var", "family_size", "alpha",
                 "both_correct_difference", "both_correct_n", "relative_gap", "wilcoxon_p", "saturated", "flags",
                 "indicative", "withheld", "paper_difference", "paper_verdict", "reproduced", "method", "settings"]
 PAIRED_KEYS = ["dataset", "attention_model", "baseline_model", "scenario", "setting", "seeds", "n",

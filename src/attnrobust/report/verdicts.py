@@ -316,7 +316,9 @@ def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pa
             for r in family:
                 r["saturated"] = _saturated(r)
                 r["reproduced"] = _agreement(r)
-                del r["_interval"], r["_scale"]
+                # the variance components in the row's unit (squared), which a power plan reads back
+                iv, scale = r.pop("_interval"), r.pop("_scale")
+                r.update(seed_var=scale ** 2 * iv.components.seed_var, image_var=scale ** 2 * iv.components.image_var)
             out += family
     return out
 
