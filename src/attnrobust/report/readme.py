@@ -263,9 +263,10 @@ def readme_text(inputs: ReadmeInputs) -> str:
     if inputs.minimal_lines:
         out += ["", "## Minimal adversarial eps (white-box, not saturated)", "",
                 "At the paper's budgets every standard model is broken almost completely, so its tables cannot tell "
-                "models apart. Per image, the smallest L-inf eps at which PGD (bisection on the grid of 1/255, "
-                "with early stopping) finds an adversarial example: 0 for images misclassified clean, 'not broken' "
-                "above the largest eps tried. This is the verdict's primary white-box measure (row *minimal*).",
+                "models apart. Per image, the smallest L-inf eps at which an attack finds an adversarial example "
+                "(bisection on the grid of 1/255 with PGD per radius, the attack named in the threat model; never "
+                "above the radius of any other recorded attack that broke the image): 0 for images misclassified "
+                "clean, 'not broken' above the largest eps tried. This is the verdict's primary white-box measure (row *minimal*).",
                 ""] + inputs.minimal_lines + _minimal_comparison(rows)
     if inputs.corruption_lines:
         out += [""] + list(inputs.corruption_lines)
@@ -351,7 +352,16 @@ def _threat_model(grid: Grid, records: list[dict]) -> list[str]:
                      + ".")
     minimal = sorted({_minimal_label(r) for r in records if r["attack"] == "minimal"})
     if minimal:
-        lines.append("- Minimal eps: " + "; ".join(minimal) + ".")
+        lowered: dict[str, int] = {}
+        for r in records:
+            for attack, count in (r.get("min_eps_lowered_by") or {}).items():
+                lowered[attack] = lowered.get(attack, 0) + count
+        total = sum(r["n"] for r in records if r["attack"] == "minimal")
+        lines.append("- Minimal eps: " + "; ".join(minimal) + "." + (
+            " Images whose stored minimal eps is the radius of another recorded attack that broke them (the measure "
+            "is never weaker than any attack the records hold): " + ", ".join(f"{k} {v}" for k, v in
+                                                                           sorted(lowered.items()))
+            + f" of {total} image-records." if lowered else ""))
     return lines
 
 
