@@ -144,7 +144,9 @@ def run_submitted(job, key: str, run_dir: Path, device: str | None, data_dir: st
         result = run(cfg, job, run_dir, device=device, data_dir=data_dir, quiet=True)
         seconds = time.perf_counter() - started
     except Exception as err:  # not SystemExit: submitit ends a job it requeues that way, and it is not a failure
-        _write_status(run_dir, key, {"state": "failed", "error": " ".join(f"{type(err).__name__}: {err}".split())})
+        # a UserError's message is already the one line for the user; anything else is named by its type
+        why = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+        _write_status(run_dir, key, {"state": "failed", "error": " ".join(why.split())})
         raise
     _write_status(run_dir, key, {"state": "done", "seconds": seconds, "threads": threads,
                                  "records": result if job.kind == "attack" else None})
