@@ -166,3 +166,29 @@ def test_a_failed_submitted_job_stops_the_study_and_is_resubmitted_by_a_rerun(tm
     ledger = json.loads((out / "slurm" / "jobs.json").read_text())
     assert [e["attempt"] for k, e in sorted(ledger.items())] == [1, 2]  # attack once, training twice
     assert len(read_records(out / "results.jsonl")) == 3  # one model, white-box, 3 FGSM eps
+
+
+def test_a_job_the_scheduler_lost_is_found_and_the_local_executor_keeps_off_it(tmp_path):
+    # A job whose process is gone without a "done" or "failed" status (a node lost, an out-of-memory kill): the
+    # study sees it as lost (and resubmits it, the path the failed job above takes); until then, ls shows it as
+    # running and a local run of the same folder refuses to work beside it.
+    _submitit()
+    from attnrobust.cluster import SubmititExecutor, job_key, ledger_path, status_path
+    from attnrobust.config import load_config
+    from attnrobust.study import plan
+
+    cfg = load_config("quick", [*SMALL, "eval.executor='submitit-local'"])
+    out = tmp_path / "run"
+    job = plan(cfg)[0]
+    key = job_key(cfg, job)
+    ledger_path(out).parent.mkdir(parents=True)
+    ledger_path(out).write_text(json.dumps({key: {"id": "999999999", "attempt": 1, "job": str(job)}}))
+    status_path(out, key).parent.mkdir(parents=True)
+    status_path(out, key).write_text(json.dumps({"state": "running", "host": "node7"}))
+    state, status = SubmititExecutor(cfg, out).state(key)
+    assert state == "lost" and status["scheduler"] == "process gone"
+    with pytest.raises(UserError, match=r"1 of its jobs were submitted to Slurm and have not finished; rerun with "
+                                        r"eval.executor = \"slurm\""):
+        run_study("quick", out=out, overrides=SMALL, quiet=True)
+    assert "slurm: 1 running;" in list_runs(tmp_path)
+    assert not (out / "checkpoints").exists()  # nothing trained beside the lost job

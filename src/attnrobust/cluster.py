@@ -214,7 +214,8 @@ class SubmititExecutor:
             if handle is not None:
                 state = handle.state
                 return state == "RUNNING", state
-            return _pid_alive(job_id), "process gone" if not _pid_alive(job_id) else "RUNNING"
+            alive = _pid_alive(job_id)
+            return alive, "RUNNING" if alive else "process gone"
         handle = self.handles.get(key) or self.submitit.SlurmJob(folder=self.folder, job_id=job_id)
         self.handles[key] = handle
         state = str(handle.state).upper()

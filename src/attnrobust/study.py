@@ -121,6 +121,20 @@ def _claim_run_dir(run_dir: Path, cfg: StudyConfig, is_main: bool) -> None:
             atomic_write(stored, to_toml(wanted))
 
 
+def _refuse_if_slurm_jobs_unfinished(run_dir: Path) -> None:
+    """The local executor must not train or attack what a Slurm job of the same folder may be writing."""
+    from attnrobust.cluster import job_states, ledger_path
+
+    if not ledger_path(run_dir).exists():
+        return
+    states = job_states(run_dir)
+    busy = states.get("queued", 0) + states.get("running", 0)
+    if busy:
+        raise UserError(f"{run_dir}: {busy} of its jobs were submitted to Slurm and have not finished; rerun with "
+                        f"eval.executor = \"slurm\" to collect them (a lost one is resubmitted), or scancel the ids "
+                        f"in {ledger_path(run_dir)} and remove that file to run them here")
+
+
 def _say(message: str) -> None:
     """Progress for the person at the terminal: once, from rank 0, however many torchrun processes there are."""
     from attnrobust.distributed import is_main
@@ -466,6 +480,8 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
         device = resolve_device(device)
         if is_main:
             write_env_json(run_dir / "env.json", sys.argv)
+        if cfg.eval.executor == "local":
+            _refuse_if_slurm_jobs_unfinished(run_dir)
         results_path = run_dir / "results.jsonl"
         results = _read_results(results_path)  # kept in memory from here on; rewritten after each job
         timings_path = run_dir / "logs" / "jobs.jsonl"
