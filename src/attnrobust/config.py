@@ -2,7 +2,8 @@
 
 TrainConfig (one training run), AttackConfig (which attacks, their budgets) and a study's StudyConfig
 (StudySection: what to compare, datasets x models x seeds; the [train] overrides of the per-dataset recipes;
-AttackConfig; EvalSection: how many test images to attack, in which batch size, side by side) live here. The
+AttackConfig; EvalSection: how many test images to attack, in which batch size, side by side, by which executor;
+SlurmSection: the [slurm] resources of each job when that executor is Slurm) live here. The
 pipeline stages (train, evaluate, study) receive these values already checked. Shipped study configs live in
 attnrobust/configs/ and are named without the .toml suffix (`quick`, `cifar10`, ...).
 """

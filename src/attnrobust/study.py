@@ -19,8 +19,14 @@ attack jobs start as soon as its models are trained, while other cells still tra
 its thread count (the order of float sums), which env.json and logs/jobs.jsonl record, not on the order jobs run
 in.
 
+Who runs the jobs is an executor (eval.executor; the seam is _schedule): "local", this process or the pool of
+eval.workers processes (on a machine with several CUDA devices, by default one process per device, each owning
+its device), or "slurm", each job a Slurm job through submitit (attnrobust.cluster; `detach` leaves them running
+and a rerun collects them). Either way the jobs and their outputs are the same, and so is results.jsonl.
+
 Run folder: config.toml (the resolved config), env.json, .lock (held while a study runs), checkpoints/, logs/
-(per training run, and jobs.jsonl: the wall time of every job), results.jsonl, report/.
+(per training run, and jobs.jsonl: the wall time of every job), results.jsonl, report/, and slurm/ when jobs went
+to Slurm (attnrobust.cluster).
 """
 
 from __future__ import annotations
@@ -477,7 +483,9 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
         _claim_run_dir(run_dir, cfg, is_main)
         # "cuda" or no device named: the local pool may spread its workers over every CUDA device
         spread = device is None or str(device).strip() == "cuda"
-        device = resolve_device(device)
+        # Slurm jobs resolve the device named (None: CUDA if the node has it) where they run: the machine that
+        # submits them may have no GPU
+        named_device, device = device, resolve_device(device) if cfg.eval.executor == "local" else None
         if is_main:
             write_env_json(run_dir / "env.json", sys.argv)
         if cfg.eval.executor == "local":
@@ -530,8 +538,8 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
         if on_cluster:
             from attnrobust.cluster import SubmititExecutor
 
-            executor = SubmititExecutor(cfg, run_dir, device=None if spread else str(device), data_dir=data_dir,
-                                        say=_say)
+            executor = SubmititExecutor(cfg, run_dir, device=None if named_device is None else str(named_device),
+                                        data_dir=data_dir, say=_say)
             left = _schedule(train_jobs + attack_jobs, executor, on_done, block=not detach)
             if left:
                 _say(f"detached: {len(left)} jobs queued, running or waiting for their models (`attnrobust ls "
