@@ -133,41 +133,6 @@ def test_detached_submitit_run_is_collected_by_a_rerun_with_the_pools_bytes(tmp_
     assert 'executor = "local"' in stored and "[slurm]" not in stored
 
 
-FLAKY = """\
-import os
-from pathlib import Path
-
-import torch
-
-
-def net(num_classes, in_channels, **kw):
-    # the first build inside a submitted job fails once (the study process builds it too, to check the config)
-    marker = Path(__file__).with_name("failed-once")
-    if os.environ.get("SUBMITIT_EXECUTOR") and not marker.exists():
-        marker.touch()
-        raise RuntimeError("a flaky node")
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * 28 * 28, num_classes))
-"""
-
-
-@pytest.mark.slow
-def test_a_failed_submitted_job_stops_the_study_and_is_resubmitted_by_a_rerun(tmp_path, monkeypatch):
-    _submitit()
-    (tmp_path / "flaky.py").write_text(FLAKY)
-    monkeypatch.chdir(tmp_path)
-    overrides = [*TINY, 'attack.attacks=["fgsm"]', "study.models=['./flaky.py:net']", "train.model_args={}",
-                 "eval.executor='submitit-local'", "study.pairs=[]"]
-    out = tmp_path / "run"
-    with pytest.raises(UserError, match=r"job train .*flaky.py:net seed 0 failed on local: model '\./flaky.py:net' "
-                                        r"failed to build: RuntimeError: a flaky node; its log: .*rerun the same command to resubmit it"):
-        run_study("quick", out=out, overrides=overrides, quiet=True)
-    assert "slurm: 1 failed" in list_runs(tmp_path)
-    run_study("quick", out=out, overrides=overrides, quiet=True)
-    ledger = json.loads((out / "slurm" / "jobs.json").read_text())
-    assert [e["attempt"] for k, e in sorted(ledger.items())] == [1, 2]  # attack once, training twice
-    assert len(read_records(out / "results.jsonl")) == 3  # one model, white-box, 3 FGSM eps
-
-
 def test_a_job_the_scheduler_lost_is_found_and_the_local_executor_keeps_off_it(tmp_path):
     # A job whose process is gone without a "done" or "failed" status (a node lost, an out-of-memory kill): the
     # study sees it as lost (and resubmits it, the path the failed job above takes); until then, ls shows it as
@@ -192,3 +157,94 @@ def test_a_job_the_scheduler_lost_is_found_and_the_local_executor_keeps_off_it(t
         run_study("quick", out=out, overrides=SMALL, quiet=True)
     assert "slurm: 1 running;" in list_runs(tmp_path)
     assert not (out / "checkpoints").exists()  # nothing trained beside the lost job
+
+
+FAKE_SBATCH = """#!/bin/sh
+# stands in for Slurm's sbatch: keeps the script it was given and answers as sbatch does
+n=$(ls "$SBATCH_SEEN" | wc -l)
+cp "$1" "$SBATCH_SEEN/$n.sh"
+echo "Submitted batch job $((4242 + n))"
+"""
+
+
+@pytest.mark.slow
+def test_slurm_path_with_a_fake_sbatch_and_jobs_run_as_a_node_would(tmp_path, monkeypatch):
+    """The real Slurm branch up to sbatch (the script it gets: array, resources, logs in the run folder), then
+    each submitted job run from its submitit pickle, as a node would; one fails, stops a study waiting for it,
+    and is resubmitted by the next run; detached reruns collect the rest and build the report."""
+    submitit = _submitit()
+    from attnrobust.cluster import SubmititExecutor, job_key, read_status
+    from attnrobust.config import load_config
+    from attnrobust.study import plan
+
+    bin_dir, seen = tmp_path / "bin", tmp_path / "seen"
+    bin_dir.mkdir()
+    seen.mkdir()
+    overrides = [*SMALL, "eval.executor=slurm", "slurm.partition=gpu", "slurm.qos=high", "slurm.timeout_min=60",
+                 "slurm.array_parallelism=1"]
+    out = tmp_path / "runs" / "paper"
+    system_path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", str(bin_dir))  # no srun, no sbatch: not a cluster
+    with pytest.raises(UserError, match='eval.executor = "slurm": Could not detect "srun".*login node'):
+        run_study("quick", out=out, overrides=overrides, quiet=True, detach=True)
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "srun").write_text("#!/bin/sh\n")  # submitit looks for it to know it is on a cluster
+    for name in ("sbatch", "srun"):
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{system_path}")
+    monkeypatch.setenv("SBATCH_SEEN", str(seen))
+
+    def run_on_nodes(kind: str) -> None:
+        """Run the submitted jobs of this kind not yet done, from their pickles, as submitit does on a node."""
+        for key, entry in json.loads((out / "slurm" / "jobs.json").read_text()).items():
+            if key.startswith(kind) and read_status(out, key).get("state") != "done":
+                paths = submitit.core.utils.JobPaths(out / "slurm" / "logs", job_id=entry["id"])
+                try:
+                    submitit.core.utils.DelayedSubmission.load(paths.submitted_pickle).result()
+                except RuntimeError:  # the job's own failure: on a node it ends the job
+                    pass
+
+    run_study("quick", out=out, overrides=overrides, quiet=True, detach=True)
+    script = (seen / "0.sh").read_text()
+    for line in ["#SBATCH --partition=gpu", "#SBATCH --qos=high", "#SBATCH --time=60", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --array=0-1%1",
+                 f"#SBATCH --output={out / 'slurm' / 'logs'}/%A_%a_0_log.out"]:
+        assert line in script, line
+    ledger = json.loads((out / "slurm" / "jobs.json").read_text())
+    assert sorted(e["id"] for e in ledger.values()) == ["4242_0", "4242_1"]  # one array
+    assert "slurm: 2 queued;" in list_runs(out.parent)  # submitted, not started (no sacct here: UNKNOWN)
+
+    # one training job fails on its node
+    from attnrobust import study
+
+    real_train = study.run_train_job
+
+    def fails_for_resnet(cfg, job, *args, **kwargs):
+        if job.model == "resnet14":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_train(cfg, job, *args, **kwargs)
+
+    monkeypatch.setattr(study, "run_train_job", fails_for_resnet)
+    run_on_nodes("train")
+    monkeypatch.setattr(study, "run_train_job", real_train)
+    assert "slurm: 1 failed, 1 done;" in list_runs(out.parent)
+    # a study waiting for it stops with one line naming the job, its error and its log
+    waiting = SubmititExecutor(load_config("quick", overrides), out)
+    waiting.running = {key: job for job in plan(waiting.cfg) if (key := job_key(waiting.cfg, job)) in ledger}
+    with pytest.raises(UserError, match=r"^job train fashion-mnist-mini resnet14 seed 0 failed on slurm: "
+                                        r"RuntimeError: CUDA error: an illegal memory access was encountered; its "
+                                        r"log: .*/slurm/logs/4242_0_0_log.err; the other submitted jobs go on: "
+                                        r"rerun the same command to resubmit it"):
+        waiting.collect(True, [])
+    run_study("quick", out=out, overrides=overrides, quiet=True, detach=True)  # resubmits it
+    ledger = json.loads((out / "slurm" / "jobs.json").read_text())
+    assert ledger["train-fashion-mnist-mini-resnet14-s0"] == {
+        "id": "4243", "attempt": 2, "job": "train fashion-mnist-mini resnet14 seed 0"}  # an array of one: a job
+    run_on_nodes("train")
+    run_study("quick", out=out, overrides=overrides, quiet=True, detach=True)  # collects, submits the attacks
+    assert sorted(e["id"] for e in json.loads((out / "slurm" / "jobs.json").read_text()).values()) == \
+        ["4242_1", "4243", "4244_0", "4244_1"]
+    run_on_nodes("attack")
+    run_study("quick", out=out, overrides=overrides, quiet=True, detach=True)  # collects, builds the report
+    assert len(read_records(out / "results.jsonl")) == 2 * 2 * 3 and (out / "report" / "README.md").is_file()
+    assert "4/4 jobs done; slurm: 4 done;" in list_runs(out.parent)

@@ -198,7 +198,11 @@ class SubmititExecutor:
         # sacct is asked at most this often: a cluster's accounting database is shared by everyone
         self.poll_s = poll_s if poll_s is not None else (30.0 if self.cluster == "slurm" else 0.2)
         self.folder = self.run_dir / STATE_DIR / "logs"
-        self.executor = self.submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
+        try:
+            self.executor = self.submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
+        except RuntimeError as err:  # no srun here: not a Slurm machine
+            raise UserError(f"eval.executor = \"slurm\": {err} Run the study from a machine of the cluster (a "
+                            f"login node), or set eval.executor = \"local\"") from None
         self.executor.update_parameters(**submitit_parameters(cfg, self.cluster))
         self.ledger = read_ledger(self.run_dir)
         self.running: dict[str, object] = {}  # key -> Job, handed to us and not yet reported
@@ -272,8 +276,9 @@ class SubmititExecutor:
             self.ledger[key] = {"id": str(handle.job_id), "attempt": self.ledger.get(key, {}).get("attempt", 0) + 1,
                                 "job": " ".join(str(job).split())}
         self._write_ledger()
-        self.say(f"  submitted {len(new)} {new[0][1].kind} jobs as {self.cluster} job array "
-                 f"{str(handles[0].job_id).split('_')[0]}")
+        first = str(handles[0].job_id).split("_")[0]
+        self.say(f"  submitted {len(new)} {new[0][1].kind} job" + (f"s to {self.cluster} as job array {first}"
+                                                                     if len(new) > 1 else f" to {self.cluster}: {first}"))
 
     def _write_ledger(self) -> None:
         from attnrobust.runtime import atomic_write
