@@ -156,11 +156,10 @@ def run_submitted(job, key: str, run_dir: Path, device: str | None, data_dir: st
 
 
 def read_status(run_dir: Path, key: str) -> dict:
+    """What a job last wrote of itself ({} if nothing yet: the writes are atomic, so a file is whole or absent)."""
     try:
         return json.loads(status_path(run_dir, key).read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError):  # unreadable: as if the job had not written it (the writes are atomic)
+    except (OSError, ValueError):
         return {}
 
 
@@ -195,7 +194,8 @@ class SubmititExecutor:
         self.cfg, self.run_dir, self.device, self.say = cfg, Path(run_dir), device, say
         self.data_dir = None if data_dir is None else str(data_dir)
         self.cluster = "slurm" if cfg.eval.executor == "slurm" else "local"
-        # sacct is asked at most this often: a cluster's accounting database is shared by everyone
+        # how often a waiting study looks at the status files; Slurm's own state (sacct, a database everyone
+        # shares) is asked through submitit's watcher, which spaces its calls out to minutes
         self.poll_s = poll_s if poll_s is not None else (30.0 if self.cluster == "slurm" else 0.2)
         self.folder = self.run_dir / STATE_DIR / "logs"
         try:
@@ -276,9 +276,9 @@ class SubmititExecutor:
             self.ledger[key] = {"id": str(handle.job_id), "attempt": self.ledger.get(key, {}).get("attempt", 0) + 1,
                                 "job": " ".join(str(job).split())}
         self._write_ledger()
-        first = str(handles[0].job_id).split("_")[0]
-        self.say(f"  submitted {len(new)} {new[0][1].kind} job" + (f"s to {self.cluster} as job array {first}"
-                                                                     if len(new) > 1 else f" to {self.cluster}: {first}"))
+        first = str(handles[0].job_id).split("_")[0]  # an array's id; submitit sends an "array" of one as a job
+        where = f"s to {self.cluster} as job array {first}" if len(new) > 1 else f" to {self.cluster}: {first}"
+        self.say(f"  submitted {len(new)} {new[0][1].kind} job{where}")
 
     def _write_ledger(self) -> None:
         from attnrobust.runtime import atomic_write
