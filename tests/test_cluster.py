@@ -165,6 +165,47 @@ n=$(ls "$SBATCH_SEEN" | wc -l)
 cp "$1" "$SBATCH_SEEN/$n.sh"
 echo "Submitted batch job $((4242 + n))"
 """
+# stands in for sacct: the job states the test wrote in $SACCT_STATES (none: sacct knows no job yet)
+FAKE_SACCT = """#!/bin/sh
+echo "JobID|State|NodeList"
+cat "$SACCT_STATES" 2>/dev/null
+"""
+
+
+class FakeSlurm:
+    """sbatch, srun and sacct on the PATH, and the jobs they were given run in this process, as a node would."""
+
+    def __init__(self, root, monkeypatch):
+        self.bin, self.seen, self.states = root / "bin", root / "seen", root / "sacct-states"
+        self.bin.mkdir()
+        self.seen.mkdir()
+        for name, text in (("sbatch", FAKE_SBATCH), ("sacct", FAKE_SACCT), ("srun", "#!/bin/sh\n")):
+            (self.bin / name).write_text(text)  # submitit looks for srun to know it is on a cluster
+            (self.bin / name).chmod(0o755)
+        monkeypatch.setenv("PATH", f"{self.bin}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("SBATCH_SEEN", str(self.seen))
+        monkeypatch.setenv("SACCT_STATES", str(self.states))
+        # the jobs run in this process, which may share its cores with other test processes: one thread, as in
+        # the pool's workers (two spinning OpenMP threads on a busy core ran these jobs 10x slower)
+        monkeypatch.setenv("ATTNROBUST_THREADS", "1")
+
+    def script(self, n: int) -> str:
+        return (self.seen / f"{n}.sh").read_text()
+
+    @staticmethod
+    def run_jobs(out, kind: str, lose=()) -> None:
+        """Run the submitted jobs of this kind not yet done, from their pickles, as submitit does on a node."""
+        import submitit
+
+        from attnrobust.cluster import read_status
+
+        for key, entry in json.loads((out / "slurm" / "jobs.json").read_text()).items():
+            if key.startswith(kind) and read_status(out, key).get("state") != "done":
+                paths = submitit.core.utils.JobPaths(out / "slurm" / "logs", job_id=entry["id"])
+                try:
+                    submitit.core.utils.DelayedSubmission.load(paths.submitted_pickle).result()
+                except (RuntimeError, KeyboardInterrupt):  # the job's failure, or its node lost: the job ends
+                    pass
 
 
 @pytest.mark.slow
@@ -172,40 +213,25 @@ def test_slurm_path_with_a_fake_sbatch_and_jobs_run_as_a_node_would(tmp_path, mo
     """The real Slurm branch up to sbatch (the script it gets: array, resources, logs in the run folder), then
     each submitted job run from its submitit pickle, as a node would; one fails, stops a study waiting for it,
     and is resubmitted by the next run; detached reruns collect the rest and build the report."""
-    submitit = _submitit()
-    from attnrobust.cluster import SubmititExecutor, job_key, read_status
+    _submitit()
+    from attnrobust.cluster import SubmititExecutor, job_key
     from attnrobust.config import load_config
     from attnrobust.study import plan
 
-    bin_dir, seen = tmp_path / "bin", tmp_path / "seen"
-    bin_dir.mkdir()
-    seen.mkdir()
     overrides = [*SMALL, "eval.executor=slurm", "slurm.partition=gpu", "slurm.qos=high", "slurm.timeout_min=60",
                  "slurm.array_parallelism=1"]
     out = tmp_path / "runs" / "paper"
-    system_path = os.environ["PATH"]
-    monkeypatch.setenv("PATH", str(bin_dir))  # no srun, no sbatch: not a cluster
-    with pytest.raises(UserError, match='eval.executor = "slurm": Could not detect "srun".*login node'):
-        run_study("quick", out=out, overrides=overrides, quiet=True, detach=True)
-    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
-    (bin_dir / "srun").write_text("#!/bin/sh\n")  # submitit looks for it to know it is on a cluster
-    for name in ("sbatch", "srun"):
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{system_path}")
-    monkeypatch.setenv("SBATCH_SEEN", str(seen))
+    with monkeypatch.context() as no_slurm:
+        no_slurm.setenv("PATH", str(tmp_path))  # no srun, no sbatch: not a cluster
+        with pytest.raises(UserError, match='eval.executor = "slurm": Could not detect "srun".*login node'):
+            run_study("quick", out=out, overrides=overrides, quiet=True, detach=True)
+    slurm = FakeSlurm(tmp_path, monkeypatch)
 
     def run_on_nodes(kind: str) -> None:
-        """Run the submitted jobs of this kind not yet done, from their pickles, as submitit does on a node."""
-        for key, entry in json.loads((out / "slurm" / "jobs.json").read_text()).items():
-            if key.startswith(kind) and read_status(out, key).get("state") != "done":
-                paths = submitit.core.utils.JobPaths(out / "slurm" / "logs", job_id=entry["id"])
-                try:
-                    submitit.core.utils.DelayedSubmission.load(paths.submitted_pickle).result()
-                except RuntimeError:  # the job's own failure: on a node it ends the job
-                    pass
+        slurm.run_jobs(out, kind)
 
     run_study("quick", out=out, overrides=overrides, quiet=True, detach=True)
-    script = (seen / "0.sh").read_text()
+    script = slurm.script(0)
     for line in ["#SBATCH --partition=gpu", "#SBATCH --qos=high", "#SBATCH --time=60", "#SBATCH --gpus-per-node=1",
                  "#SBATCH --cpus-per-task=8", "#SBATCH --array=0-1%1",
                  f"#SBATCH --output={out / 'slurm' / 'logs'}/%A_%a_0_log.out"]:
@@ -248,3 +274,47 @@ def test_slurm_path_with_a_fake_sbatch_and_jobs_run_as_a_node_would(tmp_path, mo
     run_study("quick", out=out, overrides=overrides, quiet=True, detach=True)  # collects, builds the report
     assert len(read_records(out / "results.jsonl")) == 2 * 2 * 3 and (out / "report" / "README.md").is_file()
     assert "4/4 jobs done; slurm: 4 done;" in list_runs(out.parent)
+
+
+@pytest.mark.slow
+def test_a_job_whose_node_is_lost_is_resubmitted_and_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    _submitit()
+    import safetensors.torch
+
+    from attnrobust import train as training
+    from attnrobust.config import load_config
+    from attnrobust.study import plan
+
+    overrides = [*SMALL, "study.models=['resnet14']", "train.epochs=2", "eval.executor=slurm"]
+    out = tmp_path / "runs" / "lost"
+    slurm = FakeSlurm(tmp_path, monkeypatch)
+    run_study("quick", out=out, overrides=overrides, quiet=True, detach=True)
+    real_step, real_log, steps = training.train_step, training._write_log, []
+
+    def counted_step(*args, **kwargs):
+        steps.append(1)
+        return real_step(*args, **kwargs)
+
+    def node_lost(path, history):  # after epoch 1's state and checkpoint are written: the node goes down
+        real_log(path, history)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_step", counted_step)
+    with monkeypatch.context() as lost:
+        lost.setattr(training, "_write_log", node_lost)
+        slurm.run_jobs(out, "train")
+    first_epoch = len(steps)
+    assert "slurm: 1 running;" in list_runs(out.parent)  # the job said it started, and nothing since
+    slurm.states.write_text("4242|NODE_FAIL|node7\n")
+    run_study("quick", out=out, overrides=overrides, quiet=True, detach=True)  # finds it lost, resubmits it
+    assert json.loads((out / "slurm" / "jobs.json").read_text())["train-fashion-mnist-mini-resnet14-s0"][
+        "attempt"] == 2
+    slurm.run_jobs(out, "train")
+    assert len(steps) == 2 * first_epoch  # the second attempt trained epoch 2 only
+    # and ended where an uninterrupted run ends, weight for weight
+    cfg = load_config("quick", overrides)
+    job = plan(cfg)[0]
+    whole = training.train(job.train_config(cfg), tmp_path / "whole", quiet=True)
+    resumed = training.checkpoint_path(job.train_config(cfg), out)
+    a, b = safetensors.torch.load_file(whole), safetensors.torch.load_file(resumed)
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)

@@ -206,7 +206,12 @@ class SubmititExecutor:
         self.executor.update_parameters(**submitit_parameters(cfg, self.cluster))
         self.ledger = read_ledger(self.run_dir)
         self.running: dict[str, object] = {}  # key -> Job, handed to us and not yet reported
-        self.handles: dict[str, object] = {}  # key -> submitit Job, for those this process submitted
+        self.handles: dict[str, object] = {}  # key -> submitit Job
+        if self.cluster == "slurm":
+            # Every job of earlier runs registered with submitit's watcher before the first question: it then asks
+            # sacct about all of them in one call (each registration makes the next question call sacct afresh)
+            self.handles = {key: self.submitit.SlurmJob(folder=self.folder, job_id=entry["id"])
+                            for key, entry in self.ledger.items()}
 
     # -- states
 
@@ -220,9 +225,7 @@ class SubmititExecutor:
                 return state == "RUNNING", state
             alive = _pid_alive(job_id)
             return alive, "RUNNING" if alive else "process gone"
-        handle = self.handles.get(key) or self.submitit.SlurmJob(folder=self.folder, job_id=job_id)
-        self.handles[key] = handle
-        state = str(handle.state).upper()
+        state = str(self.handles[key].state).upper()
         return state.startswith(_ALIVE), state
 
     def state(self, key: str) -> tuple[str, dict]:
