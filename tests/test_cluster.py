@@ -1,6 +1,8 @@
-"""A study's executors: the local pool on several (fake) CUDA devices, and the Slurm path through submitit, run here
-with submitit's local executor (eval.executor = "submitit-local"): same bytes as the pool, detached runs collected
-by a rerun, failed jobs resubmitted, the [slurm] table checked."""
+"""A study's executors: the local pool on several (fake) CUDA devices, and the Slurm path through submitit: with
+submitit's local executor (eval.executor = "submitit-local"), the same bytes as the pool and a detached run
+collected by a rerun; with fake sbatch/sacct/srun on the PATH and the jobs run from their pickles in this process,
+as a node would, the sbatch script, a failed job resubmitted, a lost node's job resumed from its checkpoint; the
+[slurm] table checked."""
 
 from __future__ import annotations
 
@@ -278,7 +280,7 @@ def test_slurm_path_with_a_fake_sbatch_and_jobs_run_as_a_node_would(tmp_path, mo
 
 @pytest.mark.slow
 def test_a_job_whose_node_is_lost_is_resubmitted_and_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    _submitit()
+    submitit = _submitit()
     import safetensors.torch
 
     from attnrobust import train as training
@@ -311,6 +313,10 @@ def test_a_job_whose_node_is_lost_is_resubmitted_and_resumes_from_its_checkpoint
         "attempt"] == 2
     slurm.run_jobs(out, "train")
     assert len(steps) == 2 * first_epoch  # the second attempt trained epoch 2 only
+    # a time limit or preemption: submitit asks the job for its next submission, which is the same call
+    submitted = submitit.core.utils.DelayedSubmission.load(submitit.core.utils.JobPaths(
+        out / "slurm" / "logs", job_id="4243").submitted_pickle)
+    assert submitted.function.checkpoint().function == submitted.function
     # and ended where an uninterrupted run ends, weight for weight
     cfg = load_config("quick", overrides)
     job = plan(cfg)[0]
