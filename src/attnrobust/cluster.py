@@ -262,7 +262,9 @@ class SubmititExecutor:
                 continue  # submitted by an earlier run: collected like the others
             if state in ("failed", "lost"):
                 why = status.get("error") or f"ended without finishing: {status.get('scheduler')}"
-                self.say(f"  resubmit {job}  (attempt {self.ledger[key]['attempt']} {why})")
+                # (no ledger entry: jobs.json was removed, its status files were not)
+                attempt = self.ledger.get(key, {}).get("attempt", "?")
+                self.say(f"  resubmit {job}  (attempt {attempt} {why})")
                 status_path(self.run_dir, key).unlink(missing_ok=True)
             new.append((key, job))
         if not new:
