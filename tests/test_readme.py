@@ -62,7 +62,14 @@ def _config_keys() -> dict[str, set[str]]:
         cls = getattr(config, f"{name.capitalize()}Section", None)
         if cls is not None:
             sections[name] = cls
-    return {s: {f.name for f in dataclasses.fields(c)} for s, c in sections.items()}
+    keys = {s: {f.name for f in dataclasses.fields(c)} for s, c in sections.items()}
+    try:  # [slurm] also passes submitit's own Slurm parameters through (attnrobust.cluster)
+        import submitit
+
+        keys["slurm"] |= submitit.SlurmExecutor._valid_parameters()
+    except ImportError:
+        pass
+    return keys
 
 
 def _code_spans(text: str) -> list[str]:

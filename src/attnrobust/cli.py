@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable; value in TOML syntax)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--detach", action="store_true",
+                   help="eval.executor = \"slurm\": exit once the jobs are submitted; rerun the same command to "
+                        "collect them, resubmit failures, submit the attacks of trained models and build the report")
     _add_common(p)
     p.set_defaults(handler=cmd_run)
 
@@ -140,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, metavar="RUN", help="a run folder holding results.jsonl")
     p.set_defaults(handler=cmd_report)
 
-    p = verbs.add_parser("ls", help="list runs: config, jobs done, report")
+    p = verbs.add_parser("ls", help="list runs: config, jobs done (and queued, running, failed on Slurm), report")
     p.add_argument("runs", type=Path, nargs="?", default=Path("runs"), help="folder of runs (default: runs/)")
     p.set_defaults(handler=cmd_ls)
 
@@ -166,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from attnrobust.study import run_study
 
     run_study(args.config, out=args.out, overrides=args.overrides, device=args.device,
-              data_dir=args.data_dir, quiet=args.quiet)
+              data_dir=args.data_dir, quiet=args.quiet, detach=args.detach)
     return 0
 
 

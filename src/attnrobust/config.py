@@ -2,7 +2,8 @@
 
 TrainConfig (one training run), AttackConfig (which attacks, their budgets) and a study's StudyConfig
 (StudySection: what to compare, datasets x models x seeds; the [train] overrides of the per-dataset recipes;
-AttackConfig; EvalSection: how many test images to attack, in which batch size, side by side) live here. The
+AttackConfig; EvalSection: how many test images to attack, in which batch size, side by side, by which executor;
+SlurmSection: the [slurm] resources of each job when that executor is Slurm) live here. The
 pipeline stages (train, evaluate, study) receive these values already checked. Shipped study configs live in
 attnrobust/configs/ and are named without the .toml suffix (`quick`, `cifar10`, ...).
 """
@@ -414,9 +415,46 @@ class EvalSection:
     # Withhold a verdict when a compared model's clean accuracy is below this (None: the dataset's default,
     # attnrobust.report.verdicts.CLEAN_FLOORS): robustness of a model that did not learn means nothing.
     min_clean_accuracy: float | None = None
-    # Independent jobs (training runs, attack jobs) run side by side in this many processes, the cores split
-    # between them (small models leave cores idle in one process). 1 = in this process; CPU only.
-    workers: int = 1
+    # Independent jobs (training runs, attack jobs) run side by side in this many processes: on the CPU the cores
+    # are split between them (small models leave cores idle in one process); on CUDA each process owns one device.
+    # None: 1 on the CPU, the number of CUDA devices on a GPU machine. 1 = in this process.
+    workers: int | None = None
+    # Who runs the jobs: "local" (this machine: this process or eval.workers processes) or "slurm" (each job a
+    # Slurm job through submitit, with the [slurm] table's resources; attnrobust.cluster). "submitit-local" runs
+    # the Slurm path with submitit's local executor (no Slurm): what the tests use.
+    executor: str = "local"
+
+
+EXECUTORS = ("local", "slurm", "submitit-local")
+
+
+@dataclass
+class SlurmSection:
+    """[slurm]: the resources of each Slurm job (one study job each), passed to submitit's executor.
+
+    Other keys are submitit's Slurm parameters (those of submitit.SlurmExecutor, e.g. qos, constraint, exclude,
+    mem_per_gpu, setup, additional_parameters), passed on as slurm_<key>; attnrobust.cluster checks their names.
+    """
+
+    partition: str | None = None
+    account: str | None = None
+    gpus_per_job: int = 1         # 0 for a CPU partition
+    cpus_per_task: int = 8        # the job's threads on the CPU, its data and attack bookkeeping on a GPU
+    mem_gb: int | None = None     # None: the partition's default
+    timeout_min: int = 240        # a job killed by the limit is requeued and resumes from its last checkpoint
+    array_parallelism: int = 64   # jobs of one array running at once
+    extra: dict = field(default_factory=dict)  # the other submitit parameters (see the docstring)
+
+
+def _build_slurm(table: dict) -> SlurmSection:
+    """[slurm] as a SlurmSection: its own keys typed, the rest kept as submitit parameters."""
+    hints = _field_hints(SlurmSection)
+    own = {k: _coerce(v, hints[k], f"slurm.{k}") for k, v in table.items() if k in hints and k != "extra"}
+    for key in ("gpus_per_job", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism"):
+        value = own.get(key)
+        if value is not None and value < (0 if key == "gpus_per_job" else 1):
+            raise UserError(f"slurm.{key}: must be {'>= 0' if key == 'gpus_per_job' else 'positive'}, got {value}")
+    return SlurmSection(**own, extra={k: v for k, v in table.items() if k not in hints or k == "extra"})
 
 
 @dataclass
@@ -471,6 +509,7 @@ class StudyConfig:
     eval: EvalSection
     source: str = ""  # where it was read from, for messages
     verdict: VerdictSection = field(default_factory=VerdictSection)
+    slurm: SlurmSection = field(default_factory=SlurmSection)  # used when eval.executor is not "local"
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The resolved config as plain TOML-able data (None values left out: TOML has no null)."""
@@ -479,7 +518,13 @@ class StudyConfig:
         return {"study": clean(dataclasses.asdict(self.study)), "train": clean(dict(self.train)),
                 "attack": clean(dataclasses.asdict(self.attack)), "eval": clean(dataclasses.asdict(self.eval)),
                 # only when set: a run folder written before [verdict] existed still matches its config on resume
-                **({"verdict": clean(dataclasses.asdict(self.verdict))} if self.verdict != VerdictSection() else {})}
+                **({"verdict": clean(dataclasses.asdict(self.verdict))} if self.verdict != VerdictSection() else {}),
+                **({} if self.eval.executor == "local" else {"slurm": self._slurm_table()})}
+
+    def _slurm_table(self) -> dict[str, Any]:
+        """[slurm] as written in the config: its own keys, and the submitit parameters beside them."""
+        own = {k: v for k, v in dataclasses.asdict(self.slurm).items() if k != "extra" and v is not None}
+        return {**own, **self.slurm.extra}
 
     def regimes_of(self, dataset: str) -> dict[str, dict[str, Any]]:
         """{label: the regime's overrides} in config order; labels (regime_label) depend on the dataset, whose
@@ -606,8 +651,8 @@ def _apply_override(data: dict, override: str) -> None:
 
 def parse_config(data: dict, where: str = "config", data_dir=None) -> StudyConfig:
     """Validate a config given as plain data (as tomllib returns it); data_dir: where user datasets are."""
-    _check_keys(data, ("study", "train", "attack", "eval", "verdict"), where)
-    for section in ("study", "train", "attack", "eval"):
+    _check_keys(data, ("study", "train", "attack", "eval", "verdict", "slurm"), where)
+    for section in ("study", "train", "attack", "eval", "slurm"):
         if not isinstance(data.get(section, {}), dict):
             raise UserError(f"{where}: [{section}] must be a table")
     study = _build(StudySection, data.get("study", {}), "study")
@@ -620,7 +665,8 @@ def parse_config(data: dict, where: str = "config", data_dir=None) -> StudyConfi
     train = {k: _coerce(v, train_hints[k], f"train.{k}") if k in train_hints else v for k, v in train_table.items()}
     cfg = StudyConfig(study=study, train=train, attack=_build(AttackConfig, data.get("attack", {}), "attack"),
                       eval=_build(EvalSection, data.get("eval", {}), "eval"), source=where,
-                      verdict=verdict_section(data.get("verdict"), where))
+                      verdict=verdict_section(data.get("verdict"), where),
+                      slurm=_build_slurm(data.get("slurm", {})))
     validate(cfg, data_dir)
     return cfg
 
@@ -697,8 +743,11 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
     floor = cfg.eval.min_clean_accuracy
     if floor is not None and not 0 <= floor <= 1:
         raise UserError(f"eval.min_clean_accuracy: must be in [0, 1], got {floor}")
-    if cfg.eval.workers < 1:
-        raise UserError(f"eval.workers: must be a positive integer, got {cfg.eval.workers}")
+    if cfg.eval.workers is not None and cfg.eval.workers < 1:
+        raise UserError(f"eval.workers: must be a positive integer (or unset: one per CUDA device, else 1), got "
+                        f"{cfg.eval.workers}")
+    if cfg.eval.executor not in EXECUTORS:
+        raise UserError(f"eval.executor: must be one of {', '.join(EXECUTORS[:2])}, got {cfg.eval.executor!r}")
     if cfg.attack.corruptions:  # each dataset's family must hold the names listed
         from attnrobust.corruptions import expand_names, family_of
 

@@ -19,8 +19,14 @@ attack jobs start as soon as its models are trained, while other cells still tra
 its thread count (the order of float sums), which env.json and logs/jobs.jsonl record, not on the order jobs run
 in.
 
+Who runs the jobs is an executor (eval.executor; the seam is _schedule): "local", this process or the pool of
+eval.workers processes (on a machine with several CUDA devices, by default one process per device, each owning
+its device), or "slurm", each job a Slurm job through submitit (attnrobust.cluster; `detach` leaves them running
+and a rerun collects them). Either way the jobs and their outputs are the same, and so is results.jsonl.
+
 Run folder: config.toml (the resolved config), env.json, .lock (held while a study runs), checkpoints/, logs/
-(per training run, and jobs.jsonl: the wall time of every job), results.jsonl, report/.
+(per training run, and jobs.jsonl: the wall time of every job), results.jsonl, report/, and slurm/ when jobs went
+to Slurm (attnrobust.cluster).
 """
 
 from __future__ import annotations
@@ -90,7 +96,15 @@ def _read_results(path: Path) -> list[dict]:
     return read_records(path) if path.exists() else []
 
 
-_RUN_FOLDER_ENTRIES = {"config.toml", "env.json", "checkpoints", "logs", "results.jsonl", "report", ".lock"}
+_RUN_FOLDER_ENTRIES = {"config.toml", "env.json", "checkpoints", "logs", "results.jsonl", "report", ".lock", "slurm"}
+
+
+def _what_runs(data: dict) -> dict:
+    """A config's data without what only says where jobs run (eval.executor, [slurm]):
+    a study may move between the local pool and Slurm, its jobs' outputs do not depend on it."""
+    what = {section: dict(table) for section, table in data.items() if section != "slurm"}
+    what.get("eval", {}).pop("executor", None)
+    return what
 
 
 def _claim_run_dir(run_dir: Path, cfg: StudyConfig, is_main: bool) -> None:
@@ -106,12 +120,15 @@ def _claim_run_dir(run_dir: Path, cfg: StudyConfig, is_main: bool) -> None:
             existing = tomllib.loads(stored.read_text())
         except (OSError, tomllib.TOMLDecodeError) as err:
             raise UserError(f"{stored} is unreadable ({err}); use a new --out folder") from None
-        if existing != wanted:
+        if _what_runs(existing) != _what_runs(wanted):
+            existing, wanted = _what_runs(existing), _what_runs(wanted)
             changed = sorted(f"{section}.{key}" for section in set(existing) | set(wanted)
                              for key in set(existing.get(section, {})) | set(wanted.get(section, {}))
                              if existing.get(section, {}).get(key) != wanted.get(section, {}).get(key))
             raise UserError(f"{run_dir} holds a study with a different config (differs in {', '.join(changed)}); "
                             f"use a new --out folder, or the config stored in {stored} to resume it")
+        if existing != wanted and is_main:  # another executor: config.toml says how the study runs now
+            atomic_write(stored, to_toml(wanted))
     else:
         # A folder of `attnrobust train --out` runs (checkpoints/, logs/, env.json) may become a study folder: its
         # finished checkpoints are reused when their training config matches. Anything else is not ours to touch.
@@ -122,6 +139,20 @@ def _claim_run_dir(run_dir: Path, cfg: StudyConfig, is_main: bool) -> None:
         if is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(stored, to_toml(wanted))
+
+
+def _refuse_if_slurm_jobs_unfinished(run_dir: Path) -> None:
+    """The local executor must not train or attack what a Slurm job of the same folder may be writing."""
+    from attnrobust.cluster import job_states, ledger_path
+
+    if not ledger_path(run_dir).exists():
+        return
+    states = job_states(run_dir)
+    busy = states.get("queued", 0) + states.get("running", 0)
+    if busy:
+        raise UserError(f"{run_dir}: {busy} of its jobs were submitted to Slurm and have not finished; rerun with "
+                        f"eval.executor = \"slurm\" to collect them (a lost one is resubmitted), or scancel the ids "
+                        f"in {ledger_path(run_dir)} and remove that file to run them here")
 
 
 def _say(message: str) -> None:
@@ -259,45 +290,174 @@ def _in_worker(kind: str, cfg_data: dict, job: Job, run_dir: str, device, data_d
     return result, time.perf_counter() - started
 
 
-def _workers(cfg: StudyConfig, device) -> int:
+def _workers(cfg: StudyConfig, device, spread: bool = True) -> int:
+    """Worker processes for the local executor: eval.workers, or by default one per CUDA device on a GPU machine
+    (spread: the device was not pinned to one index) and 1 on the CPU."""
     from attnrobust.distributed import dist_info
 
-    if cfg.eval.workers <= 1 or device.type != "cpu" or dist_info()[1] > 1:
-        return 1  # a GPU is shared better by one process; torchrun already splits the work
-    return cfg.eval.workers
+    if dist_info()[1] > 1:
+        return 1  # torchrun already splits the work
+    if cfg.eval.workers is not None:
+        return cfg.eval.workers
+    return torch_device_count() if device.type == "cuda" and spread else 1
 
 
-def _pool(workers: int):
+def torch_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def gpu_slots(workers: int, device_count: int, visible: str | None) -> list[str]:
+    """The CUDA device each of `workers` processes owns, as CUDA_VISIBLE_DEVICES values: the visible devices in
+    order (`visible`: this process's CUDA_VISIBLE_DEVICES, None = all of them), round robin when more workers than
+    devices were asked for (then, and only then, two jobs share a device)."""
+    devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else \
+        [str(i) for i in range(device_count)]
+    return [devices[i % len(devices)] for i in range(workers)]
+
+
+def own_device(slots) -> None:
+    """Pool initializer on a GPU machine: this worker takes the next device of the `slots` queue and sees only it
+    (CUDA_VISIBLE_DEVICES, set before torch touches CUDA), so its jobs' "cuda:0" is its own device."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = slots.get()
+
+
+def _start_worker(parent_pid: int, slots) -> None:
+    from attnrobust.runlock import die_with_parent
+
+    # die_with_parent: a worker must not outlive a killed run and write into a folder the next run has locked
+    die_with_parent(parent_pid)
+    if slots is not None:
+        own_device(slots)
+
+
+def _pool(workers: int, slots: list[str] | None = None):
+    """A pool of `workers` spawned processes; `slots`: the CUDA device each one owns (None: the CPU, or a device
+    they share as asked)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     # Idle OpenMP threads spin by default: two processes on two cores then take each other's time (measured here:
     # 51 s instead of 28 s for the same two jobs). Passive waiting, set before the workers start their runtime.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from attnrobust.runlock import die_with_parent
+    context = multiprocessing.get_context("spawn")
+    queue = None
+    if slots is not None:
+        queue = context.Queue()  # each process takes one device as it starts (the pool starts them on demand)
+        for slot in slots:
+            queue.put(slot)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+                               initargs=(os.getpid(), queue))
 
-    # die_with_parent: a worker must not outlive a killed run and write into a folder the next run has locked
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=die_with_parent, initargs=(os.getpid(),))
+
+# ---- the executor seam ------------------------------------------------------------------------------------------
+# An executor runs jobs it is handed and reports them as they finish; _schedule decides when each job is handed
+# over. Executors: _PoolExecutor (local worker processes, below) and attnrobust.cluster.SubmititExecutor (Slurm):
+#   submit(jobs)            start these jobs (an empty list: nothing)
+#   busy() -> bool          whether any submitted job is still unreported
+#   collect(block, held)    the (job, result, seconds, threads) of jobs finished since the last call; block: wait
+#                           for at least one; held: the jobs not yet handed over (for messages). A failed job
+#                           raises UserError naming it.
+#   unfinished() -> list    submitted jobs not yet reported
+#   cancel()                give up on queued jobs (the study is stopping)
+
+
+class _PoolExecutor:
+    """The local executor: each job a future of `pool.submit(_in_worker, ...)` in worker processes."""
+
+    def __init__(self, pool, cfg: StudyConfig, run_dir: Path, device, data_dir, threads: int):
+        self.pool, self.threads = pool, threads
+        self.args = (cfg.to_dict(), str(run_dir), str(device), data_dir, threads)
+        self.running: dict = {}
+
+    def submit(self, jobs: list[Job]) -> None:
+        cfg_data, run_dir, device, data_dir, threads = self.args
+        self.running.update({self.pool.submit(_in_worker, job.kind, cfg_data, job, run_dir, device, data_dir,
+                                              threads): job for job in jobs})
+
+    def busy(self) -> bool:
+        return bool(self.running)
+
+    def unfinished(self) -> list[Job]:
+        return list(self.running.values())
+
+    def collect(self, block: bool, held: list[Job]) -> list[tuple]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        finished, _ = wait(self.running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        done = []
+        for future in finished:
+            job = self.running.pop(future)
+            try:
+                result, seconds = future.result()  # a job's UserError surfaces here, as in one process
+            except BrokenProcessPool:
+                # every unfinished job fails with the pool, whichever process died: name the phase, not a job
+                unfinished = 1 + sum(j.kind == job.kind for j in [*self.running.values(), *held])
+                raise UserError(f"a worker process died in the {job.kind} phase ({unfinished} of its jobs "
+                                f"unfinished; killed, out of memory, or started by a script without the "
+                                f"`if __name__ == \"__main__\":` guard that spawned processes need); finished "
+                                f"jobs are kept: rerun, or set eval.workers = 1 to see a failing job's own "
+                                f"error") from None
+            done.append((job, result, seconds, self.threads))
+        return done
+
+    def cancel(self) -> None:
+        # jobs still queued would only delay the message, and the pool's shutdown waits for whatever it has not
+        # cancelled (the running ones finish; their files stay consistent)
+        for future in self.running:
+            future.cancel()
+
+
+def _schedule(jobs: list[Job], executor, on_done, block: bool = True) -> list[Job]:
+    """Hand `jobs` (training jobs, then attack jobs, each in plan order) to `executor`; on_done[kind](job, result,
+    seconds, threads) is called in this process as each finishes (in completion order). Returns the jobs left
+    unfinished: none when `block`; else (a detached study) those still queued, running or not yet handed over.
+
+    An attack job is handed over as soon as the training jobs of its cell (dataset, regime, seed) among `jobs`
+    have finished, behind the training jobs still queued: while the last models train, the other workers attack
+    the cells that are ready instead of waiting for the whole training phase (the quick study's time beyond its
+    jobs fell from 13 s to 7 s). A failed job (or Ctrl-C) stops the study: the executor cancels what it queued."""
+    from collections import Counter
+
+    untrained = Counter(j.cell for j in jobs if j.kind == "train")
+    held = [j for j in jobs if j.kind == "attack"]
+
+    def release_trained_cells() -> None:
+        """Submit the held attack jobs whose cell has no training job left, keep holding the rest."""
+        nonlocal held
+        executor.submit([j for j in held if not untrained[j.cell]])
+        held = [j for j in held if untrained[j.cell]]
+
+    try:
+        executor.submit([j for j in jobs if j.kind == "train"])
+        release_trained_cells()
+        while executor.busy():
+            finished = executor.collect(block, held)
+            if not finished and not block:
+                break  # detached: the rest finishes without us; a rerun collects it
+            for job, result, seconds, threads in finished:
+                on_done[job.kind](job, result, seconds, threads)
+                if job.kind == "train":
+                    untrained[job.cell] -= 1
+                    release_trained_cells()
+    except BaseException:
+        executor.cancel()
+        raise
+    return executor.unfinished() + held
 
 
 def _execute(jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir, quiet: bool, on_done,
-             pool) -> None:
+             pool, workers: int | None = None) -> None:
     """Run `jobs` (training jobs, then attack jobs, each in plan order), in this process or side by side in
-    `pool`'s worker processes (None: no workers); on_done[kind](job, result, seconds, threads) is called in this
-    process as each finishes (in completion order).
+    `pool`'s worker processes (None: no workers; `workers`: how many it has, default from the config); on_done as
+    in _schedule.
 
-    In one process: every training job, then every attack job. With workers, an attack job is submitted as soon as
-    the training jobs of its cell (dataset, regime, seed) among `jobs` have finished, behind the training jobs
-    still queued: while the last models train, the other workers attack the cells that are ready instead of
-    waiting for the whole training phase (the quick study's time beyond its jobs fell from 13 s to 7 s)."""
-    from collections import Counter
-    from concurrent.futures import FIRST_COMPLETED, wait
-    from concurrent.futures.process import BrokenProcessPool
-
+    In one process: every training job, then every attack job. With workers, _schedule hands each job over."""
     from attnrobust.runtime import set_threads
 
-    workers = min(_workers(cfg, device), len(jobs)) if pool is not None else 1
+    workers = min(workers or _workers(cfg, device), len(jobs)) if pool is not None else 1
     if workers <= 1:
         for job in jobs:
             started = time.perf_counter()
@@ -307,55 +467,18 @@ def _execute(jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir,
                               set_threads() if device.type == "cpu" else None)
         return
     threads = max(1, set_threads() // workers)
-    cfg_data = cfg.to_dict()
-    untrained = Counter(j.cell for j in jobs if j.kind == "train")
-    held = [j for j in jobs if j.kind == "attack"]
-    running = {}
-
-    def submit(ready: list[Job]) -> None:
-        running.update({pool.submit(_in_worker, job.kind, cfg_data, job, str(run_dir), str(device), data_dir,
-                                    threads): job for job in ready})
-
-    def release_trained_cells() -> None:
-        """Submit the held attack jobs whose cell has no training job left, keep holding the rest."""
-        nonlocal held
-        submit([j for j in held if not untrained[j.cell]])
-        held = [j for j in held if untrained[j.cell]]
-
-    submit([j for j in jobs if j.kind == "train"])
-    release_trained_cells()
-    try:
-        while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                job = running.pop(future)
-                try:
-                    result, seconds = future.result()  # a job's UserError surfaces here, as in one process
-                except BrokenProcessPool:
-                    # every unfinished job fails with the pool, whichever process died: name the phase, not a job
-                    unfinished = 1 + sum(j.kind == job.kind for j in [*running.values(), *held])
-                    raise UserError(f"a worker process died in the {job.kind} phase ({unfinished} of its jobs "
-                                    f"unfinished; killed, out of memory, or started by a script without the "
-                                    f"`if __name__ == \"__main__\":` guard that spawned processes need); finished "
-                                    f"jobs are kept: rerun, or set eval.workers = 1 to see a failing job's own "
-                                    f"error") from None
-                on_done[job.kind](job, result, seconds, threads)
-                if job.kind == "train":
-                    untrained[job.cell] -= 1
-                    release_trained_cells()
-    except BaseException:
-        # a failed job (or Ctrl-C) ends the study: jobs still queued would only delay the message, and the pool's
-        # shutdown waits for whatever it has not cancelled (the running ones finish; their files stay consistent)
-        for future in running:
-            future.cancel()
-        raise
+    _schedule(jobs, _PoolExecutor(pool, cfg, run_dir, device, data_dir, threads), on_done)
 
 
 def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = None, overrides=(),
-              device: str | None = None, data_dir: str | Path | None = None, quiet: bool = False) -> Path:
+              device: str | None = None, data_dir: str | Path | None = None, quiet: bool = False,
+              detach: bool = False) -> Path:
     """Run (or resume) a study and build its report; returns the run folder.
 
     config: a shipped config's name, a .toml path, or the config as a dict (as tomllib would read it).
+    detach (eval.executor = "slurm"): return once the jobs that can start are submitted, without waiting for
+    them; rerunning collects what finished, resubmits what failed, submits what became ready, and builds the
+    report when every job is done.
     """
     from attnrobust.distributed import dist_info, init_distributed
     from attnrobust.evaluate import sanity_flags
@@ -366,6 +489,9 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
     from attnrobust.train import is_finished
 
     cfg = load_config(config, overrides, data_dir)
+    if detach and cfg.eval.executor == "local":
+        raise UserError("--detach: the local executor's jobs end with this process; set eval.executor = \"slurm\" "
+                        "(and a [slurm] table) to submit them and leave")
     init_distributed()
     run_dir = Path(out) if out is not None else Path("runs") / cfg.study.name
     rank, _, _ = dist_info()
@@ -373,9 +499,15 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
     with hold_run_lock(run_dir, is_main=is_main):
         # inside the lock: two runs started together on a new folder must not both write its config.toml
         _claim_run_dir(run_dir, cfg, is_main)
-        device = resolve_device(device)
+        # "cuda" or no device named: the local pool may spread its workers over every CUDA device
+        spread = device is None or str(device).strip() == "cuda"
+        # Slurm jobs resolve the device named (None: CUDA if the node has it) where they run: the machine that
+        # submits them may have no GPU
+        named_device, device = device, resolve_device(device) if cfg.eval.executor == "local" else None
         if is_main:
             write_env_json(run_dir / "env.json", sys.argv)
+        if cfg.eval.executor == "local":
+            _refuse_if_slurm_jobs_unfinished(run_dir)
         results_path = run_dir / "results.jsonl"
         results = _read_results(results_path)  # kept in memory from here on; rewritten after each job
         timings_path = run_dir / "logs" / "jobs.jsonl"
@@ -383,8 +515,10 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
             if timings_path.exists() else []
         jobs = plan(cfg)
         started = time.perf_counter()
-        workers = _workers(cfg, device)
-        _say(f"study {cfg.study.name!r}: {len(jobs)} jobs in {run_dir} on {device}"
+        on_cluster = cfg.eval.executor != "local"
+        workers = 1 if on_cluster else _workers(cfg, device, spread)
+        _say(f"study {cfg.study.name!r}: {len(jobs)} jobs in {run_dir} "
+             + (f"through {cfg.eval.executor}" if on_cluster else f"on {device}")
              + (f", {workers} side by side" if workers > 1 else ""))
 
         def log_time(job: Job, seconds: float, threads: int | None) -> None:
@@ -419,20 +553,33 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
                 write_records(results_path, results)
             log_time(job, seconds, threads)
 
-        # One pool of workers for the whole study: each worker imports torch once (seconds per process), and a
-        # cell's attack jobs start while other cells still train. The pool starts its processes at the first job
-        # it is given: a run with nothing to do starts none.
-        pool = _pool(workers) if workers > 1 else None
-        with pool if pool is not None else contextlib.nullcontext():
-            try:
-                _execute(train_jobs + attack_jobs, cfg, run_dir, device, data_dir, quiet,
-                         {"train": lambda job, _, seconds, threads: log_time(job, seconds, threads),
-                          "attack": write}, pool)
-            finally:
-                _CELL.clear()  # the last cell's models: not needed by the report, nor after an interruption
-                from attnrobust.evaluate import clear_corruption_cache
+        on_done = {"train": lambda job, _, seconds, threads: log_time(job, seconds, threads), "attack": write}
+        if on_cluster:
+            from attnrobust.cluster import SubmititExecutor
 
-                clear_corruption_cache()  # corrupted test images kept between attack jobs (evaluate._CORRUPTED)
+            executor = SubmititExecutor(cfg, run_dir, device=None if named_device is None else str(named_device),
+                                        data_dir=data_dir, say=_say)
+            left = _schedule(train_jobs + attack_jobs, executor, on_done, block=not detach)
+            if left:
+                _say(f"detached: {len(left)} jobs queued, running or waiting for their models (`attnrobust ls "
+                     f"{run_dir.parent}` shows them); rerun the same command to collect them and build the report")
+                return run_dir
+        else:
+            # One pool of workers for the whole study: each worker imports torch once (seconds per process), and
+            # a cell's attack jobs start while other cells still train. The pool starts its processes at the
+            # first job it is given: a run with nothing to do starts none. On CUDA each worker owns a device.
+            slots = gpu_slots(workers, torch_device_count(), os.environ.get("CUDA_VISIBLE_DEVICES")) \
+                if workers > 1 and device.type == "cuda" and spread else None
+            pool = _pool(workers, slots) if workers > 1 else None
+            with pool if pool is not None else contextlib.nullcontext():
+                try:
+                    _execute(train_jobs + attack_jobs, cfg, run_dir, device, data_dir, quiet, on_done, pool,
+                             workers)
+                finally:
+                    _CELL.clear()  # the last cell's models: not needed by the report, nor after an interruption
+                    from attnrobust.evaluate import clear_corruption_cache
+
+                    clear_corruption_cache()  # corrupted test images kept between attack jobs (evaluate._CORRUPTED)
 
         if not is_main:
             return run_dir
@@ -443,12 +590,23 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
     return run_dir
 
 
+def _cluster_line(run_dir: Path) -> str:
+    """The states of the jobs a run handed to Slurm ("" if none): e.g. "slurm: 3 queued, 1 running, 2 done; "."""
+    from attnrobust.cluster import job_states, ledger_path
+
+    if not ledger_path(run_dir).exists():
+        return ""
+    states = job_states(run_dir)
+    return f"slurm: {', '.join(f'{n} {state}' for state, n in states.items())}; "
+
+
 def list_runs(runs_dir: str | Path = "runs") -> str:
     """One line per run folder under runs_dir: its config, how many jobs are done, and where its report is.
 
     Reads config.toml as plain data and never validates it: validating imports the user models it names, and
     listing a folder of runs someone else made must not run their code. A training job counts as done when its
-    checkpoint is there without a resume state beside it (a run still in progress keeps one).
+    checkpoint is there without a resume state beside it (a run still in progress keeps one). A run whose jobs
+    went to Slurm also shows how many of those are queued, running, failed and done (their status files).
     """
     import tomllib
 
@@ -487,5 +645,5 @@ def list_runs(runs_dir: str | Path = "runs") -> str:
         report = run_dir / "report" / "README.md"
         rows.append(f"{run_dir.name}: {','.join(datasets)} x {','.join(map(str, models))} x seeds "
                     f"{','.join(map(str, seeds))}; trained {'; '.join(labels)}; {done}/{2 * len(cells)} jobs done; "
-                    f"report: {report if report.exists() else '(none yet)'}")
+                    f"{_cluster_line(run_dir)}report: {report if report.exists() else '(none yet)'}")
     return "\n".join(rows) if rows else f"no runs in {runs_dir}"
