@@ -48,3 +48,27 @@ def test_bad_pilot_and_detect_values_are_one_line(tmp_path):
     for bad in ("verdict.detect_pp=-1", "verdict.detect_eps=0"):
         with pytest.raises(UserError, match=bad.split("=")[0]):
             load_config("quick", [bad])
+
+
+def test_a_study_prints_its_power_plan_first_keeps_it_and_the_report_shows_it(tmp_path, capsys):
+    from attnrobust.cli import main
+    from attnrobust.study import run_study
+    from test_study import TINY
+
+    pilot = f"verdict.pilot='{PILOT}'"
+    # --power-plan: the plan, then nothing else (no run folder)
+    assert main(["run", "quick", "--out", str(tmp_path / "plan"), "--set", pilot, "--set", "study.seeds=[0,1,2,3]",
+                 "--power-plan"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Power plan (4 seeds") and "| white-box | minimal |" in out
+    assert not (tmp_path / "plan").exists()
+    code = main(["run", "quick", "--out", str(tmp_path / "none"), "--power-plan"])
+    assert code == 2 and "--power-plan: set verdict.pilot" in capsys.readouterr().err
+    # a run: the plan is printed before the first job and kept in the run folder and the report
+    run = run_study("quick", out=tmp_path / "run", quiet=True,
+                    overrides=[*TINY, pilot, 'attack.attacks=["fgsm"]', "attack.corruptions=[]",
+                               "study.models=['resnet14','cbam_resnet14']"])
+    printed = capsys.readouterr().out
+    assert printed.index("Power plan (1 seed;") < printed.index("done  train")
+    kept = (run / "power_plan.md").read_text()
+    assert kept.startswith("Power plan (1 seed;") and kept.rstrip() in (run / "report" / "README.md").read_text()

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true",
                    help="eval.executor = \"slurm\": exit once the jobs are submitted; rerun the same command to "
                         "collect them, resubmit failures, submit the attacks of trained models and build the report")
+    p.add_argument("--power-plan", action="store_true",
+                   help="print what the study's seeds can detect (from verdict.pilot, a previous run's folder) and "
+                        "the seeds needed for verdict.detect_pp / detect_eps (default: the margins), then exit")
     _add_common(p)
     p.set_defaults(handler=cmd_run)
 
@@ -169,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from attnrobust.study import run_study
 
     run_study(args.config, out=args.out, overrides=args.overrides, device=args.device,
-              data_dir=args.data_dir, quiet=args.quiet, detach=args.detach)
+              data_dir=args.data_dir, quiet=args.quiet, detach=args.detach, power_only=args.power_plan)
     return 0
 
 

@@ -96,7 +96,8 @@ def _read_results(path: Path) -> list[dict]:
     return read_records(path) if path.exists() else []
 
 
-_RUN_FOLDER_ENTRIES = {"config.toml", "env.json", "checkpoints", "logs", "results.jsonl", "report", ".lock", "slurm"}
+_RUN_FOLDER_ENTRIES = {"config.toml", "env.json", "checkpoints", "logs", "results.jsonl", "report", ".lock", "slurm",
+                        "power_plan.md"}
 
 
 def _what_runs(data: dict) -> dict:
@@ -470,15 +471,29 @@ def _execute(jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir,
     _schedule(jobs, _PoolExecutor(pool, cfg, run_dir, device, data_dir, threads), on_done)
 
 
+def _power_plan(cfg: StudyConfig) -> list[str]:
+    """The power plan's lines from cfg.verdict.pilot ([] without a pilot): what the study's seeds can detect."""
+    if cfg.verdict.pilot is None:
+        return []
+    from attnrobust.report.power import pilot_records, power_plan, power_plan_lines
+
+    seeds = len(cfg.study.seeds)
+    plan = power_plan(pilot_records(cfg.verdict.pilot), seeds, cfg.verdict, pairs=cfg.study.pairs or (),
+                      min_clean_accuracy=cfg.eval.min_clean_accuracy)
+    return power_plan_lines(plan, seeds, cfg.verdict.pilot)
+
+
 def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = None, overrides=(),
               device: str | None = None, data_dir: str | Path | None = None, quiet: bool = False,
-              detach: bool = False) -> Path:
+              detach: bool = False, power_only: bool = False) -> Path:
     """Run (or resume) a study and build its report; returns the run folder.
 
     config: a shipped config's name, a .toml path, or the config as a dict (as tomllib would read it).
     detach (eval.executor = "slurm"): return once the jobs that can start are submitted, without waiting for
     them; rerunning collects what finished, resubmits what failed, submits what became ready, and builds the
     report when every job is done.
+    With [verdict] pilot set, the power plan (attnrobust.report.power) is printed first and kept as
+    RUN/power_plan.md, which the report shows; power_only: print it and return before anything else runs.
     """
     from attnrobust.distributed import dist_info, init_distributed
     from attnrobust.evaluate import sanity_flags
@@ -496,9 +511,19 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
     run_dir = Path(out) if out is not None else Path("runs") / cfg.study.name
     rank, _, _ = dist_info()
     is_main = rank == 0
+    plan_lines = _power_plan(cfg)
+    if plan_lines:
+        _say("\n".join(plan_lines) + "\n")
+    if power_only:
+        if not plan_lines:
+            raise UserError("--power-plan: set verdict.pilot to a previous run's folder (e.g. --set "
+                            "verdict.pilot=\"results/fashion-mnist-cpu\") to predict what this study can detect")
+        return run_dir
     with hold_run_lock(run_dir, is_main=is_main):
         # inside the lock: two runs started together on a new folder must not both write its config.toml
         _claim_run_dir(run_dir, cfg, is_main)
+        if plan_lines and is_main:
+            atomic_write(run_dir / "power_plan.md", "\n".join(plan_lines) + "\n")
         # "cuda" or no device named: the local pool may spread its workers over every CUDA device
         spread = device is None or str(device).strip() == "cuda"
         # Slurm jobs resolve the device named (None: CUDA if the node has it) where they run: the machine that

@@ -257,7 +257,13 @@ def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
         run_dir=run_dir, grid=grid, records=all_records, config_text=config_text, config=config, env=env,
         tables=tables, rows=rows, paired=paired, comparison=comparison, figures=width_figures + minimal_figures + figures + attention,
         notes=notes, minimal_lines=minimal_lines, corruption_lines=corruption_lines,
-        corruption_summary=corruption_summary(corruption_rows), width_lines=width_lines)))
+        corruption_summary=corruption_summary(corruption_rows), width_lines=width_lines,
+        power_plan=_read_power_plan(run_dir))))
+
+
+def _read_power_plan(run_dir: Path) -> list[str]:
+    path = run_dir / "power_plan.md"
+    return path.read_text(encoding="utf-8").rstrip("\n").splitlines() if path.is_file() else []
 
 
 def build_report(run_dir: str | Path) -> Path:

@@ -41,6 +41,7 @@ class ReadmeInputs:
     corruption_lines: list[str] = ()  # the common-corruptions section (report/corruptions.py), () when not measured
     corruption_summary: list[str] = ()  # its one-line answers, shown with the adversarial ones
     width_lines: list[str] = ()  # the width trend (report/widths.py), () when the study does not cross widths
+    power_plan: list[str] = ()  # RUN/power_plan.md, written before the run from a pilot; () when there was none
 
 
 def _verdict_markdown(rows: list[dict]) -> list[str]:
@@ -251,6 +252,9 @@ def readme_text(inputs: ReadmeInputs) -> str:
         out.append("The paper column applies the same comparison to the paper's published numbers, over the "
                    "final-iterate settings we share with it, judged by an unpaired one-run rule with n = 10000 "
                    "(the paper publishes accuracies, not per-image outcomes). Full rows: [verdicts.csv](verdicts.csv).")
+    if inputs.power_plan:
+        out += ["", "**Declared before the run** (`power_plan.md`, from `verdict.pilot`): what these seeds were "
+                "expected to detect.", ""] + list(inputs.power_plan)
     reduced = reduced_notes(grid, inputs.config)
     if reduced:
         out += ["", "**Indicative only, next to the paper**: " + "; ".join(reduced) + "."]
