@@ -97,12 +97,12 @@ def test_adversarial_batch_climbs_the_loss_and_is_seeded():
 
 
 def test_fgsm_rs_is_one_projected_step_from_the_random_start():
-    from attnrobust.attacks import _random_start
+    from attnrobust.attacks import uniform_start
 
     model, x, y = tiny_model_and_batch()
     model.eval()
     got = adversarial_batch(model, x, y, eps=0.1, alpha=0.125, steps=1, generator=torch.Generator().manual_seed(5))
-    start = _random_start(x, 0.1, torch.Generator().manual_seed(5)).requires_grad_(True)
+    start = uniform_start(x, 0.1, torch.Generator().manual_seed(5)).requires_grad_(True)
     (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(start), y, reduction="sum"), start)
     want = torch.min(torch.max(start.detach() + 0.125 * grad.sign(), x - 0.1), x + 0.1).clamp(0, 1)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-7)

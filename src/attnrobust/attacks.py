@@ -67,7 +67,7 @@ def predict(model: nn.Module, x: Tensor) -> Tensor:
         return labels.clone()  # a normal tensor: callers may modify it or use it in autograd
 
 
-def _check_eps(eps: float, name: str = "eps") -> float:
+def check_eps(eps: float, name: str = "eps") -> float:
     if isinstance(eps, bool) or not isinstance(eps, Real) or not 0.0 <= float(eps) <= 1.0:
         raise UserError(f"{name} must be a number in [0, 1] (pixel units, 0.05 = 12.75/255), got {eps!r}")
     return float(eps)
@@ -113,7 +113,7 @@ def _input_grad(loss: Tensor, xr: Tensor) -> Tensor:
     return grad.clone() if 0 in grad.stride() else grad
 
 
-def _loss_grad(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def loss_grad(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(logits, per-sample cross-entropy, d(summed CE)/dx) at x: the only forward+backward an attack step needs."""
     xr = x.detach().requires_grad_(True)
     logits = model(xr)
@@ -121,13 +121,13 @@ def _loss_grad(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, 
     return logits.detach(), losses.detach(), _input_grad(losses.sum(), xr)
 
 
-def _project_(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+def project_(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     """In place: onto the eps-ball around x, then onto [0, 1]; the same arithmetic as torchattacks, so our
     iterates and theirs are bit-equal rather than one rounding apart."""
     return x_adv.sub_(x).clamp_(-eps, eps).add_(x).clamp_(0.0, 1.0)
 
 
-def _random_start(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
+def uniform_start(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
     # Drawn on the CPU so that a seed gives the same start on every device.
     if generator is not None and generator.device.type != "cpu":
         raise UserError(f"the random-start generator must be a CPU torch.Generator, got one on {generator.device}")
@@ -145,10 +145,10 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps_list: Sequence[float]) -> l
     """
     if isinstance(eps_list, (Real, str)) or not isinstance(eps_list, Iterable):
         raise UserError(f"FGSM eps_list must be a list of numbers in [0, 1], got {eps_list!r}")
-    eps_values = [_check_eps(e) for e in eps_list]
+    eps_values = [check_eps(e) for e in eps_list]
     x, y = _check_batch(model, x, y)
     with attack_hygiene(model):
-        _, _, grad = _loss_grad(model, x, y)
+        _, _, grad = loss_grad(model, x, y)
         direction = grad.sign_()
         return [torch.add(x, direction, alpha=e).clamp_(0.0, 1.0) for e in eps_values]
 
@@ -168,7 +168,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps_
       the batch, so a trained model, where most samples break within a few steps, costs far fewer than
       max(steps_list) full steps (tests compare it with a plain full-batch reference loop).
     """
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     if isinstance(alpha, bool) or not isinstance(alpha, Real) or not 0 < alpha < math.inf:
         raise UserError(f"PGD step size alpha must be a positive finite number, got {alpha!r}")
     alpha = float(alpha)
@@ -177,11 +177,11 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps_
     x, y = _check_batch(model, x, y)
     out: dict[int, Tensor] = {}
     with attack_hygiene(model):
-        x_adv = _random_start(x, eps, generator) if random_start else x.clone()
+        x_adv = uniform_start(x, eps, generator) if random_start else x.clone()
         if not keep_best:
             for k in range(1, total + 1):
-                _, _, grad = _loss_grad(model, x_adv, y)
-                _project_(x_adv.add_(grad.sign_(), alpha=alpha), x, eps)
+                _, _, grad = loss_grad(model, x_adv, y)
+                project_(x_adv.add_(grad.sign_(), alpha=alpha), x, eps)
                 if k in wanted:
                     out[k] = x_adv.clone()
             return out
@@ -218,13 +218,13 @@ def apgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 20, *,
     Returns the adversarial batch: for each sample the first iterate that fools the model if one does (AutoAttack's
     convention; the sample then leaves the batch), else the highest-loss iterate.
     """
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     _check_apgd_args(steps, rho, momentum)
     x, y = _check_batch(model, x, y)
     with attack_hygiene(model):
-        x_start = _random_start(x, eps, generator) if random_start else x.clone()
+        x_start = uniform_start(x, eps, generator) if random_start else x.clone()
         result, _ = _apgd_core(model, x, y, eps, steps, rho, momentum, x_start, {},
-                               lambda x_k, s: _loss_grad(model, x_k, s["y"]),
+                               lambda x_k, s: loss_grad(model, x_k, s["y"]),
                                lambda logits, s: F.cross_entropy(logits, s["y"], reduction="none"))
     return result
 
@@ -261,9 +261,9 @@ def _apgd_core(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, r
     for k in range(steps + 1):
         if k > 0:  # iterate k from iterate k-1
             eta = s["eta"].view(-1, 1, 1, 1)
-            z = _project_(s["x_cur"] + eta * s["g_cur"].sign(), s["x_nat"], eps)
+            z = project_(s["x_cur"] + eta * s["g_cur"].sign(), s["x_nat"], eps)
             a = 1.0 if k == 1 else momentum
-            x_new = _project_(s["x_cur"] + a * (z - s["x_cur"]) + (1 - a) * (s["x_cur"] - s["x_prev"]),
+            x_new = project_(s["x_cur"] + a * (z - s["x_cur"]) + (1 - a) * (s["x_cur"] - s["x_prev"]),
                               s["x_nat"], eps)
             if k < steps:
                 logits, f_new, g_new = loss_grad(x_new, s)
@@ -313,7 +313,7 @@ def _dlr_targeted(logits: Tensor, y: Tensor, t: Tensor) -> Tensor:
 
 
 def _dlr_targeted_grad(model: nn.Module, x: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """As _loss_grad, for the targeted DLR loss summed over the batch."""
+    """As loss_grad, for the targeted DLR loss summed over the batch."""
     xr = x.detach().requires_grad_(True)
     logits = model(xr)
     losses = _dlr_targeted(logits, y, t)
@@ -333,7 +333,7 @@ def apgd_t(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 100,
     misclassifies, x; for the others the highest-loss iterate of the last target's run.
     The targeted DLR loss reads the 4 largest logits, so the model needs at least 4 classes.
     """
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     _check_apgd_args(steps, rho, momentum)
     if isinstance(n_target_classes, bool) or not isinstance(n_target_classes, int) or n_target_classes < 1:
         raise UserError(f"APGD-T n_target_classes must be a positive integer, got {n_target_classes!r}")
@@ -354,7 +354,7 @@ def apgd_t(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 100,
             if rows.numel() == 0:
                 break
             x_sub = x[rows]
-            x_start = _random_start(x_sub, eps, generator) if random_start else x_sub.clone()
+            x_start = uniform_start(x_sub, eps, generator) if random_start else x_sub.clone()
             adv, broken = _apgd_core(model, x_sub, y[rows], eps, steps, rho, momentum, x_start,
                                      {"t": ranked[rows, rank]},
                                      lambda x_k, s: _dlr_targeted_grad(model, x_k, s["y"], s["t"]),
@@ -368,7 +368,7 @@ def apgd_t(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 100,
 
 
 def _margin_targeted_grad(model: nn.Module, x: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """As _loss_grad, for the targeted margin z_t - z_y summed over the batch. Linear in the input on a linear
+    """As loss_grad, for the targeted margin z_t - z_y summed over the batch. Linear in the input on a linear
     model, so its sign-gradient ascent walks straight to the optimal corner sign(w_t - w_y) of the ball."""
     xr = x.detach().requires_grad_(True)
     logits = model(xr)
@@ -400,7 +400,7 @@ def _pgd_best(model: nn.Module, x_start: Tensor, x: Tensor, y: Tensor, eps: Tens
             snapshots.update({s: best.clone() for s in wanted if s >= k})
             break
         if k < steps:
-            logits, _, grad = (_loss_grad(model, x_adv, y_act) if t_act is None
+            logits, _, grad = (loss_grad(model, x_adv, y_act) if t_act is None
                                else _margin_targeted_grad(model, x_adv, y_act, t_act))
         else:  # the last iterate is only scored
             with torch.inference_mode():
@@ -420,7 +420,7 @@ def _pgd_best(model: nn.Module, x_start: Tensor, x: Tensor, y: Tensor, eps: Tens
             snap[rows] = x_adv
             snapshots[k] = snap
         if k < steps:
-            _project_(x_adv.add_(grad.sign_().mul_(alpha_act)), x_nat, eps_act)
+            project_(x_adv.add_(grad.sign_().mul_(alpha_act)), x_nat, eps_act)
     return broken, best, snapshots
 
 
@@ -517,7 +517,7 @@ def minimal_eps(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 16 /
     Because the grid is j * tol, with tol = 1/255 robust_accuracy_curve at j/255 reads exactly the attack's
     verdict at that radius, as if it had been run there.
     """
-    max_eps = _check_eps(max_eps, "max_eps")
+    max_eps = check_eps(max_eps, "max_eps")
     if isinstance(tol, bool) or not isinstance(tol, Real) or not 0.0 < tol <= max_eps:
         raise UserError(f"minimal_eps tol must be a number in (0, max_eps] = (0, {max_eps:.4g}], got {tol!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -606,7 +606,7 @@ def robust_accuracy_curve(min_eps: Tensor, eps_grid: Sequence[float], *, counts:
                         f"{tuple(min_eps.shape) if isinstance(min_eps, Tensor) else type(min_eps).__name__}")
     if isinstance(eps_grid, (Real, str)) or not isinstance(eps_grid, Iterable):
         raise UserError(f"eps_grid must be a list of numbers in [0, 1], got {eps_grid!r}")
-    eps_values = [_check_eps(e, "eps_grid values") for e in eps_grid]
+    eps_values = [check_eps(e, "eps_grid values") for e in eps_grid]
     values = min_eps.detach().float().cpu()
     if torch.isnan(values).any() or (values < 0).any():
         raise UserError("min_eps must be >= 0 (inf allowed, no NaN), as minimal_eps returns")
@@ -655,7 +655,7 @@ def square(model: nn.Module, x: Tensor, y: Tensor, eps: float, queries: int = 50
     Returns the adversarial batch: for each fooled image the first fooling query, else the lowest-margin one.
     The clean image itself is not scored: callers that need clean accuracy score it (worst_case does).
     """
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
         raise UserError(f"Square queries must be a positive integer, got {queries!r}")
     if isinstance(p_init, bool) or not isinstance(p_init, Real) or not 0.0 < p_init <= 1.0:
@@ -742,7 +742,7 @@ def worst_case(model: nn.Module, x: Tensor, y: Tensor, eps: float, *,
                  gradient masking (all False when the list lacks either kind, no evidence either way);
       "x_adv":   the adversarial batch (the breaking attack's image; x for robust and clean-misclassified images).
     """
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     if isinstance(attacks, str) or not isinstance(attacks, Iterable):
         raise UserError(f"worst_case attacks must be a list of names from {WHITE_BOX + BLACK_BOX}, got {attacks!r}")
     names = list(attacks)

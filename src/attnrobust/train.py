@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from attnrobust import models
-from attnrobust.attacks import pgd, predict
+from attnrobust.attacks import check_eps, loss_grad, pgd, predict, project_, uniform_start
 from attnrobust.checkpoint import load_train_state, read_meta, save_checkpoint, save_train_state
 from attnrobust.config import DEFAULTS, TrainConfig, regime_label
 from attnrobust.data import DeviceLoader, get_spec, load_dataset
@@ -186,9 +186,7 @@ def adversarial_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     update the running statistics too, as in the references. Only input gradients are computed (autograd skips
     the weight gradients it is not asked for). The result is detached.
     """
-    from attnrobust.attacks import _check_eps, _loss_grad, _project_, _random_start
-
-    eps = _check_eps(eps, "adv_eps")
+    eps = check_eps(eps, "adv_eps")
     # bf16 autocast is safe for a gradient sign (fp32's range); fp16 gradients may underflow to 0, so fp32 then.
     device_type = x.device.type
     cast = (torch.autocast(device_type, dtype=amp_dtype) if amp_dtype == torch.bfloat16
@@ -196,10 +194,10 @@ def adversarial_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
             else contextlib.nullcontext())
     x = x.detach()
     with torch.enable_grad(), cast:
-        x_adv = _random_start(x, eps, generator)
+        x_adv = uniform_start(x, eps, generator)
         for _ in range(steps):
-            _, _, grad = _loss_grad(model, x_adv, y)
-            _project_(x_adv.add_(grad.sign_(), alpha=alpha), x, eps)
+            _, _, grad = loss_grad(model, x_adv, y)
+            project_(x_adv.add_(grad.sign_(), alpha=alpha), x, eps)
     return x_adv.detach()
 
 

@@ -255,7 +255,8 @@ def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
         _write(out / "width_trend.csv", rows_csv(trend, TREND_KEYS))
     _write(out / "README.md", readme_text(ReadmeInputs(
         run_dir=run_dir, grid=grid, records=all_records, config_text=config_text, config=config, env=env,
-        tables=tables, rows=rows, paired=paired, comparison=comparison, figures=width_figures + minimal_figures + figures + attention,
+        tables=tables, rows=rows, paired=paired, comparison=comparison,
+        figures=width_figures + minimal_figures + figures + attention,
         notes=notes, minimal_lines=minimal_lines, corruption_lines=corruption_lines,
         corruption_summary=corruption_summary(corruption_rows), width_lines=width_lines,
         power_plan=_read_power_plan(run_dir))))

@@ -9,7 +9,7 @@ attnrobust.evaluate.corruption_scores), attention vs twin.
   causes, without the clean accuracy's confound);
 - `corruption_verdicts`: the paired verdicts, one row per attention pair and corruption (accuracy averaged over its
   severities, per image) plus one over every corruption and severity (mean corruption accuracy), computed by the
-  adversarial rows' own machinery (verdicts._compare: paired per image, several seeds with training noise; the
+  adversarial rows' own machinery (verdicts.compare_cells: paired per image, several seeds with training noise; the
   clean-accuracy floor). The corruption rows of a panel are a Holm family of their own, separate from the
   adversarial one: they answer a different question, and joining the families would make each weaker;
 - `corruption_text` / `corruption_summary`: the rows in verdicts.txt and the one-line answers beside the
@@ -30,8 +30,8 @@ from attnrobust.report.grid import Grid
 from attnrobust.report.stats import mean_ci
 from attnrobust.report.tables import csv_text, markdown_table
 from attnrobust.config import VerdictSection
-from attnrobust.report.verdicts import (_aligned, _compare, _decide, attention_pairs, clean_floor, format_diff,
-                                        format_sim, verdict_label)
+from attnrobust.report.verdicts import (aligned_lines, attention_pairs, clean_floor, compare_cells, decide_family,
+                                        format_diff, format_sim, verdict_label)
 from attnrobust.results import CLEAN, Setting, file_name_part, panel_dataset
 
 __all__ = ["is_corruption", "corruption_verdicts", "corruption_text", "corruption_summary", "corruption_section",
@@ -108,10 +108,11 @@ def corruption_verdicts(records: list[dict], *, min_clean_accuracy: float | None
         for attn, base in attention_pairs(grid.models(d), pairs):
             measures = [(ALL, settings)] + [(c, [s for s in settings if s.corruption == c]) for c in _names(grid, d)]
             for measure, chosen in measures:
-                row = _compare(grid, d, (attn, attn), (base, base), chosen, floor)
+                row = compare_cells(grid, d, (attn, attn), (base, base), chosen, floor)
                 if row is None:
                     continue
-                by_name = [[s for s in chosen if s.corruption == c] for c in dict.fromkeys(s.corruption for s in chosen)]
+                names = dict.fromkeys(s.corruption for s in chosen)
+                by_name = [[s for s in chosen if s.corruption == c] for c in names]
                 ce = [ce_vs_twin(grid, d, attn, base, group) for group in by_name]
                 relative = [ce_vs_twin(grid, d, attn, base, group, relative=True) for group in by_name]
                 family.append({"dataset": d, "attention_model": attn, "baseline_model": base,
@@ -122,7 +123,7 @@ def corruption_verdicts(records: list[dict], *, min_clean_accuracy: float | None
                                "relative_ce_vs_twin": None if None in relative else float(np.mean(relative))})
         # three-way decisions (helps / hurts / equivalent within verdict.margin_pp / inconclusive), Holm over this
         # panel's corruption rows only: their own family
-        _decide(family, verdict or VerdictSection())
+        decide_family(family, verdict or VerdictSection())
         out += family
     return out
 
@@ -140,7 +141,7 @@ def corruption_text(rows: list[dict]) -> str:
     return "\n".join(["", "", "Common corruptions (accuracy, attention minus twin, per image, averaged over the "
                       "severities; 'all corruptions' = mean corruption accuracy; Holm over each dataset's corruption "
                       "rows, a family of their own; CE vs twin = attention errors / twin errors summed over "
-                      "severities, < 100%: attention fewer):", *_aligned([header] + body)])
+                      "severities, < 100%: attention fewer):", *aligned_lines([header] + body)])
 
 
 def corruption_summary(rows: list[dict]) -> list[str]:

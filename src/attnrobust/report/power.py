@@ -59,10 +59,11 @@ def power_plan_lines(plan: list[dict], seeds: int, source: str) -> list[str]:
     """The plan as Markdown lines: printed before a study trains and kept in its report."""
     if not plan:
         return [f"Power plan: the pilot {source} has no robustness row with two or more seeds to predict from."]
-    lines = [f"Power plan ({seeds} seed{'s' if seeds != 1 else ''}; variance components from the pilot {source}; 80% power at the family's "
-             f"level, Bonferroni over each row's family; n = the pilot's images):", "",
-             "| dataset | attention vs twin | scenario | measure | pilot seeds | detectable at "
-             f"{seeds} seed{'s' if seeds != 1 else ''} | margin (equivalence) | to detect | seeds needed |", "|---|---|---|---|---|---|---|---|---|"]
+    k = f"{seeds} seed{'s' if seeds != 1 else ''}"
+    lines = [f"Power plan ({k}; variance components from the pilot {source}; 80% power at the family's level, "
+             f"Bonferroni over each row's family; n = the pilot's images):", "",
+             f"| dataset | attention vs twin | scenario | measure | pilot seeds | detectable at {k} | "
+             "margin (equivalence) | to detect | seeds needed |", "|---|---|---|---|---|---|---|---|---|"]
     for p in plan:
         unit = "/255" if p["unit"] == "/255" else " pp"
         needed = "not by seeds (more images)" if p["seeds_needed"] is None else str(p["seeds_needed"])

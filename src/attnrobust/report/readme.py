@@ -270,7 +270,8 @@ def readme_text(inputs: ReadmeInputs) -> str:
                 "models apart. Per image, the smallest L-inf eps at which an attack finds an adversarial example "
                 "(bisection on the grid of 1/255 with PGD per radius, the attack named in the threat model; never "
                 "above the radius of any other recorded attack that broke the image): 0 for images misclassified "
-                "clean, 'not broken' above the largest eps tried. This is the verdict's primary white-box measure (row *minimal*).",
+                "clean, 'not broken' above the largest eps tried. This is the verdict's primary white-box measure "
+                "(row *minimal*).",
                 ""] + inputs.minimal_lines + _minimal_comparison(rows)
     if inputs.corruption_lines:
         out += [""] + list(inputs.corruption_lines)

@@ -190,7 +190,7 @@ def _wilcoxon_p(d: np.ndarray) -> float | None:
     return float(scipy_stats.wilcoxon(x, zero_method="wilcox").pvalue)
 
 
-def _compare(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], floor: float) -> dict | None:
+def compare_cells(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], floor: float) -> dict | None:
     settings = [s for s in settings if grid.runs(d, *a_cell, s) and grid.runs(d, *b_cell, s)]
     if not settings:
         return None
@@ -258,7 +258,7 @@ def _margin(row: dict, verdict: VerdictSection) -> float:
     return verdict.margin_eps if row["unit"] == "/255" else verdict.margin_pp
 
 
-def _decide(rows: list[dict], verdict: VerdictSection) -> None:
+def decide_family(rows: list[dict], verdict: VerdictSection) -> None:
     """Three-way decisions over one family (the rows of one dataset and family kind that are not withheld), at
     df = seeds - 1 and, for the sensitivity column, at the Satterthwaite df."""
     live = [r for r in rows if r["withheld"] is None]
@@ -306,13 +306,13 @@ def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pa
             for scenario, a_cell, b_cell, compared, family in _scenarios(models, attn, base, pairs):
                 for attack in _measures(grid, d):
                     settings = [s for s in grid.settings(d) if s.attack == attack]
-                    row = _compare(grid, d, a_cell, b_cell, settings, floor)
+                    row = compare_cells(grid, d, a_cell, b_cell, settings, floor)
                     if row is not None:
                         families[family].append({"dataset": d, "attention_model": attn, "baseline_model": base,
                                                  "scenario": scenario, "family": family, "attack": attack,
                                                  "compared": compared, **row})
         for family in families.values():
-            _decide(family, verdict)
+            decide_family(family, verdict)
             for r in family:
                 r["saturated"] = _saturated(r)
                 r["reproduced"] = _agreement(r)
@@ -577,7 +577,7 @@ def verdict_text(rows: list[dict], records: list[dict] | None = None) -> str:
                                             "evidence about robustness)")):
         mine = [r for r in rows if r["family"] == family]
         if mine:
-            lines += [f"{title}:"] + _aligned([VERDICT_HEADER] + [verdict_cells(r) for r in mine]) + [""]
+            lines += [f"{title}:"] + aligned_lines([VERDICT_HEADER] + [verdict_cells(r) for r in mine]) + [""]
     lines.append("diff = attention model minus its twin, per image, averaged over the attack's settings: robust "
                  "accuracy in pp (> 0: attention more robust); minimal: the restricted mean of the per-image minimal "
                  "eps up to the cap (area under the robust-accuracy curve), in 1/255. verdict: helps/hurts "
@@ -608,7 +608,7 @@ def verdict_text(rows: list[dict], records: list[dict] | None = None) -> str:
     return "\n".join(lines)
 
 
-def _aligned(rows: list[list[str]]) -> list[str]:
+def aligned_lines(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
@@ -625,7 +625,7 @@ def paired_rows(grid: Grid, *, min_clean_accuracy: float | None = None, pairs=()
         for attn, base in attention_pairs(models, pairs):
             for scenario, a_cell, b_cell, _, _ in _scenarios(models, attn, base, pairs):
                 for s in settings:
-                    row = _compare(grid, d, a_cell, b_cell, [s], floor)
+                    row = compare_cells(grid, d, a_cell, b_cell, [s], floor)
                     if row is not None:
                         del row["settings"], row["_interval"], row["_scale"]
                         low, high = row["ci_low"], row["ci_high"]
