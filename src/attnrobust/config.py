@@ -764,7 +764,10 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
                 try:
                     cfg.train_config(dataset, model, s.seeds[0], regime).validate(data_dir)
                 except UserError as err:
-                    raise UserError(f"study.regimes[{i}]: {err}" if s.regimes else str(err)) from None
+                    # name the key where it was set: a regime's table, or [train] (TrainConfig says "key: ...")
+                    key = str(err).split(":", 1)[0]
+                    where = f"study.regimes[{i}]." if key in regime else "train."
+                    raise UserError(f"{where}{err}" if key.isidentifier() else str(err)) from None
         labels = [regime_label(cfg.train_config(dataset, s.models[0], s.seeds[0], r)) for r in s.regimes or [{}]]
         if len(set(labels)) != len(labels):
             raise UserError(f"study.regimes: two regimes are the same on {dataset} ({', '.join(labels)})")
