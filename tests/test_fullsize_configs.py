@@ -40,7 +40,10 @@ TINY = [f"train.n_train={N}", f"train.batch_size={N}", "train.epochs=1", "train.
         "attack.minimal_steps=1", "attack.autoattack_steps=1",
         "attack.autoattack_queries=2", "eval.workers=1",
         # the unbounded-eps check is 20 PGD steps per source whatever the size (tested at small size elsewhere)
-        "attack.sanity_checks=false"]
+        "attack.sanity_checks=false",
+        # one severity of each corruption the config lists: every family still runs through the full-size models,
+        # without five forwards of a ResNet-50 per corruption (tests/test_corruptions.py covers every severity)
+        "attack.severities=[3]"]
 
 
 def _tiny(config: str) -> list[str]:
