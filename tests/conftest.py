@@ -96,9 +96,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # The test files that take longest (pytest --durations, README "Tests"), longest first. pytest -n 2 --dist
 # loadfile hands whole files to the two workers in collection order; starting the long ones first (the longest-
 # processing-time-first rule) keeps both workers busy to the end instead of leaving one long file to run alone.
-LONGEST_FIRST = ["test_fullsize_paper.py", "test_train.py", "test_study.py", "test_study_axes.py",
-                 "test_report.py", "test_fullsize_configs.py", "test_evaluate.py", "test_adversarial_training.py",
-                 "test_models.py"]
+LONGEST_FIRST = ["test_cluster.py", "test_fullsize_configs.py", "test_train.py", "test_fullsize_paper.py",
+                 "test_study.py", "test_study_axes.py", "test_stats.py", "test_evaluate.py", "test_power.py",
+                 "test_report.py", "test_adversarial_training.py", "test_attacks_reference.py", "test_models.py"]
 
 
 def pytest_collection_modifyitems(items):
