@@ -66,7 +66,8 @@ def import_submitit():
 
 
 def job_key(cfg, job) -> str:
-    """A file-safe name of a study job: its kind and its model's checkpoint name (dataset, model, seed, regime, width)."""
+    """A file-safe name of a study job: its kind and its model's checkpoint name (dataset, model, seed, regime,
+    width)."""
     from attnrobust.train import checkpoint_name
 
     return f"{job.kind}-{checkpoint_name(job.train_config(cfg))}"
