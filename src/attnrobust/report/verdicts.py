@@ -556,10 +556,16 @@ VERDICT_HEADER = ["dataset", "attention vs twin", "scenario", "attack", "seeds",
                   "rel. gap", "paper", "reproduced"]
 
 
+def marked_verdict(r: dict) -> str:
+    """A row's verdict as a reader should take it: one seed indicative, a floor or ceiling said, a failed flag
+    marked."""
+    return (verdict_label(r["verdict"], r["seeds"]) + (" (at floor/ceiling)" if r["saturated"] else "")
+            + (" [flag]" if r["flags"] else ""))
+
+
 def verdict_cells(r: dict) -> list[str]:
     """One row of the verdict table (text and Markdown share it)."""
-    verdict = (verdict_label(r["verdict"], r["seeds"]) + (" (at floor/ceiling)" if r["saturated"] else "")
-               + (" [flag]" if r["flags"] else ""))
+    verdict = marked_verdict(r)
     return [r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["attack"],
             str(r["seeds"]), format_diff(r), format_sim(r), f"+-{r['margin']:g}", verdict, format_df(r),
             "-" if r["detectable"] is None else f"{r['detectable']:.2f}", format_needed(r), format_both(r),

@@ -13,13 +13,16 @@ from pathlib import Path
 
 from attnrobust.models import file_stem
 from attnrobust.report.figures import PALETTE, Panel, Series, curves
+from attnrobust.report.tables import markdown_table
+from attnrobust.report.verdicts import format_diff, marked_verdict
 from attnrobust.results import file_name_part, panel_width
 
 # The measures the trend shows, in this order: the primary white-box measure first, then robust accuracy.
 TREND_ATTACKS = ("minimal", "autoattack", "fgsm", "pgd", "apgd")
 
 TREND_KEYS = ["panel", "width", "attention_model", "baseline_model", "scenario", "attack", "unit", "seeds", "n",
-              "attention_accuracy", "baseline_accuracy", "difference", "ci_low", "ci_high", "verdict"]
+              "attention_accuracy", "baseline_accuracy", "difference", "ci_low", "ci_high", "verdict", "saturated",
+              "flags"]
 
 
 def width_trend(rows: list[dict]) -> list[dict]:
@@ -44,39 +47,36 @@ def _groups(trend: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def _cell(r: dict) -> str:
-    unit = "/255" if r.get("unit") == "/255" else " pp"
-    return f"{r['difference']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]{unit} ({r['verdict']})"
+    return f"{format_diff(r)}{' pp' if r['unit'] == 'pp' else ''}: {marked_verdict(r)}"
 
 
 def width_markdown(trend: list[dict]) -> list[str]:
     """One table per panel: a row per (pair, scenario, measure), a column per width."""
     lines = []
     widths = sorted({r["width"] for r in trend})
+    header = ["attention vs twin", "scenario", "measure"] + [f"width {w}" for w in widths]
     for panel in dict.fromkeys(r["panel"] for r in trend):
-        lines += [f"**{panel}**", "", "| attention vs twin | scenario | measure | "
-                  + " | ".join(f"width {w}" for w in widths) + " |",
-                  "|---|---|---|" + "---|" * len(widths)]
+        body = []
         for (p, attn, base, scenario, attack), group in _groups(trend).items():
-            if p != panel:
-                continue
-            by_width = {r["width"]: r for r in group}
-            cells = [_cell(by_width[w]) if w in by_width else "–" for w in widths]
-            lines.append(f"| {attn} vs {base} | {scenario} | {attack} | " + " | ".join(cells) + " |")
-        lines.append("")
+            if p == panel:
+                by_width = {r["width"]: r for r in group}
+                body.append([f"{attn} vs {base}", scenario, attack]
+                            + [_cell(by_width[w]) if w in by_width else "–" for w in widths])
+        lines += [f"**{panel}**", "", markdown_table(header, body)]
     return lines
 
 
 def width_figures(trend: list[dict], out: Path) -> list[tuple[str, str]]:
-    """Per panel and attention pair, white-box and transfer-from-a-third-model gaps against width: one panel for
-    the minimal eps (1/255), one for robust accuracy (pp), each measure a line with its interval as a band."""
+    """Per panel and attention pair, the gaps of every scenario against width: one panel for the minimal eps
+    (1/255), one for robust accuracy (pp), each (measure, scenario) a line with its interval as a band."""
     made = []
     groups = _groups(trend)
     for panel, attn, base in dict.fromkeys((k[0], k[1], k[2]) for k in groups):
         panels = []
-        for unit, ylabel in (("/255", "minimal eps gap (1/255)"), ("pp", "robust accuracy gap (pp)")):
+        for unit, measure in (("/255", "minimal eps"), ("pp", "robust accuracy")):
             series = []
             for (p, a, b, scenario, attack), group in groups.items():
-                if (p, a, b) != (panel, attn, base) or (group[0].get("unit") == "/255") != (unit == "/255"):
+                if (p, a, b) != (panel, attn, base) or group[0]["unit"] != unit:
                     continue
                 series.append(Series(
                     label=f"{attack}, {scenario}", x=[float(r["width"]) for r in group],
@@ -84,8 +84,8 @@ def width_figures(trend: list[dict], out: Path) -> list[tuple[str, str]]:
                     high=[r["ci_high"] for r in group], color=PALETTE[len(series) % len(PALETTE)],
                     style="solid" if scenario == "white-box" else "dashed"))
             if series:
-                panels.append(Panel(title=f"{attn} minus {base}: {ylabel.split(' gap')[0]}", xlabel="width",
-                                    ylabel=ylabel, series=series,
+                panels.append(Panel(title=f"{attn} minus {base}: {measure}", xlabel="width",
+                                    ylabel=f"{measure} gap ({'1/255' if unit == '/255' else 'pp'})", series=series,
                                     xticks=sorted({x for s in series for x in s.x}), ylim=None, zero_line=True))
         if panels:
             rel = f"figures/width_trend_{file_name_part(panel)}_{file_stem(attn)}.png"
