@@ -1,13 +1,14 @@
-"""A study: datasets x training regimes x models x seeds, each model trained, attacked white-box and transferred
-to its siblings.
+"""A study: datasets x training regimes x widths x models x seeds, each model trained, attacked white-box and
+transferred to its siblings.
 
 `plan(cfg)` lists the jobs and `run_study` executes exactly that list, of two kinds:
-- train: one job per (dataset, regime, model, seed); attnrobust.train.train resumes or skips a finished run;
-- attack: one job per (dataset, regime, source model, seed), after every model of its (dataset, regime, seed) is
-  trained: it crafts the attacks on the source and scores every model of the same dataset, regime and seed (its
+- train: one job per (dataset, regime, width, model, seed); attnrobust.train.train resumes or skips a finished run;
+- attack: one job per (dataset, regime, width, source model, seed), after every model of its cell (dataset,
+  regime, width, seed) is trained: it crafts the attacks on the source and scores every model of the cell (its
   row of the transfer matrix; the diagonal is the white-box result), then the source's white-box measures
-  (minimal eps, AutoAttack). Regimes (study.regimes: standard training, PGD-AT, FGSM-RS, ...) never mix: a
-  model is compared with, and transferred to, models trained the same way; records carry the regime's label.
+  (minimal eps, AutoAttack) and common corruptions. Regimes (study.regimes: standard training, PGD-AT, FGSM-RS,
+  ...) and widths (study.widths) never mix: a model is compared with, and transferred to, models trained the same
+  way at the same width; records carry the regime's label and the width.
   Clean accuracy and FGSM run on all attacked images; the costly attacks on the seeded subset eval.strong_n.
 An attack job's records are written to results.jsonl in one atomic rewrite, so a job is either wholly in the file
 or not at all: rerunning the same command after a kill does only what is missing. Then the report is rebuilt.
@@ -57,6 +58,12 @@ class Job:
         regime = "" if self.regime == STANDARD else f" [{self.regime}]"
         width = "" if self.width is None else f" width {self.width}"
         return f"{self.kind:<6} {self.dataset}{regime}{width} {self.model} seed {self.seed}"
+
+    @property
+    def key(self) -> tuple:
+        """(dataset, regime, width, model, seed): what identifies the job, as `_job_key` reads it off a record of
+        an attack job."""
+        return (self.dataset, self.regime, self.width, self.model, self.seed)
 
     @property
     def cell(self) -> tuple:
@@ -212,7 +219,7 @@ def run_train_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, dat
     return train(job.train_config(cfg), run_dir, device=device, data_dir=data_dir, quiet=quiet)
 
 
-# The models of the cell (dataset, regime, seed) whose attack jobs this process ran last, by checkpoint and file
+# The models of the cell (Job.cell) whose attack jobs this process ran last, by checkpoint and file
 # identity: a cell's jobs run one after another (plan order) and each needs every model of the cell, so one
 # process loads each checkpoint once instead of once per job (a ResNet-50 load, checksum included, costs about a
 # third of a second of CPU). Only one cell is held; a rewritten checkpoint has another identity.
@@ -416,7 +423,7 @@ def _schedule(jobs: list[Job], executor, on_done, block: bool = True) -> list[Jo
     seconds, threads) is called in this process as each finishes (in completion order). Returns the jobs left
     unfinished: none when `block`; else (a detached study) those still queued, running or not yet handed over.
 
-    An attack job is handed over as soon as the training jobs of its cell (dataset, regime, seed) among `jobs`
+    An attack job is handed over as soon as the training jobs of its cell (Job.cell) among `jobs`
     have finished, behind the training jobs still queued: while the last models train, the other workers attack
     the cells that are ready instead of waiting for the whole training phase (the quick study's time beyond its
     jobs fell from 13 s to 7 s). A failed job (or Ctrl-C) stops the study: the executor cancels what it queued."""
@@ -561,13 +568,12 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
         attack_jobs = [j for j in jobs if j.kind == "attack"]
         # the file lists jobs in plan order, whatever order side-by-side workers finish them in: the same study
         # writes the same bytes
-        plan_order = {(j.dataset, j.regime, j.width, j.model, j.seed): i for i, j in enumerate(attack_jobs)}
+        plan_order = {j.key: i for i, j in enumerate(attack_jobs)}
 
         def in_plan_order(records: list[dict]) -> list[dict]:  # stable: a job's records keep their order
             return sorted(records, key=lambda r: plan_order.get(_job_key(r), len(plan_order)))
 
-        pending = _agree_on_pending([(j.dataset, j.regime, j.width, j.model, j.seed) not in done
-                                     for j in attack_jobs])
+        pending = _agree_on_pending([j.key not in done for j in attack_jobs])
         attack_jobs = [j for j, todo in zip(attack_jobs, pending) if todo]
 
         def write(job: Job, records: list[dict], seconds: float, threads: int | None) -> None:
@@ -650,9 +656,10 @@ def list_runs(runs_dir: str | Path = "runs") -> str:
             # only the regime keys: they name the regime and its checkpoints (nothing here builds a model)
             regimes = [{k: v for k, v in {**train, **r}.items() if k in REGIME_KEYS}
                        for r in study.get("regimes") or [{}]]
-            widths = [{"width": w} for w in study.get("widths") or []] or \
-                [{"width": train["width"]} if "width" in train else {}]
-            cells = [(TrainConfig.for_dataset(d, model=str(m), seed=s, **r, **w), s, w.get("width"))
+            axis = study.get("widths") or []
+            widths = [{"width": w} for w in axis] or [{"width": train["width"]} if "width" in train else {}]
+            # (the job's TrainConfig, its seed, the width its records carry: only a study crossing widths labels them)
+            cells = [(TrainConfig.for_dataset(d, model=str(m), seed=s, **r, **w), s, w["width"] if axis else None)
                      for d in datasets for r in regimes for w in widths for m in models for s in seeds]
             attacked = attack_jobs_done(_read_results(run_dir / "results.jsonl"))
         except (UserError, OSError, tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as err:
@@ -661,12 +668,10 @@ def list_runs(runs_dir: str | Path = "runs") -> str:
         stems = [run_dir / "checkpoints" / checkpoint_name(c) for c, _, _ in cells]
         trained = sum(Path(f"{p}.safetensors").is_file() and not Path(f"{p}.state.safetensors").exists()
                       for p in stems)
-        axis = bool(study.get("widths"))
-        done = trained + sum((c.dataset, regime_label(c), w if axis else None, c.model, s) in attacked
-                             for c, s, w in cells)
+        done = trained + sum((c.dataset, regime_label(c), w, c.model, s) in attacked for c, s, w in cells)
         labels = list(dict.fromkeys(regime_label(c) for c, _, _ in cells))
         if axis:
-            labels.append(f"widths {','.join(map(str, study['widths']))}")
+            labels.append(f"widths {','.join(map(str, axis))}")
         report = run_dir / "report" / "README.md"
         rows.append(f"{run_dir.name}: {','.join(datasets)} x {','.join(map(str, models))} x seeds "
                     f"{','.join(map(str, seeds))}; trained {'; '.join(labels)}; {done}/{2 * len(cells)} jobs done; "

@@ -5,8 +5,11 @@ Parts:
   maps, writes every file and swaps the finished folder in;
 - grid.py: records -> `Grid` of (dataset, source, target) cells per setting and seed;
 - tables.py: Tables II and III as Markdown, CSV, LaTeX; column labels of settings;
-- verdicts.py: paired attention-vs-twin comparisons over seeds, Holm-controlled verdicts;
-- stats.py: the intervals and p-values behind them (no scipy);
+- verdicts.py: paired attention-vs-twin comparisons over seeds, three-way Holm-controlled verdicts, warnings;
+- stats.py: the intervals, tests and power behind them (scipy's distributions);
+- power.py: the power plan a study prints before it trains (from a pilot run's variance components);
+- corruptions.py: the common-corruptions section, its verdicts and figures;
+- widths.py: the width trend (each width's verdict rows side by side);
 - paper.py: the paper's published numbers and how our names and settings map onto them;
 - minimal.py: the minimal-eps section (the white-box measure that does not saturate);
 - figures.py: the PNG figures (matplotlib);
