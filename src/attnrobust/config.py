@@ -412,6 +412,10 @@ class EvalSection:
     # so comparisons stay paired.
     strong_n: int | None = None
     subset_seed: int = 0
+    # The images the common corruptions ([attack] corruptions) are scored on: "all" attacked images or the "strong"
+    # subset above. A corruption costs a forward pass per image and severity (75 per image for all of MNIST-C), so
+    # on a CPU the subset keeps the whole MNIST-C set affordable; the seeds, not the images, carry the noise.
+    corruption_images: str = "all"
     # Withhold a verdict when a compared model's clean accuracy is below this (None: the dataset's default,
     # attnrobust.report.verdicts.CLEAN_FLOORS): robustness of a model that did not learn means nothing.
     min_clean_accuracy: float | None = None
@@ -740,6 +744,9 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
         raise UserError(f"eval.strong_n: must be positive (or left out for all images), got {cfg.eval.strong_n}")
     if cfg.eval.subset_seed < 0:
         raise UserError(f"eval.subset_seed: must be >= 0, got {cfg.eval.subset_seed}")
+    if cfg.eval.corruption_images not in ("all", "strong"):
+        raise UserError(f"eval.corruption_images: must be \"all\" (every attacked image) or \"strong\" (the "
+                        f"eval.strong_n subset), got {cfg.eval.corruption_images!r}")
     floor = cfg.eval.min_clean_accuracy
     if floor is not None and not 0 <= floor <= 1:
         raise UserError(f"eval.min_clean_accuracy: must be in [0, 1], got {floor}")

@@ -271,11 +271,11 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
                                    device=device, quiet=quiet, images=name)
         records += white_box_measures(models[job.model], loader, attack_cfg, dataset=job.dataset, name=job.model,
                                       seed=job.seed, device=device, quiet=quiet, images=name)
-    # Common corruptions, on all attacked images (a forward pass each, as cheap as FGSM), scored on the source only:
-    # a corrupted image depends on no model, so scoring every model of the cell here would do the cell's other
+    # Common corruptions, on all attacked images or the strong subset (eval.corruption_images), scored on the source
+    # only: a corrupted image depends on no model, so scoring every model of the cell here would do the cell's other
     # jobs' work, and their records (source = that model) would mark those jobs done before they ran.
     if cfg.attack.corruptions:
-        x, y, name = everything
+        x, y, name = everything if cfg.eval.corruption_images == "all" else subset
         loader = DeviceLoader(x, y, batch_size=cfg.eval.batch_size, device=device, rank=rank,
                               world_size=world_size, equal_shards=False)
         records += corruption_scores(source, loader, cfg.attack, dataset=job.dataset, seed=job.seed,
