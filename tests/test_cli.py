@@ -60,12 +60,30 @@ def test_unwritable_output_is_one_line_not_a_traceback(tmp_path, capsys):
     assert blocker.read_text() == "not a folder"
 
 
-def test_attack_autoattack_version_is_one_flag_away():
-    from attnrobust.cli import _attack_config, build_parser
+def test_attack_autoattack_version_is_one_setting_away():
+    from attnrobust.cli import build_parser
+    from attnrobust.config import attack_config
 
-    args = build_parser().parse_args(["attack", "model.pt", "--attacks", "autoattack",
-                                      "--autoattack-version", "standard"])
-    cfg = _attack_config(args)
+    args = build_parser().parse_args(["attack", "model.pt", "--set", 'attack.attacks=["autoattack"]',
+                                      "--set", "attack.autoattack_version=standard"])
+    cfg = attack_config(args.overrides)
     assert (cfg.autoattack_version, cfg.autoattack_steps, cfg.autoattack_queries, cfg.autoattack_targets) == (
         "standard", 100, 5000, 9)
-    assert _attack_config(build_parser().parse_args(["attack", "model.pt"])).autoattack_version == "fast"
+    assert attack_config(build_parser().parse_args(["attack", "model.pt"]).overrides).autoattack_version == "fast"
+
+
+def test_attack_settings_have_the_study_configs_spelling_and_errors(tmp_path, capsys):
+    """`attack`/`transfer` take [attack] keys through --set, as a study config spells them: one spelling per
+    setting, and an error names section.key; a key of another section is refused in one line."""
+    from attnrobust.cli import main
+    from attnrobust.config import attack_config
+
+    cfg = attack_config(["attack.pgd_steps=[5,10]", "attack.fgsm_eps=[0, 0.1]", "attack.keep_best=true"])
+    assert (cfg.pgd_steps, cfg.fgsm_eps, cfg.keep_best) == ([5, 10], [0.0, 0.1], True)
+    for bad, says in (("attack.pgd_steps=5", "attack.pgd_steps: expected a list"),
+                      ("attack.pgd_eps=2", "attack.pgd_eps"),
+                      ("attack.pgd_stepz=[5]", "attack.pgd_stepz: unknown key"),
+                      ("train.epochs=3", "only [attack] keys apply here")):
+        assert main(["attack", str(tmp_path / "none.safetensors"), "--set", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], (bad, err)

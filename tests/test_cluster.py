@@ -149,7 +149,7 @@ def test_a_job_the_scheduler_lost_is_found_and_the_local_executor_keeps_off_it(t
     cfg = load_config("quick", [*SMALL, "eval.executor='submitit-local'"])
     out = tmp_path / "run"
     job = plan(cfg)[0]
-    key = job_key(cfg, job)
+    key = job_key(job)
     ledger_path(out).parent.mkdir(parents=True)
     ledger_path(out).write_text(json.dumps({key: {"id": "999999999", "attempt": 1, "job": str(job)}}))
     status_path(out, key).parent.mkdir(parents=True)
@@ -260,7 +260,7 @@ def test_slurm_path_with_a_fake_sbatch_and_jobs_run_as_a_node_would(tmp_path, mo
     assert "slurm: 1 failed, 1 done;" in list_runs(out.parent)
     # a study waiting for it stops with one line naming the job, its error and its log
     waiting = SubmititExecutor(load_config("quick", overrides), out)
-    waiting.running = {key: job for job in plan(waiting.cfg) if (key := job_key(waiting.cfg, job)) in ledger}
+    waiting.running = {key: job for job in plan(waiting.cfg) if (key := job_key(job)) in ledger}
     with pytest.raises(UserError, match=r"^job train fashion-mnist-mini resnet14 seed 0 failed on slurm: "
                                         r"RuntimeError: CUDA error: an illegal memory access was encountered; its "
                                         r"log: .*/slurm/logs/4242_0_0_log.err; the other submitted jobs go on: "
@@ -322,7 +322,7 @@ def test_a_job_whose_node_is_lost_is_resubmitted_and_resumes_from_its_checkpoint
     # and ended where an uninterrupted run ends, weight for weight
     cfg = load_config("quick", overrides)
     job = plan(cfg)[0]
-    whole = training.train(job.train_config(cfg), tmp_path / "whole", quiet=True)
-    resumed = training.checkpoint_path(job.train_config(cfg), out)
+    whole = training.train(job.train, tmp_path / "whole", quiet=True)
+    resumed = training.checkpoint_path(job.train, out)
     a, b = safetensors.torch.load_file(whole), safetensors.torch.load_file(resumed)
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)

@@ -297,12 +297,14 @@ def test_attack_verb_scores_corruptions(tmp_path, capsys):
     ckpt = save_checkpoint(tmp_path / "m.safetensors", build_model("resnet14", 10, in_channels=1, width=2),
                            {"dataset": "fashion-mnist-mini", "num_classes": 10, "seed": 0})
     out = tmp_path / "records.jsonl"
-    assert main(["attack", str(ckpt), "--attacks", "fgsm", "--fgsm-eps", "0.1", "--num-images", "16", "--quiet",
-                 "--corruptions", "fog,rotate", "--severities", "1,5", "--out", str(out)]) == 0
+    assert main(["attack", str(ckpt), "--set", 'attack.attacks=["fgsm"]', "--set", "attack.fgsm_eps=[0.1]",
+                 "--num-images", "16", "--quiet", "--set", 'attack.corruptions=["fog", "rotate"]',
+                 "--set", "attack.severities=[1, 5]", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     records = [r for r in read_records(out) if r["attack"] == "corruption"]
     assert sorted((r["corruption"], r["severity"]) for r in records) == [("fog", 1), ("fog", 5), ("rotate", 1),
                                                                          ("rotate", 5)]
     assert "fog 5" in printed and all(r["n"] == 16 for r in records)
-    assert main(["attack", str(ckpt), "--attacks", "fgsm", "--num-images", "16", "--corruptions", "snow"]) == 2
+    assert main(["attack", str(ckpt), "--set", 'attack.attacks=["fgsm"]', "--num-images", "16",
+                 "--set", 'attack.corruptions=["snow"]']) == 2
     assert "attack.corruptions" in capsys.readouterr().err

@@ -322,8 +322,8 @@ def test_cli_attack_and_transfer_write_records(checkpoints, tmp_path, capsys):
     from attnrobust.cli import main
 
     out = tmp_path / "results.jsonl"
-    common = ["--num-images", "4", "--batch-size", "4", "--fgsm-eps", "0,0.1", "--pgd-steps", "1,2", "--quiet",
-              "--device", "cpu", "--out", str(out)]
+    common = ["--num-images", "4", "--batch-size", "4", "--set", "attack.fgsm_eps=[0, 0.1]", "--set",
+              "attack.pgd_steps=[1, 2]", "--quiet", "--device", "cpu", "--out", str(out)]
     assert main(["attack", str(checkpoints["resnet14"]), *common]) == 0
     assert main(["transfer", "--source", str(checkpoints["resnet14"]), "--target",
                  str(checkpoints["cbam_resnet14"]), *common]) == 0
@@ -331,7 +331,7 @@ def test_cli_attack_and_transfer_write_records(checkpoints, tmp_path, capsys):
     assert "robust%" in printed and "records appended" in printed
     records = read_records(out)
     assert len(records) == 4 + 8 and {r["kind"] for r in records} == {"white-box", "transfer"}
-    assert main(["attack", str(checkpoints["resnet14"]), *common, "--pgd-eps", "2"]) == 2
+    assert main(["attack", str(checkpoints["resnet14"]), *common, "--set", "attack.pgd_eps=2"]) == 2
 
 
 @pytest.mark.slow
@@ -342,8 +342,8 @@ def test_torchrun_two_processes_give_the_records_of_one(checkpoints, tmp_path):
     import subprocess
     import sys
 
-    args = ["--num-images", "13", "--batch-size", "4", "--fgsm-eps", "0,0.1", "--pgd-steps", "1,2", "--keep-best",
-            "--quiet", "--device", "cpu"]
+    args = ["--num-images", "13", "--batch-size", "4", "--set", "attack.fgsm_eps=[0, 0.1]", "--set",
+            "attack.pgd_steps=[1, 2]", "--set", "attack.keep_best=true", "--quiet", "--device", "cpu"]
     source, target = str(checkpoints["resnet14"]), str(checkpoints["cbam_resnet14"])
     single, double = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

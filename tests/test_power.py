@@ -12,7 +12,7 @@ from attnrobust.report.stats import Components, detectable_effect
 from attnrobust.report.verdicts import verdicts
 from conftest import REPO
 
-PILOT = REPO / "results" / "fashion-mnist-cpu-3seeds"  # the first published 3-seed study: its records are in the repository
+PILOT = REPO / "results" / "fashion-mnist-cpu-3seeds"  # the first published study (3 seeds): its records are here
 
 
 def test_plan_at_the_pilots_own_seeds_is_the_verdicts_detectable_effect():

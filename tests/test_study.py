@@ -22,7 +22,7 @@ MODELS = ["resnet14", "cbam_resnet14", "vgg16_bn"]
 # Seconds, not minutes: tiny widths, a few hundred training images, 1 epoch, 48 attacked images.
 TINY = ["study.seeds=[0]", "eval.workers=1", "attack.minimal_steps=2",
         "train.width=4", "train.epochs=1", "train.n_train=256", "train.batch_size=64", "eval.n=48",
-        "eval.batch_size=24", "attack.pgd_steps=[1,2,4]", "attack.fgsm_eps=[0.0,0.1,0.3]"]
+        "eval.batch_size=24", "attack.pgd_steps=[1,2,4]", "attack.fgsm_eps=[0.0,0.1,0.3]", "eval.strong_n=32"]
 
 
 def _stable(records):
@@ -62,6 +62,11 @@ def test_tiny_study_writes_every_report_file(tiny_run):
     assert {r["clean_bits"] for r in corrupted if r["source"] == "resnet14"} == \
         {r["clean_bits"] for r in records if r["attack"] == "fgsm" and r["target"] == "resnet14"}
     assert {r["source"] for r in records if r["attack"] == "minimal"} == set(MODELS)
+    # clean, FGSM and (eval.corruption_images = "all") the corruptions on all 48 images, the costly attacks on the
+    # seeded 32 of them (eval.strong_n), named as such
+    assert {r["n"] for r in records if r["attack"] in ("fgsm", "corruption")} == {48}
+    assert {(r["n"], r["images"]) for r in records if r["attack"] in ("pgd", "minimal")} == \
+        {(32, "test[:48], 32 drawn with seed 0")}
     assert {(r["source"], r["target"]) for r in records} == {(s, t) for s in MODELS for t in MODELS}
     with open(report / "table2.csv", newline="") as f:
         rows = list(csv.reader(f))
@@ -83,6 +88,28 @@ def test_rerun_of_finished_study_does_nothing_new(tiny_run):
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
 
+def test_corruptions_can_be_scored_on_the_strong_subset(tiny_run):
+    """eval.corruption_images = "strong": the corruptions go to the seeded strong_n subset, paired with the PGD
+    records' images (the same clean outcomes), and the job's other records are unchanged."""
+    import attnrobust.study as study
+    from attnrobust.config import load_config
+
+    cfg = load_config("quick", [*TINY, "eval.corruption_images=\"strong\""])
+    job = next(j for j in study.plan(cfg) if j.kind == "attack" and j.model == "resnet14")
+    records = study.run_attack_job(cfg, job, tiny_run, device="cpu", quiet=True)
+    corrupted = [r for r in records if r["attack"] == "corruption"]
+    pgd = next(r for r in records if r["attack"] == "pgd" and r["target"] == "resnet14")
+    assert len(corrupted) == 4 * 3 and {(r["n"], r["images"], r["clean_bits"]) for r in corrupted} == \
+        {(32, pgd["images"], pgd["clean_bits"])}
+    def outcomes(rs):  # the attacks' per-image outcomes (the stored records also carry cross-record flags)
+        return [(r["target"], r["attack"], r["eps"], r["steps"], r["robust_bits"]) for r in rs
+                if r["source"] == "resnet14" and r["attack"] in ("fgsm", "pgd")]
+
+    assert outcomes(records) == outcomes(read_records(tiny_run / "results.jsonl"))
+    with pytest.raises(UserError, match=r"^eval\.corruption_images: must be"):
+        load_config("quick", [*TINY, "eval.corruption_images=\"some\""])
+
+
 def test_changed_config_in_existing_folder_is_refused(tiny_run):
     before = (tiny_run / "results.jsonl").read_bytes()
     with pytest.raises(UserError, match="different config.*train.epochs"):
@@ -91,9 +118,9 @@ def test_changed_config_in_existing_folder_is_refused(tiny_run):
 
 
 def test_interrupted_study_resumes_to_the_same_results(tiny_run, tmp_path, monkeypatch):
-    import attnrobust.evaluate as evaluate
+    import attnrobust.study as study
 
-    real_craft, calls = evaluate.craft_and_score, []
+    real_craft, calls = study.craft_and_score, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -103,12 +130,12 @@ def test_interrupted_study_resumes_to_the_same_results(tiny_run, tmp_path, monke
 
     out = tmp_path / "resumed"
     shutil.copytree(tiny_run / "checkpoints", out / "checkpoints")  # trained: the interruption is in the attacks
-    monkeypatch.setattr(evaluate, "craft_and_score", interrupted)
+    monkeypatch.setattr(study, "craft_and_score", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_study("quick", out=out, overrides=TINY, quiet=True)
     # the first job only, whole (+ minimal, + 4 corruptions x 3 severities)
     assert len(read_records(out / "results.jsonl")) == 3 * (3 + 3) + 1 + 4 * 3
-    monkeypatch.setattr(evaluate, "craft_and_score", real_craft)
+    monkeypatch.setattr(study, "craft_and_score", real_craft)
     run_study("quick", out=out, overrides=TINY, quiet=True)
     assert _stable(read_records(out / "results.jsonl")) == _stable(read_records(tiny_run / "results.jsonl"))
 

@@ -108,9 +108,11 @@ def test_study_with_user_models_and_dataset(tmp_path, monkeypatch):
     # the CLI refuses the same checkpoint with one line and exit status 2, and accepts --allow-code
     from attnrobust.cli import main
 
-    assert main(["attack", str(ckpt), "--attacks", "fgsm", "--fgsm-eps", "0.05", "--num-images", "8",
+    assert main(["attack", str(ckpt), "--set", 'attack.attacks=["fgsm"]', "--set", "attack.fgsm_eps=[0.05]",
+                 "--num-images", "8",
                  "--data-dir", str(tmp_path / "data"), "--quiet"]) == 2
-    assert main(["attack", str(ckpt), "--attacks", "fgsm", "--fgsm-eps", "0.05", "--num-images", "8",
+    assert main(["attack", str(ckpt), "--set", 'attack.attacks=["fgsm"]', "--set", "attack.fgsm_eps=[0.05]",
+                 "--num-images", "8",
                  "--data-dir", str(tmp_path / "data"), "--quiet", "--allow-code", "./nets.py"]) == 0
 
 

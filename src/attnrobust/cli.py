@@ -11,22 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from attnrobust.config import SHIPPED
+from attnrobust.config import SHIPPED, attack_config
 from attnrobust.errors import UserError
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _add_common(p: argparse.ArgumentParser, data: bool = True, device: bool = True) -> None:
@@ -38,27 +24,12 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True, device: bool = Tr
 
 
 def _add_attack_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--attacks", default="fgsm,pgd",
-                   help="comma-separated: fgsm, pgd, apgd, minimal (per-image minimal eps), autoattack (APGD-CE, "
-                        "APGD-T and Square at --autoattack-eps) (default: fgsm,pgd)")
-    p.add_argument("--autoattack-eps", type=float, default=None, help="AutoAttack budget (default: 8/255)")
-    p.add_argument("--autoattack-version", choices=["fast", "standard"], default=None,
-                   help="AutoAttack budgets: fast (APGD 20 steps, 3 targets, Square 1000 queries) or standard "
-                        "(Croce & Hein's: 100 steps, 9 targets, 5000 queries) (default: fast)")
-    p.add_argument("--minimal-max-eps", type=float, default=None,
-                   help="largest eps the minimal-eps bisection tries (default: 0.1)")
-    p.add_argument("--fgsm-eps", type=_floats, default=None,
-                   help="FGSM budgets in [0,1] pixel units (default: 0,0.05,...,0.3)")
-    p.add_argument("--pgd-eps", type=float, default=None, help="PGD/APGD L-inf budget (default: 0.2)")
-    p.add_argument("--pgd-alpha", type=float, default=None, help="PGD step size (default: 0.01)")
-    p.add_argument("--pgd-steps", type=_ints, default=None, help="PGD iteration counts (default: 5,10,20)")
-    p.add_argument("--corruptions", default=None,
-                   help="also score common corruptions: comma-separated names of the dataset's family, or all "
-                        "(MNIST-C-style for grey 28x28, CIFAR-10-C-style for RGB 32x32; docs/corruptions.md)")
-    p.add_argument("--severities", type=_ints, default=None, help="corruption severities, of 1-5 (default: all)")
-    p.add_argument("--random-start", action="store_true", help="PGD starts at a random point of the eps-ball")
-    p.add_argument("--keep-best", action="store_true",
-                   help="count a sample as broken once any iterate fools the model (AutoAttack's convention)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="attack.KEY=VALUE",
+                   help="an [attack] setting, spelled as in a study config (value in TOML syntax; repeatable): "
+                        "attacks (default [\"fgsm\", \"pgd\"]; also apgd, minimal, autoattack), fgsm_eps, pgd_eps, "
+                        "pgd_alpha, pgd_steps, random_start, keep_best, minimal_max_eps, autoattack_eps, "
+                        "autoattack_version (fast, standard), corruptions ([\"all\"] or names), severities, ...; "
+                        "e.g. --set 'attack.pgd_steps=[5,10]'")
     # not "--n": torchrun's parser would take it for an abbreviation of its own --nnodes/--nproc-per-node
     p.add_argument("--num-images", type=int, default=None, metavar="N",
                    help="attack only the first N test images (default: all)")
@@ -191,26 +162,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attack_config(args: argparse.Namespace):
-    from attnrobust.config import AttackConfig
-
-    names = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    given = dict(fgsm_eps=args.fgsm_eps, pgd_eps=args.pgd_eps, pgd_alpha=args.pgd_alpha,
-                 pgd_steps=args.pgd_steps, autoattack_eps=args.autoattack_eps,
-                 autoattack_version=args.autoattack_version, minimal_max_eps=args.minimal_max_eps,
-                 severities=args.severities, corruptions=None if args.corruptions is None else
-                 [c.strip() for c in args.corruptions.split(",") if c.strip()])
-    cfg = AttackConfig(attacks=names, random_start=args.random_start, keep_best=args.keep_best,
-                       **{k: v for k, v in given.items() if v is not None})
-    return cfg
-
-
 def _evaluate_and_print(args: argparse.Namespace, sources: list[Path], targets: list[Path] | None) -> int:
     from attnrobust.evaluate import evaluate_checkpoints
     from attnrobust.results import append_records, format_records
     from attnrobust.distributed import is_main
 
-    records = evaluate_checkpoints(sources, targets, _attack_config(args), n=args.num_images,
+    records = evaluate_checkpoints(sources, targets, attack_config(args.overrides), n=args.num_images,
                                    batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
                                    seed=args.seed, quiet=args.quiet, allow_code=args.allow_code)
     if not is_main():  # under torchrun every rank holds the same all-reduced records; rank 0 reports them

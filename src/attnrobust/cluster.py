@@ -35,15 +35,19 @@ out of memory, cancelled) counts as lost and is resubmitted by the next run.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnrobust.errors import UserError
+import torch
 
-STATE_DIR = "slurm"
+from attnrobust.config import load_config
+from attnrobust.errors import UserError
+from attnrobust.runfolder import RunFolder, checkpoint_name
+from attnrobust.runtime import atomic_write, set_threads
+
 # [slurm] keys of our own, and the submitit parameter each one is (the rest of the table passes through as
 # slurm_<key>). Passing one of these submitit names through too would set the same thing twice.
 _OWN_AS = {"partition": "slurm_partition", "account": "slurm_account", "gpus_per_job": "gpus_per_node",
@@ -65,12 +69,10 @@ def import_submitit():
     return submitit
 
 
-def job_key(cfg, job) -> str:
+def job_key(job) -> str:
     """A file-safe name of a study job: its kind and its model's checkpoint name (dataset, model, seed, regime,
     width)."""
-    from attnrobust.train import checkpoint_name
-
-    return f"{job.kind}-{checkpoint_name(job.train_config(cfg))}"
+    return f"{job.kind}-{checkpoint_name(job.train)}"
 
 
 def submitit_parameters(cfg, cluster: str) -> dict:
@@ -85,8 +87,6 @@ def submitit_parameters(cfg, cluster: str) -> dict:
     params = {_OWN_AS[k]: getattr(section, k) for k in _OWN_AS}
     params.update(nodes=1, tasks_per_node=1, name=f"attnrobust-{cfg.study.name}")
     if cluster == "local":
-        import torch
-
         # submitit's local executor refuses more GPUs than the machine has; its default time limit is 2 minutes
         params["gpus_per_node"] = min(section.gpus_per_job, torch.cuda.device_count())
     params.update({f"slurm_{k}": v for k, v in section.extra.items()})
@@ -97,12 +97,10 @@ def submitit_parameters(cfg, cluster: str) -> dict:
 
 
 def status_path(run_dir: Path, key: str) -> Path:
-    return Path(run_dir) / STATE_DIR / "status" / f"{key}.json"
+    return RunFolder(run_dir).slurm / "status" / f"{key}.json"
 
 
 def _write_status(run_dir: Path, key: str, status: dict) -> None:
-    from attnrobust.runtime import atomic_write
-
     atomic_write(status_path(run_dir, key), json.dumps(status, allow_nan=False))
 
 
@@ -131,14 +129,12 @@ class SubmittedJob:
 
 def run_submitted(job, key: str, run_dir: Path, device: str | None, data_dir: str | None) -> None:
     """Run one study job in this process and write its status file ("running", then "done" or "failed")."""
-    from attnrobust.config import load_config
-    from attnrobust.runtime import set_threads
-    from attnrobust.study import run_attack_job, run_train_job
+    from attnrobust.study import run_attack_job, run_train_job  # here: the study imports this module
 
     _write_status(run_dir, key, {"state": "running", "host": socket.gethostname(),
                                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     try:
-        cfg = load_config(run_dir / "config.toml", data_dir=data_dir)
+        cfg = load_config(RunFolder(run_dir).config, data_dir=data_dir)
         threads = set_threads()  # the job's cores (Slurm: cpus_per_task), or $ATTNROBUST_THREADS
         started = time.perf_counter()
         run = run_train_job if job.kind == "train" else run_attack_job
@@ -165,7 +161,7 @@ def read_status(run_dir: Path, key: str) -> dict:
 
 
 def ledger_path(run_dir: Path) -> Path:
-    return Path(run_dir) / STATE_DIR / "jobs.json"
+    return RunFolder(run_dir).slurm / "jobs.json"
 
 
 def read_ledger(run_dir: Path) -> dict[str, dict]:
@@ -198,7 +194,7 @@ class SubmititExecutor:
         # how often a waiting study looks at the status files; Slurm's own state (sacct, a database everyone
         # shares) is asked through submitit's watcher, which spaces its calls out to minutes
         self.poll_s = poll_s if poll_s is not None else (30.0 if self.cluster == "slurm" else 0.2)
-        self.folder = self.run_dir / STATE_DIR / "logs"
+        self.folder = RunFolder(self.run_dir).slurm / "logs"
         try:
             self.executor = self.submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
         except RuntimeError as err:  # no srun here: not a Slurm machine
@@ -254,7 +250,7 @@ class SubmititExecutor:
     def submit(self, jobs: list) -> None:
         new = []
         for job in jobs:
-            key = job_key(self.cfg, job)
+            key = job_key(job)
             self.running[key] = job
             state, status = self.state(key)
             if state == "done" and job.kind == "train":  # handed over unfinished: its checkpoint went since
@@ -287,8 +283,6 @@ class SubmititExecutor:
         self.say(f"  submitted {len(new)} {new[0][1].kind} job{where}")
 
     def _write_ledger(self) -> None:
-        from attnrobust.runtime import atomic_write
-
         atomic_write(ledger_path(self.run_dir), json.dumps(self.ledger, indent=1, sort_keys=True) + "\n")
 
     def busy(self) -> bool:
@@ -324,8 +318,6 @@ class SubmititExecutor:
 def job_states(run_dir: Path) -> dict[str, int]:
     """{state: count} of the jobs a run handed to Slurm, from the files alone (no scheduler asked): queued
     (submitted, not started), running (started; or lost, which the next run finds out), done, failed."""
-    from collections import Counter
-
     try:
         ledger = read_ledger(run_dir)
     except UserError:

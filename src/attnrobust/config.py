@@ -653,6 +653,18 @@ def _apply_override(data: dict, override: str) -> None:
     data.setdefault(section, {})[name] = value
 
 
+def attack_config(overrides: typing.Iterable[str] = ()) -> AttackConfig:
+    """The AttackConfig of `--set attack.KEY=VALUE` overrides, each checked as a study config's [attack] key is (the
+    `attack` and `transfer` verbs' one spelling of a setting: the same key, value and error as in a config file)."""
+    data: dict = {}
+    for override in overrides:
+        _apply_override(data, override)
+        if set(data) != {"attack"}:
+            raise UserError(f"--set {override!r}: only [attack] keys apply here (attack.KEY=VALUE, e.g. --set "
+                            f"attack.pgd_steps=[5,10]); valid keys: {', '.join(_field_hints(AttackConfig))}")
+    return _build(AttackConfig, data.get("attack", {}), "attack")
+
+
 def parse_config(data: dict, where: str = "config", data_dir=None) -> StudyConfig:
     """Validate a config given as plain data (as tomllib returns it); data_dir: where user datasets are."""
     _check_keys(data, ("study", "train", "attack", "eval", "verdict", "slurm"), where)

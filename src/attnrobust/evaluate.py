@@ -19,6 +19,7 @@ stored per record in record["flags"] = {name: {"ok": bool, "detail": str}}:
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -26,14 +27,18 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from attnrobust.attacks import apgd, attack_hygiene, fgsm, minimal_eps, pgd, predict, robust_accuracy_curve, worst_case
+from attnrobust.checkpoint import load_model
 from attnrobust.config import AttackConfig
-from attnrobust.corruptions import corrupt
+from attnrobust.corruptions import corrupt, expand_names, family_of
+from attnrobust.data import DeviceLoader, load_dataset
 from attnrobust.distributed import all_sum_, dist_info, init_distributed, is_distributed
 from attnrobust.errors import UserError
 from attnrobust.results import (COUNT_KEYS, eps_key, make_record, pack_bits, pack_floats, regime_of, unpack_bits,
                                 unpack_floats, width_of)
+from attnrobust.runtime import resolve_device
 
 __all__ = ["clean_accuracy", "craft_and_score", "white_box", "white_box_measures", "corruption_scores",
            "sanity_flags", "tighten_minimal", "evaluate_checkpoints"]
@@ -52,8 +57,6 @@ UNBOUNDED_STEPS, UNBOUNDED_ALPHA, UNBOUNDED_MAX_ACCURACY = 20, 0.1, 0.05
 
 def _progress(loader, device, desc: str, quiet: bool):
     """The loader's batches, moved to `device` (None: left where they are), behind a progress bar on rank 0."""
-    from tqdm.auto import tqdm
-
     rank = dist_info()[0]
     show = not quiet and rank == 0 and sys.stderr.isatty()
     batches = ((x, y) if device is None else (x.to(device), y.to(device)) for x, y in loader)
@@ -303,8 +306,6 @@ _CORRUPTED: dict[tuple, np.ndarray] = {}
 
 
 def _corrupted(pixels: np.ndarray, name: str, severity: int, dataset: str, where: np.ndarray) -> np.ndarray:
-    import hashlib
-
     key = (dataset, name, severity, pixels.shape, hashlib.sha256(where.tobytes() + pixels.tobytes()).hexdigest())
     if key in _CORRUPTED:
         return _CORRUPTED[key]
@@ -329,8 +330,6 @@ def corruption_scores(models: dict[str, nn.Module], loader, cfg: AttackConfig, *
     (a forward pass per model and corrupted image). The images' corruptions are seeded by the dataset name and
     their positions in the split (`loader.indices`), never by the training seed: every model and seed sees the
     same corrupted test set. `seed` is the training seed the records carry."""
-    from attnrobust.corruptions import expand_names, family_of
-
     if not cfg.corruptions:
         return []
     shape = tuple(loader.images.shape[1:])
@@ -522,10 +521,6 @@ def evaluate_checkpoints(sources: list[Path], targets: list[Path] | None, cfg: A
     when None). Records name each model by its model name (disambiguated by file name when two share one) and
     carry the sources' training seed when they share one (else `seed`); `seed` seeds the random starts.
     """
-    from attnrobust.checkpoint import load_model
-    from attnrobust.data import DeviceLoader, load_dataset
-    from attnrobust.runtime import resolve_device
-
     if not sources:
         raise UserError("give at least one source checkpoint to attack")
     init_distributed()

@@ -33,14 +33,12 @@ from pathlib import Path
 from typing import Iterator
 
 from attnrobust.errors import UserError
+from attnrobust.runfolder import RunFolder
 
 try:
     import fcntl
 except ImportError:  # not POSIX (Windows): see the module docstring
     fcntl = None
-
-LOCK_NAME = ".lock"
-
 
 def _holder_line(argv: list[str] | None) -> str:
     """What the lock file says about its holder: pid, host, start time, command, one `key=value` per line."""
@@ -54,7 +52,7 @@ def _holder_line(argv: list[str] | None) -> str:
 def read_holder(run_dir: str | Path) -> dict[str, str]:
     """The holder facts written in RUN/.lock ({} if none are there); informative only, the kernel lock decides."""
     try:
-        text = (Path(run_dir) / LOCK_NAME).read_text(errors="replace")
+        text = RunFolder(run_dir).lock.read_text(errors="replace")
     except OSError:
         return {}
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
@@ -97,7 +95,7 @@ def _same_file(fd: int, path: Path) -> bool:
 
 def _lock(run_dir: Path, argv: list[str] | None) -> int:
     """Open and flock RUN/.lock; return the descriptor, or raise UserError naming the holder."""
-    path = run_dir / LOCK_NAME
+    path = RunFolder(run_dir).lock
     # A holder removes the file when it leaves. A taker that opened it just before then locks a file no longer in
     # the folder, while a third process could create and lock a new one: so after locking, check that the file
     # locked is the one at the path, and start again if not. Each retry means a holder left in between.
@@ -132,7 +130,7 @@ def _unlock(fd: int, run_dir: Path, made_folder: bool) -> None:
     """Remove RUN/.lock (and the folder, if the lock made it and nothing else is in it), then drop the lock."""
     try:
         # Removed while still held, so no taker can lock it in between and then lose it (see _lock).
-        (run_dir / LOCK_NAME).unlink()
+        RunFolder(run_dir).lock.unlink()
         if made_folder:  # a refused or failed run leaves no empty folder (or none at all in a wrong --out)
             run_dir.rmdir()  # fails, as it should, if the run wrote anything or a taker created a new .lock
     except OSError:

@@ -25,24 +25,43 @@ eval.workers processes (on a machine with several CUDA devices, by default one p
 its device), or "slurm", each job a Slurm job through submitit (attnrobust.cluster; `detach` leaves them running
 and a rerun collects them). Either way the jobs and their outputs are the same, and so is results.jsonl.
 
-Run folder: config.toml (the resolved config), env.json, .lock (held while a study runs), checkpoints/, logs/
-(per training run, and jobs.jsonl: the wall time of every job), results.jsonl, report/, and slurm/ when jobs went
-to Slurm (attnrobust.cluster).
+The run folder's layout (config.toml, env.json, .lock, checkpoints/, logs/, results.jsonl, report/, slurm/) is
+attnrobust.runfolder's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import sys
 import time
-from dataclasses import dataclass
+import tomllib
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from attnrobust.config import StudyConfig, load_config, parse_config, to_toml
+import torch
+
+from attnrobust.checkpoint import load_model
+from attnrobust.cluster import SubmititExecutor, job_states, ledger_path
+from attnrobust.config import REGIME_KEYS, StudyConfig, TrainConfig, load_config, regime_label, to_toml
+from attnrobust.data import DeviceLoader, load_dataset
+from attnrobust.distributed import broadcast_flags, dist_info, init_distributed, is_main
 from attnrobust.errors import UserError
-from attnrobust.results import STANDARD, regime_of, width_of
+from attnrobust.evaluate import (clear_corruption_cache, corruption_scores, craft_and_score, sanity_flags,
+                                 white_box_measures)
+from attnrobust.models import is_user_model
+from attnrobust.report import build_report
+from attnrobust.report.power import pilot_records, power_plan, power_plan_lines
+from attnrobust.results import STANDARD, regime_of, width_of, with_cell, write_records
+from attnrobust.runfolder import RunFolder
+from attnrobust.runlock import die_with_parent, hold_run_lock
+from attnrobust.runtime import atomic_write, resolve_device, set_threads, write_env_json
+from attnrobust.train import is_finished, train
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,10 @@ class Job:
     seed: int
     regime: str = STANDARD  # the training regime's label (config.regime_label)
     width: int | None = None  # one of study.widths; None: the study does not cross widths
+    # (model, TrainConfig) of every model of the job's cell, in study.models order, built and checked once by
+    # plan(): a training job trains its own model's, an attack job loads every one's checkpoint. Not part of the
+    # job's identity (the fields above are).
+    configs: tuple[tuple[str, TrainConfig], ...] = field(default=(), compare=False, repr=False)
 
     def __str__(self) -> str:
         regime = "" if self.regime == STANDARD else f" [{self.regime}]"
@@ -71,19 +94,23 @@ class Job:
         and transferred to."""
         return (self.dataset, self.regime, self.width, self.seed)
 
-    def train_config(self, cfg: StudyConfig, model: str | None = None):
-        """The TrainConfig of this job's model (or of `model`, a sibling in the same cell)."""
-        return cfg.train_config(self.dataset, model or self.model, self.seed,
-                                cfg.regimes_of(self.dataset)[self.regime], self.width)
+    @property
+    def train(self) -> TrainConfig:
+        """The TrainConfig of this job's model."""
+        return dict(self.configs)[self.model]
 
 
 def plan(cfg: StudyConfig) -> list[Job]:
     """Every job of the study in the order it runs: all training, then all attacks (dataset, regime, width, seed,
-    model)."""
-    cells = [(d, r, w, s, m) for d in cfg.study.datasets for r in cfg.regimes_of(d) for w in cfg.widths_of()
-             for s in cfg.study.seeds for m in cfg.study.models]
-    return [Job("train", d, m, s, r, w) for d, r, w, s, m in cells] + \
-        [Job("attack", d, m, s, r, w) for d, r, w, s, m in cells]
+    model), each carrying the TrainConfigs of its cell (Job.configs)."""
+    cells = {}
+    for d in cfg.study.datasets:
+        for r, regime in cfg.regimes_of(d).items():
+            for w in cfg.widths_of():
+                for s in cfg.study.seeds:
+                    cells[(d, r, w, s)] = tuple((m, cfg.train_config(d, m, s, regime, w)) for m in cfg.study.models)
+    return [Job(kind, d, m, s, r, w, configs) for kind in ("train", "attack")
+            for (d, r, w, s), configs in cells.items() for m, _ in configs]
 
 
 def attack_jobs_done(records: list[dict]) -> set[tuple]:
@@ -97,16 +124,6 @@ def _job_key(record: dict) -> tuple:
     return (record["dataset"], regime_of(record), width_of(record), record["source"], record["seed"])
 
 
-def _read_results(path: Path) -> list[dict]:
-    from attnrobust.results import read_records
-
-    return read_records(path) if path.exists() else []
-
-
-_RUN_FOLDER_ENTRIES = {"config.toml", "env.json", "checkpoints", "logs", "results.jsonl", "report", ".lock", "slurm",
-                        "power_plan.md"}
-
-
 def _what_runs(data: dict) -> dict:
     """A config's data without what only says where jobs run (eval.executor, [slurm]):
     a study may move between the local pool and Slurm, its jobs' outputs do not depend on it."""
@@ -115,19 +132,12 @@ def _what_runs(data: dict) -> dict:
     return what
 
 
-def _claim_run_dir(run_dir: Path, cfg: StudyConfig, is_main: bool) -> None:
+def _claim_run_dir(folder: RunFolder, cfg: StudyConfig, leader: bool) -> None:
     """Write the resolved config into a new run folder, or check that an existing one holds the same config."""
-    import tomllib
-
-    from attnrobust.runtime import atomic_write
-
-    stored = run_dir / "config.toml"
+    run_dir, stored = folder.root, folder.config
     wanted = cfg.to_dict()
     if stored.exists():
-        try:
-            existing = tomllib.loads(stored.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as err:
-            raise UserError(f"{stored} is unreadable ({err}); use a new --out folder") from None
+        existing = folder.read_config_data()
         if _what_runs(existing) != _what_runs(wanted):
             existing, wanted = _what_runs(existing), _what_runs(wanted)
             changed = sorted(f"{section}.{key}" for section in set(existing) | set(wanted)
@@ -135,24 +145,22 @@ def _claim_run_dir(run_dir: Path, cfg: StudyConfig, is_main: bool) -> None:
                              if existing.get(section, {}).get(key) != wanted.get(section, {}).get(key))
             raise UserError(f"{run_dir} holds a study with a different config (differs in {', '.join(changed)}); "
                             f"use a new --out folder, or the config stored in {stored} to resume it")
-        if existing != wanted and is_main:  # another executor: config.toml says how the study runs now
+        if existing != wanted and leader:  # another executor: config.toml says how the study runs now
             atomic_write(stored, to_toml(wanted))
     else:
         # A folder of `attnrobust train --out` runs (checkpoints/, logs/, env.json) may become a study folder: its
         # finished checkpoints are reused when their training config matches. Anything else is not ours to touch.
-        foreign = [p.name for p in run_dir.iterdir() if p.name not in _RUN_FOLDER_ENTRIES] if run_dir.is_dir() else []
+        foreign = [p.name for p in run_dir.iterdir() if p.name not in RunFolder.ENTRIES] if run_dir.is_dir() else []
         if foreign:
             raise UserError(f"{run_dir} exists and is not a run folder (it holds {', '.join(sorted(foreign)[:3])}); "
                             f"choose a new --out folder")
-        if is_main:
+        if leader:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(stored, to_toml(wanted))
 
 
 def _refuse_if_slurm_jobs_unfinished(run_dir: Path) -> None:
     """The local executor must not train or attack what a Slurm job of the same folder may be writing."""
-    from attnrobust.cluster import job_states, ledger_path
-
     if not ledger_path(run_dir).exists():
         return
     states = job_states(run_dir)
@@ -165,16 +173,12 @@ def _refuse_if_slurm_jobs_unfinished(run_dir: Path) -> None:
 
 def _say(message: str) -> None:
     """Progress for the person at the terminal: once, from rank 0, however many torchrun processes there are."""
-    from attnrobust.distributed import is_main
-
     if is_main():
         print(message, flush=True)
 
 
 def _agree_on_pending(pending: list[bool]) -> list[bool]:
     """Under torchrun every rank must run the same attack jobs (they all-reduce counts): rank 0's view wins."""
-    from attnrobust.distributed import broadcast_flags
-
     return broadcast_flags(pending)
 
 
@@ -183,10 +187,6 @@ def _agree_on_pending(pending: list[bool]) -> list[bool]:
 
 def _test_images(cfg: StudyConfig, dataset: str, data_dir):
     """(images, labels, name) of all attacked test images, and (images, labels, name) of the strong subset."""
-    import torch
-
-    from attnrobust.data import load_dataset
-
     images, labels = load_dataset(dataset, "test", data_dir=data_dir)
     if cfg.eval.n is not None:
         images, labels = images[:cfg.eval.n], labels[:cfg.eval.n]
@@ -202,8 +202,6 @@ def _test_images(cfg: StudyConfig, dataset: str, data_dir):
 
 def _split_attacks(cfg: StudyConfig):
     """The attack config for all images (FGSM) and the one for the strong subset (the rest)."""
-    from dataclasses import replace
-
     cheap = [a for a in cfg.attack.attacks if a == "fgsm"]
     strong = [a for a in cfg.attack.attacks if a != "fgsm"]
     # the unbounded-eps sanity check runs once per source, with the first group that runs
@@ -214,9 +212,7 @@ def _split_attacks(cfg: StudyConfig):
 
 def run_train_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, data_dir=None,
                   quiet: bool = False) -> Path:
-    from attnrobust.train import train
-
-    return train(job.train_config(cfg), run_dir, device=device, data_dir=data_dir, quiet=quiet)
+    return train(job.train, run_dir, device=device, data_dir=data_dir, quiet=quiet)
 
 
 # The models of the cell (Job.cell) whose attack jobs this process ran last, by checkpoint and file
@@ -227,8 +223,6 @@ _CELL: dict[tuple, object] = {}
 
 
 def _cell_models(paths: list[Path], device, allow_code) -> list:
-    from attnrobust.checkpoint import load_model
-
     try:
         stats = [p.stat() for p in paths]
     except OSError:  # a missing checkpoint: load_model says so in one line
@@ -243,20 +237,11 @@ def _cell_models(paths: list[Path], device, allow_code) -> list:
 def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, data_dir=None,
                    quiet: bool = False) -> list[dict]:
     """The records of one source: its row of the transfer matrix and its white-box measures."""
-    from attnrobust.data import DeviceLoader
-    from attnrobust.distributed import dist_info
-    from attnrobust.evaluate import corruption_scores, craft_and_score, white_box_measures
-    from attnrobust.results import with_cell
-    from attnrobust.runtime import resolve_device
-    from attnrobust.train import checkpoint_path
-
     device = resolve_device(device)
     rank, world_size, _ = dist_info()
     # The study's own config names its user models: their checkpoints may run that code (nothing else).
-    from attnrobust.models import is_user_model
-
     own_code = [m for m in cfg.study.models if is_user_model(m)]
-    paths = [checkpoint_path(job.train_config(cfg, m), run_dir) for m in cfg.study.models]
+    paths = [RunFolder(run_dir).checkpoint(c) for _, c in job.configs]
     models = dict(zip(cfg.study.models, _cell_models(paths, device, own_code)))
     source = {job.model: models[job.model]}
     everything, subset = _test_images(cfg, job.dataset, data_dir)
@@ -283,15 +268,13 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     return with_cell(records, job.regime, job.width)
 
 
-def _in_worker(kind: str, cfg_data: dict, job: Job, run_dir: str, device, data_dir, threads: int):
-    """Entry point of a worker process: one thread budget, one job, its result and its wall time."""
-    from attnrobust.runtime import set_threads
-
+def _in_worker(kind: str, cfg: StudyConfig, job: Job, run_dir: str, device, data_dir, threads: int):
+    """Entry point of a worker process: one thread budget, one job, its result and its wall time. `cfg` arrives
+    validated (pickled by the pool, as every argument is): a worker checks nothing again."""
     # through the environment too: train() calls set_threads() itself, which reads it (without it a worker went
     # back to every core, and two workers on two cores ran at 60% of their one-thread speed)
     os.environ["ATTNROBUST_THREADS"] = str(threads)
     set_threads(threads)
-    cfg = parse_config(cfg_data, "study config", data_dir)
     started = time.perf_counter()
     run = run_train_job if kind == "train" else run_attack_job
     result = run(cfg, job, Path(run_dir), device=device, data_dir=data_dir, quiet=True)
@@ -301,8 +284,6 @@ def _in_worker(kind: str, cfg_data: dict, job: Job, run_dir: str, device, data_d
 def _workers(cfg: StudyConfig, device, spread: bool = True) -> int:
     """Worker processes for the local executor: eval.workers, or by default one per CUDA device on a GPU machine
     (spread: the device was not pinned to one index) and 1 on the CPU."""
-    from attnrobust.distributed import dist_info
-
     if dist_info()[1] > 1:
         return 1  # torchrun already splits the work
     if cfg.eval.workers is not None:
@@ -311,8 +292,6 @@ def _workers(cfg: StudyConfig, device, spread: bool = True) -> int:
 
 
 def torch_device_count() -> int:
-    import torch
-
     return torch.cuda.device_count()
 
 
@@ -332,8 +311,6 @@ def own_device(slots) -> None:
 
 
 def _start_worker(parent_pid: int, slots) -> None:
-    from attnrobust.runlock import die_with_parent
-
     # die_with_parent: a worker must not outlive a killed run and write into a folder the next run has locked
     die_with_parent(parent_pid)
     if slots is not None:
@@ -343,9 +320,6 @@ def _start_worker(parent_pid: int, slots) -> None:
 def _pool(workers: int, slots: list[str] | None = None):
     """A pool of `workers` spawned processes; `slots`: the CUDA device each one owns (None: the CPU, or a device
     they share as asked)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     # Idle OpenMP threads spin by default: two processes on two cores then take each other's time (measured here:
     # 51 s instead of 28 s for the same two jobs). Passive waiting, set before the workers start their runtime.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -376,12 +350,12 @@ class _PoolExecutor:
 
     def __init__(self, pool, cfg: StudyConfig, run_dir: Path, device, data_dir, threads: int):
         self.pool, self.threads = pool, threads
-        self.args = (cfg.to_dict(), str(run_dir), str(device), data_dir, threads)
+        self.args = (cfg, str(run_dir), str(device), data_dir, threads)
         self.running: dict = {}
 
     def submit(self, jobs: list[Job]) -> None:
-        cfg_data, run_dir, device, data_dir, threads = self.args
-        self.running.update({self.pool.submit(_in_worker, job.kind, cfg_data, job, run_dir, device, data_dir,
+        cfg, run_dir, device, data_dir, threads = self.args
+        self.running.update({self.pool.submit(_in_worker, job.kind, cfg, job, run_dir, device, data_dir,
                                               threads): job for job in jobs})
 
     def busy(self) -> bool:
@@ -391,9 +365,6 @@ class _PoolExecutor:
         return list(self.running.values())
 
     def collect(self, block: bool, held: list[Job]) -> list[tuple]:
-        from concurrent.futures import FIRST_COMPLETED, wait
-        from concurrent.futures.process import BrokenProcessPool
-
         finished, _ = wait(self.running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
         done = []
         for future in finished:
@@ -427,8 +398,6 @@ def _schedule(jobs: list[Job], executor, on_done, block: bool = True) -> list[Jo
     have finished, behind the training jobs still queued: while the last models train, the other workers attack
     the cells that are ready instead of waiting for the whole training phase (the quick study's time beyond its
     jobs fell from 13 s to 7 s). A failed job (or Ctrl-C) stops the study: the executor cancels what it queued."""
-    from collections import Counter
-
     untrained = Counter(j.cell for j in jobs if j.kind == "train")
     held = [j for j in jobs if j.kind == "attack"]
 
@@ -463,8 +432,6 @@ def _execute(jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir,
     in _schedule.
 
     In one process: every training job, then every attack job. With workers, _schedule hands each job over."""
-    from attnrobust.runtime import set_threads
-
     workers = min(workers or _workers(cfg, device), len(jobs)) if pool is not None else 1
     if workers <= 1:
         for job in jobs:
@@ -482,12 +449,96 @@ def _power_plan(cfg: StudyConfig) -> list[str]:
     """The power plan's lines from cfg.verdict.pilot ([] without a pilot): what the study's seeds can detect."""
     if cfg.verdict.pilot is None:
         return []
-    from attnrobust.report.power import pilot_records, power_plan, power_plan_lines
 
     seeds = len(cfg.study.seeds)
     plan = power_plan(pilot_records(cfg.verdict.pilot), seeds, cfg.verdict, pairs=cfg.study.pairs or (),
                       min_clean_accuracy=cfg.eval.min_clean_accuracy)
     return power_plan_lines(plan, seeds, cfg.verdict.pilot)
+
+
+class _Progress:
+    """What a running study has finished, kept in memory and written after each job: results.jsonl (every attack
+    job's records, in plan order whatever order side-by-side workers finish them in, so the same study writes the
+    same bytes; one atomic rewrite per job, so a job is wholly in the file or not at all) and logs/jobs.jsonl (the
+    wall time of every job). `on_done` is what _schedule and _execute call as each job finishes."""
+
+    def __init__(self, folder: RunFolder, attack_jobs: list[Job], leader: bool, workers: int):
+        self.folder, self.leader, self.workers = folder, leader, workers
+        self.results = folder.read_results()
+        self.timings = folder.read_timings()
+        self.plan_order = {j.key: i for i, j in enumerate(attack_jobs)}
+        self.on_done = {"train": lambda job, _, seconds, threads: self.log_time(job, seconds, threads),
+                        "attack": self.add_records}
+
+    def pending(self, attack_jobs: list[Job]) -> list[Job]:
+        """The attack jobs whose records are not in the results yet (rank 0's view, under torchrun)."""
+        done = attack_jobs_done(self.results)
+        return [j for j, todo in zip(attack_jobs, _agree_on_pending([j.key not in done for j in attack_jobs]))
+                if todo]
+
+    def add_records(self, job: Job, records: list[dict], seconds: float, threads: int | None) -> None:
+        def in_plan(record: dict) -> int:  # a stable sort: a job's records keep their order
+            return self.plan_order.get(_job_key(record), len(self.plan_order))
+
+        # transfer flags compare with the targets' white-box records, which other jobs write
+        self.results = sanity_flags(sorted(self.results + records, key=in_plan))
+        if self.leader:
+            write_records(self.folder.results, self.results)
+        self.log_time(job, seconds, threads)
+
+    def log_time(self, job: Job, seconds: float, threads: int | None) -> None:
+        self.timings.append({"job": job.kind, "dataset": job.dataset,
+                             **({} if job.regime == STANDARD else {"regime": job.regime}),
+                             **({} if job.width is None else {"width": job.width}), "model": job.model,
+                             "seed": job.seed, "seconds": round(seconds, 2), "threads": threads,
+                             "workers": self.workers})
+        if self.leader:
+            atomic_write(self.folder.jobs_log, "".join(json.dumps(t) + "\n" for t in self.timings))
+        _say(f"  done  {job}  ({seconds:.0f} s)")
+
+
+def _run_jobs(cfg: StudyConfig, folder: RunFolder, device: str | None, data_dir, quiet: bool, detach: bool,
+              leader: bool) -> bool:
+    """Run every job of plan(cfg) not done yet, through the config's executor; False when detached with jobs
+    still out (a rerun collects them)."""
+    on_cluster = cfg.eval.executor != "local"
+    # "cuda" or no device named: the local pool may spread its workers over every CUDA device
+    spread = device is None or str(device).strip() == "cuda"
+    named_device = device
+    if not on_cluster:
+        # (Slurm jobs resolve the device named where they run: the machine that submits them may have no GPU)
+        device = resolve_device(device)
+        _refuse_if_slurm_jobs_unfinished(folder.root)
+    jobs = plan(cfg)
+    workers = 1 if on_cluster else _workers(cfg, device, spread)
+    _say(f"study {cfg.study.name!r}: {len(jobs)} jobs in {folder.root} "
+         + (f"through {cfg.eval.executor}" if on_cluster else f"on {device}")
+         + (f", {workers} side by side" if workers > 1 else ""))
+    attack_jobs = [j for j in jobs if j.kind == "attack"]
+    progress = _Progress(folder, attack_jobs, leader, workers)
+    todo = [j for j in jobs if j.kind == "train" and not is_finished(j.train, folder.root)] \
+        + progress.pending(attack_jobs)
+    if on_cluster:
+        executor = SubmititExecutor(cfg, folder.root, device=None if named_device is None else str(named_device),
+                                    data_dir=data_dir, say=_say)
+        left = _schedule(todo, executor, progress.on_done, block=not detach)
+        if left:
+            _say(f"detached: {len(left)} jobs queued, running or waiting for their models (`attnrobust ls "
+                 f"{folder.root.parent}` shows them); rerun the same command to collect them and build the report")
+        return not left
+    # One pool of workers for the whole study: each worker imports torch once (seconds per process), and a cell's
+    # attack jobs start while other cells still train. The pool starts its processes at the first job it is
+    # given: a run with nothing to do starts none. On CUDA each worker owns a device.
+    slots = gpu_slots(workers, torch_device_count(), os.environ.get("CUDA_VISIBLE_DEVICES")) \
+        if workers > 1 and device.type == "cuda" and spread else None
+    pool = _pool(workers, slots) if workers > 1 else None
+    with pool if pool is not None else contextlib.nullcontext():
+        try:
+            _execute(todo, cfg, folder.root, device, data_dir, quiet, progress.on_done, pool, workers)
+        finally:
+            _CELL.clear()  # the last cell's models: not needed by the report, nor after an interruption
+            clear_corruption_cache()  # corrupted test images kept between attack jobs (evaluate._CORRUPTED)
+    return True
 
 
 def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = None, overrides=(),
@@ -502,22 +553,13 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
     With [verdict] pilot set, the power plan (attnrobust.report.power) is printed first and kept as
     RUN/power_plan.md, which the report shows; power_only: print it and return before anything else runs.
     """
-    from attnrobust.distributed import dist_info, init_distributed
-    from attnrobust.evaluate import sanity_flags
-    from attnrobust.report import build_report
-    from attnrobust.results import write_records
-    from attnrobust.runlock import hold_run_lock
-    from attnrobust.runtime import atomic_write, resolve_device, write_env_json
-    from attnrobust.train import is_finished
-
     cfg = load_config(config, overrides, data_dir)
     if detach and cfg.eval.executor == "local":
         raise UserError("--detach: the local executor's jobs end with this process; set eval.executor = \"slurm\" "
                         "(and a [slurm] table) to submit them and leave")
     init_distributed()
-    run_dir = Path(out) if out is not None else Path("runs") / cfg.study.name
-    rank, _, _ = dist_info()
-    is_main = rank == 0
+    folder = RunFolder(out if out is not None else Path("runs") / cfg.study.name)
+    leader = dist_info()[0] == 0
     plan_lines = _power_plan(cfg)
     if plan_lines:
         _say("\n".join(plan_lines) + "\n")
@@ -525,106 +567,26 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
         if not plan_lines:
             raise UserError("--power-plan: set verdict.pilot to a previous run's folder (e.g. --set "
                             "verdict.pilot=\"results/fashion-mnist-cpu\") to predict what this study can detect")
-        return run_dir
-    with hold_run_lock(run_dir, is_main=is_main):
-        # inside the lock: two runs started together on a new folder must not both write its config.toml
-        _claim_run_dir(run_dir, cfg, is_main)
-        if plan_lines and is_main:
-            atomic_write(run_dir / "power_plan.md", "\n".join(plan_lines) + "\n")
-        # "cuda" or no device named: the local pool may spread its workers over every CUDA device
-        spread = device is None or str(device).strip() == "cuda"
-        # Slurm jobs resolve the device named (None: CUDA if the node has it) where they run: the machine that
-        # submits them may have no GPU
-        named_device, device = device, resolve_device(device) if cfg.eval.executor == "local" else None
-        if is_main:
-            write_env_json(run_dir / "env.json", sys.argv)
-        if cfg.eval.executor == "local":
-            _refuse_if_slurm_jobs_unfinished(run_dir)
-        results_path = run_dir / "results.jsonl"
-        results = _read_results(results_path)  # kept in memory from here on; rewritten after each job
-        timings_path = run_dir / "logs" / "jobs.jsonl"
-        timings = [json.loads(line) for line in timings_path.read_text().splitlines()] \
-            if timings_path.exists() else []
-        jobs = plan(cfg)
+        return folder.root
+    with hold_run_lock(folder.root, is_main=leader):
         started = time.perf_counter()
-        on_cluster = cfg.eval.executor != "local"
-        workers = 1 if on_cluster else _workers(cfg, device, spread)
-        _say(f"study {cfg.study.name!r}: {len(jobs)} jobs in {run_dir} "
-             + (f"through {cfg.eval.executor}" if on_cluster else f"on {device}")
-             + (f", {workers} side by side" if workers > 1 else ""))
-
-        def log_time(job: Job, seconds: float, threads: int | None) -> None:
-            timings.append({"job": job.kind, "dataset": job.dataset,
-                            **({} if job.regime == STANDARD else {"regime": job.regime}),
-                            **({} if job.width is None else {"width": job.width}), "model": job.model,
-                            "seed": job.seed, "seconds": round(seconds, 2), "threads": threads,
-                            "workers": workers})
-            if is_main:
-                atomic_write(timings_path, "".join(json.dumps(t) + "\n" for t in timings))
-            _say(f"  done  {job}  ({seconds:.0f} s)")
-
-        train_jobs = [j for j in jobs if j.kind == "train" if not is_finished(j.train_config(cfg), run_dir)]
-        done = attack_jobs_done(results)
-        attack_jobs = [j for j in jobs if j.kind == "attack"]
-        # the file lists jobs in plan order, whatever order side-by-side workers finish them in: the same study
-        # writes the same bytes
-        plan_order = {j.key: i for i, j in enumerate(attack_jobs)}
-
-        def in_plan_order(records: list[dict]) -> list[dict]:  # stable: a job's records keep their order
-            return sorted(records, key=lambda r: plan_order.get(_job_key(r), len(plan_order)))
-
-        pending = _agree_on_pending([j.key not in done for j in attack_jobs])
-        attack_jobs = [j for j, todo in zip(attack_jobs, pending) if todo]
-
-        def write(job: Job, records: list[dict], seconds: float, threads: int | None) -> None:
-            nonlocal results
-            # transfer flags compare with the targets' white-box records, which other jobs write
-            results = sanity_flags(in_plan_order(results + records))
-            if is_main:  # one atomic rewrite: the job's records are all in the file or none are
-                write_records(results_path, results)
-            log_time(job, seconds, threads)
-
-        on_done = {"train": lambda job, _, seconds, threads: log_time(job, seconds, threads), "attack": write}
-        if on_cluster:
-            from attnrobust.cluster import SubmititExecutor
-
-            executor = SubmititExecutor(cfg, run_dir, device=None if named_device is None else str(named_device),
-                                        data_dir=data_dir, say=_say)
-            left = _schedule(train_jobs + attack_jobs, executor, on_done, block=not detach)
-            if left:
-                _say(f"detached: {len(left)} jobs queued, running or waiting for their models (`attnrobust ls "
-                     f"{run_dir.parent}` shows them); rerun the same command to collect them and build the report")
-                return run_dir
-        else:
-            # One pool of workers for the whole study: each worker imports torch once (seconds per process), and
-            # a cell's attack jobs start while other cells still train. The pool starts its processes at the
-            # first job it is given: a run with nothing to do starts none. On CUDA each worker owns a device.
-            slots = gpu_slots(workers, torch_device_count(), os.environ.get("CUDA_VISIBLE_DEVICES")) \
-                if workers > 1 and device.type == "cuda" and spread else None
-            pool = _pool(workers, slots) if workers > 1 else None
-            with pool if pool is not None else contextlib.nullcontext():
-                try:
-                    _execute(train_jobs + attack_jobs, cfg, run_dir, device, data_dir, quiet, on_done, pool,
-                             workers)
-                finally:
-                    _CELL.clear()  # the last cell's models: not needed by the report, nor after an interruption
-                    from attnrobust.evaluate import clear_corruption_cache
-
-                    clear_corruption_cache()  # corrupted test images kept between attack jobs (evaluate._CORRUPTED)
-
-        if not is_main:
-            return run_dir
-        report_dir = build_report(run_dir)
+        # inside the lock: two runs started together on a new folder must not both write its config.toml
+        _claim_run_dir(folder, cfg, leader)
+        if leader:
+            if plan_lines:
+                atomic_write(folder.power_plan, "\n".join(plan_lines) + "\n")
+            write_env_json(folder.env, sys.argv)
+        if not _run_jobs(cfg, folder, device, data_dir, quiet, detach, leader) or not leader:
+            return folder.root
+        report_dir = build_report(folder.root)
         _say("")
         _say((report_dir / "verdicts.txt").read_text().rstrip("\n"))  # computed once, by the report
         _say(f"\nreport: {report_dir / 'README.md'}  ({time.perf_counter() - started:.0f} s)")
-    return run_dir
+    return folder.root
 
 
 def _cluster_line(run_dir: Path) -> str:
     """The states of the jobs a run handed to Slurm ("" if none): e.g. "slurm: 3 queued, 1 running, 2 done; "."""
-    from attnrobust.cluster import job_states, ledger_path
-
     if not ledger_path(run_dir).exists():
         return ""
     states = job_states(run_dir)
@@ -639,18 +601,14 @@ def list_runs(runs_dir: str | Path = "runs") -> str:
     checkpoint is there without a resume state beside it (a run still in progress keeps one). A run whose jobs
     went to Slurm also shows how many of those are queued, running, failed and done (their status files).
     """
-    import tomllib
-
-    from attnrobust.config import REGIME_KEYS, TrainConfig, regime_label
-    from attnrobust.train import checkpoint_name
-
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir} is not a folder; run `attnrobust run` first or name the folder of runs")
     rows = []
-    for run_dir in sorted(p for p in runs_dir.iterdir() if (p / "config.toml").is_file()):
+    for run_dir in sorted(p for p in runs_dir.iterdir() if RunFolder(p).config.is_file()):
+        folder = RunFolder(run_dir)
         try:
-            data = tomllib.loads((run_dir / "config.toml").read_text())
+            data = tomllib.loads(folder.config.read_text())
             study, train = data.get("study", {}), data.get("train", {})
             datasets, models, seeds = (list(study.get(k, [])) for k in ("datasets", "models", "seeds"))
             # only the regime keys: they name the regime and its checkpoints (nothing here builds a model)
@@ -661,18 +619,16 @@ def list_runs(runs_dir: str | Path = "runs") -> str:
             # (the job's TrainConfig, its seed, the width its records carry: only a study crossing widths labels them)
             cells = [(TrainConfig.for_dataset(d, model=str(m), seed=s, **r, **w), s, w["width"] if axis else None)
                      for d in datasets for r in regimes for w in widths for m in models for s in seeds]
-            attacked = attack_jobs_done(_read_results(run_dir / "results.jsonl"))
+            attacked = attack_jobs_done(folder.read_results())
         except (UserError, OSError, tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as err:
             rows.append(f"{run_dir.name}: unreadable ({err})")
             continue
-        stems = [run_dir / "checkpoints" / checkpoint_name(c) for c, _, _ in cells]
-        trained = sum(Path(f"{p}.safetensors").is_file() and not Path(f"{p}.state.safetensors").exists()
-                      for p in stems)
+        trained = sum(folder.checkpoint(c).is_file() and not folder.train_state(c).exists() for c, _, _ in cells)
         done = trained + sum((c.dataset, regime_label(c), w, c.model, s) in attacked for c, s, w in cells)
         labels = list(dict.fromkeys(regime_label(c) for c, _, _ in cells))
         if axis:
             labels.append(f"widths {','.join(map(str, axis))}")
-        report = run_dir / "report" / "README.md"
+        report = folder.report / "README.md"
         rows.append(f"{run_dir.name}: {','.join(datasets)} x {','.join(map(str, models))} x seeds "
                     f"{','.join(map(str, seeds))}; trained {'; '.join(labels)}; {done}/{2 * len(cells)} jobs done; "
                     f"{_cluster_line(run_dir)}report: {report if report.exists() else '(none yet)'}")

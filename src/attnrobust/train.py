@@ -1,11 +1,9 @@
 """Training: one model on one dataset, reproducible, resumable, and data-parallel under torchrun.
 
-Run folder layout (several models share one folder, so files are named per job):
-  OUT/checkpoints/NAME.safetensors        weights + metadata after the latest finished epoch (see checkpoint.py)
-  OUT/checkpoints/NAME.state.safetensors  resume state (weights, optimizer, progress); removed when the run ends
-  OUT/logs/NAME.jsonl                     one line per finished epoch
-  OUT/env.json                            versions, device, threads, git commit, command line
-with NAME = "<dataset>-<model>-s<seed>" (`checkpoint_name`).
+Files, in the run folder OUT (attnrobust.runfolder; several models share one folder, so files are named per
+run, NAME = runfolder.checkpoint_name(cfg)): checkpoints/NAME.safetensors (weights + metadata after the latest
+finished epoch, see checkpoint.py), checkpoints/NAME.state.safetensors (resume state: weights, optimizer,
+progress; removed when the run ends), logs/NAME.jsonl (one line per finished epoch), env.json.
 
 Reproducibility: the batch order and augmentation are functions of (seed, epoch) (DeviceLoader), the learning
 rate is a function of the step, and the global RNG (dropout) is reseeded from (seed, epoch) at every epoch start.
@@ -47,11 +45,11 @@ from tqdm import tqdm
 from attnrobust import models
 from attnrobust.attacks import check_eps, loss_grad, pgd, predict, project_, uniform_start
 from attnrobust.checkpoint import load_train_state, read_meta, save_checkpoint, save_train_state
-from attnrobust.config import DEFAULTS, TrainConfig, regime_label
+from attnrobust.config import TrainConfig, regime_label
 from attnrobust.data import DeviceLoader, get_spec, load_dataset
 from attnrobust.distributed import barrier, broadcast_buffers, dist_info, init_distributed, sum_floats
 from attnrobust.errors import UserError
-from attnrobust.results import STANDARD, file_name_part
+from attnrobust.runfolder import RunFolder, checkpoint_name
 from attnrobust.runtime import (atomic_write, resolve_device, seed_everything, set_threads,
                                 write_env_json)
 
@@ -73,29 +71,9 @@ _EVAL_BATCH = 500
 _CHECK_EVERY = 50
 
 
-def checkpoint_name(cfg: TrainConfig) -> str:
-    """File stem of a run's checkpoint: unique per (dataset, model, seed, regime, width) within a run folder. A
-    standard run at its dataset recipe's width has neither part ("fashion-mnist-mini-resnet14-s0"); an
-    adversarial one names its regime ("...-s0-fgsm-rs-eps-0.1"), one of another width names it ("...-s0-w16"),
-    so a study crossing widths (study.widths) keeps every width's checkpoints apart."""
-    regime = regime_label(cfg)
-    suffix = "" if regime == STANDARD else "-" + file_name_part(regime).lower()
-    recipe_width = DEFAULTS.get(cfg.dataset, {}).get("width", TrainConfig.width)
-    if cfg.width != recipe_width:
-        suffix += f"-w{cfg.width}"
-    return f"{cfg.dataset}-{models.file_stem(cfg.model)}-s{cfg.seed}{suffix}"  # file_stem: '/' and ':' out
-
-
 def checkpoint_path(cfg: TrainConfig, out_dir: str | Path) -> Path:
-    return Path(out_dir) / "checkpoints" / f"{checkpoint_name(cfg)}.safetensors"
-
-
-def _state_path(cfg: TrainConfig, out_dir: str | Path) -> Path:
-    return Path(out_dir) / "checkpoints" / f"{checkpoint_name(cfg)}.state.safetensors"
-
-
-def _log_path(cfg: TrainConfig, out_dir: str | Path) -> Path:
-    return Path(out_dir) / "logs" / f"{checkpoint_name(cfg)}.jsonl"
+    """Where `train(cfg, out_dir)` writes the model: RunFolder(out_dir).checkpoint(cfg)."""
+    return RunFolder(out_dir).checkpoint(cfg)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str) -> float:
@@ -269,7 +247,7 @@ def _pgd_check_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 
 @dataclasses.dataclass
 class _RunFiles:
-    """The files of one training run inside a run folder (see the module docstring)."""
+    """The files of one training run inside a run folder (attnrobust.runfolder)."""
 
     checkpoint: Path
     state: Path
@@ -277,7 +255,8 @@ class _RunFiles:
 
     @classmethod
     def of(cls, cfg: TrainConfig, out_dir: Path) -> _RunFiles:
-        return cls(checkpoint_path(cfg, out_dir), _state_path(cfg, out_dir), _log_path(cfg, out_dir))
+        folder = RunFolder(out_dir)
+        return cls(folder.checkpoint(cfg), folder.train_state(cfg), folder.train_log(cfg))
 
 
 @dataclasses.dataclass
@@ -331,7 +310,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str |
     step_gen = torch.Generator()
     adversary = make_adversary(cfg, setup.model, step_gen, setup.amp_dtype)
     if main:
-        write_env_json(out_dir / "env.json", device=device)
+        write_env_json(RunFolder(out_dir).env, device=device)
 
     history = setup.history
     test_acc = history[-1]["test_acc"] if history else None

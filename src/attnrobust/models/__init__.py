@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from attnrobust.errors import UserError
+from attnrobust.runfolder import file_stem  # noqa: F401 (the registry's public name for it)
 from attnrobust.models.attention import ATTENTION, CBAM, ECA, MHSA, SE, SELF_ATTENTION
 from attnrobust.models.common import VARIANTS
 from attnrobust.models.resnet import ResNet
@@ -382,14 +383,6 @@ def _build_user_model(name: str, num_classes: int, in_channels: int, mean, std, 
     entry = name if path is None else f"{path}:{attr}"
     model.build_args = {"name": entry, "num_classes": num_classes, "in_channels": in_channels, **given, **kw}
     return model
-
-
-def file_stem(name: str) -> str:
-    """`name` made safe as part of a file name: registered names unchanged; an entry point's path separators,
-    colons and other odd characters replaced, plus a short hash of the original (so two entry points can never
-    share a checkpoint file)."""
-    safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("._") or "model"
-    return name if safe == name else f"{safe}-{hashlib.md5(name.encode()).hexdigest()[:6]}"
 
 
 # The gates that record what they compute (each has a `sink`): every ATTENTION module.

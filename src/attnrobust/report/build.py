@@ -15,10 +15,14 @@ import os
 import shutil
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from attnrobust.checkpoint import read_meta
 from attnrobust.config import verdict_section
 from attnrobust.errors import UserError
+from attnrobust.report.corruptions import (corruption_section, corruption_summary, corruption_text,
+                                          corruption_verdicts, is_corruption)
+from attnrobust.report import figures  # figures.curves etc. looked up at call time (the tests draw placeholders)
+from attnrobust.report.figures import PALETTE, Panel, Series
 from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.minimal import minimal_section
 from attnrobust.report.paper import comparison_rows, load_paper, matches_paper_pgd, paper_model, paper_value
@@ -26,10 +30,9 @@ from attnrobust.report.readme import (COMPARISON_KEYS, PAIRED_KEYS, VERDICT_KEYS
                                       rows_csv)
 from attnrobust.report.tables import table2, table3, to_csv, to_latex, to_markdown
 from attnrobust.report.verdicts import paired_rows, verdict_text, verdicts
+from attnrobust.report.widths import TREND_KEYS, width_section
 from attnrobust.results import CLEAN, STANDARD, Setting, load_records, file_name_part, panel_of
-
-if TYPE_CHECKING:
-    from attnrobust.report.figures import Series  # imported where used: matplotlib loads with the figures
+from attnrobust.runfolder import RunFolder, file_stem
 
 __all__ = ["build_report"]
 
@@ -37,8 +40,8 @@ __all__ = ["build_report"]
 # ---- input ------------------------------------------------------------------------------------------------------
 
 
-def _read_config(run_dir: Path) -> tuple[str | None, dict | None]:
-    path = run_dir / "config.toml"
+def _read_config(folder: RunFolder) -> tuple[str | None, dict | None]:
+    path = folder.config
     if not path.is_file():
         return None, None
     text = path.read_text()
@@ -48,9 +51,9 @@ def _read_config(run_dir: Path) -> tuple[str | None, dict | None]:
         return text, None  # shown verbatim; only the reduced-size notes use its values
 
 
-def _read_env(run_dir: Path) -> dict:
+def _read_env(folder: RunFolder) -> dict:
     try:
-        env = json.loads((run_dir / "env.json").read_text())
+        env = json.loads(folder.env.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
     return env if isinstance(env, dict) else {}
@@ -83,8 +86,6 @@ def _points(settings: list[Setting], clean_at_zero: bool) -> list[tuple[float, S
 
 def _series(grid: Grid, d: str, src: str, tgt: str, settings: list[Setting], label: str, color: str,
             style: str, clean_at_zero: bool) -> Series | None:
-    from attnrobust.report.figures import Series
-
     found = [(x, grid.summary(d, src, tgt, s)) for x, s in _points(settings, clean_at_zero)]
     found = [(x, v) for x, v in found if v is not None]
     if not found:
@@ -95,8 +96,6 @@ def _series(grid: Grid, d: str, src: str, tgt: str, settings: list[Setting], lab
 
 def _paper_series(d: str, src: str, tgt: str, settings: list[Setting], clean_at_zero: bool, color: str,
                   label: str) -> Series | None:
-    from attnrobust.report.figures import Series
-
     found = [(x, paper_value(d, src, tgt, s)) for x, s in _points(settings, clean_at_zero)]
     found = [(x, y) for x, y in found if y is not None]
     if not found:
@@ -110,8 +109,6 @@ def _xticks(series: list[Series]) -> list[float]:
 
 def _figures(grid: Grid, out: Path) -> list[tuple[str, str]]:
     """Line figures; returns (relative path, caption) in README order."""
-    from attnrobust.report.figures import PALETTE, Panel, curves
-
     made = []
     names = load_paper()["models"]
     for d in grid.datasets():
@@ -139,7 +136,7 @@ def _figures(grid: Grid, out: Path) -> list[tuple[str, str]]:
                 panels.append(p)
         if panels:
             rel = f"figures/whitebox_{file_name_part(d)}.png"
-            curves(out / rel, f"{d}: white-box attacks", panels)
+            figures.curves(out / rel, f"{d}: white-box attacks", panels)
             made.append((rel, f"{d}: white-box FGSM accuracy vs eps and PGD error vs iterations, every model "
                               f"(paper's published curves dotted, for the matching families)"))
         # Transfer (Figs 5-7): per source, its own white-box curve and every target's.
@@ -158,35 +155,34 @@ def _figures(grid: Grid, out: Path) -> list[tuple[str, str]]:
                 if series:
                     panels.append(Panel(f"{title}: crafted on {src}", xlabel, ylabel, series, _xticks(series)))
             if panels:
-                from attnrobust.models import file_stem  # a user model's name may hold '/' and ':'
-
                 rel = f"figures/transfer_{file_name_part(d)}_{file_stem(src)}.png"
-                curves(out / rel, f"{d}: attacks crafted on {src}", panels)
+                figures.curves(out / rel, f"{d}: attacks crafted on {src}", panels)
                 made.append((rel, f"{d}: attacks crafted on {src}, scored on {src} itself (white-box, solid) "
                                   f"and on {', '.join(targets)} (transfer, dashed)"))
     return made
 
 
-def _attention_figures(grid: Grid, run_dir: Path, out: Path) -> tuple[list[tuple[str, str]], list[str]]:
-    """CBAM attention maps from the run's checkpoints, when they and the dataset files are at hand."""
-    folder = run_dir / "checkpoints"
-    paths = sorted(p for p in folder.glob("*.safetensors") if not p.name.endswith(".state.safetensors")) \
-        if folder.is_dir() else []
-    if not paths:
-        return [], ["attention maps: no checkpoints in the run folder (the report needs only results.jsonl)"]
-    try:
-        from attnrobust.checkpoint import read_meta
-        from attnrobust.report.figures import attention_figure
-    except ImportError as err:
-        return [], [f"attention maps skipped: {err}"]
-    chosen: dict[tuple[str, str], tuple[int, Path]] = {}
-    notes = []
-    for p in paths:
+def _checkpoint_metas(folder: RunFolder) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """(path, metadata) of every model checkpoint in the run folder, read once for the attention figures and the
+    recipe notes; a note for each unreadable one."""
+    metas, notes = [], []
+    for p in folder.model_files():
         try:
-            meta = read_meta(p)
+            metas.append((p, read_meta(p)))
         except (UserError, OSError) as err:
             notes.append(f"attention maps: skipped {p.name}: {err}")
-            continue
+    return metas, notes
+
+
+def _attention_figures(grid: Grid, metas: list[tuple[Path, dict]], out: Path) -> tuple[list[tuple[str, str]],
+                                                                                        list[str]]:
+    """CBAM attention maps from the run's checkpoints (their metadata read by _checkpoint_metas), when they and the
+    dataset files are at hand."""
+    if not metas:
+        return [], ["attention maps: no checkpoints in the run folder (the report needs only results.jsonl)"]
+    chosen: dict[tuple[str, str], tuple[int, Path]] = {}
+    notes = []
+    for p, meta in metas:
         name, seed = meta["build_args"].get("name", ""), meta.get("seed", 0)
         labels = {"dataset": meta.get("dataset"), "regime": meta.get("regime", STANDARD)}
         # the width is part of the panel only in a study that crosses widths
@@ -204,7 +200,7 @@ def _attention_figures(grid: Grid, run_dir: Path, out: Path) -> tuple[list[tuple
         eps = min(fgsm) if fgsm else 0.05
         rel = f"figures/attention_{file_name_part(dataset)}_{name}.png"
         try:
-            made.append((rel, attention_figure(out / rel, p, eps)))
+            made.append((rel, figures.attention_figure(out / rel, p, eps)))
         except (ImportError, UserError, OSError, RuntimeError, KeyError, ValueError) as err:
             notes.append(f"attention maps: skipped {p.name}: {str(err).splitlines()[0] if str(err) else err!r}")
     return made, notes
@@ -218,15 +214,12 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
-    from attnrobust.report.widths import TREND_KEYS, width_section
-    from attnrobust.report.corruptions import (corruption_section, corruption_summary, corruption_text,
-                                              corruption_verdicts, is_corruption)
+def _write_report(out: Path, folder: RunFolder, records: list[dict]) -> None:
 
     all_records, records = records, [r for r in records if not is_corruption(r)]  # corruptions: their own section
     grid = Grid.from_records(records)
-    config_text, config = _read_config(run_dir)
-    env = _read_env(run_dir)
+    config_text, config = _read_config(folder)
+    env = _read_env(folder)
     tables = {}
     for table in (table2(grid), table3(grid)):
         tables[table.name] = to_markdown(table)
@@ -236,7 +229,7 @@ def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
     floor = ((config or {}).get("eval") or {}).get("min_clean_accuracy")
     pairs = ((config or {}).get("study") or {}).get("pairs") or ()  # declared comparisons (study.pairs)
     # the margins the config declared ([verdict]; its defaults for a run folder written before the section existed)
-    verdict = verdict_section((config or {}).get("verdict"), str(run_dir / "config.toml"))
+    verdict = verdict_section((config or {}).get("verdict"), str(folder.config))
     rows = verdicts(records, min_clean_accuracy=floor, pairs=pairs, verdict=verdict)
     paired = paired_rows(grid, min_clean_accuracy=floor, pairs=pairs)
     corruption_rows = corruption_verdicts(all_records, min_clean_accuracy=floor, pairs=pairs, verdict=verdict)
@@ -246,24 +239,26 @@ def _write_report(out: Path, run_dir: Path, records: list[dict]) -> None:
     comparison = comparison_rows(grid)
     _write(out / "paper_comparison.csv", rows_csv(comparison, COMPARISON_KEYS))
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    figures = _figures(grid, out)
-    attention, notes = _attention_figures(grid, run_dir, out)
+    line_figures = _figures(grid, out)
+    metas, notes = _checkpoint_metas(folder)
+    attention, figure_notes = _attention_figures(grid, metas, out)
     minimal_lines, minimal_figures = minimal_section(grid, out)
     corruption_lines = corruption_section(all_records, corruption_rows, out, pairs)
     width_lines, width_figures, trend = width_section(rows, out)
     if trend:
         _write(out / "width_trend.csv", rows_csv(trend, TREND_KEYS))
     _write(out / "README.md", readme_text(ReadmeInputs(
-        run_dir=run_dir, grid=grid, records=all_records, config_text=config_text, config=config, env=env,
-        tables=tables, rows=rows, paired=paired, comparison=comparison,
-        figures=width_figures + minimal_figures + figures + attention,
-        notes=notes, minimal_lines=minimal_lines, corruption_lines=corruption_lines,
+        name=folder.root.resolve().name, grid=grid, records=all_records, config_text=config_text, config=config,
+        env=env, tables=tables, rows=rows, paired=paired, comparison=comparison,
+        figures=width_figures + minimal_figures + line_figures + attention,
+        notes=notes + figure_notes, checkpoint_args=[meta.get("build_args") or {} for _, meta in metas],
+        minimal_lines=minimal_lines, corruption_lines=corruption_lines,
         corruption_summary=corruption_summary(corruption_rows), width_lines=width_lines,
-        power_plan=_read_power_plan(run_dir))))
+        power_plan=_read_power_plan(folder))))
 
 
-def _read_power_plan(run_dir: Path) -> list[str]:
-    path = run_dir / "power_plan.md"
+def _read_power_plan(folder: RunFolder) -> list[str]:
+    path = folder.power_plan
     return path.read_text(encoding="utf-8").rstrip("\n").splitlines() if path.is_file() else []
 
 
@@ -272,16 +267,16 @@ def build_report(run_dir: str | Path) -> Path:
 
     Raises UserError (one line) when results.jsonl is missing, empty or malformed.
     """
-    run_dir = Path(run_dir)
-    records = load_records(run_dir / "results.jsonl")
-    final = run_dir / "report"
-    tmp = run_dir / f".report.tmp-{os.getpid()}"
+    folder = RunFolder(run_dir)
+    records = load_records(folder.results)
+    final = folder.report
+    tmp = folder.root / f".report.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write_report(tmp, run_dir, records)
+        _write_report(tmp, folder, records)
         # Swap the finished folder in: the old report stays whole until the new one is complete.
-        old = run_dir / f".report.old-{os.getpid()}"
+        old = folder.root / f".report.old-{os.getpid()}"
         if final.exists():
             os.replace(final, old)
         os.replace(tmp, final)

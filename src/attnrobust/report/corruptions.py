@@ -25,14 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
+from attnrobust.config import VerdictSection
+from attnrobust.corruptions import ALL_NAMES, corrupt
+from attnrobust.data import get_spec, load_dataset
 from attnrobust.errors import UserError
-from attnrobust.report.grid import Grid
+from attnrobust.report import figures  # figures.small_multiples etc. looked up at call time (tests draw placeholders)
+from attnrobust.report.figures import PALETTE, Panel, Series
+from attnrobust.report.grid import Grid, registered_info
+from attnrobust.report.readme import rows_csv
 from attnrobust.report.stats import mean_ci
 from attnrobust.report.tables import csv_text, markdown_table
-from attnrobust.config import VerdictSection
 from attnrobust.report.verdicts import (aligned_lines, attention_pairs, clean_floor, compare_cells, decide_family,
                                         format_diff, format_sim, verdict_label)
-from attnrobust.results import CLEAN, Setting, file_name_part, panel_dataset
+from attnrobust.results import CLEAN, Setting, file_name_part, panel_dataset, panel_of
 
 __all__ = ["is_corruption", "corruption_verdicts", "corruption_text", "corruption_summary", "corruption_section",
            "CORRUPTION_KEYS"]
@@ -54,15 +59,11 @@ def _settings(grid: Grid, d: str) -> list[Setting]:
 
 def _names(grid: Grid, d: str) -> list[str]:
     """The panel's corruptions in their family's order (attnrobust.corruptions), unknown names last."""
-    from attnrobust.corruptions import ALL_NAMES
-
     found = {s.corruption for s in _settings(grid, d)}
     return [n for n in ALL_NAMES if n in found] + sorted(found - set(ALL_NAMES))
 
 
 def _family_label(records: list[dict], d: str) -> str:
-    from attnrobust.results import panel_of
-
     labels = sorted({r.get("corruption_family", "") for r in records if panel_of(r) == d and is_corruption(r)})
     return "/".join(x for x in labels if x) or "corruptions"
 
@@ -220,8 +221,6 @@ def _verdict_markdown(rows: list[dict]) -> str:
 
 def _at_chance(grid: Grid, d: str, margin: float = 5.0) -> list[str]:
     """The corruptions at which every model is within `margin` pp of chance (1 / classes) at every severity."""
-    from attnrobust.data import get_spec
-
     try:
         chance = 100 / get_spec(panel_dataset(d)).num_classes
     except UserError:  # a user dataset no longer at hand: nothing said
@@ -236,9 +235,6 @@ def _at_chance(grid: Grid, d: str, margin: float = 5.0) -> list[str]:
 
 
 def _severity_figure(grid: Grid, d: str, out: Path) -> str | None:
-    from attnrobust.report.figures import PALETTE, Panel, Series, small_multiples
-    from attnrobust.report.grid import registered_info
-
     models = grid.models(d)
     settings = _settings(grid, d)
     panels = []
@@ -258,17 +254,13 @@ def _severity_figure(grid: Grid, d: str, out: Path) -> str | None:
     if not panels:
         return None
     rel = f"figures/corruptions_{file_name_part(d)}.png"
-    small_multiples(out / rel, f"{d}: accuracy under common corruptions (attention models solid)", panels)
+    figures.small_multiples(out / rel, f"{d}: accuracy under common corruptions (attention models solid)", panels)
     return rel
 
 
 def _sample_grid(grid: Grid, d: str, out: Path, count: int = 3) -> tuple[str | None, str | None]:
     """(figure, None) or (None, why not): each corruption (rows) at each severity (columns) on the first `count`
     test images, made by the same code the study scored, from the dataset files when they are at hand."""
-    from attnrobust.corruptions import corrupt
-    from attnrobust.data import load_dataset
-    from attnrobust.report.figures import image_grid
-
     dataset = panel_dataset(d)
     try:
         images = load_dataset(dataset, "test", download=False)[0][:count].numpy()
@@ -283,7 +275,7 @@ def _sample_grid(grid: Grid, d: str, out: Path, count: int = 3) -> tuple[str | N
     except UserError as err:
         return None, f"corruption samples of {d} skipped: {err}"
     rel = f"figures/corruption_samples_{file_name_part(d)}.png"
-    image_grid(out / rel, f"{d}: each corruption at each severity, first {count} test images", rows,
+    figures.image_grid(out / rel, f"{d}: each corruption at each severity, first {count} test images", rows,
                _names(grid, d), ["clean"] + [f"severity {s}" for s in severities])
     return rel, None
 
@@ -291,8 +283,6 @@ def _sample_grid(grid: Grid, d: str, out: Path, count: int = 3) -> tuple[str | N
 def corruption_section(records: list[dict], rows: list[dict], out: Path, pairs=()) -> list[str]:
     """The README section (a missing sample grid says why in it); writes corruptions.csv, corruption_verdicts.csv
     and the figures into `out`."""
-    from attnrobust.report.readme import rows_csv
-
     corrupted = [r for r in records if is_corruption(r)]
     if not corrupted:
         return []

@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attnrobust.attacks import fgsm
+from attnrobust.checkpoint import load_model
+from attnrobust.data import DeviceLoader, get_spec, load_dataset
+from attnrobust.errors import UserError
+from attnrobust.models import attention_maps
 
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
@@ -110,8 +119,6 @@ def small_multiples(path: Path, title: str, panels: list[Panel], columns: int = 
 def image_grid(path: Path, title: str, rows: list[list], row_labels: list[str], col_labels: list[str]) -> None:
     """A mosaic of images, drawn as one picture: rows[i][j] is a batch (K x C x H x W, uint8) shown side by side
     in cell (i, j), e.g. corruption i at severity j. Grey images in grey, RGB as they are."""
-    import numpy as np
-
     k, c, h, w = np.asarray(rows[0][0]).shape
     gap = 2
     cell_w = k * (w + 1) - 1
@@ -143,15 +150,6 @@ def attention_figure(path: Path, checkpoint: Path, eps: float, count: int = 6) -
     Returns a one-line caption. Raises ImportError/UserError/OSError/RuntimeError when the checkpoint, the
     dataset files or a piece of the package is missing; the caller skips the figure then.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from attnrobust.attacks import fgsm
-    from attnrobust.checkpoint import load_model
-    from attnrobust.data import DeviceLoader, get_spec, load_dataset
-    from attnrobust.errors import UserError
-    from attnrobust.models import attention_maps
-
     model = load_model(checkpoint)
     dataset = model.meta["dataset"]
     spec = get_spec(dataset)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from attnrobust.errors import UserError
+from attnrobust.models import model_info
 from attnrobust.report.stats import mean_ci
 from attnrobust.results import CLEAN, Setting, panel_of, panel_width, setting_of
 
@@ -23,9 +25,6 @@ _ATTENTION_ORDER = {None: 0, "cbam": 1, "se": 2, "eca": 3, "mhsa": 4}
 def registered_info(name: str):
     """The registry's ModelInfo of `name` (a user's entry point: itself, attention unknown), or None for a name
     that is neither (e.g. a checkpoint told apart by its file name)."""
-    from attnrobust.errors import UserError
-    from attnrobust.models import model_info
-
     try:
         return model_info(name)
     except UserError:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from attnrobust.report import figures  # figures.curves looked up at call time (the tests draw placeholders)
+from attnrobust.report.figures import PALETTE, Panel, Series
 from attnrobust.report.grid import Grid
 from attnrobust.report.stats import mean_ci
 from attnrobust.report.tables import markdown_table
@@ -42,9 +44,7 @@ def _median_ci(values, level_z: float = 1.959963984540054) -> tuple[float, float
 
 def minimal_section(grid: Grid, out: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """The non-saturated white-box measure: median minimal eps per model, fine-grid robust accuracy, figures."""
-    from attnrobust.report.figures import PALETTE, Panel, Series, curves
-
-    lines, figures = [], []
+    lines, made = [], []
     for d in grid.datasets():
         models = [m for m in grid.models(d) if _minimal_records(grid, d, m)]
         if not models:
@@ -96,7 +96,7 @@ def minimal_section(grid: Grid, out: Path) -> tuple[list[str], list[tuple[str, s
                                 list(range(0, 17, 2))))
         if panels:
             rel = f"figures/minimal_eps_{file_name_part(d)}.png"
-            curves(out / rel, f"{d}: white-box robust accuracy on the fine eps grid", panels)
-            figures.append((rel, f"{d}: robust accuracy vs eps on the fine grid (PGD bisection per image), "
+            figures.curves(out / rel, f"{d}: white-box robust accuracy on the fine eps grid", panels)
+            made.append((rel, f"{d}: robust accuracy vs eps on the fine grid (PGD bisection per image), "
                                  f"attention model solid, its twin dashed, band = range over seeds"))
-    return lines, figures
+    return lines, made

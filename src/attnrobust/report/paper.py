@@ -12,9 +12,10 @@ import functools
 import json
 from importlib import resources
 
+from attnrobust.config import DEFAULTS
 from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.tables import column_titles
-from attnrobust.results import CLEAN, Setting
+from attnrobust.results import CLEAN, Setting, panel_dataset
 
 PAPER_N = 10000  # test images in the paper's evaluation (full CIFAR / Fashion-MNIST test split)
 # The depths of the paper's networks (a registered model's ModelInfo.base): anything else is a reduced model.
@@ -112,9 +113,6 @@ def comparison_rows(grid: Grid) -> list[dict]:
 
 def reduced_notes(grid: Grid, config: dict | None) -> list[str]:
     """Reasons why our numbers are only indicative next to the paper's (empty when the setup matches)."""
-    from attnrobust.config import DEFAULTS
-    from attnrobust.results import panel_dataset
-
     notes = []
     # the models set beside the paper's (paper_model), by what the registry says they are
     models = sorted({m for d in grid.datasets() for m in grid.models(d) if paper_model(m) is not None})

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
+from attnrobust.data import get_spec
 from attnrobust.errors import UserError
 from attnrobust.report.grid import Grid, model_sort_key, registered_info
 from attnrobust.report.paper import reduced_notes
@@ -25,7 +25,7 @@ from attnrobust.results import panel_dataset, panel_of
 class ReadmeInputs:
     """Everything the README shows: the run as read, and the report's parts built from it."""
 
-    run_dir: Path
+    name: str  # the run folder's name
     grid: Grid
     records: list[dict]
     config_text: str | None  # config.toml verbatim, None when absent
@@ -37,6 +37,7 @@ class ReadmeInputs:
     comparison: list[dict]  # our numbers beside the paper's
     figures: list[tuple[str, str]]  # (path relative to the report, caption), in README order
     notes: list[str]  # why figures are missing
+    checkpoint_args: list[dict]  # build arguments of each model checkpoint in the run folder ([] when none)
     minimal_lines: list[str]  # the minimal-eps section's Markdown, [] when not measured
     corruption_lines: list[str] = ()  # the common-corruptions section (report/corruptions.py), () when not measured
     corruption_summary: list[str] = ()  # its one-line answers, shown with the adversarial ones
@@ -182,11 +183,11 @@ def _kinds_matrix(found: list[dict]) -> list[str]:
             "minimal eps where measured):", "", markdown_table(header, body)]
 
 
-def _header(run_dir: Path, grid: Grid, records: list[dict], env: dict) -> list[str]:
+def _header(name: str, grid: Grid, records: list[dict], env: dict) -> list[str]:
     datasets = grid.datasets()
     models = sorted({m for d in datasets for m in grid.models(d)}, key=model_sort_key)
     ns = sorted({r["n"] for r in records})
-    lines = [f"# attnrobust report: {run_dir.resolve().name}", "",
+    lines = [f"# attnrobust report: {name}", "",
              "Does an attention module (CBAM) make an image classifier more or less robust to adversarial "
              "examples? A reproduction of Agrawal et al. (2021), *Impact of Attention on Adversarial Robustness "
              "of Image Classification Models*.", "",
@@ -208,7 +209,7 @@ def readme_text(inputs: ReadmeInputs) -> str:
     """The report's README.md: verdicts, threat model, deviations, minimal eps, tables, the paper, figures."""
     grid, rows, paired, comparison = inputs.grid, inputs.rows, inputs.paired, inputs.comparison
     several = len(grid.seeds()) > 1
-    out = _header(inputs.run_dir, grid, inputs.records, inputs.env)
+    out = _header(inputs.name, grid, inputs.records, inputs.env)
     out += ["", "## Verdicts", "",
             "Does attention help, hurt, is it equivalent within a declared margin, or can this study not tell? "
             "Each attention model is compared with "
@@ -261,7 +262,7 @@ def readme_text(inputs: ReadmeInputs) -> str:
     out += ["", "## Warnings", ""] + [line.strip() if not line.startswith("  ") else f"- {line.strip()}"
                                       for line in warnings_lines(inputs.records)]
     out += ["", "## Threat model", ""] + _threat_model(grid, inputs.records)
-    deviations = _deviations(inputs.run_dir, inputs.config)
+    deviations = _deviations(inputs.checkpoint_args, inputs.config)
     if deviations:
         out += ["", "## Deviations from the paper", ""] + [f"- {d}" for d in deviations]
     if inputs.minimal_lines:
@@ -328,8 +329,6 @@ def readme_text(inputs: ReadmeInputs) -> str:
 
 def _threat_model(grid: Grid, records: list[dict]) -> list[str]:
     """What the attacker may do, stated once: norm, budgets, pixels, random start, iterate rule."""
-    from attnrobust.data import get_spec
-
     lines = ["- Norm: L-inf; eps in [0, 1] pixel units (0.05 = 12.75/255). Models normalise inside, so the "
              "budget applies to raw pixels, clipped to [0, 1]."]
     for d in grid.datasets():
@@ -397,24 +396,13 @@ def _minimal_label(r: dict) -> str:
             "any other recorded white-box attack that broke the image")
 
 
-def _deviations(run_dir: Path, config: dict | None) -> list[str]:
+def _deviations(checkpoint_args: list[dict], config: dict | None) -> list[str]:
     """Where the run's models differ from the paper's recipe on purpose, with the reason (from the checkpoints'
     build arguments, so the report says what was actually trained; from the config's train.model_args when the
     folder holds no checkpoints, e.g. a published report rebuilt from its results)."""
-    from attnrobust.checkpoint import read_meta
-
     out = []
-    momenta = set()
-    paths = sorted((run_dir / "checkpoints").glob("*.safetensors")) if (run_dir / "checkpoints").is_dir() else []
-    paths = [p for p in paths if not p.name.endswith(".state.safetensors")]
-    for path in paths:
-        try:
-            args = read_meta(path).get("build_args") or {}
-        except UserError:
-            continue
-        if "cbam_bn_momentum" in args:
-            momenta.add(args["cbam_bn_momentum"])
-    if not paths and config:
+    momenta = {args["cbam_bn_momentum"] for args in checkpoint_args if "cbam_bn_momentum" in args}
+    if not checkpoint_args and config:
         models = (config.get("study") or {}).get("models") or []
         momentum = ((config.get("train") or {}).get("model_args") or {}).get("cbam_bn_momentum")
         if momentum is not None and any(getattr(registered_info(m), "attention", None) == "cbam" for m in models):

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnrobust.models import file_stem
-from attnrobust.report.figures import PALETTE, Panel, Series, curves
+from attnrobust.runfolder import file_stem
+from attnrobust.report import figures  # figures.curves looked up at call time (the tests draw placeholders)
+from attnrobust.report.figures import PALETTE, Panel, Series
 from attnrobust.report.tables import markdown_table
 from attnrobust.report.verdicts import format_diff, marked_verdict
 from attnrobust.results import file_name_part, panel_width
@@ -91,7 +92,7 @@ def width_figures(trend: list[dict], out: Path) -> list[tuple[str, str]]:
             rel = f"figures/width_trend_{file_name_part(panel)}_{file_stem(attn)}.png"
             caption = (f"{panel}: {attn} minus its twin {base} against network width, with 95% intervals "
                        f"(bands; each width its own paired comparison; above 0: attention more robust)")
-            curves(out / rel, f"{panel}: the attention gap against width", panels)
+            figures.curves(out / rel, f"{panel}: the attention gap against width", panels)
             made.append((rel, caption))
     return made
 
