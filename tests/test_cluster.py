@@ -130,9 +130,10 @@ def test_detached_submitit_run_is_collected_by_a_rerun_with_the_pools_bytes(tmp_
     assert "slurm: 4 done" in list_runs(tmp_path) and "4/4 jobs done" in list_runs(tmp_path)
     # the same study may be resumed with the local executor: only where jobs run changed
     from attnrobust.config import load_config
+    from attnrobust.runfolder import RunFolder
     from attnrobust.study import _claim_run_dir
 
-    _claim_run_dir(out, load_config("quick", [*SMALL, "eval.workers=2"]), is_main=True)
+    _claim_run_dir(RunFolder(out), load_config("quick", [*SMALL, "eval.workers=2"]), leader=True)
     stored = (out / "config.toml").read_text()
     assert 'executor = "local"' in stored and "[slurm]" not in stored
 

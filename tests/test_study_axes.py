@@ -107,6 +107,7 @@ def test_cli_run_bad_override_is_one_line(capsys, tmp_path):
 
 def test_study_refuses_a_folder_that_is_not_a_run_and_adopts_a_train_folder(tmp_path):
     from attnrobust.config import load_config
+    from attnrobust.runfolder import RunFolder
     from attnrobust.study import _claim_run_dir
 
     cfg = load_config("quick", TINY)
@@ -114,12 +115,12 @@ def test_study_refuses_a_folder_that_is_not_a_run_and_adopts_a_train_folder(tmp_
     other.mkdir()
     (other / "chapter1.tex").write_text("precious")
     with pytest.raises(UserError, match="not a run folder.*chapter1.tex"):
-        _claim_run_dir(other, cfg, is_main=True)
+        _claim_run_dir(RunFolder(other), cfg, leader=True)
     assert not (other / "config.toml").exists()
     trained = tmp_path / "trained"  # what `attnrobust train --out trained` leaves
     (trained / "checkpoints").mkdir(parents=True)
     (trained / "env.json").write_text("{}")
-    _claim_run_dir(trained, cfg, is_main=True)
+    _claim_run_dir(RunFolder(trained), cfg, leader=True)
     assert (trained / "config.toml").is_file()
 
 
