@@ -110,8 +110,10 @@ def test_slurm_without_submitit_and_detach_without_slurm_are_one_line(capsys, tm
 @pytest.mark.slow
 def test_detached_submitit_run_is_collected_by_a_rerun_with_the_pools_bytes(tmp_path, monkeypatch):
     _submitit()
-    monkeypatch.setenv("ATTNROBUST_THREADS", "1")  # the pool's workers take one thread each: so do the jobs
-    pool = run_study("quick", out=tmp_path / "pool", overrides=[*SMALL, "eval.workers=2"], quiet=True)
+    # one thread for the submitit jobs and for the local run they are compared with (in this process: the same
+    # bytes as the pool's one-thread workers, without spawning them)
+    monkeypatch.setenv("ATTNROBUST_THREADS", "1")
+    pool = run_study("quick", out=tmp_path / "pool", overrides=[*SMALL, "eval.workers=1"], quiet=True)
     overrides = [*SMALL, "eval.workers=2", "eval.executor='submitit-local'"]
     out = tmp_path / "slurm"
     run_study("quick", out=out, overrides=overrides, quiet=True, detach=True)
