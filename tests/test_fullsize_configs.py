@@ -41,16 +41,19 @@ TINY = [f"train.n_train={N}", f"train.batch_size={N}", "train.epochs=1", "train.
         "attack.autoattack_queries=2", "eval.workers=1",
         # the unbounded-eps check is 20 PGD steps per source whatever the size (tested at small size elsewhere)
         "attack.sanity_checks=false",
-        # one severity of each corruption the config lists: every family still runs through the full-size models,
-        # without five forwards of a ResNet-50 per corruption (tests/test_corruptions.py covers every severity)
+        # one severity (tests/test_corruptions.py covers every severity and corruption; here what matters is that
+        # corrupted batches of each shape run through the full-size models)
         "attack.severities=[3]"]
 
 
 def _tiny(config: str) -> list[str]:
-    """TINY, and the per-epoch PGD check of adversarial training on N_EVAL images too (it takes the first images of
+    """TINY, one corruption where the config scores them, and the per-epoch PGD check of adversarial training on
+    N_EVAL images too (it takes the first images of
     the whole test split, not of n_test), wherever the config sets the check: in [train] or in a regime."""
     cfg = load_config(config, TINY)
     extra = []
+    if cfg.attack.corruptions:  # one corruption, in both families (MNIST-C and CIFAR-10-C), instead of all 29
+        extra.append('attack.corruptions=["shot_noise"]')
     if cfg.train.get("adversarial", "none") != "none":
         extra.append(f"train.adv_check_n={N_EVAL}")
     if cfg.study.regimes:
