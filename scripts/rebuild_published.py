@@ -1,9 +1,10 @@
 """Rebuild a published study's report in place (results/NAME/) from its committed records, with the current code.
 
-A published folder is a run folder's report flattened beside the run's results.jsonl, config.toml, env.json and
-logs/ (no checkpoints: they are not committed). This rebuilds the report in a temporary run folder and puts its
-files back: README.md, the tables, verdicts, paired and paper-comparison files and figures/ (figures that need the
-checkpoints, the attention maps, are kept as the original run drew them).
+A published folder is a run folder's report flattened beside the run's results.jsonl, config.toml, env.json,
+power_plan.md, logs/ and, where they are committed, checkpoints/. This rebuilds the report in a temporary run folder
+of the same name (the report's title) and puts its files back: README.md, the tables, verdicts, paired and
+paper-comparison files and figures/ (the attention maps are drawn again where checkpoints/ is there and the
+dataset files are found, e.g. with ATTNROBUST_DATA; otherwise the ones the original run drew are kept).
 
 --recheck rewrites results.jsonl through evaluate.sanity_flags first, as a study does whenever it writes records:
 the cross-record flags are recomputed and each stored minimal eps is lowered to any recorded attack's radius that
@@ -23,18 +24,20 @@ from attnrobust.evaluate import sanity_flags
 from attnrobust.report import build_report
 from attnrobust.results import read_records, write_records
 
-RUN_FILES = ("results.jsonl", "config.toml", "env.json")
+RUN_FILES = ("results.jsonl", "config.toml", "env.json", "power_plan.md")
 
 
 def rebuild(published: Path, recheck: bool) -> None:
     if recheck:
         write_records(published / "results.jsonl", sanity_flags(read_records(published / "results.jsonl")))
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
+        run = Path(tmp) / published.resolve().name
         run.mkdir()
         for name in RUN_FILES:
             if (published / name).exists():
                 shutil.copy2(published / name, run / name)
+        if (published / "checkpoints").is_dir():
+            (run / "checkpoints").symlink_to((published / "checkpoints").resolve())
         report = build_report(run)
         for path in report.iterdir():
             target = published / path.name
