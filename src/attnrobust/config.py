@@ -466,7 +466,7 @@ class VerdictSection:
     """[verdict]: the equivalence margins a row is judged against, declared before the run.
 
     margin_pp = 2.0 (robust accuracy, percentage points): about the seed-to-seed standard deviation of one model's
-    robust accuracy in our runs (results/fashion-mnist-cpu: median 0.9 pp white-box, 2.0 pp in transfer); a
+    robust accuracy in our runs (results/fashion-mnist-cpu-3seeds: median 0.9 pp white-box, 2.0 pp in transfer); a
     difference a retraining moves by is not a property of the architecture. margin_eps = 0.5 (minimal eps, in
     1/255): half a step of the 1/255 grid the minimal eps is measured on, ~14% of a standard Fashion-MNIST model's
     mean minimal eps (3.7/255 there).

@@ -566,7 +566,7 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
     if power_only:
         if not plan_lines:
             raise UserError("--power-plan: set verdict.pilot to a previous run's folder (e.g. --set "
-                            "verdict.pilot=\"results/fashion-mnist-cpu\") to predict what this study can detect")
+                            "verdict.pilot=\"results/fashion-mnist-cpu-3seeds\") to predict what this study can detect")
         return folder.root
     with hold_run_lock(folder.root, is_main=leader):
         started = time.perf_counter()
