@@ -12,7 +12,7 @@ asks RunFolder for a path instead of joining names itself.
       report/          the report, swapped in whole
       slurm/           the Slurm ledger, job states and submitit's files, when jobs went to Slurm (cluster)
 
-NAME is `checkpoint_name(train config)`. This module imports no torch: `attnrobust ls` reads folders with it.
+NAME is `checkpoint_name(train config)`. This module imports no torch (config, results and numpy only).
 """
 
 from __future__ import annotations
