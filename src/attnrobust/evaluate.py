@@ -305,8 +305,16 @@ CORRUPTION_CACHE_BYTES = 1 << 30
 _CORRUPTED: dict[tuple, np.ndarray] = {}
 
 
-def _corrupted(pixels: np.ndarray, name: str, severity: int, dataset: str, where: np.ndarray) -> np.ndarray:
-    key = (dataset, name, severity, pixels.shape, hashlib.sha256(where.tobytes() + pixels.tobytes()).hexdigest())
+def _batch_digest(pixels: np.ndarray, where: np.ndarray) -> str:
+    """What identifies a batch in _CORRUPTED: its images' positions in the split and their bytes (once per batch,
+    not once per corruption and severity)."""
+    return hashlib.sha256(where.tobytes() + pixels.tobytes()).hexdigest()
+
+
+def _corrupted(pixels: np.ndarray, name: str, severity: int, dataset: str, where: np.ndarray,
+               digest: str) -> np.ndarray:
+    """The batch under one corruption and severity; `digest`: _batch_digest(pixels, where)."""
+    key = (dataset, name, severity, pixels.shape, digest)
     if key in _CORRUPTED:
         return _CORRUPTED[key]
     out = corrupt(pixels, name, severity, dataset=dataset, indices=where)
@@ -347,9 +355,10 @@ def corruption_scores(models: dict[str, nn.Module], loader, cfg: AttackConfig, *
             clean[m].append(predict(model, x) == y)
         # the loader's floats are its uint8 images / 255: back to the exact bytes the corruptions start from
         pixels = (x * 255).round().to(torch.uint8).cpu().numpy()
+        digest = _batch_digest(pixels, where)
         for c in names:
             for sev in severities:
-                bad = torch.from_numpy(_corrupted(pixels, c, sev, dataset, where)).to(x.device)
+                bad = torch.from_numpy(_corrupted(pixels, c, sev, dataset, where, digest)).to(x.device)
                 bad = bad.to(torch.float32).div_(255)
                 for m, model in models.items():
                     robust.setdefault((m, c, sev), []).append(predict(model, bad) == y)

@@ -449,7 +449,6 @@ def _power_plan(cfg: StudyConfig) -> list[str]:
     """The power plan's lines from cfg.verdict.pilot ([] without a pilot): what the study's seeds can detect."""
     if cfg.verdict.pilot is None:
         return []
-
     seeds = len(cfg.study.seeds)
     plan = power_plan(pilot_records(cfg.verdict.pilot), seeds, cfg.verdict, pairs=cfg.study.pairs or (),
                       min_clean_accuracy=cfg.eval.min_clean_accuracy)
