@@ -248,10 +248,14 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     groups = [(cfg.attack, *everything)] if subset is everything else \
         [(attack_cfg, *images) for attack_cfg, images in zip(_split_attacks(cfg), (everything, subset))
          if attack_cfg is not None]
+
+    def loader_of(x, y) -> DeviceLoader:  # this rank's share of the images; no test image dropped
+        return DeviceLoader(x, y, batch_size=cfg.eval.batch_size, device=device, rank=rank, world_size=world_size,
+                            equal_shards=False)
+
     records = []
     for attack_cfg, x, y, name in groups:
-        loader = DeviceLoader(x, y, batch_size=cfg.eval.batch_size, device=device, rank=rank,
-                              world_size=world_size, equal_shards=False)  # no test image dropped
+        loader = loader_of(x, y)
         records += craft_and_score(source, models, loader, attack_cfg, dataset=job.dataset, seed=job.seed,
                                    device=device, quiet=quiet, images=name)
         records += white_box_measures(models[job.model], loader, attack_cfg, dataset=job.dataset, name=job.model,
@@ -261,9 +265,7 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     # jobs' work, and their records (source = that model) would mark those jobs done before they ran.
     if cfg.attack.corruptions:
         x, y, name = everything if cfg.eval.corruption_images == "all" else subset
-        loader = DeviceLoader(x, y, batch_size=cfg.eval.batch_size, device=device, rank=rank,
-                              world_size=world_size, equal_shards=False)
-        records += corruption_scores(source, loader, cfg.attack, dataset=job.dataset, seed=job.seed,
+        records += corruption_scores(source, loader_of(x, y), cfg.attack, dataset=job.dataset, seed=job.seed,
                                      device=device, quiet=quiet, images=name)
     return with_cell(records, job.regime, job.width)
 
