@@ -15,7 +15,8 @@ import pytest
 from attnrobust.cli import main
 from attnrobust.errors import UserError
 from attnrobust.results import read_records
-from attnrobust.study import list_runs, run_study
+from attnrobust.runfolder import list_runs
+from attnrobust.study import run_study
 from test_study import TINY
 
 # two models, FGSM only: the smallest study with a transfer matrix (4 jobs)
@@ -145,18 +146,19 @@ def test_a_job_the_scheduler_lost_is_found_and_the_local_executor_keeps_off_it(t
     # study sees it as lost (and resubmits it, the path the failed job above takes); until then, ls shows it as
     # running and a local run of the same folder refuses to work beside it.
     _submitit()
-    from attnrobust.cluster import SubmititExecutor, job_key, ledger_path, status_path
+    from attnrobust.cluster import SubmititExecutor, job_key
+    from attnrobust.runfolder import RunFolder
     from attnrobust.config import load_config
-    from attnrobust.study import plan
+    from attnrobust.jobs import plan
 
     cfg = load_config("quick", [*SMALL, "eval.executor='submitit-local'"])
     out = tmp_path / "run"
     job = plan(cfg)[0]
     key = job_key(job)
-    ledger_path(out).parent.mkdir(parents=True)
-    ledger_path(out).write_text(json.dumps({key: {"id": "999999999", "attempt": 1, "job": str(job)}}))
-    status_path(out, key).parent.mkdir(parents=True)
-    status_path(out, key).write_text(json.dumps({"state": "running", "host": "node7"}))
+    RunFolder(out).slurm_ledger.parent.mkdir(parents=True)
+    RunFolder(out).slurm_ledger.write_text(json.dumps({key: {"id": "999999999", "attempt": 1, "job": str(job)}}))
+    RunFolder(out).slurm_status(key).parent.mkdir(parents=True)
+    RunFolder(out).slurm_status(key).write_text(json.dumps({"state": "running", "host": "node7"}))
     state, status = SubmititExecutor(cfg, out).state(key)
     assert state == "lost" and status["scheduler"] == "process gone"
     with pytest.raises(UserError, match=r"1 of its jobs were submitted to Slurm and have not finished; rerun with "
@@ -204,10 +206,10 @@ class FakeSlurm:
         """Run the submitted jobs of this kind not yet done, from their pickles, as submitit does on a node."""
         import submitit
 
-        from attnrobust.cluster import read_status
+        from attnrobust.runfolder import RunFolder
 
         for key, entry in json.loads((out / "slurm" / "jobs.json").read_text()).items():
-            if key.startswith(kind) and read_status(out, key).get("state") != "done":
+            if key.startswith(kind) and RunFolder(out).read_slurm_status(key).get("state") != "done":
                 paths = submitit.core.utils.JobPaths(out / "slurm" / "logs", job_id=entry["id"])
                 try:
                     submitit.core.utils.DelayedSubmission.load(paths.submitted_pickle).result()
@@ -223,7 +225,7 @@ def test_slurm_path_with_a_fake_sbatch_and_jobs_run_as_a_node_would(tmp_path, mo
     _submitit()
     from attnrobust.cluster import SubmititExecutor, job_key
     from attnrobust.config import load_config
-    from attnrobust.study import plan
+    from attnrobust.jobs import plan
 
     overrides = [*SMALL, "eval.executor=slurm", "slurm.partition=gpu", "slurm.qos=high", "slurm.timeout_min=60",
                  "slurm.array_parallelism=1"]
@@ -248,18 +250,18 @@ def test_slurm_path_with_a_fake_sbatch_and_jobs_run_as_a_node_would(tmp_path, mo
     assert "slurm: 2 queued;" in list_runs(out.parent)  # submitted, not started (no sacct here: UNKNOWN)
 
     # one training job fails on its node
-    from attnrobust import study
+    from attnrobust import cluster
 
-    real_train = study.run_train_job
+    real_train = cluster.run_train_job
 
     def fails_for_resnet(cfg, job, *args, **kwargs):
         if job.model == "resnet14":
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real_train(cfg, job, *args, **kwargs)
 
-    monkeypatch.setattr(study, "run_train_job", fails_for_resnet)
+    monkeypatch.setattr(cluster, "run_train_job", fails_for_resnet)
     run_on_nodes("train")
-    monkeypatch.setattr(study, "run_train_job", real_train)
+    monkeypatch.setattr(cluster, "run_train_job", real_train)
     assert "slurm: 1 failed, 1 done;" in list_runs(out.parent)
     # a study waiting for it stops with one line naming the job, its error and its log
     waiting = SubmititExecutor(load_config("quick", overrides), out)
@@ -290,7 +292,7 @@ def test_a_job_whose_node_is_lost_is_resubmitted_and_resumes_from_its_checkpoint
 
     from attnrobust import train as training
     from attnrobust.config import load_config
-    from attnrobust.study import plan
+    from attnrobust.jobs import plan
 
     overrides = [*SMALL, "study.models=['resnet14']", "train.epochs=2", "eval.executor=slurm"]
     out = tmp_path / "runs" / "lost"

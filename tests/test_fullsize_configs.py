@@ -26,7 +26,8 @@ import pytest
 
 from attnrobust.config import SHIPPED, load_config
 from attnrobust.results import read_records, regime_of, width_of
-from attnrobust.study import plan, run_study
+from attnrobust.jobs import plan
+from attnrobust.study import run_study
 from conftest import SHARED_DATA
 
 N = 2  # training images

@@ -15,7 +15,8 @@ import pytest
 from attnrobust.cli import main
 from attnrobust.errors import UserError
 from attnrobust.results import read_records
-from attnrobust.study import list_runs, run_study
+from attnrobust.runfolder import list_runs
+from attnrobust.study import run_study
 from conftest import use_placeholder_figures
 
 MODELS = ["resnet14", "cbam_resnet14", "vgg16_bn"]
@@ -91,12 +92,12 @@ def test_rerun_of_finished_study_does_nothing_new(tiny_run):
 def test_corruptions_can_be_scored_on_the_strong_subset(tiny_run):
     """eval.corruption_images = "strong": the corruptions go to the seeded strong_n subset, paired with the PGD
     records' images (the same clean outcomes), and the job's other records are unchanged."""
-    import attnrobust.study as study
+    import attnrobust.jobs as jobs
     from attnrobust.config import load_config
 
     cfg = load_config("quick", [*TINY, "eval.corruption_images=\"strong\""])
-    job = next(j for j in study.plan(cfg) if j.kind == "attack" and j.model == "resnet14")
-    records = study.run_attack_job(cfg, job, tiny_run, device="cpu", quiet=True)
+    job = next(j for j in jobs.plan(cfg) if j.kind == "attack" and j.model == "resnet14")
+    records = jobs.run_attack_job(cfg, job, tiny_run, device="cpu", quiet=True)
     corrupted = [r for r in records if r["attack"] == "corruption"]
     pgd = next(r for r in records if r["attack"] == "pgd" and r["target"] == "resnet14")
     assert len(corrupted) == 4 * 3 and {(r["n"], r["images"], r["clean_bits"]) for r in corrupted} == \
@@ -118,9 +119,9 @@ def test_changed_config_in_existing_folder_is_refused(tiny_run):
 
 
 def test_interrupted_study_resumes_to_the_same_results(tiny_run, tmp_path, monkeypatch):
-    import attnrobust.study as study
+    import attnrobust.jobs as jobs
 
-    real_craft, calls = study.craft_and_score, []
+    real_craft, calls = jobs.craft_and_score, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -130,12 +131,12 @@ def test_interrupted_study_resumes_to_the_same_results(tiny_run, tmp_path, monke
 
     out = tmp_path / "resumed"
     shutil.copytree(tiny_run / "checkpoints", out / "checkpoints")  # trained: the interruption is in the attacks
-    monkeypatch.setattr(study, "craft_and_score", interrupted)
+    monkeypatch.setattr(jobs, "craft_and_score", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_study("quick", out=out, overrides=TINY, quiet=True)
     # the first job only, whole (+ minimal, + 4 corruptions x 3 severities)
     assert len(read_records(out / "results.jsonl")) == 3 * (3 + 3) + 1 + 4 * 3
-    monkeypatch.setattr(study, "craft_and_score", real_craft)
+    monkeypatch.setattr(jobs, "craft_and_score", real_craft)
     run_study("quick", out=out, overrides=TINY, quiet=True)
     assert _stable(read_records(out / "results.jsonl")) == _stable(read_records(tiny_run / "results.jsonl"))
 
@@ -183,7 +184,7 @@ def test_ls_shows_jobs_and_report(tiny_run, capsys):
 def test_a_cells_attack_jobs_load_its_checkpoints_once(tiny_run, tmp_path):
     import torch
 
-    from attnrobust.study import _cell_models
+    from attnrobust.jobs import _cell_models
 
     paths = sorted((tiny_run / "checkpoints").glob("*.safetensors"))
     first = _cell_models(paths, torch.device("cpu"), [])

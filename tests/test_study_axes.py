@@ -14,7 +14,8 @@ import pytest
 from attnrobust.cli import main
 from attnrobust.errors import UserError
 from attnrobust.results import read_records
-from attnrobust.study import list_runs, run_study
+from attnrobust.runfolder import list_runs
+from attnrobust.study import run_study
 from test_study import TINY
 
 
@@ -42,9 +43,10 @@ def test_attack_jobs_start_once_their_cell_is_trained(tmp_path, monkeypatch):
 
     from attnrobust import study
     from attnrobust.config import load_config
+    from attnrobust.jobs import plan
 
     cfg = load_config("quick", [*TINY, "study.seeds=[0, 1]", "eval.workers=2"])
-    jobs = study.plan(cfg)
+    jobs = plan(cfg)
     events = []
 
     class RunAtSubmit:
@@ -81,6 +83,7 @@ def test_a_failed_job_cancels_the_queued_ones(tmp_path):
 
     from attnrobust import study
     from attnrobust.config import load_config
+    from attnrobust.jobs import plan
 
     cfg = load_config("quick", [*TINY, "study.seeds=[0, 1]", "eval.workers=2"])
     futures = []
@@ -94,7 +97,7 @@ def test_a_failed_job_cancels_the_queued_ones(tmp_path):
             return future
 
     with pytest.raises(UserError, match="the first job failed"):
-        study._execute(study.plan(cfg), cfg, tmp_path, torch.device("cpu"), None, True, {}, FirstFails())
+        study._execute(plan(cfg), cfg, tmp_path, torch.device("cpu"), None, True, {}, FirstFails())
     assert len(futures) == 6 and all(f.cancelled() for f in futures[1:])  # the 6 training jobs; no attack yet
 
 

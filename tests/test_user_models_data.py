@@ -321,7 +321,7 @@ def test_malformed_image_folders(tmp_path):
 
 def test_ls_never_imports_the_user_code_a_run_names(tmp_path):
     # listing a folder of runs someone else made must not run their code
-    from attnrobust.study import list_runs
+    from attnrobust.runfolder import list_runs
 
     run = tmp_path / "runs" / "theirs"
     run.mkdir(parents=True)

@@ -196,7 +196,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from attnrobust.study import list_runs
+    from attnrobust.runfolder import list_runs
 
     print(list_runs(args.runs))
     return 0

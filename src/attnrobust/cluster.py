@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +44,7 @@ import torch
 
 from attnrobust.config import load_config
 from attnrobust.errors import UserError
+from attnrobust.jobs import run_attack_job, run_train_job
 from attnrobust.runfolder import RunFolder, checkpoint_name
 from attnrobust.runtime import atomic_write, set_threads
 
@@ -96,12 +96,8 @@ def submitit_parameters(cfg, cluster: str) -> dict:
 # ---- in the job: what runs on a node --------------------------------------------------------------------------
 
 
-def status_path(run_dir: Path, key: str) -> Path:
-    return RunFolder(run_dir).slurm / "status" / f"{key}.json"
-
-
 def _write_status(run_dir: Path, key: str, status: dict) -> None:
-    atomic_write(status_path(run_dir, key), json.dumps(status, allow_nan=False))
+    atomic_write(RunFolder(run_dir).slurm_status(key), json.dumps(status, allow_nan=False))
 
 
 @dataclass(frozen=True)
@@ -109,7 +105,7 @@ class SubmittedJob:
     """What submitit pickles and runs on a node: one study job and the paths it needs (the config is reloaded
     from RUN/config.toml there)."""
 
-    job: object  # attnrobust.study.Job
+    job: object  # attnrobust.jobs.Job
     key: str
     run_dir: str
     device: str | None = None
@@ -129,8 +125,6 @@ class SubmittedJob:
 
 def run_submitted(job, key: str, run_dir: Path, device: str | None, data_dir: str | None) -> None:
     """Run one study job in this process and write its status file ("running", then "done" or "failed")."""
-    from attnrobust.study import run_attack_job, run_train_job  # here: the study imports this module
-
     _write_status(run_dir, key, {"state": "running", "host": socket.gethostname(),
                                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     try:
@@ -152,28 +146,6 @@ def run_submitted(job, key: str, run_dir: Path, device: str | None, data_dir: st
 # ---- in the study process --------------------------------------------------------------------------------------
 
 
-def read_status(run_dir: Path, key: str) -> dict:
-    """What a job last wrote of itself ({} if nothing yet: the writes are atomic, so a file is whole or absent)."""
-    try:
-        return json.loads(status_path(run_dir, key).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def ledger_path(run_dir: Path) -> Path:
-    return RunFolder(run_dir).slurm / "jobs.json"
-
-
-def read_ledger(run_dir: Path) -> dict[str, dict]:
-    """{job key: {"id": Slurm job id, "attempt": n, "job": its description}} of every job handed to Slurm."""
-    path = ledger_path(run_dir)
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path} is unreadable ({err}); cancel the study's Slurm jobs and remove it to start "
-                        f"their bookkeeping afresh") from None
-
-
 def _pid_alive(pid: str) -> bool:
     """submitit's local executor names a job by its controller's process id: alive unless gone or a zombie."""
     try:
@@ -189,19 +161,20 @@ class SubmititExecutor:
                  poll_s: float | None = None):
         self.submitit = import_submitit()
         self.cfg, self.run_dir, self.device, self.say = cfg, Path(run_dir), device, say
+        self.run = RunFolder(run_dir)
         self.data_dir = None if data_dir is None else str(data_dir)
         self.cluster = "slurm" if cfg.eval.executor == "slurm" else "local"
         # how often a waiting study looks at the status files; Slurm's own state (sacct, a database everyone
         # shares) is asked through submitit's watcher, which spaces its calls out to minutes
         self.poll_s = poll_s if poll_s is not None else (30.0 if self.cluster == "slurm" else 0.2)
-        self.folder = RunFolder(self.run_dir).slurm / "logs"
+        self.folder = self.run.slurm / "logs"
         try:
             self.executor = self.submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
         except RuntimeError as err:  # no srun here: not a Slurm machine
             raise UserError(f"eval.executor = \"slurm\": {err} Run the study from a machine of the cluster (a "
                             f"login node), or set eval.executor = \"local\"") from None
         self.executor.update_parameters(**submitit_parameters(cfg, self.cluster))
-        self.ledger = read_ledger(self.run_dir)
+        self.ledger = self.run.read_ledger()
         self.running: dict[str, object] = {}  # key -> Job, handed to us and not yet reported
         self.handles: dict[str, object] = {}  # key -> submitit Job
         if self.cluster == "slurm":
@@ -227,7 +200,7 @@ class SubmititExecutor:
 
     def state(self, key: str) -> tuple[str, dict]:
         """("done" | "failed" | "queued" | "running" | "lost" | "new", the job's status) of a job key."""
-        status = read_status(self.run_dir, key)
+        status = self.run.read_slurm_status(key)
         if status.get("state") in ("done", "failed"):
             return status["state"], status
         if key not in self.ledger:
@@ -235,7 +208,7 @@ class SubmititExecutor:
         alive, name = self._scheduler_alive(key)
         if alive:
             return ("running" if status or name.startswith("RUNNING") else "queued"), status
-        status = read_status(self.run_dir, key)  # it may have finished between the two reads
+        status = self.run.read_slurm_status(key)  # it may have finished between the two reads
         if status.get("state") in ("done", "failed"):
             return status["state"], status
         return "lost", {**status, "scheduler": name}
@@ -262,7 +235,7 @@ class SubmititExecutor:
                 # (no ledger entry: jobs.json was removed, its status files were not)
                 attempt = self.ledger.get(key, {}).get("attempt", "?")
                 self.say(f"  resubmit {job}  (attempt {attempt} {why})")
-                status_path(self.run_dir, key).unlink(missing_ok=True)
+                self.run.slurm_status(key).unlink(missing_ok=True)
             new.append((key, job))
         if not new:
             return
@@ -283,7 +256,7 @@ class SubmititExecutor:
         self.say(f"  submitted {len(new)} {new[0][1].kind} job{where}")
 
     def _write_ledger(self) -> None:
-        atomic_write(ledger_path(self.run_dir), json.dumps(self.ledger, indent=1, sort_keys=True) + "\n")
+        atomic_write(self.run.slurm_ledger, json.dumps(self.ledger, indent=1, sort_keys=True) + "\n")
 
     def busy(self) -> bool:
         return bool(self.running)
@@ -313,15 +286,3 @@ class SubmititExecutor:
         # Nothing: submitted jobs hold GPU hours already queued for or spent, and their results stay useful; the
         # next run collects them (a user who wants them gone runs scancel on the ids in RUN/slurm/jobs.json).
         pass
-
-
-def job_states(run_dir: Path) -> dict[str, int]:
-    """{state: count} of the jobs a run handed to Slurm, from the files alone (no scheduler asked): queued
-    (submitted, not started), running (started; or lost, which the next run finds out), done, failed."""
-    try:
-        ledger = read_ledger(run_dir)
-    except UserError:
-        return {"unreadable": 1}
-    counts = Counter({"running": "running", "done": "done", "failed": "failed"}.get(
-        read_status(run_dir, key).get("state"), "queued") for key in ledger)
-    return {s: counts[s] for s in ("queued", "running", "failed", "done") if counts[s]}

@@ -105,6 +105,16 @@ def width_of(record: dict[str, Any]) -> int | None:
     return record.get("width")
 
 
+def attack_job_of(record: dict[str, Any]) -> tuple:
+    """The attack job (dataset, regime, width, source, seed) that wrote a record (attnrobust.jobs.Job.key)."""
+    return (record["dataset"], regime_of(record), width_of(record), record["source"], record["seed"])
+
+
+def attack_jobs_done(records: Iterable[dict[str, Any]]) -> set[tuple]:
+    """attack_job_of every record: the attack jobs whose records are in the results (a job is written whole)."""
+    return {attack_job_of(r) for r in records}
+
+
 def panel_of(record: dict[str, Any]) -> str:
     """What the report compares within: the dataset, then " · regime" for a non-standard training regime and
     " · width W" in a study that crosses widths (models are only ever compared with, and transferred to, models

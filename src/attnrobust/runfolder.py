@@ -12,7 +12,8 @@ asks RunFolder for a path instead of joining names itself.
       report/          the report, swapped in whole
       slurm/           the Slurm ledger, job states and submitit's files, when jobs went to Slurm (cluster)
 
-NAME is `checkpoint_name(train config)`. This module imports no torch (config, results and numpy only).
+NAME is `checkpoint_name(train config)`. `list_runs` (`attnrobust ls`) reads run folders with this module alone.
+This module imports no torch (config, results and numpy only), so `ls` starts without it.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import hashlib
 import json
 import re
 import tomllib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnrobust.config import DEFAULTS, TrainConfig, regime_label
+from attnrobust.config import DEFAULTS, REGIME_KEYS, TrainConfig, regime_label
 from attnrobust.errors import UserError
-from attnrobust.results import STANDARD, file_name_part, read_records
+from attnrobust.results import STANDARD, attack_jobs_done, file_name_part, read_records
 
-__all__ = ["RunFolder", "checkpoint_name", "file_stem"]
+__all__ = ["RunFolder", "checkpoint_name", "file_stem", "list_runs"]
 
 
 def file_stem(name: str) -> str:
@@ -105,6 +107,15 @@ class RunFolder:
     def slurm(self) -> Path:
         return self.root / "slurm"
 
+    @property
+    def slurm_ledger(self) -> Path:
+        """{job key: {"id", "attempt", "job"}} of every job handed to Slurm (attnrobust.cluster)."""
+        return self.slurm / "jobs.json"
+
+    def slurm_status(self, key: str) -> Path:
+        """What a Slurm job last wrote of itself: {"state": "running" | "done" | "failed", ...}."""
+        return self.slurm / "status" / f"{key}.json"
+
     # -- one training run's files
     def checkpoint(self, cfg: TrainConfig) -> Path:
         return self.checkpoints / f"{checkpoint_name(cfg)}.safetensors"
@@ -137,3 +148,83 @@ class RunFolder:
             return tomllib.loads(self.config.read_text())
         except (OSError, tomllib.TOMLDecodeError) as err:
             raise UserError(f"{self.config} is unreadable ({err}); use a new --out folder") from None
+
+    def read_ledger(self) -> dict[str, dict]:
+        """The Slurm ledger ({} when no job went to Slurm)."""
+        path = self.slurm_ledger
+        try:
+            return json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path} is unreadable ({err}); cancel the study's Slurm jobs and remove it to start "
+                            f"their bookkeeping afresh") from None
+
+    def read_slurm_status(self, key: str) -> dict:
+        """A Slurm job's status ({} if nothing yet: the writes are atomic, so a file is whole or absent)."""
+        try:
+            return json.loads(self.slurm_status(key).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def slurm_job_states(self) -> dict[str, int]:
+        """{state: count} of the jobs handed to Slurm, from the files alone (no scheduler asked): queued
+        (submitted, not started), running (started; or lost, which the next run finds out), done, failed."""
+        try:
+            ledger = self.read_ledger()
+        except UserError:
+            return {"unreadable": 1}
+        counts = Counter({"running": "running", "done": "done", "failed": "failed"}.get(
+            self.read_slurm_status(key).get("state"), "queued") for key in ledger)
+        return {s: counts[s] for s in ("queued", "running", "failed", "done") if counts[s]}
+
+
+# ---- `attnrobust ls` ---------------------------------------------------------------------------------------------
+
+
+def _cluster_line(folder: RunFolder) -> str:
+    """The states of the jobs a run handed to Slurm ("" if none): e.g. "slurm: 3 queued, 1 running, 2 done; "."""
+    if not folder.slurm_ledger.exists():
+        return ""
+    states = folder.slurm_job_states()
+    return f"slurm: {', '.join(f'{n} {state}' for state, n in states.items())}; "
+
+
+def list_runs(runs_dir: str | Path = "runs") -> str:
+    """One line per run folder under runs_dir: its config, how many jobs are done, and where its report is.
+
+    Reads config.toml as plain data and never validates it: validating imports the user models it names, and
+    listing a folder of runs someone else made must not run their code. A training job counts as done when its
+    checkpoint is there without a resume state beside it (a run still in progress keeps one). A run whose jobs
+    went to Slurm also shows how many of those are queued, running, failed and done (their status files).
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"{runs_dir} is not a folder; run `attnrobust run` first or name the folder of runs")
+    rows = []
+    for run_dir in sorted(p for p in runs_dir.iterdir() if RunFolder(p).config.is_file()):
+        folder = RunFolder(run_dir)
+        try:
+            data = tomllib.loads(folder.config.read_text())
+            study, train = data.get("study", {}), data.get("train", {})
+            datasets, models, seeds = (list(study.get(k, [])) for k in ("datasets", "models", "seeds"))
+            # only the regime keys: they name the regime and its checkpoints (nothing here builds a model)
+            regimes = [{k: v for k, v in {**train, **r}.items() if k in REGIME_KEYS}
+                       for r in study.get("regimes") or [{}]]
+            axis = study.get("widths") or []
+            widths = [{"width": w} for w in axis] or [{"width": train["width"]} if "width" in train else {}]
+            # (the job's TrainConfig, its seed, the width its records carry: only a study crossing widths labels them)
+            cells = [(TrainConfig.for_dataset(d, model=str(m), seed=s, **r, **w), s, w["width"] if axis else None)
+                     for d in datasets for r in regimes for w in widths for m in models for s in seeds]
+            attacked = attack_jobs_done(folder.read_results())
+        except (UserError, OSError, tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as err:
+            rows.append(f"{run_dir.name}: unreadable ({err})")
+            continue
+        trained = sum(folder.checkpoint(c).is_file() and not folder.train_state(c).exists() for c, _, _ in cells)
+        done = trained + sum((c.dataset, regime_label(c), w, c.model, s) in attacked for c, s, w in cells)
+        labels = list(dict.fromkeys(regime_label(c) for c, _, _ in cells))
+        if axis:
+            labels.append(f"widths {','.join(map(str, axis))}")
+        report = folder.report / "README.md"
+        rows.append(f"{run_dir.name}: {','.join(datasets)} x {','.join(map(str, models))} x seeds "
+                    f"{','.join(map(str, seeds))}; trained {'; '.join(labels)}; {done}/{2 * len(cells)} jobs done; "
+                    f"{_cluster_line(folder)}report: {report if report.exists() else '(none yet)'}")
+    return "\n".join(rows) if rows else f"no runs in {runs_dir}"

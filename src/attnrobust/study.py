@@ -37,91 +37,27 @@ import multiprocessing
 import os
 import sys
 import time
-import tomllib
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from attnrobust.checkpoint import load_model
-from attnrobust.cluster import SubmititExecutor, job_states, ledger_path
-from attnrobust.config import REGIME_KEYS, StudyConfig, TrainConfig, load_config, regime_label, to_toml
-from attnrobust.data import DeviceLoader, load_dataset
+from attnrobust.cluster import SubmititExecutor
+from attnrobust.config import StudyConfig, load_config, to_toml
 from attnrobust.distributed import broadcast_flags, dist_info, init_distributed, is_main
 from attnrobust.errors import UserError
-from attnrobust.evaluate import (clear_corruption_cache, corruption_scores, craft_and_score, sanity_flags,
-                                 white_box_measures)
-from attnrobust.models import is_user_model
+from attnrobust.evaluate import clear_corruption_cache, sanity_flags
+from attnrobust.jobs import (Job, forget_cell_models, plan, run_attack_job, run_in_worker, run_train_job,
+                             start_worker)
 from attnrobust.report import build_report
 from attnrobust.report.power import pilot_records, power_plan, power_plan_lines
-from attnrobust.results import STANDARD, regime_of, width_of, with_cell, write_records
+from attnrobust.results import STANDARD, attack_job_of, attack_jobs_done, write_records
 from attnrobust.runfolder import RunFolder
-from attnrobust.runlock import die_with_parent, hold_run_lock
+from attnrobust.runlock import hold_run_lock
 from attnrobust.runtime import atomic_write, resolve_device, set_threads, write_env_json
-from attnrobust.train import is_finished, train
-
-
-@dataclass(frozen=True)
-class Job:
-    kind: str  # "train" or "attack" (the attack job of source `model`)
-    dataset: str
-    model: str
-    seed: int
-    regime: str = STANDARD  # the training regime's label (config.regime_label)
-    width: int | None = None  # one of study.widths; None: the study does not cross widths
-    # (model, TrainConfig) of every model of the job's cell, in study.models order, built and checked once by
-    # plan(): a training job trains its own model's, an attack job loads every one's checkpoint. Not part of the
-    # job's identity (the fields above are).
-    configs: tuple[tuple[str, TrainConfig], ...] = field(default=(), compare=False, repr=False)
-
-    def __str__(self) -> str:
-        regime = "" if self.regime == STANDARD else f" [{self.regime}]"
-        width = "" if self.width is None else f" width {self.width}"
-        return f"{self.kind:<6} {self.dataset}{regime}{width} {self.model} seed {self.seed}"
-
-    @property
-    def key(self) -> tuple:
-        """(dataset, regime, width, model, seed): what identifies the job, as `_job_key` reads it off a record of
-        an attack job."""
-        return (self.dataset, self.regime, self.width, self.model, self.seed)
-
-    @property
-    def cell(self) -> tuple:
-        """(dataset, regime, width, seed): the models trained the same way that this job's model is compared with
-        and transferred to."""
-        return (self.dataset, self.regime, self.width, self.seed)
-
-    @property
-    def train(self) -> TrainConfig:
-        """The TrainConfig of this job's model."""
-        return dict(self.configs)[self.model]
-
-
-def plan(cfg: StudyConfig) -> list[Job]:
-    """Every job of the study in the order it runs: all training, then all attacks (dataset, regime, width, seed,
-    model), each carrying the TrainConfigs of its cell (Job.configs)."""
-    cells = {}
-    for d in cfg.study.datasets:
-        for r, regime in cfg.regimes_of(d).items():
-            for w in cfg.widths_of():
-                for s in cfg.study.seeds:
-                    cells[(d, r, w, s)] = tuple((m, cfg.train_config(d, m, s, regime, w)) for m in cfg.study.models)
-    return [Job(kind, d, m, s, r, w, configs) for kind in ("train", "attack")
-            for (d, r, w, s), configs in cells.items() for m, _ in configs]
-
-
-def attack_jobs_done(records: list[dict]) -> set[tuple]:
-    """(dataset, regime, width, source, seed) of every attack job whose records are in the results (jobs are
-    written whole)."""
-    return {_job_key(r) for r in records}
-
-
-def _job_key(record: dict) -> tuple:
-    """The attack job (dataset, regime, width, source, seed) that wrote a record."""
-    return (record["dataset"], regime_of(record), width_of(record), record["source"], record["seed"])
+from attnrobust.train import is_finished
 
 
 def _what_runs(data: dict) -> dict:
@@ -159,16 +95,17 @@ def _claim_run_dir(folder: RunFolder, cfg: StudyConfig, leader: bool) -> None:
             atomic_write(stored, to_toml(wanted))
 
 
-def _refuse_if_slurm_jobs_unfinished(run_dir: Path) -> None:
+def _refuse_if_slurm_jobs_unfinished(folder: RunFolder) -> None:
     """The local executor must not train or attack what a Slurm job of the same folder may be writing."""
-    if not ledger_path(run_dir).exists():
+    if not folder.slurm_ledger.exists():
         return
-    states = job_states(run_dir)
+    run_dir = folder.root
+    states = folder.slurm_job_states()
     busy = states.get("queued", 0) + states.get("running", 0)
     if busy:
         raise UserError(f"{run_dir}: {busy} of its jobs were submitted to Slurm and have not finished; rerun with "
                         f"eval.executor = \"slurm\" to collect them (a lost one is resubmitted), or scancel the ids "
-                        f"in {ledger_path(run_dir)} and remove that file to run them here")
+                        f"in {folder.slurm_ledger} and remove that file to run them here")
 
 
 def _say(message: str) -> None:
@@ -180,107 +117,6 @@ def _say(message: str) -> None:
 def _agree_on_pending(pending: list[bool]) -> list[bool]:
     """Under torchrun every rank must run the same attack jobs (they all-reduce counts): rank 0's view wins."""
     return broadcast_flags(pending)
-
-
-# ---- the jobs (plain functions of plain arguments, so a worker process can run them) ----------------------------
-
-
-def _test_images(cfg: StudyConfig, dataset: str, data_dir):
-    """(images, labels, name) of all attacked test images, and (images, labels, name) of the strong subset."""
-    images, labels = load_dataset(dataset, "test", data_dir=data_dir)
-    if cfg.eval.n is not None:
-        images, labels = images[:cfg.eval.n], labels[:cfg.eval.n]
-    n = len(labels)
-    everything = (images, labels, f"test[:{n}]")
-    k = cfg.eval.strong_n
-    if k is None or k >= n:
-        return everything, everything
-    # a fixed seeded subset, the same for every model and seed (comparisons stay paired), kept in test order
-    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.eval.subset_seed))[:k].sort().values
-    return everything, (images[chosen], labels[chosen], f"test[:{n}], {k} drawn with seed {cfg.eval.subset_seed}")
-
-
-def _split_attacks(cfg: StudyConfig):
-    """The attack config for all images (FGSM) and the one for the strong subset (the rest)."""
-    cheap = [a for a in cfg.attack.attacks if a == "fgsm"]
-    strong = [a for a in cfg.attack.attacks if a != "fgsm"]
-    # the unbounded-eps sanity check runs once per source, with the first group that runs
-    return (replace(cfg.attack, attacks=cheap) if cheap else None,
-            replace(cfg.attack, attacks=strong, sanity_checks=cfg.attack.sanity_checks and not cheap)
-            if strong else None)
-
-
-def run_train_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, data_dir=None,
-                  quiet: bool = False) -> Path:
-    return train(job.train, run_dir, device=device, data_dir=data_dir, quiet=quiet)
-
-
-# The models of the cell (Job.cell) whose attack jobs this process ran last, by checkpoint and file
-# identity: a cell's jobs run one after another (plan order) and each needs every model of the cell, so one
-# process loads each checkpoint once instead of once per job (a ResNet-50 load, checksum included, costs about a
-# third of a second of CPU). Only one cell is held; a rewritten checkpoint has another identity.
-_CELL: dict[tuple, object] = {}
-
-
-def _cell_models(paths: list[Path], device, allow_code) -> list:
-    try:
-        stats = [p.stat() for p in paths]
-    except OSError:  # a missing checkpoint: load_model says so in one line
-        return [load_model(p, device=device, allow_code=allow_code) for p in paths]
-    keys = [(str(p), st.st_mtime_ns, st.st_size, str(device)) for p, st in zip(paths, stats)]
-    if list(_CELL) != keys:
-        _CELL.clear()
-        _CELL.update({k: load_model(p, device=device, allow_code=allow_code) for k, p in zip(keys, paths)})
-    return [_CELL[k] for k in keys]
-
-
-def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, data_dir=None,
-                   quiet: bool = False) -> list[dict]:
-    """The records of one source: its row of the transfer matrix and its white-box measures."""
-    device = resolve_device(device)
-    rank, world_size, _ = dist_info()
-    # The study's own config names its user models: their checkpoints may run that code (nothing else).
-    own_code = [m for m in cfg.study.models if is_user_model(m)]
-    paths = [RunFolder(run_dir).checkpoint(c) for _, c in job.configs]
-    models = dict(zip(cfg.study.models, _cell_models(paths, device, own_code)))
-    source = {job.model: models[job.model]}
-    everything, subset = _test_images(cfg, job.dataset, data_dir)
-    groups = [(cfg.attack, *everything)] if subset is everything else \
-        [(attack_cfg, *images) for attack_cfg, images in zip(_split_attacks(cfg), (everything, subset))
-         if attack_cfg is not None]
-
-    def loader_of(x, y) -> DeviceLoader:  # this rank's share of the images; no test image dropped
-        return DeviceLoader(x, y, batch_size=cfg.eval.batch_size, device=device, rank=rank, world_size=world_size,
-                            equal_shards=False)
-
-    records = []
-    for attack_cfg, x, y, name in groups:
-        loader = loader_of(x, y)
-        records += craft_and_score(source, models, loader, attack_cfg, dataset=job.dataset, seed=job.seed,
-                                   device=device, quiet=quiet, images=name)
-        records += white_box_measures(models[job.model], loader, attack_cfg, dataset=job.dataset, name=job.model,
-                                      seed=job.seed, device=device, quiet=quiet, images=name)
-    # Common corruptions, on all attacked images or the strong subset (eval.corruption_images), scored on the source
-    # only: a corrupted image depends on no model, so scoring every model of the cell here would do the cell's other
-    # jobs' work, and their records (source = that model) would mark those jobs done before they ran.
-    if cfg.attack.corruptions:
-        x, y, name = everything if cfg.eval.corruption_images == "all" else subset
-        records += corruption_scores(source, loader_of(x, y), cfg.attack, dataset=job.dataset, seed=job.seed,
-                                     device=device, quiet=quiet, images=name)
-    return with_cell(records, job.regime, job.width)
-
-
-def _in_worker(kind: str, cfg: StudyConfig, job: Job, run_dir: str, device, data_dir, threads: int):
-    """Entry point of a worker process: one thread budget, one job, its result and its wall time. `cfg` arrives
-    validated (pickled by the pool, as every argument is): a worker checks nothing again."""
-    # through the environment too: train() calls set_threads() itself, which reads it (without it a worker went
-    # back to every core, and two workers on two cores ran at 60% of their one-thread speed)
-    os.environ["ATTNROBUST_THREADS"] = str(threads)
-    set_threads(threads)
-    started = time.perf_counter()
-    run = run_train_job if kind == "train" else run_attack_job
-    result = run(cfg, job, Path(run_dir), device=device, data_dir=data_dir, quiet=True)
-    return result, time.perf_counter() - started
 
 
 def _workers(cfg: StudyConfig, device, spread: bool = True) -> int:
@@ -306,19 +142,6 @@ def gpu_slots(workers: int, device_count: int, visible: str | None) -> list[str]
     return [devices[i % len(devices)] for i in range(workers)]
 
 
-def own_device(slots) -> None:
-    """Pool initializer on a GPU machine: this worker takes the next device of the `slots` queue and sees only it
-    (CUDA_VISIBLE_DEVICES, set before torch touches CUDA), so its jobs' "cuda:0" is its own device."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = slots.get()
-
-
-def _start_worker(parent_pid: int, slots) -> None:
-    # die_with_parent: a worker must not outlive a killed run and write into a folder the next run has locked
-    die_with_parent(parent_pid)
-    if slots is not None:
-        own_device(slots)
-
-
 def _pool(workers: int, slots: list[str] | None = None):
     """A pool of `workers` spawned processes; `slots`: the CUDA device each one owns (None: the CPU, or a device
     they share as asked)."""
@@ -331,7 +154,7 @@ def _pool(workers: int, slots: list[str] | None = None):
         queue = context.Queue()  # each process takes one device as it starts (the pool starts them on demand)
         for slot in slots:
             queue.put(slot)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=start_worker,
                                initargs=(os.getpid(), queue))
 
 
@@ -348,7 +171,7 @@ def _pool(workers: int, slots: list[str] | None = None):
 
 
 class _PoolExecutor:
-    """The local executor: each job a future of `pool.submit(_in_worker, ...)` in worker processes."""
+    """The local executor: each job a future of `pool.submit(run_in_worker, ...)` in worker processes."""
 
     def __init__(self, pool, cfg: StudyConfig, run_dir: Path, device, data_dir, threads: int):
         self.pool, self.threads = pool, threads
@@ -357,7 +180,7 @@ class _PoolExecutor:
 
     def submit(self, jobs: list[Job]) -> None:
         cfg, run_dir, device, data_dir, threads = self.args
-        self.running.update({self.pool.submit(_in_worker, job.kind, cfg, job, run_dir, device, data_dir,
+        self.running.update({self.pool.submit(run_in_worker, job.kind, cfg, job, run_dir, device, data_dir,
                                               threads): job for job in jobs})
 
     def busy(self) -> bool:
@@ -479,7 +302,7 @@ class _Progress:
 
     def add_records(self, job: Job, records: list[dict], seconds: float, threads: int | None) -> None:
         def in_plan(record: dict) -> int:  # a stable sort: a job's records keep their order
-            return self.plan_order.get(_job_key(record), len(self.plan_order))
+            return self.plan_order.get(attack_job_of(record), len(self.plan_order))
 
         # transfer flags compare with the targets' white-box records, which other jobs write
         self.results = sanity_flags(sorted(self.results + records, key=in_plan))
@@ -509,7 +332,7 @@ def _run_jobs(cfg: StudyConfig, folder: RunFolder, device: str | None, data_dir,
     if not on_cluster:
         # (Slurm jobs resolve the device named where they run: the machine that submits them may have no GPU)
         device = resolve_device(device)
-        _refuse_if_slurm_jobs_unfinished(folder.root)
+        _refuse_if_slurm_jobs_unfinished(folder)
     jobs = plan(cfg)
     workers = 1 if on_cluster else _workers(cfg, device, spread)
     _say(f"study {cfg.study.name!r}: {len(jobs)} jobs in {folder.root} "
@@ -537,7 +360,7 @@ def _run_jobs(cfg: StudyConfig, folder: RunFolder, device: str | None, data_dir,
         try:
             _execute(todo, cfg, folder.root, device, data_dir, quiet, progress.on_done, pool, workers)
         finally:
-            _CELL.clear()  # the last cell's models: not needed by the report, nor after an interruption
+            forget_cell_models()  # the last cell's models: not needed by the report, nor after an interruption
             clear_corruption_cache()  # corrupted test images kept between attack jobs (evaluate._CORRUPTED)
     return True
 
@@ -584,53 +407,3 @@ def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = N
         _say((report_dir / "verdicts.txt").read_text().rstrip("\n"))  # computed once, by the report
         _say(f"\nreport: {report_dir / 'README.md'}  ({time.perf_counter() - started:.0f} s)")
     return folder.root
-
-
-def _cluster_line(run_dir: Path) -> str:
-    """The states of the jobs a run handed to Slurm ("" if none): e.g. "slurm: 3 queued, 1 running, 2 done; "."""
-    if not ledger_path(run_dir).exists():
-        return ""
-    states = job_states(run_dir)
-    return f"slurm: {', '.join(f'{n} {state}' for state, n in states.items())}; "
-
-
-def list_runs(runs_dir: str | Path = "runs") -> str:
-    """One line per run folder under runs_dir: its config, how many jobs are done, and where its report is.
-
-    Reads config.toml as plain data and never validates it: validating imports the user models it names, and
-    listing a folder of runs someone else made must not run their code. A training job counts as done when its
-    checkpoint is there without a resume state beside it (a run still in progress keeps one). A run whose jobs
-    went to Slurm also shows how many of those are queued, running, failed and done (their status files).
-    """
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise UserError(f"{runs_dir} is not a folder; run `attnrobust run` first or name the folder of runs")
-    rows = []
-    for run_dir in sorted(p for p in runs_dir.iterdir() if RunFolder(p).config.is_file()):
-        folder = RunFolder(run_dir)
-        try:
-            data = tomllib.loads(folder.config.read_text())
-            study, train = data.get("study", {}), data.get("train", {})
-            datasets, models, seeds = (list(study.get(k, [])) for k in ("datasets", "models", "seeds"))
-            # only the regime keys: they name the regime and its checkpoints (nothing here builds a model)
-            regimes = [{k: v for k, v in {**train, **r}.items() if k in REGIME_KEYS}
-                       for r in study.get("regimes") or [{}]]
-            axis = study.get("widths") or []
-            widths = [{"width": w} for w in axis] or [{"width": train["width"]} if "width" in train else {}]
-            # (the job's TrainConfig, its seed, the width its records carry: only a study crossing widths labels them)
-            cells = [(TrainConfig.for_dataset(d, model=str(m), seed=s, **r, **w), s, w["width"] if axis else None)
-                     for d in datasets for r in regimes for w in widths for m in models for s in seeds]
-            attacked = attack_jobs_done(folder.read_results())
-        except (UserError, OSError, tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as err:
-            rows.append(f"{run_dir.name}: unreadable ({err})")
-            continue
-        trained = sum(folder.checkpoint(c).is_file() and not folder.train_state(c).exists() for c, _, _ in cells)
-        done = trained + sum((c.dataset, regime_label(c), w, c.model, s) in attacked for c, s, w in cells)
-        labels = list(dict.fromkeys(regime_label(c) for c, _, _ in cells))
-        if axis:
-            labels.append(f"widths {','.join(map(str, axis))}")
-        report = folder.report / "README.md"
-        rows.append(f"{run_dir.name}: {','.join(datasets)} x {','.join(map(str, models))} x seeds "
-                    f"{','.join(map(str, seeds))}; trained {'; '.join(labels)}; {done}/{2 * len(cells)} jobs done; "
-                    f"{_cluster_line(run_dir)}report: {report if report.exists() else '(none yet)'}")
-    return "\n".join(rows) if rows else f"no runs in {runs_dir}"
