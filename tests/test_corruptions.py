@@ -181,17 +181,17 @@ def test_corruption_records_are_paired_and_independent_of_the_batching():
 
 
 def _corruption_record(seed, model, corruption, severity, correct, n=200, clean=180):
-    from attnrobust.results import make_record, pack_bits
+    from attnrobust.results import Setting, make_record, pack_bits
 
-    return make_record(dataset="fashion-mnist-mini", seed=seed, source=model, target=model, attack="corruption",
-                       eps=0.0, steps=None, alpha=None, random_start=False, keep_best=False, images=f"test[:{n}]",
+    return make_record(dataset="fashion-mnist-mini", seed=seed, source=model, target=model,
+                       setting=Setting("corruption", corruption=corruption, severity=severity), images=f"test[:{n}]",
                        robust_bits=pack_bits([i < correct for i in range(n)]),
                        clean_bits=pack_bits([i < clean for i in range(n)]),
                        counts={"n": n, "target_clean_correct": clean, "source_clean_correct": clean,
                                "both_clean_correct": clean, "robust_correct": correct,
                                "robust_correct_on_both": min(correct, clean),
                                "robust_correct_on_target_clean": min(correct, clean)},
-                       corruption=corruption, severity=severity, corruption_family="MNIST-C-style")
+                       corruption_family="MNIST-C-style")
 
 
 def test_corruption_verdicts_their_own_family_and_ce_vs_twin(tmp_path):

@@ -15,7 +15,7 @@ from attnrobust.config import AttackConfig
 from attnrobust.errors import UserError
 from attnrobust.evaluate import clean_accuracy, craft_and_score, evaluate_checkpoints, white_box
 from attnrobust.results import (DENOMINATORS, REQUIRED_KEYS, append_records, format_records, read_records,
-                                pack_bits, record_key, write_records)
+                                Setting, pack_bits, record_key, write_records)
 
 COUNTS = ("n", "target_clean_correct", "source_clean_correct", "both_clean_correct", "robust_correct",
           "robust_correct_on_both", "robust_correct_on_target_clean")
@@ -104,7 +104,7 @@ def test_transfer_diagonal_equals_white_box(random_start):
     matrix = craft_and_score({"a": models["a"], "b": models["b"]}, models, loader, cfg, dataset="toy", seed=3,
                              quiet=True)
     per_source = {"all": 3, "white-box": 1, "transfer": 2}  # targets a setting is scored on
-    assert len(matrix) == 2 * sum(per_source[st["scope"]] for st in cfg.settings())
+    assert len(matrix) == 2 * sum(per_source[cfg.scope(st)] for st in cfg.settings())
     for name in ("a", "b"):
         wb = by_key(white_box(models[name], loader, cfg, dataset="toy", name=name, seed=3, quiet=True))
         diagonal = {k: r for k, r in by_key(matrix).items() if k[4] == k[5] == name}  # source, target
@@ -267,8 +267,7 @@ def test_malformed_line_is_an_error_naming_file_and_line(tmp_path, some_records)
 def test_record_key_and_format(some_records):
     keys = {record_key(r) for r in some_records}
     assert len(keys) == len(some_records)
-    assert record_key(some_records[0]) == ("toy", "standard", None, 0, "model", "model", "fgsm", 0.0, None,
-                                          None)
+    assert record_key(some_records[0]) == ("toy", "standard", None, 0, "model", "model", Setting("fgsm", 0.0))
     table = format_records(some_records)
     lines = table.splitlines()
     assert len(lines) == 2 + len(some_records) and "robust%" in lines[0] and "pgd" in table

@@ -32,9 +32,9 @@ def _record(dataset, seed, source, target, attack, eps, steps, n, clean, source_
     # Robust-correct images are taken among the clean-correct ones (true for FGSM/PGD in practice).
     both = min(clean, source_clean)
     first = [[i < k for i in range(n)] for k in (robust, clean)]
-    return make_record(dataset=dataset, seed=seed, source=source, target=target, attack=attack, eps=eps,
-                       steps=steps, alpha=None if attack == "fgsm" else 0.01, random_start=False, keep_best=False,
-                       iterate=None if attack == "fgsm" else "final", images=f"test[:{n}]",
+    setting = Setting(attack, eps) if attack == "fgsm" else Setting(attack, eps, steps, 0.01, iterate="final")
+    return make_record(dataset=dataset, seed=seed, source=source, target=target, setting=setting,
+                       images=f"test[:{n}]",
                        robust_bits=pack_bits(first[0]), clean_bits=pack_bits(first[1]),
                        counts={"n": n, "target_clean_correct": clean, "source_clean_correct": source_clean,
                                "both_clean_correct": both, "robust_correct": robust,

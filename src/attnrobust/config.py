@@ -15,7 +15,7 @@ import math
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import tomli_w
 
 from attnrobust.errors import UserError
-from attnrobust.results import eps_key
+from attnrobust.results import Setting, eps_key
 
 SHIPPED = ("quick", "quick-adversarial", "attention-kinds", "width-trend", "fashion-mnist-cpu", "fashion-mnist",
            "cifar10", "cifar100", "paper")
@@ -345,42 +345,47 @@ class AttackConfig:
                       self.minimal_candidates)
         return self
 
-    def settings(self) -> list[dict[str, Any]]:
-        """The records one source/target pair gets: one per (attack, eps, steps, iterate), in a fixed order.
+    def settings(self) -> list[Setting]:
+        """The records one source/target pair gets: one Setting per (attack, eps, steps, iterate), in a fixed order.
+        Each is what the crafting runs (evaluate) and what its records store; `scope` says where it is scored.
 
-        `scope` says which targets a setting is scored on: "all", "white-box" (the source itself) or "transfer"
-        (the other targets). PGD with keep_best scores the best iterate white-box (the first that fools the
-        attacked model) and the final iterate on other targets: "fooled" is judged on the source, so a best
-        iterate would pass the targets images the source already got wrong, unperturbed, and transfer error
-        would no longer mean what the paper's (final-iterate) numbers mean. APGD always keeps its best
-        iterate, which on other targets is named "best-on-source".
+        PGD with keep_best scores the best iterate white-box (the first that fools the attacked model) and the
+        final iterate on other targets: "fooled" is judged on the source, so a best iterate would pass the targets
+        images the source already got wrong, unperturbed, and transfer error would no longer mean what the paper's
+        (final-iterate) numbers mean. APGD always keeps its best iterate, which on other targets is named
+        "best-on-source".
         """
         out = []
         if "fgsm" in self.attacks:
-            out += [dict(attack="fgsm", eps=float(e), steps=None, alpha=None, random_start=False,
-                         keep_best=False, iterate=None, scope="all") for e in self.fgsm_eps]
+            out += [Setting("fgsm", float(e)) for e in self.fgsm_eps]
         if "pgd" in self.attacks:
-            pgd = dict(attack="pgd", eps=float(self.pgd_eps), alpha=float(self.pgd_alpha),
-                       random_start=self.random_start)
+            pgd = Setting("pgd", float(self.pgd_eps), alpha=float(self.pgd_alpha), random_start=self.random_start)
             steps = sorted(set(self.pgd_steps))
             if self.keep_best:
-                out += [dict(pgd, steps=k, keep_best=True, iterate="best", scope="white-box") for k in steps]
-                out += [dict(pgd, steps=k, keep_best=False, iterate="final", scope="transfer") for k in steps]
-            else:
-                out += [dict(pgd, steps=k, keep_best=False, iterate="final", scope="all") for k in steps]
+                out += [replace(pgd, steps=k, keep_best=True, iterate="best") for k in steps]
+            out += [replace(pgd, steps=k, iterate="final") for k in steps]
         if "minimal" in self.attacks:
-            out.append(dict(attack="minimal", eps=float(self.minimal_max_eps), steps=self.minimal_steps,
-                            alpha=None, random_start=False, keep_best=True, iterate="best", scope="white-box"))
+            out.append(Setting("minimal", float(self.minimal_max_eps), self.minimal_steps, keep_best=True,
+                               iterate="best"))
         if "autoattack" in self.attacks:
-            out.append(dict(attack="autoattack", eps=float(self.autoattack_eps), steps=self.autoattack_steps,
-                            alpha=None, random_start=False, keep_best=True, iterate="best", scope="white-box"))
+            out.append(Setting("autoattack", float(self.autoattack_eps), self.autoattack_steps, keep_best=True,
+                               iterate="best"))
         if "apgd" in self.attacks:
-            # APGD adapts its own step size (alpha null) and always keeps the best iterate
-            apgd = dict(attack="apgd", eps=float(self.pgd_eps), steps=self.apgd_steps, alpha=None,
-                        random_start=self.random_start, keep_best=True)
-            out += [dict(apgd, iterate="best", scope="white-box"),
-                    dict(apgd, iterate="best-on-source", scope="transfer")]
+            # APGD adapts its own step size (alpha None) and always keeps the best iterate
+            apgd = Setting("apgd", float(self.pgd_eps), self.apgd_steps, random_start=self.random_start,
+                           keep_best=True)
+            out += [replace(apgd, iterate="best"), replace(apgd, iterate="best-on-source")]
         return out
+
+    def scope(self, setting: Setting) -> str:
+        """Which targets `setting` is scored on: "all", "white-box" (the source itself) or "transfer" (the other
+        targets). One-step attacks, and PGD without keep_best, on all; a best iterate and the per-image measures
+        white-box; PGD's final iterate beside a best one, and APGD's best-on-source, on the other targets."""
+        if setting.iterate == "best":
+            return "white-box"
+        if setting.iterate == "best-on-source" or (setting.attack == "pgd" and self.keep_best):
+            return "transfer"
+        return "all"
 
 
 @dataclass

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -36,7 +37,7 @@ from attnrobust.corruptions import corrupt, expand_names, family_of
 from attnrobust.data import DeviceLoader, load_dataset
 from attnrobust.distributed import all_sum_, dist_info, init_distributed, is_distributed
 from attnrobust.errors import UserError
-from attnrobust.results import (COUNT_KEYS, eps_key, make_record, pack_bits, pack_floats, regime_of, unpack_bits,
+from attnrobust.results import (COUNT_KEYS, Setting, make_record, pack_bits, pack_floats, regime_of, unpack_bits,
                                 unpack_floats, width_of)
 from attnrobust.runtime import resolve_device
 
@@ -76,33 +77,33 @@ def clean_accuracy(model: nn.Module, loader, *, device=None, quiet: bool = True)
     return correct / n
 
 
-def _scored_on(setting: dict, source: str, target: str) -> bool:
-    return setting["scope"] == "all" or (setting["scope"] == "white-box") == (source == target)
-
-
-def _craft(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, settings: list[dict], wanted: set[int],
+def _craft(model: nn.Module, x: Tensor, y: Tensor, settings: list[Setting], wanted: set[int],
            generator: torch.Generator) -> Iterable[tuple[int, Tensor]]:
     """(index into settings, adversarial batch) for every wanted setting, each attack run computed once: one
-    gradient for the FGSM sweep, one PGD run per iterate rule for every iteration count, one APGD run."""
+    gradient for the FGSM sweep, one PGD run per (eps, step size, start, iterate rule) for every iteration count,
+    one APGD run per (eps, steps, start). Everything an attack needs is read off its Setting."""
     by_attack: dict[str, list[int]] = {}
     for i in sorted(wanted):
-        by_attack.setdefault(settings[i]["attack"], []).append(i)
+        by_attack.setdefault(settings[i].attack, []).append(i)
     if "fgsm" in by_attack:
-        yield from zip(by_attack["fgsm"], fgsm(model, x, y, [settings[i]["eps"] for i in by_attack["fgsm"]]))
+        yield from zip(by_attack["fgsm"], fgsm(model, x, y, [settings[i].eps for i in by_attack["fgsm"]]))
     # Both PGD runs (final iterate for transfer, best for white-box) start from the same random start, and the
     # generator ends where one run leaves it: a white-box-only call draws exactly what the transfer call draws.
     start = generator.get_state()
-    for keep_best in (False, True):
-        runs_of = [i for i in by_attack.get("pgd", []) if settings[i]["keep_best"] == keep_best]
-        if runs_of:
-            generator.set_state(start)
-            runs = pgd(model, x, y, cfg.pgd_eps, cfg.pgd_alpha, [settings[i]["steps"] for i in runs_of],
-                       random_start=cfg.random_start, keep_best=keep_best, generator=generator)
-            yield from ((i, runs[settings[i]["steps"]]) for i in runs_of)
-    if "apgd" in by_attack:
-        adv = apgd(model, x, y, cfg.pgd_eps, steps=cfg.apgd_steps, random_start=cfg.random_start,
-                   generator=generator)
-        yield from ((i, adv) for i in by_attack["apgd"])
+    runs_of: dict[Setting, list[int]] = {}  # the run without its iteration count -> the settings it scores
+    for i in by_attack.get("pgd", []):
+        runs_of.setdefault(replace(settings[i], steps=0, iterate=None), []).append(i)
+    for run, members in sorted(runs_of.items(), key=lambda item: item[0].keep_best):
+        generator.set_state(start)
+        adv = pgd(model, x, y, run.eps, run.alpha, [settings[i].steps for i in members],
+                  random_start=run.random_start, keep_best=run.keep_best, generator=generator)
+        yield from ((i, adv[settings[i].steps]) for i in members)
+    apgd_runs: dict[Setting, list[int]] = {}
+    for i in by_attack.get("apgd", []):
+        apgd_runs.setdefault(replace(settings[i], iterate=None), []).append(i)
+    for run, members in apgd_runs.items():
+        adv = apgd(model, x, y, run.eps, steps=run.steps, random_start=run.random_start, generator=generator)
+        yield from ((i, adv) for i in members)
 
 
 def _full_vectors(local: list[list[Tensor]], loader) -> list[Tensor]:
@@ -151,7 +152,7 @@ def craft_and_score(sources: dict[str, nn.Module], targets: dict[str, nn.Module]
         if name in models and models[name] is not model:
             raise UserError(f"transfer: two different models are both named {name!r}; give them distinct names")
         models[name] = model
-    settings = [st for st in cfg.settings() if st["attack"] not in WHITE_BOX_MEASURES]
+    settings = [st for st in cfg.settings() if st.attack not in WHITE_BOX_MEASURES]
     if not settings:
         return []
     rank = dist_info()[0]
@@ -160,7 +161,11 @@ def craft_and_score(sources: dict[str, nn.Module], targets: dict[str, nn.Module]
     unbounded: dict[str, Tensor] = {}  # source -> (correct, n) of the eps = 1 check
     generators = {s: torch.Generator().manual_seed((seed if attack_seed is None else attack_seed) * 65537 + rank)
                   for s in sources}
-    wanted = {s: {i for i, st in enumerate(settings) if any(_scored_on(st, s, t) for t in models)}
+    def scored_on(setting: Setting, source: str, target: str) -> bool:
+        scope = cfg.scope(setting)
+        return scope == "all" or (scope == "white-box") == (source == target)
+
+    wanted = {s: {i for i, st in enumerate(settings) if any(scored_on(st, s, t) for t in models)}
               for s in sources}
     desc = "attack " + ",".join(sources)
     first = True
@@ -168,11 +173,11 @@ def craft_and_score(sources: dict[str, nn.Module], targets: dict[str, nn.Module]
         for t, m in models.items():
             clean[t].append(predict(m, x) == y)
         for s, source in sources.items():
-            for i, adv in _craft(source, x, y, cfg, settings, wanted[s], generators[s]):
+            for i, adv in _craft(source, x, y, settings, wanted[s], generators[s]):
                 # FGSM at eps 0 is the clean batch itself: its outcomes are the clean ones, no pass needed
-                unchanged = settings[i]["attack"] == "fgsm" and settings[i]["eps"] == 0
+                unchanged = settings[i].attack == "fgsm" and settings[i].eps == 0
                 for t, target in models.items():
-                    if _scored_on(settings[i], s, t):
+                    if scored_on(settings[i], s, t):
                         robust.setdefault((s, t, i), []).append(clean[t][-1] if unchanged else
                                                                  predict(target, adv) == y)
             if first and cfg.sanity_checks:
@@ -203,8 +208,7 @@ def craft_and_score(sources: dict[str, nn.Module], targets: dict[str, nn.Module]
                 correct <= UNBOUNDED_MAX_ACCURACY * m,
                 f"PGD at eps=1 ({UNBOUNDED_STEPS} steps of {UNBOUNDED_ALPHA}, best iterate) on {m} images: "
                 f"accuracy {100 * correct / m:.1f}% (expected about 0; more suggests masked gradients)")
-        setting = {k: v for k, v in settings[i].items() if k != "scope"}
-        records.append(make_record(dataset=dataset, seed=seed, source=s, target=t, **setting,
+        records.append(make_record(dataset=dataset, seed=seed, source=s, target=t, setting=settings[i],
                                    counts=_counts(r, ct, clean_full[s]), robust_bits=pack_bits(r),
                                    clean_bits=pack_bits(ct), images=images, flags=flags))
     return sanity_flags(records)
@@ -236,7 +240,7 @@ def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: 
       as run); robust_bits = robust to all three; per attack the images it broke (`broken_by`), and the
       `gradient_masking` flag when Square (no gradients) broke an image no gradient attack could.
     """
-    wanted = [st for st in cfg.settings() if st["attack"] in WHITE_BOX_MEASURES]
+    wanted = {st.attack: st for st in cfg.settings() if st.attack in WHITE_BOX_MEASURES}
     if not wanted:
         return []
     rank = dist_info()[0]
@@ -246,18 +250,18 @@ def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: 
     broken_by: dict[str, list[Tensor]] = {}
     for x, y in _progress(loader, device, f"measures {name}", quiet):
         clean.append(predict(model, x) == y)
-        if "minimal" in cfg.attacks:
-            min_eps.append(minimal_eps(model, x, y, max_eps=cfg.minimal_max_eps, tol=cfg.minimal_tol,
-                                       steps=cfg.minimal_steps, candidates=cfg.minimal_candidates,
+        if "minimal" in wanted:
+            min_eps.append(minimal_eps(model, x, y, max_eps=wanted["minimal"].eps, tol=cfg.minimal_tol,
+                                       steps=wanted["minimal"].steps, candidates=cfg.minimal_candidates,
                                        cross_entropy=cfg.minimal_cross_entropy))
-        if "autoattack" in cfg.attacks:
+        if "autoattack" in wanted:
             if ensemble is None:  # APGD-T's targeted DLR loss reads the 4 largest logits
                 with attack_hygiene(model), torch.inference_mode():  # eval mode: no BatchNorm update
                     classes = model(x[:1]).shape[1]
                 ensemble = ("apgd-ce", "apgd-t", "square") if classes >= 4 else ("apgd-ce", "square")
-            out = worst_case(model, x, y, cfg.autoattack_eps, attacks=ensemble, steps=cfg.autoattack_steps,
-                             queries=cfg.autoattack_queries, n_target_classes=cfg.autoattack_targets,
-                             generator=generator)
+            aa = wanted["autoattack"]
+            out = worst_case(model, x, y, aa.eps, attacks=ensemble, steps=aa.steps, queries=cfg.autoattack_queries,
+                             n_target_classes=cfg.autoattack_targets, generator=generator)
             aa_robust.append(out["robust"])
             masked.append(out["masking"])
             for attack, fooled in out["fooled"].items():
@@ -266,15 +270,14 @@ def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: 
         raise UserError("white_box_measures: the loader yielded no batches; give at least one test image")
     (c,) = _full_vectors([clean], loader)
     records = []
-    for st in wanted:
-        setting = {k: v for k, v in st.items() if k != "scope"}
+    for st in wanted.values():
         extra: dict[str, Any] = {}
         flags: dict[str, Any] = {}
-        if st["attack"] == "minimal":
+        if st.attack == "minimal":
             (values,) = _full_vectors([min_eps], loader)
             r = torch.isinf(values)
             extra = {"min_eps_tol": float(cfg.minimal_tol),
-                     "min_eps_attack": {"steps": cfg.minimal_steps, "candidates": cfg.minimal_candidates,
+                     "min_eps_attack": {"steps": st.steps, "candidates": cfg.minimal_candidates,
                                         "cross_entropy": cfg.minimal_cross_entropy},
                      "min_eps_lowered_by": {},  # filled by tighten_minimal from the other records
                      **_minimal_fields(values)}
@@ -283,15 +286,15 @@ def white_box_measures(model: nn.Module, loader, cfg: AttackConfig, *, dataset: 
             extra = {"broken_by": {a: int(v.sum()) for a, v in zip(broken_by, fooled)},
                      # what ran: the version's budgets (APGD-T's targets capped at classes - 1, as apgd_t does)
                      "autoattack": {"version": cfg.autoattack_version, "attacks": list(ensemble),
-                                    "steps": cfg.autoattack_steps, "queries": cfg.autoattack_queries,
+                                    "steps": st.steps, "queries": cfg.autoattack_queries,
                                     "targets": min(cfg.autoattack_targets, classes - 1)
                                     if "apgd-t" in ensemble else 0}}
             flags["gradient_masking"] = _flag(
                 not bool(m.any()),
                 f"Square (no gradients) broke {int(m.sum())} image(s) that APGD-CE and APGD-T could not at "
-                f"eps={cfg.autoattack_eps:g} (a black-box attack beating the white-box ones suggests masked "
+                f"eps={st.eps:g} (a black-box attack beating the white-box ones suggests masked "
                 f"gradients)")
-        records.append(make_record(dataset=dataset, seed=seed, source=name, target=name, **setting,
+        records.append(make_record(dataset=dataset, seed=seed, source=name, target=name, setting=st,
                                    counts=_counts(r, c, c), robust_bits=pack_bits(r), clean_bits=pack_bits(c),
                                    images=images, flags=flags, **extra))
     return records
@@ -370,10 +373,10 @@ def corruption_scores(models: dict[str, nn.Module], loader, cfg: AttackConfig, *
     records = []
     for (m, c, sev), r in zip(keys, full[len(models):]):
         ct = clean_full[m]
-        records.append(make_record(dataset=dataset, seed=seed, source=m, target=m, attack="corruption", eps=0.0,
-                                   steps=None, alpha=None, random_start=False, keep_best=False,
+        records.append(make_record(dataset=dataset, seed=seed, source=m, target=m,
+                                   setting=Setting("corruption", corruption=c, severity=sev),
                                    counts=_counts(r, ct, ct), robust_bits=pack_bits(r), clean_bits=pack_bits(ct),
-                                   images=images, corruption=c, severity=sev, corruption_family=family))
+                                   images=images, corruption_family=family))
     return records
 
 
@@ -435,9 +438,11 @@ def tighten_minimal(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         v = torch.from_numpy(values)
         c = torch.from_numpy(unpack_bits(r["clean_bits"], n))
         robust = torch.isinf(v)
-        fields = {k: val for k, val in r.items() if k not in _COMPUTED}
+        setting = Setting.of(r)
+        fields = {k: val for k, val in r.items()
+                  if k not in _COMPUTED and k not in setting.fields() and k not in setting.corruption_fields()}
         fields.update(_minimal_fields(v), min_eps_lowered_by=lowered, robust_bits=pack_bits(robust),
-                      counts=_counts(robust, c, c))
+                      counts=_counts(robust, c, c), setting=setting)
         out.append(make_record(**fields))
     return out
 
@@ -471,11 +476,11 @@ def sanity_flags(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = [{**r, "flags": {k: v for k, v in r["flags"].items() if k not in CROSS_RECORD_FLAGS}}
            for r in tighten_minimal(records)]
     white = [r for r in out if r["kind"] == "white-box"]
-    fgsm_by = {(*same(r), eps_key(r["eps"])): r for r in white if r["attack"] == "fgsm"}
+    fgsm_by = {(*same(r), Setting.of(r)): r for r in white if r["attack"] == "fgsm"}
     for r in white:
         if r["attack"] not in ("pgd", "apgd"):
             continue
-        f = fgsm_by.get((*same(r), eps_key(r["eps"])))
+        f = fgsm_by.get((*same(r), Setting("fgsm", r["eps"])))
         reaches = r["alpha"] is None or r["steps"] * r["alpha"] >= r["eps"] - 1e-9
         if f is not None and reaches:
             r["flags"]["pgd_ge_fgsm"] = _flag(
@@ -491,17 +496,16 @@ def sanity_flags(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 f"PGD error {_pct(prev)} at {prev['steps']} steps -> {_pct(r)} at {r['steps']} steps "
                 f"(keeping the best iterate, it cannot decrease)")
 
-    def setting(r: dict) -> tuple:
-        return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["attack"], eps_key(r["eps"]), r["steps"],
-                r["alpha"], r["random_start"])
+    def run(r: dict) -> tuple:
+        return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["target"], Setting.of(r).run)
 
-    # the white-box record to compare a transfer with: the same setting, final iterate preferred (the transfer
+    # the white-box record to compare a transfer with: the same attack run, final iterate preferred (the transfer
     # record's own rule), else the best iterate (which only makes white-box stronger)
     white_by = {}
     for r in sorted(white, key=lambda r: r["iterate"] == "final"):
-        white_by[(r["target"], *setting(r))] = r
+        white_by[run(r)] = r
     for r in out:
-        w = white_by.get((r["target"], *setting(r)))
+        w = white_by.get(run(r))
         if r["kind"] == "transfer" and w is not None:
             r["flags"]["transfer_ge_white_box"] = _flag(
                 r["robust_accuracy"] >= w["robust_accuracy"] - 1e-12,

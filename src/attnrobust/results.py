@@ -20,9 +20,9 @@ attacked test images ("test[:1000]", or a seeded subset), and `iterate` says whi
 "final" (the paper's convention), "best" (white-box: the first iterate that fools the attacked model, AutoAttack's
 convention) or "best-on-source" (APGD crafted on another model keeps the iterate that fooled its source).
 
-`Setting` is what a record measured, as one key (`setting_of`): the attack and its budget, iterations, step size,
-start and iterate rule, eps rounded by `eps_key`, and for a common corruption (attack "corruption") its name and
-severity; `CLEAN` is the clean image. `load_records` reads a run's store for the report (an error when it is
+`Setting` is what the attack plan crafts and what a record measured (`Setting.of(record)`, the one key): the
+attack and its budget, iterations, step size, start and iterate rule, eps rounded by `eps_key`, and for a common
+corruption (attack "corruption") its name and severity; `CLEAN` is the clean image. `load_records` reads a run's store for the report (an error when it is
 missing or empty).
 """
 
@@ -34,7 +34,7 @@ import re
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -44,7 +44,7 @@ from attnrobust.errors import UserError
 
 __all__ = ["DENOMINATORS", "REQUIRED_KEYS", "make_record", "append_records", "write_records", "read_records",
            "record_key", "format_records", "pack_bits", "unpack_bits", "pack_floats", "unpack_floats",
-           "ITERATES", "Setting", "setting_of", "CLEAN", "load_records", "STANDARD", "regime_of", "panel_of",
+           "ITERATES", "Setting", "CLEAN", "load_records", "STANDARD", "regime_of", "panel_of",
            "panel_dataset", "panel_width", "file_name_part", "with_cell", "width_of"]
 
 ITERATES = ("final", "best", "best-on-source")
@@ -159,25 +159,20 @@ def with_cell(records: list[dict[str, Any]], regime: str, width: int | None = No
     return out
 
 
-def make_record(*, dataset: str, seed: int, source: str, target: str, attack: str, eps: float,
-                steps: int | None, alpha: float | None, random_start: bool, keep_best: bool,
+def make_record(*, dataset: str, seed: int, source: str, target: str, setting: "Setting",
                 counts: dict[str, int], robust_bits: str, clean_bits: str, images: str,
-                iterate: str | None = None, flags: dict[str, dict] | None = None,
-                **extra: Any) -> dict[str, Any]:
+                flags: dict[str, dict] | None = None, **extra: Any) -> dict[str, Any]:
     """A complete record from its setting, its integer counts (the keys of COUNT_KEYS) and its per-image
-    outcomes (`pack_bits` text). `extra`: measure-specific fields (e.g. per-image minimal eps)."""
+    outcomes (`pack_bits` text). `extra`: measure-specific fields (e.g. per-image minimal eps). The setting is
+    stored as its fields (`Setting.fields`); `Setting.of(record)` reads it back."""
     c = {k: int(counts[k]) for k in COUNT_KEYS}
-    if iterate is not None and iterate not in ITERATES:
-        raise ValueError(f"iterate must be one of {ITERATES}, got {iterate!r}")
     n = c["n"]
     robust = _ratio(c["robust_correct"], n)
     fooled = c["target_clean_correct"] - c["robust_correct_on_target_clean"]
     return {
         "dataset": dataset, "seed": int(seed), "source": source, "target": target,
         "kind": "white-box" if source == target else "transfer",
-        "attack": attack, "eps": float(eps), "steps": None if steps is None else int(steps),
-        "alpha": None if alpha is None else float(alpha),
-        "random_start": bool(random_start), "keep_best": bool(keep_best), "iterate": iterate,
+        **setting.fields(),
         "images": images,
         **c,
         "clean_accuracy": _ratio(c["target_clean_correct"], n),
@@ -187,6 +182,7 @@ def make_record(*, dataset: str, seed: int, source: str, target: str, attack: st
         "accuracy_on_both_correct": _ratio(c["robust_correct_on_both"], c["both_clean_correct"]),
         "denominators": dict(DENOMINATORS),
         "flags": dict(flags or {}),
+        **setting.corruption_fields(),
         **extra,
         # last: long base64 fields at the end of the line keep the numbers readable at its start
         "robust_bits": robust_bits,
@@ -195,12 +191,8 @@ def make_record(*, dataset: str, seed: int, source: str, target: str, attack: st
 
 
 def record_key(r: dict[str, Any]) -> tuple:
-    """What identifies a record: (dataset, regime, width, seed, source, target, attack, eps, steps, iterate), and
-    for a corruption its (corruption, severity). eps is rounded so that 0.1 + 0.05 and 0.15 name the same
-    setting."""
-    key = (r["dataset"], regime_of(r), width_of(r), r["seed"], r["source"], r["target"], r["attack"],
-           eps_key(r["eps"]), r["steps"], r.get("iterate"))
-    return key + (r["corruption"], r["severity"]) if "corruption" in r else key
+    """What identifies a record: (dataset, regime, width, seed, source, target, its Setting)."""
+    return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["source"], r["target"], Setting.of(r))
 
 
 def eps_key(eps: float) -> float:
@@ -214,16 +206,63 @@ _ATTACK_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "apgd": 3, "autoattack": 4, "m
 
 @dataclass(frozen=True)
 class Setting:
-    """One attack setting, i.e. one column: FGSM at an eps, or PGD/APGD after some iterations."""
+    """One attack setting: what one record measured, and one column of the report's tables.
 
-    attack: str  # "clean" | "fgsm" | "pgd" | "apgd" | ...
-    eps: float = 0.0
-    steps: int = 0
-    alpha: float | None = None
+    The attack plan (AttackConfig.settings) makes them, the crafting runs them (evaluate), each record stores one
+    (`fields`) and `Setting.of(record)` reads it back as the key that evaluate, the sanity flags and the report
+    use. Two settings are equal when their eps agree after `eps_key` (0.1 + 0.05 and 0.15 are one setting); each
+    keeps its eps as given, so a record stores the exact value it ran at."""
+
+    attack: str  # "clean" | "fgsm" | "pgd" | "apgd" | "minimal" | "autoattack" | "corruption"
+    eps: float = field(default=0.0, compare=False)  # compared (and hashed) through eps_rounded
+    steps: int = 0  # iterations (minimal eps: its search's steps); 0 for FGSM, clean and corruptions
+    alpha: float | None = None  # PGD's step size; None where the attack has none (FGSM, APGD's own schedule)
     random_start: bool = False
     keep_best: bool = False
+    iterate: str | None = None  # which iterate was scored (ITERATES), None for one-step attacks
     corruption: str = ""  # attack "corruption": its name (attnrobust.corruptions) and severity (1-5)
     severity: int = 0
+    eps_rounded: float = field(init=False, repr=False)  # eps_key(eps): what equality and hashing see
+
+    def __post_init__(self) -> None:
+        if self.iterate is not None and self.iterate not in ITERATES:
+            raise ValueError(f"iterate must be one of {ITERATES}, got {self.iterate!r}")
+        object.__setattr__(self, "eps_rounded", eps_key(self.eps))
+
+    @classmethod
+    def of(cls, record: dict) -> "Setting":
+        """The setting a record measured (FGSM has no step size, start or iterate rule)."""
+        steps, alpha, one_step = record.get("steps"), record.get("alpha"), record["attack"] == "fgsm"
+        return cls(record["attack"], float(record["eps"]), int(steps) if steps is not None else 0,
+                   float(alpha) if alpha is not None and not one_step else None,
+                   bool(record.get("random_start", False)) and not one_step,
+                   bool(record.get("keep_best", False)) and not one_step, record.get("iterate"),
+                   str(record.get("corruption") or ""), int(record.get("severity") or 0))
+
+    def fields(self) -> dict[str, Any]:
+        """The setting as a record stores it: attack, eps, steps (None for none), alpha, random_start, keep_best,
+        iterate."""
+        return {"attack": self.attack, "eps": float(self.eps), "steps": int(self.steps) if self.steps else None,
+                "alpha": None if self.alpha is None else float(self.alpha), "random_start": bool(self.random_start),
+                "keep_best": bool(self.keep_best), "iterate": self.iterate}
+
+    def corruption_fields(self) -> dict[str, Any]:
+        """A common corruption's name and severity as its record stores them ({} for an attack)."""
+        return {"corruption": self.corruption, "severity": int(self.severity)} if self.attack == "corruption" \
+            else {}
+
+    @property
+    def run(self) -> "Setting":
+        """The attack run whose iterate this setting scores: the setting without its iterate rule. A transfer
+        record's final iterate and its target's white-box best iterate come from the same kind of run."""
+        return replace(self, keep_best=False, iterate=None)
+
+    @property
+    def column(self) -> "Setting":
+        """The report's column: the setting without `iterate`, so that one column holds a white-box cell (APGD's
+        best iterate) and a transfer cell (its best-on-source iterate) of one attack; PGD's best and final
+        iterates differ in keep_best, so they stay two columns."""
+        return replace(self, iterate=None)
 
     @property
     def is_error(self) -> bool:
@@ -232,7 +271,8 @@ class Setting:
 
     def sort_key(self) -> tuple:
         return (_ATTACK_ORDER.get(self.attack, 9), self.attack, self.eps, self.steps, self.alpha or 0.0,
-                self.random_start, self.keep_best, self.corruption, self.severity)
+                self.random_start, self.keep_best, ITERATES.index(self.iterate) + 1 if self.iterate else 0,
+                self.corruption, self.severity)
 
     def accuracy(self, record: dict) -> float:
         """The accuracy (fraction over n) this setting measures in `record`."""
@@ -245,16 +285,6 @@ class Setting:
         """What the tables show: accuracy, or error for iterative attacks (fraction)."""
         acc = self.accuracy(record)
         return 1.0 - acc if self.is_error else acc
-
-
-def setting_of(record: dict) -> Setting:
-    steps = record.get("steps")
-    alpha = record.get("alpha")
-    return Setting(record["attack"], eps_key(record["eps"]), int(steps) if steps is not None else 0,
-                   float(alpha) if alpha is not None and record["attack"] != "fgsm" else None,
-                   bool(record.get("random_start", False)) and record["attack"] != "fgsm",
-                   bool(record.get("keep_best", False)) and record["attack"] != "fgsm",
-                   str(record.get("corruption") or ""), int(record.get("severity") or 0))
 
 
 CLEAN = Setting("clean")

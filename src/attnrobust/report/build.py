@@ -11,6 +11,7 @@ same results give the same bytes (no timestamps; figures with fixed metadata).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import os
 import shutil
 import tomllib
@@ -67,11 +68,12 @@ def _fgsm_settings(grid: Grid, d: str) -> list[Setting]:
 
 
 def _pgd_settings(grid: Grid, d: str) -> list[Setting]:
-    """The PGD settings of one variant (eps, alpha, start, keep-best): the paper's if we ran it, else the first."""
+    """The PGD settings of one variant (the setting without its iteration count: eps, alpha, start, keep-best): the
+    paper's if we ran it, else the first."""
     pgd = [s for s in grid.settings(d) if s.attack == "pgd"]
-    variants: dict[tuple, list[Setting]] = {}
+    variants: dict[Setting, list[Setting]] = {}
     for s in pgd:
-        variants.setdefault((s.eps, s.alpha, s.random_start, s.keep_best), []).append(s)
+        variants.setdefault(replace(s, steps=0), []).append(s)
     for group in variants.values():
         if any(matches_paper_pgd(s) for s in group):
             return group

@@ -3,7 +3,7 @@
 A cell is one (panel, source, target) triple, a panel being a dataset, or a dataset under a non-standard
 training regime (`attnrobust.results.panel_of`; the code calls it `dataset` where the two coincide): source ==
 target is the white-box result, anything else a transfer result. Each cell holds, per attack setting
-(`attnrobust.results.Setting`, a column of the tables) and per seed, the record that measured it. `summary`
+(`attnrobust.results.Setting.column`, a column of the tables) and per seed, the record that measured it. `summary`
 gives a cell's value in percent: with several seeds the mean and the half-width of the 95% t interval over seeds.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from attnrobust.errors import UserError
 from attnrobust.models import model_info
 from attnrobust.report.stats import mean_ci
-from attnrobust.results import CLEAN, Setting, panel_of, panel_width, setting_of
+from attnrobust.results import CLEAN, Setting, panel_of, panel_width
 
 # Model order, as in the paper's tables: each no-attention network before its attention variants (in the
 # registry's order of attention kinds), VGG last; unregistered names after them.
@@ -50,7 +50,7 @@ class Grid:
         for r in records:
             key = (panel_of(r), r["source"], r["target"])
             seed = int(r["seed"])
-            s = setting_of(r)
+            s = Setting.of(r).column  # one column for APGD's white-box and transfer iterates
             # FGSM at eps 0 is the clean image: the clean column already shows it.
             if not (s.attack == "fgsm" and s.eps == 0):
                 cells[key][s][seed] = r  # a later record of the same key supersedes an earlier one
