@@ -246,9 +246,9 @@ def test_corruption_verdicts_their_own_family_and_ce_vs_twin(tmp_path):
 @pytest.mark.figures
 def test_corruption_figures_are_drawn(tmp_path, batches):
     """The two figures of the corruption section, drawn for real: small multiples and the sample mosaic."""
-    from attnrobust.report.figures import Panel, Series, image_grid, small_multiples
+    from attnrobust.report.figures import Plot, Series, image_grid, small_multiples
 
-    panels = [Panel(name, "severity", "accuracy (%)", [Series("a", [0, 1, 3], [90, 80, 60], "#1f77b4"),
+    panels = [Plot(name, "severity", "accuracy (%)", [Series("a", [0, 1, 3], [90, 80, 60], "#1f77b4"),
                                                          Series("b", [0, 1, 3], [88, 70, 50], "#d62728", "dashed",
                                                                 err=[None, 2.0, 3.0])], [0, 1, 3])
               for name in ("fog", "rotate", "zigzag", "stripe", "scale", "shear")]

@@ -20,7 +20,7 @@ from attnrobust.report import build_report
 from attnrobust.report.paper import load_paper, paper_value
 from attnrobust.report.stats import mean_ci, proportion_diff_se, t_quantile
 from attnrobust.report.verdicts import summaries, verdict_table, verdicts
-from attnrobust.results import Setting, make_record, pack_bits, unpack_bits
+from attnrobust.results import Panel, Setting, make_record, pack_bits, unpack_bits
 
 EPS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 STEPS = [5, 10, 20]
@@ -193,13 +193,13 @@ def test_paper_json_matches_every_number_of_the_text():
 def test_paper_value_maps_names_by_family():
     fgsm05 = Setting("fgsm", 0.05)
     pgd20 = Setting("pgd", 0.2, 20, 0.01)
-    assert paper_value("fashion-mnist-mini", "cbam_resnet14", "cbam_resnet14", fgsm05) == 17.59
-    assert paper_value("cifar10", "vgg16_bn", "vgg16_bn", pgd20) == 100
-    assert paper_value("cifar100", "vgg16_bn", "cbam_resnet26", pgd20) == 88.51
-    assert paper_value("cifar10", "resnet14", "cbam_resnet14", Setting("clean")) == 80.4  # Table II, not 74.52
-    assert paper_value("cifar10", "se_resnet14", "se_resnet14", fgsm05) is None
-    assert paper_value("cifar10", "resnet14", "resnet14", Setting("pgd", 0.1, 20, 0.01)) is None
-    assert paper_value("cifar10", "resnet14", "resnet14", Setting("fgsm", 0.07)) is None
+    assert paper_value(Panel("fashion-mnist-mini"), "cbam_resnet14", "cbam_resnet14", fgsm05) == 17.59
+    assert paper_value(Panel("cifar10"), "vgg16_bn", "vgg16_bn", pgd20) == 100
+    assert paper_value(Panel("cifar100"), "vgg16_bn", "cbam_resnet26", pgd20) == 88.51
+    assert paper_value(Panel("cifar10"), "resnet14", "cbam_resnet14", Setting("clean")) == 80.4  # Table II, not 74.52
+    assert paper_value(Panel("cifar10"), "se_resnet14", "se_resnet14", fgsm05) is None
+    assert paper_value(Panel("cifar10"), "resnet14", "resnet14", Setting("pgd", 0.1, 20, 0.01)) is None
+    assert paper_value(Panel("cifar10"), "resnet14", "resnet14", Setting("fgsm", 0.07)) is None
 
 
 # ---- verdicts ---------------------------------------------------------------------------------------------------
@@ -288,10 +288,10 @@ def test_verdicts_definitions():
 def test_summaries_check_the_paper_conclusion():
     rows = verdicts(make_records((0, 1, 2), effect=0.15, datasets=["cifar100", "cifar10"]))
     by = {(s["dataset"], s["scope"]): s for s in summaries(rows)}
-    assert by[("cifar100", "white-box")]["agreement"] == "reproduced"  # the paper: helps on CIFAR-100
-    assert by[("cifar10", "white-box")]["agreement"] == "contradicted"  # the paper: hurts on CIFAR-10
-    assert by[("cifar100", "transfer")]["agreement"] == "not reproduced (ours: helps)"  # paper: "very low"
-    assert by[("cifar10", "white-box")]["paper_tables"] == "hurts"
+    assert by[(Panel("cifar100"), "white-box")]["agreement"] == "reproduced"  # the paper: helps on CIFAR-100
+    assert by[(Panel("cifar10"), "white-box")]["agreement"] == "contradicted"  # the paper: hurts on CIFAR-10
+    assert by[(Panel("cifar100"), "transfer")]["agreement"] == "not reproduced (ours: helps)"  # paper: "very low"
+    assert by[(Panel("cifar10"), "white-box")]["paper_tables"] == "hurts"
     rows = verdicts(make_records((0, 1, 2), effect={0: 0.05, 1: -0.05, 2: 0.0}, datasets=["cifar10"]))
     assert {s["agreement"] for s in summaries(rows)} == {"inconclusive (neither a difference nor equivalence shown)"}
 
@@ -471,17 +471,17 @@ def test_attention_maps_from_a_checkpoint(tmp_path):
 def test_curves_draws_every_kind_of_series(tmp_path):
     """The one drawing function of the report's line figures, with every style it offers: a line, a dashed line
     with error bars, a published curve, and a band (the range over seeds of the minimal-eps figure)."""
-    from attnrobust.report.figures import PALETTE, Panel, Series, curves
+    from attnrobust.report.figures import PALETTE, Plot, Series, curves
 
     x = [0.0, 0.05, 0.1]
-    panel = Panel("every style", "eps", "accuracy (%)", [
+    panel = Plot("every style", "eps", "accuracy (%)", [
         Series("line", x, [90.0, 50.0, 10.0], PALETTE[0]),
         Series("dashed, error bars", x, [88.0, 45.0, 8.0], PALETTE[1], style="dashed", err=[1.0, None, 2.0]),
         Series("paper", x, [91.0, 40.0, 5.0], PALETTE[2], style="paper"),
         Series("band", x, [89.0, 48.0, 9.0], PALETTE[3], low=[87.0, 44.0, 7.0], high=[91.0, 52.0, 11.0])],
         xticks=x)
     # a panel of differences (the width trend): its own y range and a line at 0
-    gaps = Panel("differences", "width", "gap (pp)", [
+    gaps = Plot("differences", "width", "gap (pp)", [
         Series("gap", [8.0, 16.0], [-1.0, 0.5], PALETTE[0], low=[-3.0, -1.0], high=[1.0, 2.0])],
         ylim=None, zero_line=True)
     path = tmp_path / "every.png"

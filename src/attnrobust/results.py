@@ -29,6 +29,7 @@ missing or empty).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import math
@@ -44,8 +45,8 @@ from attnrobust.errors import UserError
 
 __all__ = ["DENOMINATORS", "REQUIRED_KEYS", "make_record", "append_records", "write_records", "read_records",
            "record_key", "format_records", "pack_bits", "unpack_bits", "pack_floats", "unpack_floats",
-           "ITERATES", "Setting", "CLEAN", "load_records", "STANDARD", "regime_of", "panel_of",
-           "panel_dataset", "panel_width", "file_name_part", "with_cell", "width_of"]
+           "ITERATES", "Setting", "CLEAN", "load_records", "STANDARD", "regime_of", "Panel", "file_name_part",
+           "with_cell", "width_of"]
 
 ITERATES = ("final", "best", "best-on-source")
 
@@ -115,34 +116,48 @@ def attack_jobs_done(records: Iterable[dict[str, Any]]) -> set[tuple]:
     return {attack_job_of(r) for r in records}
 
 
-def panel_of(record: dict[str, Any]) -> str:
-    """What the report compares within: the dataset, then " · regime" for a non-standard training regime and
-    " · width W" in a study that crosses widths (models are only ever compared with, and transferred to, models
-    trained the same way at the same width)."""
-    parts = [record["dataset"]]
-    if regime_of(record) != STANDARD:
-        parts.append(regime_of(record))
-    if width_of(record) is not None:
-        parts.append(f"width {width_of(record)}")
-    return " · ".join(parts)
+@functools.total_ordering
+@dataclass(frozen=True)
+class Panel:
+    """What the report compares within: a dataset, under one training regime, at one width (in a study that
+    crosses widths). Models are only ever compared with, and transferred to, models of their own panel. Shown as
+    the dataset, then " · regime" for a non-standard regime and " · width W" (str(panel)); ordered by that label
+    without the width, then by width (8 before 16)."""
+
+    dataset: str
+    regime: str = STANDARD
+    width: int | None = None
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> "Panel":
+        """The panel of a record's models (its dataset, `regime_of`, `width_of`)."""
+        return cls(record["dataset"], regime_of(record), width_of(record))
+
+    def __str__(self) -> str:
+        parts = [self.dataset]
+        if self.regime != STANDARD:
+            parts.append(self.regime)
+        if self.width is not None:
+            parts.append(f"width {self.width}")
+        return " · ".join(parts)
+
+    @property
+    def without_width(self) -> "Panel":
+        """The panel across widths: the trend of a width study is followed within it."""
+        return replace(self, width=None)
+
+    def sort_key(self) -> tuple[str, int]:
+        return str(self.without_width), self.width or 0
+
+    def __lt__(self, other: "Panel") -> bool:
+        return self.sort_key() < other.sort_key()
 
 
-def file_name_part(text: str) -> str:
+def file_name_part(text: object) -> str:
     """Text as a part of a file name, the one rule for panels (figures) and regimes (checkpoints): every run of
     characters other than letters, digits and "." becomes one "-" ("fashion-mnist-mini · FGSM-RS eps 0.1" ->
     "fashion-mnist-mini-FGSM-RS-eps-0.1")."""
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
-
-
-def panel_dataset(panel: str) -> str:
-    """The dataset of a panel name (panel_of)."""
-    return panel.split(" · ")[0]
-
-
-def panel_width(panel: str) -> tuple[str, int | None]:
-    """(the panel without its width part, the width) of a panel name (panel_of); width None without the axis."""
-    head, _, last = panel.rpartition(" · width ")
-    return (head, int(last)) if head and last.isdigit() else (panel, None)
+    return re.sub(r"[^A-Za-z0-9.]+", "-", str(text)).strip("-")
 
 
 def with_cell(records: list[dict[str, Any]], regime: str, width: int | None = None) -> list[dict[str, Any]]:

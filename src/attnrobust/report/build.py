@@ -23,7 +23,7 @@ from attnrobust.errors import UserError
 from attnrobust.report.corruptions import (corruption_section, corruption_summary, corruption_text,
                                           corruption_verdicts, is_corruption)
 from attnrobust.report import figures  # figures.curves etc. looked up at call time (the tests draw placeholders)
-from attnrobust.report.figures import PALETTE, Panel, Series
+from attnrobust.report.figures import PALETTE, Plot, Series
 from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.minimal import minimal_section
 from attnrobust.report.paper import comparison_rows, load_paper, matches_paper_pgd, paper_model, paper_value
@@ -32,7 +32,7 @@ from attnrobust.report.readme import (COMPARISON_KEYS, PAIRED_KEYS, VERDICT_KEYS
 from attnrobust.report.tables import table2, table3, to_csv, to_latex, to_markdown
 from attnrobust.report.verdicts import paired_rows, verdict_text, verdicts
 from attnrobust.report.widths import TREND_KEYS, width_section
-from attnrobust.results import CLEAN, STANDARD, Setting, load_records, file_name_part, panel_of
+from attnrobust.results import CLEAN, STANDARD, Panel, Setting, load_records, file_name_part
 from attnrobust.runfolder import RunFolder, file_stem
 
 __all__ = ["build_report"]
@@ -120,8 +120,8 @@ def _figures(grid: Grid, out: Path) -> list[tuple[str, str]]:
         pgd_title = "PGD" + (f" eps {pgd[0].eps:g}, step {pgd[0].alpha:g}" if pgd and pgd[0].alpha else "")
         # White-box (Figs 2-4): every model, with the paper's curve of its family dotted.
         panels = []
-        for p, settings, zero in ((Panel("FGSM (white-box)", "eps", "accuracy (%)"), fgsm, True),
-                                  (Panel(f"{pgd_title} (white-box)", "iterations", "error (%)"), pgd, False)):
+        for p, settings, zero in ((Plot("FGSM (white-box)", "eps", "accuracy (%)"), fgsm, True),
+                                  (Plot(f"{pgd_title} (white-box)", "iterations", "error (%)"), pgd, False)):
             seen = set()
             for m in models:
                 s = _series(grid, d, m, m, settings, m, color[m], "solid", zero)
@@ -155,7 +155,7 @@ def _figures(grid: Grid, out: Path) -> list[tuple[str, str]]:
                            for t in targets]
                 series = [s for s in series if s is not None]
                 if series:
-                    panels.append(Panel(f"{title}: crafted on {src}", xlabel, ylabel, series, _xticks(series)))
+                    panels.append(Plot(f"{title}: crafted on {src}", xlabel, ylabel, series, _xticks(series)))
             if panels:
                 rel = f"figures/transfer_{file_name_part(d)}_{file_stem(src)}.png"
                 figures.curves(out / rel, f"{d}: attacks crafted on {src}", panels)
@@ -186,11 +186,10 @@ def _attention_figures(grid: Grid, metas: list[tuple[Path, dict]], out: Path) ->
     notes = []
     for p, meta in metas:
         name, seed = meta["build_args"].get("name", ""), meta.get("seed", 0)
-        labels = {"dataset": meta.get("dataset"), "regime": meta.get("regime", STANDARD)}
         # the width is part of the panel only in a study that crosses widths
-        dataset = panel_of({**labels, "width": (meta.get("train") or {}).get("width")})
+        dataset = Panel(meta.get("dataset"), meta.get("regime", STANDARD), (meta.get("train") or {}).get("width"))
         if dataset not in grid.datasets():
-            dataset = panel_of(labels)
+            dataset = dataset.without_width
         info = registered_info(name)
         if info is not None and info.attention == "cbam" and dataset in grid.datasets():
             if (dataset, name) not in chosen or seed < chosen[(dataset, name)][0]:

@@ -30,14 +30,14 @@ from attnrobust.corruptions import ALL_NAMES, corrupt
 from attnrobust.data import get_spec, load_dataset
 from attnrobust.errors import UserError
 from attnrobust.report import figures  # figures.small_multiples etc. looked up at call time (tests draw placeholders)
-from attnrobust.report.figures import PALETTE, Panel, Series
+from attnrobust.report.figures import PALETTE, Plot, Series
 from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.readme import rows_csv
 from attnrobust.report.stats import mean_ci
 from attnrobust.report.tables import csv_text, markdown_table
 from attnrobust.report.verdicts import (aligned_lines, attention_pairs, clean_floor, compare_cells, decide_family,
                                         format_diff, format_sim, verdict_label)
-from attnrobust.results import CLEAN, Setting, file_name_part, panel_dataset, panel_of
+from attnrobust.results import CLEAN, Panel, Setting, file_name_part
 
 __all__ = ["is_corruption", "corruption_verdicts", "corruption_text", "corruption_summary", "corruption_section",
            "CORRUPTION_KEYS"]
@@ -64,7 +64,7 @@ def _names(grid: Grid, d: str) -> list[str]:
 
 
 def _family_label(records: list[dict], d: str) -> str:
-    labels = sorted({r.get("corruption_family", "") for r in records if panel_of(r) == d and is_corruption(r)})
+    labels = sorted({r.get("corruption_family", "") for r in records if Panel.of(r) == d and is_corruption(r)})
     return "/".join(x for x in labels if x) or "corruptions"
 
 
@@ -135,7 +135,7 @@ def corruption_text(rows: list[dict]) -> str:
         return ""
     header = ["dataset", "attention vs twin", "corruption", "seeds", "diff pp [95% CI]", "simultaneous",
               "p (Holm)", "verdict", "CE vs twin"]
-    body = [[r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", r["attack"], str(r["seeds"]),
+    body = [[str(r["dataset"]), f"{r['attention_model']} vs {r['baseline_model']}", r["attack"], str(r["seeds"]),
              format_diff(r), format_sim(r), "-" if r["p_holm"] is None else f"{r['p_holm']:.3g}",
              verdict_label(r["verdict"], r["seeds"]),
              "-" if r["ce_vs_twin"] is None else f"{r['ce_vs_twin']:.1f}%"] for r in rows]
@@ -222,7 +222,7 @@ def _verdict_markdown(rows: list[dict]) -> str:
 def _at_chance(grid: Grid, d: str, margin: float = 5.0) -> list[str]:
     """The corruptions at which every model is within `margin` pp of chance (1 / classes) at every severity."""
     try:
-        chance = 100 / get_spec(panel_dataset(d)).num_classes
+        chance = 100 / get_spec(d.dataset).num_classes
     except UserError:  # a user dataset no longer at hand: nothing said
         return []
     settings = _settings(grid, d)
@@ -240,7 +240,7 @@ def _severity_figure(grid: Grid, d: str, out: Path) -> str | None:
     panels = []
     for c in _names(grid, d):
         chosen = [(0, CLEAN)] + [(s.severity, s) for s in settings if s.corruption == c]
-        panel = Panel(c, "severity (0 = clean)", "accuracy (%)", xticks=[x for x, _ in chosen])
+        panel = Plot(c, "severity (0 = clean)", "accuracy (%)", xticks=[x for x, _ in chosen])
         for i, m in enumerate(models):
             found = [(x, grid.summary(d, m, m, s)) for x, s in chosen]
             found = [(x, v) for x, v in found if v is not None]
@@ -261,7 +261,7 @@ def _severity_figure(grid: Grid, d: str, out: Path) -> str | None:
 def _sample_grid(grid: Grid, d: str, out: Path, count: int = 3) -> tuple[str | None, str | None]:
     """(figure, None) or (None, why not): each corruption (rows) at each severity (columns) on the first `count`
     test images, made by the same code the study scored, from the dataset files when they are at hand."""
-    dataset = panel_dataset(d)
+    dataset = d.dataset
     try:
         images = load_dataset(dataset, "test", download=False)[0][:count].numpy()
     except (UserError, OSError) as err:

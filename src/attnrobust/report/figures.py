@@ -1,7 +1,7 @@
 """Figures for the report, in the spirit of the paper's Figures 2-7, as PNG (matplotlib, Agg backend).
 
 `curves` draws panels of lines (accuracy vs eps, error vs iterations) from plain data the report prepares
-(`Panel`s of `Series`), so this file knows nothing of records. `attention_figure` shows CBAM's last spatial
+(`Plot`s of `Series`), so this file knows nothing of records. `attention_figure` shows CBAM's last spatial
 attention map over clean and FGSM images; it needs a checkpoint and the dataset files, and the report builds
 without it.
 """
@@ -46,7 +46,9 @@ class Series:
 
 
 @dataclass
-class Panel:
+class Plot:
+    """One subplot of a figure: its title, axis labels and lines."""
+
     title: str
     xlabel: str
     ylabel: str
@@ -56,7 +58,7 @@ class Panel:
     zero_line: bool = False  # a thin line at y = 0 (differences: above it attention is more robust)
 
 
-def _draw(ax, panel: Panel, legend_size: float = 7) -> None:
+def _draw(ax, panel: Plot, legend_size: float = 7) -> None:
     """One panel's lines on an axes (shared by `curves` and `small_multiples`)."""
     for s in panel.series:
         kw = dict(color=s.color, label=s.label)
@@ -85,7 +87,7 @@ def _draw(ax, panel: Panel, legend_size: float = 7) -> None:
         ax.legend(fontsize=legend_size, loc="best")
 
 
-def curves(path: Path, title: str, panels: list[Panel]) -> None:
+def curves(path: Path, title: str, panels: list[Plot]) -> None:
     """One row of panels."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     for ax, panel in zip(axes[0], panels):
@@ -96,7 +98,7 @@ def curves(path: Path, title: str, panels: list[Panel]) -> None:
     plt.close(fig)
 
 
-def small_multiples(path: Path, title: str, panels: list[Panel], columns: int = 5) -> None:
+def small_multiples(path: Path, title: str, panels: list[Plot], columns: int = 5) -> None:
     """Many small panels in rows of `columns` sharing one legend (e.g. accuracy vs severity per corruption)."""
     rows = -(-len(panels) // columns)
     cols = min(columns, len(panels))

@@ -1,8 +1,8 @@
 """Result records -> a grid of cells, the data behind the report's tables, figures and verdicts.
 
-A cell is one (panel, source, target) triple, a panel being a dataset, or a dataset under a non-standard
-training regime (`attnrobust.results.panel_of`; the code calls it `dataset` where the two coincide): source ==
-target is the white-box result, anything else a transfer result. Each cell holds, per attack setting
+A cell is one (panel, source, target) triple, a panel (`attnrobust.results.Panel`) being a dataset under one
+training regime at one width (the code calls it `dataset`; str(panel) is its label): source == target is the
+white-box result, anything else a transfer result. Each cell holds, per attack setting
 (`attnrobust.results.Setting.column`, a column of the tables) and per seed, the record that measured it. `summary`
 gives a cell's value in percent: with several seeds the mean and the half-width of the 95% t interval over seeds.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from attnrobust.errors import UserError
 from attnrobust.models import model_info
 from attnrobust.report.stats import mean_ci
-from attnrobust.results import CLEAN, Setting, panel_of, panel_width
+from attnrobust.results import CLEAN, Panel, Setting
 
 # Model order, as in the paper's tables: each no-attention network before its attention variants (in the
 # registry's order of attention kinds), VGG last; unregistered names after them.
@@ -48,7 +48,7 @@ class Grid:
     def from_records(cls, records: list[dict]) -> "Grid":
         cells: dict = defaultdict(lambda: defaultdict(dict))
         for r in records:
-            key = (panel_of(r), r["source"], r["target"])
+            key = (Panel.of(r), r["source"], r["target"])
             seed = int(r["seed"])
             s = Setting.of(r).column  # one column for APGD's white-box and transfer iterates
             # FGSM at eps 0 is the clean image: the clean column already shows it.
@@ -59,7 +59,7 @@ class Grid:
 
     def datasets(self) -> list[str]:
         # panels in name order, widths in numeric order ("width 8" before "width 16")
-        return sorted({d for d, _, _ in self.cells}, key=lambda d: (panel_width(d)[0], panel_width(d)[1] or 0))
+        return sorted({d for d, _, _ in self.cells})
 
     def models(self, dataset: str) -> list[str]:
         names = {m for d, s, t in self.cells if d == dataset for m in (s, t)}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from attnrobust.report import figures  # figures.curves looked up at call time (the tests draw placeholders)
-from attnrobust.report.figures import PALETTE, Panel, Series
+from attnrobust.report.figures import PALETTE, Plot, Series
 from attnrobust.report.grid import Grid
 from attnrobust.report.stats import mean_ci
 from attnrobust.report.tables import markdown_table
@@ -92,7 +92,7 @@ def minimal_section(grid: Grid, out: Path) -> tuple[list[str], list[tuple[str, s
                                      list(c.mean(axis=0)), color[m], style,
                                      low=list(c.min(axis=0)) if band else None,
                                      high=list(c.max(axis=0)) if band else None))
-            panels.append(Panel(f"{attn} vs {base}", "eps (x 1/255)", "robust accuracy (%)", series,
+            panels.append(Plot(f"{attn} vs {base}", "eps (x 1/255)", "robust accuracy (%)", series,
                                 list(range(0, 17, 2))))
         if panels:
             rel = f"figures/minimal_eps_{file_name_part(d)}.png"

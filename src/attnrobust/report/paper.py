@@ -15,7 +15,7 @@ from importlib import resources
 from attnrobust.config import DEFAULTS
 from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.tables import column_titles
-from attnrobust.results import CLEAN, Setting, panel_dataset
+from attnrobust.results import CLEAN, Panel, Setting
 
 PAPER_N = 10000  # test images in the paper's evaluation (full CIFAR / Fashion-MNIST test split)
 # The depths of the paper's networks (a registered model's ModelInfo.base): anything else is a reduced model.
@@ -30,8 +30,10 @@ def load_paper() -> dict:
     return json.loads(resources.files("attnrobust").joinpath("reference/paper.json").read_text())
 
 
-def paper_dataset(name: str) -> str | None:
-    return _DATASETS.get(name)
+def paper_dataset(panel: Panel) -> str | None:
+    """The paper's dataset our panel stands for: only a standard-training panel without a width axis (the paper
+    trained nothing else)."""
+    return _DATASETS.get(panel.dataset) if panel == Panel(panel.dataset) else None
 
 
 def paper_model(name: str) -> str | None:
@@ -70,7 +72,7 @@ def matches_paper_pgd(setting: Setting) -> bool:
             and setting.steps in pgd["steps"])
 
 
-def paper_value(dataset: str, source: str, target: str, setting: Setting) -> float | None:
+def paper_value(dataset: Panel, source: str, target: str, setting: Setting) -> float | None:
     """The paper's number (percent, the same quantity our tables show) for our cell and setting, or None.
 
     The clean column is compared with the target's own clean accuracy (Table II, or Table III's VGG-16 source
@@ -124,7 +126,7 @@ def reduced_notes(grid: Grid, config: dict | None) -> list[str]:
     # TrainConfig's 64
     width = ((config or {}).get("train") or {}).get("width")
     widths = sorted(((config or {}).get("study") or {}).get("widths") or
-                    {width if width is not None else DEFAULTS.get(panel_dataset(d), {}).get("width", 64)
+                    {width if width is not None else DEFAULTS.get(d.dataset, {}).get("width", 64)
                      for d in grid.datasets()})
     if any(isinstance(w, int) and w < 64 for w in widths):
         notes.append(f"reduced width ({', '.join(map(str, widths))} channels in the first stage; the paper's "
@@ -132,7 +134,7 @@ def reduced_notes(grid: Grid, config: dict | None) -> list[str]:
     if ((config or {}).get("train") or {}).get("model_args", {}).get("stem_stride", 1) != 1:
         notes.append("the ResNets' first convolution has stride 2 (stem_stride, a CPU budget: a quarter of the "
                      "pixels in the first stage), where the paper's CIFAR-style stem keeps the input side")
-    if any(panel_dataset(d) == "fashion-mnist-mini" for d in grid.datasets()):
+    if any(d.dataset == "fashion-mnist-mini" for d in grid.datasets()):
         notes.append("fashion-mnist-mini is a small embedded subset of Fashion-MNIST, not the full dataset")
     ns = sorted({n for d in grid.datasets() for m in grid.models(d) for n in grid.n_images(d, m, m)})
     if ns and min(ns) < PAPER_N:

@@ -18,7 +18,7 @@ from attnrobust.report.paper import reduced_notes
 from attnrobust.report.tables import csv_text, markdown_table
 from attnrobust.report.verdicts import (ROBUSTNESS, TRANSFERABILITY, VERDICT_HEADER, format_diff, format_paper,
                                        power_note, summaries, verdict_cells, warnings_lines)
-from attnrobust.results import panel_dataset, panel_of
+from attnrobust.results import Panel
 
 
 @dataclass
@@ -78,7 +78,7 @@ COMPARISON_KEYS = ["dataset", "source", "target", "setting", "ours", "ours_ci95"
 
 def _comparison_markdown(rows: list[dict]) -> str:
     header = ["dataset", "model (source -> target)", "setting", "ours", "paper", "ours - paper (pp)"]
-    body = [[r["dataset"], r["source"] if r["source"] == r["target"] else f"{r['source']} -> {r['target']}",
+    body = [[str(r["dataset"]), r["source"] if r["source"] == r["target"] else f"{r['source']} -> {r['target']}",
              r["setting"], f"{r['ours']:.2f}" + ("" if r["ours_ci95"] is None else f" ± {r['ours_ci95']:.2f}"),
              f"{r['paper']:.2f}", f"{r['difference']:+.2f}"] for r in rows]
     return markdown_table(header, body, right=3)
@@ -101,7 +101,7 @@ def _csv_value(v) -> str:
 def _paired_markdown(rows: list[dict]) -> str:
     header = ["dataset", "attention vs twin", "scenario", "setting", "seeds", "diff pp [95% CI]", "verdict",
               "paper: diff pp (verdict)"]
-    body = [[r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["setting"],
+    body = [[str(r["dataset"]), f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["setting"],
              str(r["seeds"]), format_diff(r), r["verdict"], format_paper(r)] for r in rows]
     return markdown_table(header, body)
 
@@ -140,7 +140,7 @@ def _minimal_comparison(rows: list[dict]) -> list[str]:
         return []
     header = ["dataset", "attention vs twin", "restricted mean up to the cap, diff /255 [95% CI]", "verdict",
               "Wilcoxon signed-rank p (secondary)"]
-    body = [[r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", format_diff(r), r["verdict"],
+    body = [[str(r["dataset"]), f"{r['attention_model']} vs {r['baseline_model']}", format_diff(r), r["verdict"],
              "-" if r["wilcoxon_p"] is None else f"{r['wilcoxon_p']:.3g}"] for r in mine]
     return ["Attention model minus its twin: the verdict compares the restricted mean of the per-image minimal eps "
             "up to the cap (the area under the robust-accuracy curve up to the cap; a median is not additive over "
@@ -152,7 +152,7 @@ def _minimal_comparison(rows: list[dict]) -> list[str]:
 def _family_size(rows: list[dict]) -> str:
     """How many comparisons one Holm family holds: the rows of one panel (a dataset, or one under a regime)."""
     sizes = sorted(set(Counter(r["dataset"] for r in rows if r["family"] == ROBUSTNESS).values()))
-    regimes = any(panel_dataset(r["dataset"]) != r["dataset"] for r in rows)
+    regimes = any(r["dataset"] != Panel(r["dataset"].dataset) for r in rows)
     return (f"the {'/'.join(map(str, sizes))} comparisons of each dataset's table"
             + (" (a dataset under each training regime has a table of its own)" if regimes else ""))
 
@@ -193,7 +193,7 @@ def _header(name: str, grid: Grid, records: list[dict], env: dict) -> list[str]:
              "of Image Classification Models*.", "",
              f"- Built by `attnrobust report` from `results.jsonl` alone ({len(records)} records); rebuilding "
              f"from the same results gives the same files.",
-             f"- Datasets: {', '.join(datasets)}. Models: {', '.join(models)}. Seeds: "
+             f"- Datasets: {', '.join(map(str, datasets))}. Models: {', '.join(models)}. Seeds: "
              f"{', '.join(map(str, grid.seeds()))}. Test images attacked per model (n): "
              f"{', '.join(map(str, ns))}."]
     shown = [k for k in ("attnrobust", "python", "torch", "cuda", "device", "device_name", "cpu_model",
@@ -333,11 +333,11 @@ def _threat_model(grid: Grid, records: list[dict]) -> list[str]:
              "budget applies to raw pixels, clipped to [0, 1]."]
     for d in grid.datasets():
         try:
-            spec = get_spec(panel_dataset(d))
+            spec = get_spec(d.dataset)
             pixels = f"{spec.channels}x{spec.height}x{spec.width} (the dataset's own pixels, no padding)"
         except UserError:
             pixels = "input as given"
-        mine = [r for r in records if panel_of(r) == d]
+        mine = [r for r in records if Panel.of(r) == d]
         images = sorted({f"{r['attack']}: {r['images']}" for r in mine})
         lines.append(f"- {d}: every pixel of the {pixels} image may change; attacked images: {'; '.join(images)}.")
     rs = sorted({r["random_start"] for r in records if r["attack"] in ("pgd", "apgd")})

@@ -153,8 +153,8 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
 
 
-def tex_escape(text: str) -> str:
-    return "".join(_TEX.get(c, c) for c in text)
+def tex_escape(text: object) -> str:
+    return "".join(_TEX.get(c, c) for c in str(text))
 
 
 def to_latex(table: Table) -> str:
@@ -171,15 +171,16 @@ def to_latex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(header: list[str], rows: list[list[str]], right: int = 0) -> str:
-    """A plain Markdown table; the last `right` columns are right-aligned (numbers)."""
+def markdown_table(header: list[str], rows: list[list], right: int = 0) -> str:
+    """A plain Markdown table of str(cell) (a panel shows its label); the last `right` columns are right-aligned
+    (numbers)."""
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] * (len(header) - right) + ["---:"] * right) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def csv_text(header: list[str], rows: list[list[str]]) -> str:
+def csv_text(header: list[str], rows: list[list]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)

@@ -57,7 +57,7 @@ from attnrobust.report.paper import PAPER_N, load_paper, paper_dataset, paper_mo
 from attnrobust.report.stats import (EQUIVALENT, INCONCLUSIVE, POWER, Z95, decide, paired_interval,
                                      proportion_diff_se, seeds_interval)
 from attnrobust.report.tables import column_titles
-from attnrobust.results import Setting, panel_dataset, unpack_bits, unpack_floats
+from attnrobust.results import Panel, Setting, unpack_bits, unpack_floats
 
 HELPS, HURTS, NONE, WITHHELD = "helps", "hurts", "no significant difference", "withheld"
 _SHORT = {NONE: "n.s."}
@@ -72,7 +72,7 @@ ROBUSTNESS, TRANSFERABILITY = "robustness", "transferability"
 
 
 def clean_floor(dataset: str, override: float | None = None) -> float:
-    return override if override is not None else CLEAN_FLOORS.get(panel_dataset(dataset), DEFAULT_FLOOR)
+    return override if override is not None else CLEAN_FLOORS.get(dataset.dataset, DEFAULT_FLOOR)
 
 
 def attention_pairs(models: list[str], declared=()) -> list[tuple[str, str]]:
@@ -374,7 +374,7 @@ def summaries(rows: list[dict], records: list[dict] | None = None) -> list[dict]
     for d, attn, base in keys:
         pd = paper_dataset(d)
         paper_pair = paper_model(attn) == "cbam_resnet50" and paper_model(base) == "resnet50"
-        masking = sorted({(r["target"], r["seed"]) for r in records or () if r["dataset"] == d
+        masking = sorted({(r["target"], r["seed"]) for r in records or () if Panel.of(r) == d
                           and r["target"] in (attn, base) and not (r.get("flags") or {}).get(
                               "gradient_masking", {}).get("ok", True)})
         for scope in ("white-box", "transfer"):
@@ -566,7 +566,7 @@ def marked_verdict(r: dict) -> str:
 def verdict_cells(r: dict) -> list[str]:
     """One row of the verdict table (text and Markdown share it)."""
     verdict = marked_verdict(r)
-    return [r["dataset"], f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["attack"],
+    return [str(r["dataset"]), f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["attack"],
             str(r["seeds"]), format_diff(r), format_sim(r), f"+-{r['margin']:g}", verdict, format_df(r),
             "-" if r["detectable"] is None else f"{r['detectable']:.2f}", format_needed(r), format_both(r),
             format_relative(r), format_paper(r).replace(NONE, "n.s."), r["reproduced"]]
@@ -614,7 +614,9 @@ def verdict_text(rows: list[dict], records: list[dict] | None = None) -> str:
     return "\n".join(lines)
 
 
-def aligned_lines(rows: list[list[str]]) -> list[str]:
+def aligned_lines(rows: list[list]) -> list[str]:
+    """Rows of str(cell) in left-aligned columns (a panel shows its label)."""
+    rows = [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 

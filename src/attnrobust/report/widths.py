@@ -13,10 +13,10 @@ from pathlib import Path
 
 from attnrobust.runfolder import file_stem
 from attnrobust.report import figures  # figures.curves looked up at call time (the tests draw placeholders)
-from attnrobust.report.figures import PALETTE, Panel, Series
+from attnrobust.report.figures import PALETTE, Plot, Series
 from attnrobust.report.tables import markdown_table
 from attnrobust.report.verdicts import format_diff, marked_verdict
-from attnrobust.results import file_name_part, panel_width
+from attnrobust.results import file_name_part
 
 # The measures the trend shows, in this order: the primary white-box measure first, then robust accuracy.
 TREND_ATTACKS = ("minimal", "autoattack", "fgsm", "pgd", "apgd")
@@ -31,7 +31,7 @@ def width_trend(rows: list[dict]) -> list[dict]:
     `width`, ordered by panel, pair, scenario, measure and width; [] when no row comes from a width panel."""
     out = []
     for r in rows:
-        panel, width = panel_width(r["dataset"])
+        panel, width = r["dataset"].without_width, r["dataset"].width
         if width is not None and r["attack"] in TREND_ATTACKS:
             out.append({**r, "panel": panel, "width": width})
     scenarios = list(dict.fromkeys(r["scenario"] for r in rows))  # the verdicts' own order: white-box first
@@ -85,7 +85,7 @@ def width_figures(trend: list[dict], out: Path) -> list[tuple[str, str]]:
                     high=[r["ci_high"] for r in group], color=PALETTE[len(series) % len(PALETTE)],
                     style="solid" if scenario == "white-box" else "dashed"))
             if series:
-                panels.append(Panel(title=f"{attn} minus {base}: {measure}", xlabel="width",
+                panels.append(Plot(title=f"{attn} minus {base}: {measure}", xlabel="width",
                                     ylabel=f"{measure} gap ({'1/255' if unit == '/255' else 'pp'})", series=series,
                                     xticks=sorted({x for s in series for x in s.x}), ylim=None, zero_line=True))
         if panels:
