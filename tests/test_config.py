@@ -54,6 +54,7 @@ def _data(**sections):
     (dict(study={"datasets": ["mnist"]}), ["study.datasets[0]", "mnist", "fashion-mnist"]),
     (dict(study={"seeds": [0, 0]}), ["study.seeds", "duplicates"]),
     (dict(study={"seeds": "0"}), ["study.seeds", "list"]),
+    (dict(study={"seeds": [0, -1]}), ["study.seeds: must be integers >= 0"]),  # every seed, not only the first
     (dict(train={"epochs": "ten"}), ["train.epochs", "int"]),
     (dict(train={"epochs": 0}), ["train.epochs: must be a positive integer"]),
     (dict(train={"lr": -1}), ["train.lr: must be a positive number"]),

@@ -782,11 +782,15 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
     if unused:
         raise UserError(f"train.model_args.{unused[0]}: no model of the study takes it; valid: "
                         f"{', '.join(sorted({k for m in s.models for k in model_options(m)})) or 'none'}")
-    for dataset in s.datasets:  # the per-job training configs must be valid too; check before any work starts
+    if not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in s.seeds):
+        raise UserError(f"study.seeds: must be integers >= 0, got {s.seeds!r}")
+    # Every job's training config, checked here once (jobs differ from these only in their seed, checked above):
+    # plan() builds the same configs and the study trains them without checking them again (train.run_training).
+    for dataset in s.datasets:
         for i, regime in enumerate(s.regimes or [{}]):
-            for model in s.models:
+            for model, width in ((m, w) for m in s.models for w in cfg.widths_of()):
                 try:
-                    cfg.train_config(dataset, model, s.seeds[0], regime).validate(data_dir)
+                    cfg.train_config(dataset, model, s.seeds[0], regime, width).validate(data_dir)
                 except UserError as err:
                     # name the key where it was set: a regime's table, or [train] (TrainConfig says "key: ...")
                     key = str(err).split(":", 1)[0]

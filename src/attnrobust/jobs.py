@@ -30,7 +30,7 @@ from attnrobust.results import STANDARD, with_cell
 from attnrobust.runfolder import RunFolder
 from attnrobust.runlock import die_with_parent
 from attnrobust.runtime import resolve_device, set_threads
-from attnrobust.train import train
+from attnrobust.train import run_training
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _split_attacks(cfg: StudyConfig):
 
 def run_train_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, data_dir=None,
                   quiet: bool = False) -> Path:
-    return train(job.train, run_dir, device=device, data_dir=data_dir, quiet=quiet)
+    return run_training(job.train, run_dir, device=device, data_dir=data_dir, quiet=quiet)
 
 
 # The models of the cell (Job.cell) whose attack jobs this process ran last, by checkpoint and file

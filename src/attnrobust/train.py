@@ -285,8 +285,15 @@ class _Setup:
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str | Path | None = None,
           quiet: bool = False) -> Path:
-    """Train (or resume, or skip if finished) `cfg` into out_dir; return the final checkpoint's path."""
-    cfg.validate(data_dir)  # the API's way in: a TrainConfig built in Python has not met the config parser
+    """Train (or resume, or skip if finished) `cfg` into out_dir; return the final checkpoint's path. The API's way
+    in: `cfg` is checked first (a TrainConfig built in Python has not met the config parser)."""
+    cfg.validate(data_dir)
+    return run_training(cfg, out_dir, device=device, data_dir=data_dir, quiet=quiet)
+
+
+def run_training(cfg: TrainConfig, out_dir: str | Path, *, device=None, data_dir: str | Path | None = None,
+                 quiet: bool = False) -> Path:
+    """`train` of a config already checked: a study's jobs, whose configs config.validate checked at the door."""
     init_distributed()
     rank, world, _ = dist_info()
     main = rank == 0
