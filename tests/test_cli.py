@@ -52,8 +52,8 @@ def test_no_verb_prints_help(capsys):
 def test_unwritable_output_is_one_line_not_a_traceback(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    code = main(["train", "--dataset", "fashion-mnist-mini", "--model", "resnet14", "--width", "4", "--epochs", "1",
-                 "--out", str(blocker / "run"), "--quiet"])
+    code = main(["train", "--dataset", "fashion-mnist-mini", "--model", "resnet14", "--set", "train.width=4",
+                 "--set", "train.epochs=1", "--out", str(blocker / "run"), "--quiet"])
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("attnrobust: error: ") and "a-file" in err[0]

@@ -207,18 +207,26 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert cos[10] == 1.0 and 0 < cos[-1] < 0.01
 
 
-def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
-    code = cli.main(["train", "--dataset", "fashion-mnist-mini", "--model", "resnet14", "--epochs", "0",
+@pytest.mark.parametrize("setting, words", [
+    ("train.epochs=0", "train.epochs: must be a positive integer, got 0"),
+    ("train.epochs='ten'", "train.epochs"),
+    ("train.epcohs=3", "train.epcohs"),  # a typo is named, with the valid keys
+    ("attack.pgd_steps=[5]", "only [train] keys apply here"),
+    ("train.seed=1", "train.seed: give it as --seed"),
+])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, setting, words):
+    code = cli.main(["train", "--dataset", "fashion-mnist-mini", "--model", "resnet14", "--set", setting,
                      "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("attnrobust: error: epochs:") and err.count("\n") == 1
+    assert err.startswith("attnrobust: error: ") and words in err and err.count("\n") == 1, err
 
 
 @pytest.mark.slow
 def test_cli_train_one_epoch(tmp_path, capsys):
-    code = cli.main(["train", "--dataset", "fashion-mnist-mini", "--model", "vgg16_bn", "--width", "4",
-                     "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "out"), "--quiet"])
+    code = cli.main(["train", "--dataset", "fashion-mnist-mini", "--model", "vgg16_bn", "--set", "train.width=4",
+                     "--set", "train.epochs=1", "--set", "train.batch_size=64", "--out", str(tmp_path / "out"),
+                     "--quiet"])
     assert code == 0
     assert "checkpoint:" in capsys.readouterr().out
     meta = read_meta(tmp_path / "out" / "checkpoints" / "fashion-mnist-mini-vgg16_bn-s0-w4.safetensors")

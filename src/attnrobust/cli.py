@@ -76,19 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "your own DIR/NAME.npz or DIR/NAME/ in --data-dir")
     p.add_argument("--model", required=True, help="a registered model (see `attnrobust models`), or your own "
                                                    "as MODULE:CALLABLE or FILE.py:CALLABLE")
-    p.add_argument("--width", type=int, default=None, help="channels of the first stage (64 = paper size)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--label-smoothing", type=float, default=None)
-    p.add_argument("--adversarial", choices=["none", "pgd", "fgsm-rs"], default=None,
-                   help="adversarial training: PGD-AT (Madry et al.) or FGSM with random start (Wong et al.)")
-    p.add_argument("--adv-eps", type=float, default=None, help="adversarial training budget (L-inf, pixels)")
-    p.add_argument("--adv-steps", type=int, default=None, help="PGD-AT steps (default: 10)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="train.KEY=VALUE",
+                   help="a [train] setting, spelled as in a study config (value in TOML syntax; repeatable), over "
+                        "the dataset's recipe: width (64 = paper size), epochs, batch_size, lr, weight_decay, "
+                        "label_smoothing, adversarial (\"pgd\": PGD-AT, Madry et al.; \"fgsm-rs\": Wong et al.), "
+                        "adv_eps, adv_steps, compile, model_args, ...; e.g. --set train.epochs=3")
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints/ and logs/")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(p)
     p.set_defaults(handler=cmd_train)
@@ -148,16 +142,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from attnrobust.config import TrainConfig
-    from attnrobust.train import train
+    from attnrobust.config import single_train_config
+    from attnrobust.train import run_training
 
-    cfg = TrainConfig.for_dataset(args.dataset, model=args.model, seed=args.seed, **{
-        k: v for k, v in dict(width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                              weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                              adversarial=args.adversarial, adv_eps=args.adv_eps, adv_steps=args.adv_steps).items()
-        if v is not None})
-    cfg.compile = args.compile
-    path = train(cfg, args.out, device=args.device, data_dir=args.data_dir, quiet=args.quiet)
+    cfg = single_train_config(args.dataset, args.model, args.seed, args.overrides, args.data_dir)
+    path = run_training(cfg, args.out, device=args.device, data_dir=args.data_dir, quiet=args.quiet)
     print(f"checkpoint: {path}")
     return 0
 

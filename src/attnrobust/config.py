@@ -6,6 +6,10 @@ AttackConfig; EvalSection: how many test images to attack, in which batch size, 
 SlurmSection: the [slurm] resources of each job when that executor is Slurm) live here. The
 pipeline stages (train, evaluate, study) receive these values already checked. Shipped study configs live in
 attnrobust/configs/ and are named without the .toml suffix (`quick`, `cifar10`, ...).
+
+This module imports no torch: `attnrobust --help`, `ls` and reading a config stay fast (torch takes seconds). The
+checks that need the dataset and model registries (data, models, corruptions: torch, numpy, scipy) import them
+where they run, inside `validate`'s helpers and TrainConfig.validate.
 """
 
 from __future__ import annotations
@@ -670,6 +674,37 @@ def attack_config(overrides: typing.Iterable[str] = ()) -> AttackConfig:
     return _build(AttackConfig, data.get("attack", {}), "attack")
 
 
+def single_train_config(dataset: str, model: str, seed: int = 0, overrides: typing.Iterable[str] = (),
+                        data_dir=None) -> TrainConfig:
+    """The checked TrainConfig of the `train` verb: the dataset's recipe, then `--set train.KEY=VALUE` overrides,
+    typed, checked and named as a study config's [train] keys are (one spelling of a setting, in a config file and
+    on the command line; errors say "train.KEY"). data_dir: where a user dataset is."""
+    data: dict = {}
+    for override in overrides:
+        _apply_override(data, override)
+        if set(data) != {"train"}:
+            raise UserError(f"--set {override!r}: only [train] keys apply here (train.KEY=VALUE, e.g. --set "
+                            f"train.epochs=3); valid keys: {', '.join(_train_hints())}")
+    table = data.get("train", {})
+    for key in table:
+        if key in _PER_JOB_TRAIN_KEYS:
+            raise UserError(f"train.{key}: give it as --{key}, not through --set")
+    hints = _train_hints()
+    cfg = TrainConfig.for_dataset(dataset, model=model, seed=seed, **{
+        k: _coerce(v, hints[k], f"train.{k}") if k in hints else v for k, v in table.items()})
+    try:
+        cfg.validate(data_dir)
+    except UserError as err:  # TrainConfig says "key: ..."; here the key was spelled train.KEY
+        key = str(err).split(":", 1)[0]
+        raise UserError(f"train.{err}" if key in hints else str(err)) from None
+    return cfg
+
+
+def _train_hints() -> dict[str, Any]:
+    """[train]'s keys and their types: TrainConfig's fields but those each job sets (dataset, model, seed)."""
+    return {k: v for k, v in _field_hints(TrainConfig).items() if k not in _PER_JOB_TRAIN_KEYS}
+
+
 def parse_config(data: dict, where: str = "config", data_dir=None) -> StudyConfig:
     """Validate a config given as plain data (as tomllib returns it); data_dir: where user datasets are."""
     _check_keys(data, ("study", "train", "attack", "eval", "verdict", "slurm"), where)
@@ -677,7 +712,7 @@ def parse_config(data: dict, where: str = "config", data_dir=None) -> StudyConfi
         if not isinstance(data.get(section, {}), dict):
             raise UserError(f"{where}: [{section}] must be a table")
     study = _build(StudySection, data.get("study", {}), "study")
-    train_hints = {k: v for k, v in _field_hints(TrainConfig).items() if k not in _PER_JOB_TRAIN_KEYS}
+    train_hints = _train_hints()
     train_table = data.get("train", {})
     for key in train_table:
         if key in _PER_JOB_TRAIN_KEYS:
@@ -710,10 +745,17 @@ def load_config(config: str | Path | dict = "quick", overrides: typing.Iterable[
 def validate(cfg: StudyConfig, data_dir=None) -> None:
     """Check values across sections (names exist, numbers in range); raise UserError naming the key.
     data_dir (else $ATTNROBUST_DATA): where the user's datasets are; user models' code is imported to check it."""
+    _validate_study(cfg.study, data_dir)
+    _validate_eval(cfg.eval)
+    _validate_across(cfg, data_dir)
+    _validate_jobs(cfg, data_dir)
+
+
+def _validate_study(s: StudySection, data_dir) -> None:
+    """[study]: names that exist (user models' code imported), no duplicates, pairs, regimes, widths."""
     from attnrobust.data import get_spec
     from attnrobust.models import is_user_model, list_models, model_options
 
-    s = cfg.study
     if not s.name or "/" in s.name or s.name.startswith("."):
         raise UserError(f"study.name: {s.name!r} is not a usable folder name")
     for key, values in (("datasets", s.datasets), ("models", s.models), ("seeds", s.seeds)):
@@ -753,25 +795,37 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
                         f"first stage, e.g. [8, 16, 32]), got {s.widths!r}")
     if s.regimes is not None and not s.regimes:
         raise UserError("study.regimes: must list at least one regime (or be left out for the [train] one)")
-    if cfg.eval.n is not None and cfg.eval.n <= 0:
-        raise UserError(f"eval.n: must be positive (or left out for the whole test split), got {cfg.eval.n}")
-    if cfg.eval.batch_size <= 0:
-        raise UserError(f"eval.batch_size: must be positive, got {cfg.eval.batch_size}")
-    if cfg.eval.strong_n is not None and cfg.eval.strong_n <= 0:
-        raise UserError(f"eval.strong_n: must be positive (or left out for all images), got {cfg.eval.strong_n}")
-    if cfg.eval.subset_seed < 0:
-        raise UserError(f"eval.subset_seed: must be >= 0, got {cfg.eval.subset_seed}")
-    if cfg.eval.corruption_images not in ("all", "strong"):
+
+
+def _validate_eval(e: EvalSection) -> None:
+    """[eval]: numbers in range, known names."""
+    if e.n is not None and e.n <= 0:
+        raise UserError(f"eval.n: must be positive (or left out for the whole test split), got {e.n}")
+    if e.batch_size <= 0:
+        raise UserError(f"eval.batch_size: must be positive, got {e.batch_size}")
+    if e.strong_n is not None and e.strong_n <= 0:
+        raise UserError(f"eval.strong_n: must be positive (or left out for all images), got {e.strong_n}")
+    if e.subset_seed < 0:
+        raise UserError(f"eval.subset_seed: must be >= 0, got {e.subset_seed}")
+    if e.corruption_images not in ("all", "strong"):
         raise UserError(f"eval.corruption_images: must be \"all\" (every attacked image) or \"strong\" (the "
-                        f"eval.strong_n subset), got {cfg.eval.corruption_images!r}")
-    floor = cfg.eval.min_clean_accuracy
+                        f"eval.strong_n subset), got {e.corruption_images!r}")
+    floor = e.min_clean_accuracy
     if floor is not None and not 0 <= floor <= 1:
         raise UserError(f"eval.min_clean_accuracy: must be in [0, 1], got {floor}")
-    if cfg.eval.workers is not None and cfg.eval.workers < 1:
+    if e.workers is not None and e.workers < 1:
         raise UserError(f"eval.workers: must be a positive integer (or unset: one per CUDA device, else 1), got "
-                        f"{cfg.eval.workers}")
-    if cfg.eval.executor not in EXECUTORS:
-        raise UserError(f"eval.executor: must be one of {', '.join(EXECUTORS[:2])}, got {cfg.eval.executor!r}")
+                        f"{e.workers}")
+    if e.executor not in EXECUTORS:
+        raise UserError(f"eval.executor: must be one of {', '.join(EXECUTORS[:2])}, got {e.executor!r}")
+
+
+def _validate_across(cfg: StudyConfig, data_dir) -> None:
+    """What needs two sections: each dataset's corruption family holds the names listed; model_args a model takes."""
+    from attnrobust.data import get_spec
+    from attnrobust.models import model_options
+
+    s = cfg.study
     if cfg.attack.corruptions:  # each dataset's family must hold the names listed
         from attnrobust.corruptions import expand_names, family_of
 
@@ -782,6 +836,11 @@ def validate(cfg: StudyConfig, data_dir=None) -> None:
     if unused:
         raise UserError(f"train.model_args.{unused[0]}: no model of the study takes it; valid: "
                         f"{', '.join(sorted({k for m in s.models for k in model_options(m)})) or 'none'}")
+
+
+def _validate_jobs(cfg: StudyConfig, data_dir) -> None:
+    """Every job's TrainConfig (each dataset, regime, width and model; every seed)."""
+    s = cfg.study
     if not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in s.seeds):
         raise UserError(f"study.seeds: must be integers >= 0, got {s.seeds!r}")
     # Every job's training config, checked here once (jobs differ from these only in their seed, checked above):

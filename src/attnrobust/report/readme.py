@@ -207,10 +207,21 @@ def _header(name: str, grid: Grid, records: list[dict], env: dict) -> list[str]:
 
 def readme_text(inputs: ReadmeInputs) -> str:
     """The report's README.md: verdicts, threat model, deviations, minimal eps, tables, the paper, figures."""
-    grid, rows, paired, comparison = inputs.grid, inputs.rows, inputs.paired, inputs.comparison
-    several = len(grid.seeds()) > 1
-    out = _header(inputs.name, grid, inputs.records, inputs.env)
-    out += ["", "## Verdicts", "",
+    reduced = reduced_notes(inputs.grid, inputs.config)
+    out = _header(inputs.name, inputs.grid, inputs.records, inputs.env)
+    out += _verdicts_section(inputs, reduced)
+    out += _measures_sections(inputs)
+    out += _tables_sections(inputs)
+    out += _paper_section(inputs, reduced)
+    out += _figures_section(inputs)
+    out += _caveats_section(inputs)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _verdicts_section(inputs: ReadmeInputs, reduced: list[str]) -> list[str]:
+    """## Verdicts: the summaries, the method, the verdict table, the power plan, the reductions."""
+    rows = inputs.rows
+    out = ["", "## Verdicts", "",
             "Does attention help, hurt, is it equivalent within a declared margin, or can this study not tell? "
             "Each attention model is compared with "
             "its no-attention twin (same network, same width, same training seed) on the same test images, image "
@@ -256,10 +267,15 @@ def readme_text(inputs: ReadmeInputs) -> str:
     if inputs.power_plan:
         out += ["", "**Declared before the run** (`power_plan.md`, from `verdict.pilot`): what these seeds were "
                 "expected to detect.", ""] + list(inputs.power_plan)
-    reduced = reduced_notes(grid, inputs.config)
     if reduced:
         out += ["", "**Indicative only, next to the paper**: " + "; ".join(reduced) + "."]
-    out += ["", "## Warnings", ""] + [line.strip() if not line.startswith("  ") else f"- {line.strip()}"
+    return out
+
+
+def _measures_sections(inputs: ReadmeInputs) -> list[str]:
+    """Warnings, threat model, deviations, minimal eps, corruptions and the width trend."""
+    grid, rows = inputs.grid, inputs.rows
+    out = ["", "## Warnings", ""] + [line.strip() if not line.startswith("  ") else f"- {line.strip()}"
                                       for line in warnings_lines(inputs.records)]
     out += ["", "## Threat model", ""] + _threat_model(grid, inputs.records)
     deviations = _deviations(inputs.checkpoint_args, inputs.config)
@@ -278,7 +294,13 @@ def readme_text(inputs: ReadmeInputs) -> str:
         out += [""] + list(inputs.corruption_lines)
     if inputs.width_lines:
         out += [""] + list(inputs.width_lines)
-    out += ["", "## Table II: white-box attacks", "",
+    return out
+
+
+def _tables_sections(inputs: ReadmeInputs) -> list[str]:
+    """Tables II and III, and the paired comparison per setting."""
+    several, paired = len(inputs.grid.seeds()) > 1, inputs.paired
+    out = ["", "## Table II: white-box attacks", "",
             "Clean and FGSM columns are accuracy (%), PGD/APGD columns error (%) = 100 - accuracy under attack, all "
             "over the n test images" + (", mean ± 95% CI half-width over seeds" if several else "") +
             ". Files: [md](table2.md), [csv](table2.csv), [tex](table2.tex).", "", inputs.tables["table2"],
@@ -290,7 +312,13 @@ def readme_text(inputs: ReadmeInputs) -> str:
         out += ["## Paired comparison per setting", "",
                 "Attention model minus its twin, robust accuracy in pp, for every setting (the verdicts "
                 "average these). Also in [paired.csv](paired.csv).", "", _paired_markdown(paired)]
-    out += ["## Comparison with the paper", ""]
+    return out
+
+
+def _paper_section(inputs: ReadmeInputs, reduced: list[str]) -> list[str]:
+    """Our numbers beside the paper's."""
+    comparison = inputs.comparison
+    out = ["## Comparison with the paper", ""]
     if comparison:
         out += ["Our numbers beside the paper's Tables II and III (reference data: "
                 "`attnrobust/reference/paper.json`, see its README) for every setting the paper also measured. "
@@ -304,14 +332,24 @@ def readme_text(inputs: ReadmeInputs) -> str:
     else:
         out += ["None of our settings matches one of the paper's (datasets, model families, FGSM eps or PGD "
                 "eps 0.2 / step 0.01).", ""]
-    out += ["## Figures", ""]
+    return out
+
+
+def _figures_section(inputs: ReadmeInputs) -> list[str]:
+    """The figures with their captions, and the report's notes."""
+    out = ["## Figures", ""]
     for rel, caption in inputs.figures:
         out += [f"![{caption}]({rel})", "", f"*{caption}.*", ""]
     if not inputs.figures:
         out += ["No figures.", ""]
     if inputs.notes:
         out += [f"- {n}" for n in inputs.notes] + [""]
-    out += ["## Caveats and definitions", "",
+    return out
+
+
+def _caveats_section(inputs: ReadmeInputs) -> list[str]:
+    """Denominators and definitions, and the run's resolved config."""
+    out = ["## Caveats and definitions", "",
             "- Denominators: clean accuracy, robust accuracy and error are over all n attacked test images; error "
             "= 1 - robust accuracy (not the attack success rate). The attack success rate in results.jsonl is "
             "over the images the target classified correctly when clean (`target_clean_correct`).",
@@ -324,7 +362,7 @@ def readme_text(inputs: ReadmeInputs) -> str:
     if inputs.config_text is not None:
         out += ["", "## Config", "", "The run's resolved `config.toml`:", "", "```toml",
                 inputs.config_text.rstrip(), "```"]
-    return "\n".join(out).rstrip() + "\n"
+    return out
 
 
 def _threat_model(grid: Grid, records: list[dict]) -> list[str]:
