@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from attnrobust import __version__
 from attnrobust.config import SHIPPED, attack_config
 from attnrobust.errors import UserError
 
@@ -47,10 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attnrobust",
         description="Does an attention module make an image classifier more or less robust to adversarial "
                     "attacks? Train, attack and report, reproducing Agrawal et al. (2021).")
-    from attnrobust import __version__
     parser.add_argument("--version", action="version", version=f"attnrobust {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    _add_run_verb(verbs)
+    _add_train_verb(verbs)
+    _add_attack_verb(verbs)
+    _add_transfer_verb(verbs)
+    _add_report_verb(verbs)
+    _add_ls_verb(verbs)
+    _add_data_verb(verbs)
+    _add_models_verb(verbs)
+    return parser
 
+
+def _add_run_verb(verbs) -> None:
     p = verbs.add_parser("run", help="run a study (train, attack, report) from a config",
                          description="Run a whole study: train every dataset x model x seed not yet trained, "
                                      "attack (white-box and transfer), then build the report. Resumable: "
@@ -70,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(handler=cmd_run)
 
+
+def _add_train_verb(verbs) -> None:
     p = verbs.add_parser("train", help="train one model on one dataset",
                          description="Train one model; resumes from the last checkpoint in --out.")
     p.add_argument("--dataset", required=True, help="fashion-mnist, fashion-mnist-mini, cifar10, cifar100, or "
@@ -87,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(handler=cmd_train)
 
+
+def _add_attack_verb(verbs) -> None:
     p = verbs.add_parser("attack", help="white-box attacks on one checkpoint",
                          description="FGSM sweep, PGD iteration sweep (and APGD) on a trained checkpoint, "
                                      "on the test split of the dataset it was trained on.")
@@ -95,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(handler=cmd_attack)
 
+
+def _add_transfer_verb(verbs) -> None:
     p = verbs.add_parser("transfer", help="transfer attacks: craft on a source, score on targets",
                          description="Craft adversarial images on --source once per attack setting and score "
                                      "them on every --target (and the source itself: the white-box diagonal).")
@@ -105,16 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(handler=cmd_transfer)
 
+
+def _add_report_verb(verbs) -> None:
     p = verbs.add_parser("report", help="(re)build a run's report from its results.jsonl",
                          description="Tables II/III (md, csv, tex), figures, paper comparison and verdicts, "
                                      "written to RUN/report/.")
     p.add_argument("run_dir", type=Path, metavar="RUN", help="a run folder holding results.jsonl")
     p.set_defaults(handler=cmd_report)
 
+
+def _add_ls_verb(verbs) -> None:
     p = verbs.add_parser("ls", help="list runs: config, jobs done (and queued, running, failed on Slurm), report")
     p.add_argument("runs", type=Path, nargs="?", default=Path("runs"), help="folder of runs (default: runs/)")
     p.set_defaults(handler=cmd_ls)
 
+
+def _add_data_verb(verbs) -> None:
     p = verbs.add_parser("data", help="download, verify or describe a dataset",
                          description="Datasets are looked for in --data-dir or $ATTNROBUST_DATA, then the "
                                      "user cache, then downloaded from the official URL.")
@@ -123,11 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, device=False)
     p.set_defaults(handler=cmd_data)
 
+
+def _add_models_verb(verbs) -> None:
     p = verbs.add_parser("models", help="list registered models with their parameter counts")
     p.add_argument("--dataset", default="cifar10", help="dataset whose shape and class count to use")
     p.add_argument("--width", type=int, default=64, help="width to build them at (default: 64)")
     p.set_defaults(handler=cmd_models)
-    return parser
 
 
 # ---- handlers: thin; parse -> call -> print ------------------------------------------------------------------
