@@ -30,6 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from attnrobust import models
 from attnrobust.errors import UserError
 from attnrobust.runtime import atomic_path
 
@@ -144,8 +145,6 @@ def load_model(path: str | Path, device="cpu", *, allow_code=()) -> torch.nn.Mod
     module names (covering their submodules), .py paths or entry points, or True for any (see
     attnrobust.models.code_allowed); a checkpoint of a registered model needs none.
     """
-    from attnrobust import models
-
     path = Path(path)
     header = _read_header(path, "checkpoint")
     meta = _parse_meta(path, header)

@@ -14,6 +14,7 @@ where they run, inside `validate`'s helpers and TrainConfig.validate.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tomllib
@@ -732,8 +733,6 @@ def load_config(config: str | Path | dict = "quick", overrides: typing.Iterable[
     """Read a config (a path, a shipped name, or the data itself as a dict of sections), apply `--set`
     overrides, validate, return it."""
     if isinstance(config, dict):
-        import copy
-
         data, where = copy.deepcopy(config), "config (given as a dict)"
     else:
         data, where = _read_toml(config)

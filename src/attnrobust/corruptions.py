@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from attnrobust.errors import UserError
@@ -165,8 +166,6 @@ def _scale_hsv(x: np.ndarray, saturation: tuple[float, float] | None = None, val
 
 def _pil_roundtrip(x: np.ndarray, process: Callable) -> np.ndarray:
     """Each image through Pillow as 8-bit (the originals work on PIL images), back to floats."""
-    from PIL import Image
-
     out = np.empty_like(x)
     u8 = np.rint(x * 255).astype(np.uint8)
     for i, img in enumerate(u8):
@@ -315,8 +314,6 @@ def saturate(x, c, rngs):
 
 
 def jpeg_compression(x, quality, rngs):
-    from PIL import Image
-
     def roundtrip(img):
         buffer = io.BytesIO()
         img.save(buffer, "JPEG", quality=quality)
@@ -326,8 +323,6 @@ def jpeg_compression(x, quality, rngs):
 
 
 def pixelate(x, c, rngs):
-    from PIL import Image
-
     h, w = x.shape[1:3]
     return _pil_roundtrip(x, lambda img: img.resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX))
 

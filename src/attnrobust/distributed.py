@@ -7,6 +7,9 @@ Joining is a call (`init_distributed`), made once by each entry point that compu
 The backend serves both kinds of tensors (gloo for CPU ones, NCCL for CUDA ones where CUDA exists), so the
 study's CPU-side agreement (which jobs to run, who holds the run lock) and the CUDA-side sums of counts work
 whatever device a stage runs on.
+
+torch is imported inside the functions: the run lock (attnrobust.runlock) asks `is_main` from `attnrobust ls`'s
+and the config's torch-free side, and importing torch costs seconds (`ls` starts in 0.2 s without it, 2.8 s with).
 """
 
 from __future__ import annotations

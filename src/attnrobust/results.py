@@ -42,6 +42,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from attnrobust.errors import UserError
+from attnrobust.runtime import atomic_write
 
 __all__ = ["DENOMINATORS", "REQUIRED_KEYS", "make_record", "append_records", "write_records", "read_records",
            "record_key", "format_records", "pack_bits", "unpack_bits", "pack_floats", "unpack_floats",
@@ -337,7 +338,6 @@ def append_records(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
 
 def write_records(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
     """Replace a JSONL file with these records atomically (readers see the old file or the new one)."""
-    from attnrobust.runtime import atomic_write
 
     atomic_write(path, _dumps(records))
 

@@ -25,13 +25,17 @@ which machine a holder is on.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
 import socket
 import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
+from attnrobust.distributed import broadcast_flags
+from attnrobust.distributed import is_main as is_rank_0
 from attnrobust.errors import UserError
 from attnrobust.runfolder import RunFolder
 
@@ -72,8 +76,6 @@ def _refusal(run_dir: Path) -> UserError:
 
 def _rank0_agrees(ok: bool) -> bool:
     """Under torchrun: every rank learns rank 0's outcome (rank 0 passes its own, the others' `ok` is ignored)."""
-    from attnrobust.distributed import broadcast_flags
-
     return broadcast_flags([ok])[0]
 
 
@@ -152,9 +154,7 @@ def hold_run_lock(run_dir: str | Path, *, is_main: bool | None = None,
     """
     run_dir = Path(run_dir)
     if is_main is None:
-        from attnrobust.distributed import is_main as _is_main
-
-        is_main = _is_main()
+        is_main = is_rank_0()
     fd, failed, made_folder = None, None, not run_dir.exists()
     if is_main and fcntl is not None:
         try:
@@ -182,9 +182,6 @@ def die_with_parent(parent_pid: int) -> None:
     """
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
-    import signal
-
     pr_set_pdeathsig = 1  # <linux/prctl.h>
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the parent died before the prctl: nobody would send the signal

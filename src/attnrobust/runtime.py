@@ -1,4 +1,8 @@
-"""Where and how things run: device, seeds, threads, env.json, atomic writes (torchrun: attnrobust.distributed)."""
+"""Where and how things run: device, seeds, threads, env.json, atomic writes (torchrun: attnrobust.distributed).
+
+torch is imported inside the functions that use it: the torch-free modules (results, runfolder, runlock: what
+`attnrobust ls` and the config read) use the atomic writes here, and importing torch costs seconds.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -13,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from attnrobust import __version__
+from attnrobust.distributed import dist_info
 from attnrobust.errors import UserError
 
 # ---- files ------------------------------------------------------------------------------------------------------
@@ -105,7 +112,6 @@ def resolve_device(name=None):
 
 def seed_everything(seed: int) -> None:
     """Seed every generator training can touch (Python, torch CPU and CUDA). numpy is not used in training."""
-    import random
 
     import torch
 
@@ -195,14 +201,12 @@ def environment(device=None) -> dict:
     """Versions, device, threads, git commit, CPU facts: what someone needs to know to reproduce a number."""
     import torch
 
-    from attnrobust import __version__
 
     device = resolve_device(device)
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
     else:
         device_name = platform.processor() or platform.machine()
-    from attnrobust.distributed import dist_info
 
     rank, world, _ = dist_info()
     return {

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from attnrobust.data.cache import chosen_data_dir, cache_dir
 from attnrobust.data.readers import SPLITS, Arrays, check_split
@@ -75,8 +76,6 @@ def check_md5(path: Path | str, expected: str, dataset: str) -> None:
 
 def _fetch(url: str, dest: Path, md5: str, quiet: bool) -> None:
     """Download url to dest via a temporary name, checking the MD5 before the rename."""
-    from tqdm import tqdm
-
     with atomic_path(dest) as tmp:
         h, size = hashlib.md5(), 0
         with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
