@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
@@ -17,6 +16,7 @@ from attnrobust.errors import UserError
 from attnrobust.results import read_records
 from attnrobust.runfolder import list_runs
 from attnrobust.study import run_study
+from pool_probe import device_of_worker
 from test_study import TINY
 
 # two models, FGSM only: the smallest study with a transfer matrix (4 jobs)
@@ -49,17 +49,12 @@ def test_workers_default_to_one_per_cuda_device(monkeypatch):
     assert study.gpu_slots(3, 8, "4,5") == ["4", "5", "4"]  # more workers than asked-for devices: they share
 
 
-def _device_of_worker(delay: float) -> tuple[int, str | None]:
-    time.sleep(delay)  # long enough that the two jobs run at once, in two processes
-    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
-
-
 def test_each_pool_worker_owns_one_device():
     from attnrobust import study
 
     with study._pool(2, study.gpu_slots(2, 2, None)) as pool:
-        seen = [f.result() for f in [pool.submit(_device_of_worker, 1.0) for _ in range(2)]]
-        seen += [f.result() for f in [pool.submit(_device_of_worker, 0.0) for _ in range(4)]]
+        seen = [f.result() for f in [pool.submit(device_of_worker, 1.0) for _ in range(2)]]
+        seen += [f.result() for f in [pool.submit(device_of_worker, 0.0) for _ in range(4)]]
     devices = {}
     for pid, device in seen:
         devices.setdefault(pid, set()).add(device)

@@ -365,19 +365,25 @@ def _run_jobs(cfg: StudyConfig, folder: RunFolder, device: str | None, data_dir,
     return True
 
 
-def run_study(config: str | Path | dict = "quick", *, out: str | Path | None = None, overrides=(),
+def run_study(config: str | Path | dict | StudyConfig = "quick", *, out: str | Path | None = None, overrides=(),
               device: str | None = None, data_dir: str | Path | None = None, quiet: bool = False,
               detach: bool = False, power_only: bool = False) -> Path:
     """Run (or resume) a study and build its report; returns the run folder.
 
-    config: a shipped config's name, a .toml path, or the config as a dict (as tomllib would read it).
+    config: a shipped config's name, a .toml path, the config as a dict (as tomllib would read it), or a
+    StudyConfig that load_config returned (its overrides already applied: `overrides` must then be empty).
     detach (eval.executor = "slurm"): return once the jobs that can start are submitted, without waiting for
     them; rerunning collects what finished, resubmits what failed, submits what became ready, and builds the
     report when every job is done.
     With [verdict] pilot set, the power plan (attnrobust.report.power) is printed first and kept as
     RUN/power_plan.md, which the report shows; power_only: print it and return before anything else runs.
     """
-    cfg = load_config(config, overrides, data_dir)
+    if isinstance(config, StudyConfig):
+        if overrides:
+            raise ValueError("run_study: apply overrides when loading the StudyConfig, not here")
+        cfg = config
+    else:
+        cfg = load_config(config, overrides, data_dir)
     if detach and cfg.eval.executor == "local":
         raise UserError("--detach: the local executor's jobs end with this process; set eval.executor = \"slurm\" "
                         "(and a [slurm] table) to submit them and leave")
