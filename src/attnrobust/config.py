@@ -666,13 +666,19 @@ def _apply_override(data: dict, override: str) -> None:
 def attack_config(overrides: typing.Iterable[str] = ()) -> AttackConfig:
     """The AttackConfig of `--set attack.KEY=VALUE` overrides, each checked as a study config's [attack] key is (the
     `attack` and `transfer` verbs' one spelling of a setting: the same key, value and error as in a config file)."""
+    table = _one_section(overrides, "attack", "attack.pgd_steps=[5,10]", _field_hints(AttackConfig))
+    return _build(AttackConfig, table, "attack")
+
+
+def _one_section(overrides: typing.Iterable[str], section: str, example: str, keys: typing.Iterable[str]) -> dict:
+    """The table that `--set SECTION.KEY=VALUE` overrides make, refusing any other section's key in one line."""
     data: dict = {}
     for override in overrides:
         _apply_override(data, override)
-        if set(data) != {"attack"}:
-            raise UserError(f"--set {override!r}: only [attack] keys apply here (attack.KEY=VALUE, e.g. --set "
-                            f"attack.pgd_steps=[5,10]); valid keys: {', '.join(_field_hints(AttackConfig))}")
-    return _build(AttackConfig, data.get("attack", {}), "attack")
+        if set(data) != {section}:
+            raise UserError(f"--set {override!r}: only [{section}] keys apply here ({section}.KEY=VALUE, e.g. "
+                            f"--set {example}); valid keys: {', '.join(keys)}")
+    return data.get(section, {})
 
 
 def single_train_config(dataset: str, model: str, seed: int = 0, overrides: typing.Iterable[str] = (),
@@ -680,17 +686,11 @@ def single_train_config(dataset: str, model: str, seed: int = 0, overrides: typi
     """The checked TrainConfig of the `train` verb: the dataset's recipe, then `--set train.KEY=VALUE` overrides,
     typed, checked and named as a study config's [train] keys are (one spelling of a setting, in a config file and
     on the command line; errors say "train.KEY"). data_dir: where a user dataset is."""
-    data: dict = {}
-    for override in overrides:
-        _apply_override(data, override)
-        if set(data) != {"train"}:
-            raise UserError(f"--set {override!r}: only [train] keys apply here (train.KEY=VALUE, e.g. --set "
-                            f"train.epochs=3); valid keys: {', '.join(_train_hints())}")
-    table = data.get("train", {})
+    hints = _train_hints()
+    table = _one_section(overrides, "train", "train.epochs=3", hints)
     for key in table:
         if key in _PER_JOB_TRAIN_KEYS:
             raise UserError(f"train.{key}: give it as --{key}, not through --set")
-    hints = _train_hints()
     cfg = TrainConfig.for_dataset(dataset, model=model, seed=seed, **{
         k: _coerce(v, hints[k], f"train.{k}") if k in hints else v for k, v in table.items()})
     try:
