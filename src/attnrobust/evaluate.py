@@ -161,6 +161,7 @@ def craft_and_score(sources: dict[str, nn.Module], targets: dict[str, nn.Module]
     unbounded: dict[str, Tensor] = {}  # source -> (correct, n) of the eps = 1 check
     generators = {s: torch.Generator().manual_seed((seed if attack_seed is None else attack_seed) * 65537 + rank)
                   for s in sources}
+
     def scored_on(setting: Setting, source: str, target: str) -> bool:
         scope = cfg.scope(setting)
         return scope == "all" or (scope == "white-box") == (source == target)

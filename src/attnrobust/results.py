@@ -21,9 +21,10 @@ attacked test images ("test[:1000]", or a seeded subset), and `iterate` says whi
 convention) or "best-on-source" (APGD crafted on another model keeps the iterate that fooled its source).
 
 `Setting` is what the attack plan crafts and what a record measured (`Setting.of(record)`, the one key): the
-attack and its budget, iterations, step size, start and iterate rule, eps rounded by `eps_key`, and for a common
-corruption (attack "corruption") its name and severity; `CLEAN` is the clean image. `load_records` reads a run's store for the report (an error when it is
-missing or empty).
+attack and its budget, iterations, step size, start and iterate rule (eps compared after `eps_key`), and for a
+common corruption (attack "corruption") its name and severity; `CLEAN` is the clean image. `Panel` is what the
+report compares within (dataset, regime, width). `load_records` reads a run's store for the report (an error when
+it is missing or empty).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """A study: datasets x training regimes x widths x models x seeds, each model trained, attacked white-box and
 transferred to its siblings.
 
-`plan(cfg)` lists the jobs and `run_study` executes exactly that list, of two kinds:
-- train: one job per (dataset, regime, width, model, seed); attnrobust.train.train resumes or skips a finished run;
+`plan(cfg)` (attnrobust.jobs, with the jobs themselves) lists the jobs and `run_study` executes exactly that list, of
+two kinds:
+- train: one job per (dataset, regime, width, model, seed); attnrobust.train resumes or skips a finished run;
 - attack: one job per (dataset, regime, width, source model, seed), after every model of its cell (dataset,
   regime, width, seed) is trained: it crafts the attacks on the source and scores every model of the cell (its
   row of the transfer matrix; the diagonal is the white-box result), then the source's white-box measures

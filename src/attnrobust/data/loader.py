@@ -188,7 +188,8 @@ class DeviceLoader:
         return order[self._shard[0]:self._shard[1]]
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x float32 [B,C,H,W] in [0,1] (H = W = pad_to when given), y int64 [B]) on the device for this epoch."""
+        """Yield (x float32 [B,C,H,W] in [0,1] (H = W = pad_to when given), y int64 [B]) on the device for this
+        epoch."""
         order = self.indices(epoch)
         if self.augment is not None:
             # Drawn for the whole epoch up front: one small transfer per epoch instead of one per batch.
