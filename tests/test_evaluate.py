@@ -13,7 +13,7 @@ from torch import nn
 from attnrobust.attacks import predict
 from attnrobust.config import AttackConfig
 from attnrobust.errors import UserError
-from attnrobust.evaluate import clean_accuracy, craft_and_score, evaluate_checkpoints, white_box
+from attnrobust.evaluate import clean_accuracy, craft_and_score, evaluate_checkpoints, white_box, white_box_measures
 from attnrobust.results import (DENOMINATORS, REQUIRED_KEYS, append_records, format_records, read_records,
                                 Setting, pack_bits, record_key, write_records)
 
@@ -272,6 +272,42 @@ def test_record_key_and_format(some_records):
     lines = table.splitlines()
     assert len(lines) == 2 + len(some_records) and "robust%" in lines[0] and "pgd" in table
     assert format_records([]) == "(no records)"
+
+
+def test_each_record_stores_the_setting_the_plan_made_and_reads_it_back():
+    """One Setting from the attack plan to the record and back: what the crafting ran is what the record says,
+    Setting.of(record) equals it (the key of the flags and the report), and its eps is stored exactly."""
+    cfg = fast_cfg(attacks=["fgsm", "pgd", "apgd", "minimal"], keep_best=True, apgd_steps=3, minimal_steps=2,
+                   minimal_max_eps=16 / 255, minimal_tol=4 / 255)
+    x, y = data()
+    models = {"a": tiny(0), "b": tiny(1)}
+    loader = batches(x, y, 12)
+    records = craft_and_score({"a": models["a"]}, models, loader, cfg, dataset="toy", quiet=True) + \
+        white_box_measures(models["a"], loader, cfg, dataset="toy", name="a", quiet=True)
+    planned = cfg.settings()
+    assert {Setting.of(r) for r in records} == set(planned)
+    for r in records:
+        setting = Setting.of(r)
+        assert {k: r[k] for k in setting.fields()} == setting.fields()
+        assert cfg.scope(setting) in ("all", "white-box" if r["kind"] == "white-box" else "transfer")
+    minimal = next(r for r in records if r["attack"] == "minimal")
+    assert minimal["eps"] == 16 / 255  # exact, not rounded: the key rounds, the record does not
+    assert Setting("fgsm", 0.1 + 0.05) == Setting("fgsm", 0.15) and len({Setting("fgsm", 0.1 + 0.05),
+                                                                          Setting("fgsm", 0.15)}) == 1
+    # APGD's two iterates are two settings (two records per target kind) but one column of the report's tables
+    apgd = [s for s in planned if s.attack == "apgd"]
+    assert len(set(apgd)) == 2 and len({s.column for s in apgd}) == 1
+
+
+def test_a_panel_is_a_value_shown_as_its_label_and_ordered_by_width():
+    from attnrobust.results import Panel
+
+    records = [{"dataset": "d", "width": w, "regime": "FGSM-RS eps 0.1"} for w in (16, 8, 32)]
+    panels = sorted(Panel.of(r) for r in records)
+    assert [p.width for p in panels] == [8, 16, 32]
+    assert str(panels[0]) == "d · FGSM-RS eps 0.1 · width 8"
+    assert panels[0].without_width == Panel("d", "FGSM-RS eps 0.1")
+    assert str(Panel.of({"dataset": "d"})) == "d" and Panel.of({"dataset": "d"}) == Panel("d")
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------------
