@@ -7,8 +7,8 @@
 Each job carries the checked TrainConfigs of its cell, so a worker validates nothing again.
 
 A module of its own because worker processes (the local pool's, submitit's) import it and nothing above it: the
-study process also imports the report (matplotlib, scipy.stats), which cost each spawned worker 0.75 s of start-up
-(python -X importtime, 2-core Xeon, 2026-12-04) for code a worker never runs.
+study process also imports the report (matplotlib, scipy.stats), which cost each spawned worker 1.0 s of start-up
+for code a worker never runs (benchmarks/startup.py: 1.66 s against 2.65 s, 2-core Xeon, 2026-12-04).
 """
 
 from __future__ import annotations
@@ -172,6 +172,9 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     return with_cell(records, job.regime, job.width)
 
 
+# ---- a worker process of the local pool ----------------------------------------------------------------------------
+
+
 def run_in_worker(kind: str, cfg: StudyConfig, job: Job, run_dir: str, device, data_dir, threads: int):
     """Entry point of a worker process: one thread budget, one job, its result and its wall time. `cfg` arrives
     validated (pickled by the pool, as every argument is): a worker checks nothing again."""
@@ -183,9 +186,6 @@ def run_in_worker(kind: str, cfg: StudyConfig, job: Job, run_dir: str, device, d
     run = run_train_job if kind == "train" else run_attack_job
     result = run(cfg, job, Path(run_dir), device=device, data_dir=data_dir, quiet=True)
     return result, time.perf_counter() - started
-
-
-# ---- a worker process of the local pool ----------------------------------------------------------------------------
 
 
 def own_device(slots) -> None:
