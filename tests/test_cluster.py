@@ -245,18 +245,18 @@ def test_slurm_path_with_a_fake_sbatch_and_jobs_run_as_a_node_would(tmp_path, mo
     assert "slurm: 2 queued;" in list_runs(out.parent)  # submitted, not started (no sacct here: UNKNOWN)
 
     # one training job fails on its node
-    from attnrobust import cluster
+    from attnrobust import jobs
 
-    real_train = cluster.run_train_job
+    real_train = jobs.run_train_job
 
     def fails_for_resnet(cfg, job, *args, **kwargs):
         if job.model == "resnet14":
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real_train(cfg, job, *args, **kwargs)
 
-    monkeypatch.setattr(cluster, "run_train_job", fails_for_resnet)
+    monkeypatch.setattr(jobs, "run_train_job", fails_for_resnet)
     run_on_nodes("train")
-    monkeypatch.setattr(cluster, "run_train_job", real_train)
+    monkeypatch.setattr(jobs, "run_train_job", real_train)
     assert "slurm: 1 failed, 1 done;" in list_runs(out.parent)
     # a study waiting for it stops with one line naming the job, its error and its log
     waiting = SubmititExecutor(load_config("quick", overrides), out)

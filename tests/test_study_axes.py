@@ -50,7 +50,7 @@ def test_attack_jobs_start_once_their_cell_is_trained(tmp_path, monkeypatch):
     events = []
 
     class RunAtSubmit:
-        def submit(self, fn, kind, cfg_data, job, *args):
+        def submit(self, fn, cfg, job, *args):
             events.append(("start", job))
             future = Future()
             future.set_result((None, 0.0))

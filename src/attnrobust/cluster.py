@@ -44,7 +44,7 @@ import torch
 
 from attnrobust.config import load_config
 from attnrobust.errors import UserError
-from attnrobust.jobs import run_attack_job, run_train_job
+from attnrobust.jobs import run_job
 from attnrobust.runfolder import RunFolder, checkpoint_name
 from attnrobust.runtime import atomic_write, set_threads
 
@@ -131,8 +131,7 @@ def run_submitted(job, key: str, run_dir: Path, device: str | None, data_dir: st
         cfg = load_config(RunFolder(run_dir).config, data_dir=data_dir)
         threads = set_threads()  # the job's cores (Slurm: cpus_per_task), or $ATTNROBUST_THREADS
         started = time.perf_counter()
-        run = run_train_job if job.kind == "train" else run_attack_job
-        result = run(cfg, job, run_dir, device=device, data_dir=data_dir, quiet=True)
+        result = run_job(cfg, job, run_dir, device=device, data_dir=data_dir, quiet=True)
         seconds = time.perf_counter() - started
     except Exception as err:  # not SystemExit: submitit ends a job it requeues that way, and it is not a failure
         # a UserError's message is already the one line for the user; anything else is named by its type

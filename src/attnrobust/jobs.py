@@ -175,7 +175,14 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
 # ---- a worker process of the local pool ----------------------------------------------------------------------------
 
 
-def run_in_worker(kind: str, cfg: StudyConfig, job: Job, run_dir: str, device, data_dir, threads: int):
+def run_job(cfg: StudyConfig, job: Job, run_dir: str | Path, *, device=None, data_dir=None, quiet: bool = False):
+    """Run one job of plan(cfg), wherever it runs (this process, a pool worker, a Slurm node): a training job's
+    checkpoint path, or an attack job's records."""
+    run = run_train_job if job.kind == "train" else run_attack_job
+    return run(cfg, job, Path(run_dir), device=device, data_dir=data_dir, quiet=quiet)
+
+
+def run_in_worker(cfg: StudyConfig, job: Job, run_dir: str, device, data_dir, threads: int):
     """Entry point of a worker process: one thread budget, one job, its result and its wall time. `cfg` arrives
     validated (pickled by the pool, as every argument is): a worker checks nothing again."""
     # through the environment too: train() calls set_threads() itself, which reads it (without it a worker went
@@ -183,8 +190,7 @@ def run_in_worker(kind: str, cfg: StudyConfig, job: Job, run_dir: str, device, d
     os.environ["ATTNROBUST_THREADS"] = str(threads)
     set_threads(threads)
     started = time.perf_counter()
-    run = run_train_job if kind == "train" else run_attack_job
-    result = run(cfg, job, Path(run_dir), device=device, data_dir=data_dir, quiet=True)
+    result = run_job(cfg, job, run_dir, device=device, data_dir=data_dir, quiet=True)
     return result, time.perf_counter() - started
 
 

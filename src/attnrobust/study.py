@@ -50,8 +50,7 @@ from attnrobust.config import StudyConfig, load_config, to_toml
 from attnrobust.distributed import broadcast_flags, dist_info, init_distributed, is_main
 from attnrobust.errors import UserError
 from attnrobust.evaluate import clear_corruption_cache, sanity_flags
-from attnrobust.jobs import (Job, forget_cell_models, plan, run_attack_job, run_in_worker, run_train_job,
-                             start_worker)
+from attnrobust.jobs import Job, forget_cell_models, plan, run_in_worker, run_job, start_worker
 from attnrobust.report import build_report
 from attnrobust.report.power import pilot_records, power_plan, power_plan_lines
 from attnrobust.results import STANDARD, attack_job_of, attack_jobs_done, write_records
@@ -181,8 +180,8 @@ class _PoolExecutor:
 
     def submit(self, jobs: list[Job]) -> None:
         cfg, run_dir, device, data_dir, threads = self.args
-        self.running.update({self.pool.submit(run_in_worker, job.kind, cfg, job, run_dir, device, data_dir,
-                                              threads): job for job in jobs})
+        self.running.update({self.pool.submit(run_in_worker, cfg, job, run_dir, device, data_dir, threads): job
+                             for job in jobs})
 
     def busy(self) -> bool:
         return bool(self.running)
@@ -262,8 +261,7 @@ def _execute(jobs: list[Job], cfg: StudyConfig, run_dir: Path, device, data_dir,
     if workers <= 1:
         for job in jobs:
             started = time.perf_counter()
-            run = run_train_job if job.kind == "train" else run_attack_job
-            result = run(cfg, job, run_dir, device=device, data_dir=data_dir, quiet=quiet)
+            result = run_job(cfg, job, run_dir, device=device, data_dir=data_dir, quiet=quiet)
             on_done[job.kind](job, result, time.perf_counter() - started,
                               set_threads() if device.type == "cpu" else None)
         return
