@@ -1,10 +1,11 @@
 """Datasets: specs, readers of the official files, download and MD5 verification, a decoded cache, and the
 device-resident loader, one file each:
 
-- specs.py: DatasetSpec, the built-in datasets (DATASETS), get_spec, and the user's datasets resolved to a spec;
+- specs.py: what a dataset is (DatasetSpec, SourceFile; the built-in datasets' class names and mean/std);
 - readers.py: the file formats -> uint8 arrays: IDX (Fashion-MNIST), the CIFAR binary archives, the user's .npz
   and PNG class folders (our own PNG decoder);
 - cache.py: the data directory, the per-user cache folder and the decoded-array cache in it;
+- catalog.py: the datasets by name: the built-in ones (DATASETS), get_spec, and the user's resolved to a spec;
 - store.py: where source files are, MD5 checks, downloads, the embedded file, and the `attnrobust data` verbs
   (download, verify, info);
 - loader.py: load_dataset (a split as CPU tensors) and DeviceLoader (batches made on the device).
@@ -47,9 +48,10 @@ mtimes and an MD5 of their bytes: unchanged sources are served from the cache, c
 """
 
 from attnrobust.data.cache import cache_dir
+from attnrobust.data.catalog import DATASETS, get_spec
 from attnrobust.data.loader import CROP_PAD, DeviceLoader, crop_flip, load_dataset
 from attnrobust.data.readers import SPLITS, parse_cifar_records, read_idx
-from attnrobust.data.specs import DATASETS, DatasetSpec, SourceFile, get_spec
+from attnrobust.data.specs import DatasetSpec, SourceFile
 from attnrobust.data.store import check_md5, download, info, verify
 
 __all__ = ["CROP_PAD", "DATASETS", "SPLITS", "DatasetSpec", "DeviceLoader", "SourceFile", "cache_dir", "check_md5",

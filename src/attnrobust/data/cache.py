@@ -9,15 +9,11 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from attnrobust.data.specs import Arrays, DatasetSpec
 from attnrobust.runtime import atomic_path
-
-if TYPE_CHECKING:
-    from attnrobust.data.readers import Arrays
-    from attnrobust.data.specs import DatasetSpec
 
 
 def cache_dir() -> Path:

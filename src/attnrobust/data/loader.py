@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from attnrobust.data.cache import decoded_path, read_decoded, write_decoded, cache_dir
-from attnrobust.data.readers import SPLITS, Arrays
-from attnrobust.data.specs import DatasetSpec, user_dataset, get_spec
+from attnrobust.data.catalog import get_spec, user_dataset
+from attnrobust.data.readers import SPLITS
+from attnrobust.data.specs import Arrays, DatasetSpec
 from attnrobust.data.store import download_file, load_embedded, locate_file, missing_file_error, check_md5
 from attnrobust.errors import UserError
 

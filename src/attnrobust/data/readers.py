@@ -14,20 +14,14 @@ import tarfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from attnrobust.data.specs import Arrays, DatasetSpec
 from attnrobust.errors import UserError
 
-if TYPE_CHECKING:
-    from attnrobust.data.specs import DatasetSpec
-
 SPLITS = ("train", "test")
-
-# Arrays = {"train_images": uint8 [N,C,H,W], "train_labels": uint8 [N], "test_images": ..., "test_labels": ...}
-Arrays = dict[str, np.ndarray]
 
 
 # ---- errors: one line each, saying what, where and what to do ------------------------------------------------

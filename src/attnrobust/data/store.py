@@ -17,8 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from attnrobust.data.cache import chosen_data_dir, cache_dir
-from attnrobust.data.readers import SPLITS, Arrays, check_split
-from attnrobust.data.specs import DatasetSpec, SourceFile, decode_user, get_spec
+from attnrobust.data.catalog import decode_user, get_spec
+from attnrobust.data.readers import SPLITS, check_split
+from attnrobust.data.specs import Arrays, DatasetSpec, SourceFile
 from attnrobust.errors import UserError
 from attnrobust.runtime import atomic_path
 

@@ -43,7 +43,6 @@ import torch
 from torch import nn
 
 from attnrobust.errors import UserError
-from attnrobust.runfolder import file_stem  # noqa: F401 (the registry's public name for it)
 from attnrobust.models.attention import ATTENTION, CBAM, ECA, MHSA, SE, SELF_ATTENTION
 from attnrobust.models.common import VARIANTS
 from attnrobust.models.resnet import ResNet
@@ -51,7 +50,7 @@ from attnrobust.models.vgg import VGG
 
 __all__ = ["build_model", "list_models", "model_info", "model_options", "attention_pairs", "ModelInfo",
            "attention_maps", "recording_attention", "ATTENTION", "CBAM", "SE", "ECA", "MHSA", "is_user_model",
-           "code_origin", "code_allowed", "file_stem"]
+           "code_origin", "code_allowed"]
 
 IN_CHANNELS = (1, 3)
 
