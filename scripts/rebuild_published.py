@@ -4,7 +4,8 @@ A published folder is a run folder's report flattened beside the run's results.j
 power_plan.md, logs/ and, where they are committed, checkpoints/. This rebuilds the report in a temporary run folder
 of the same name (the report's title) and puts its files back: README.md, the tables, verdicts, paired and
 paper-comparison files and figures/ (the attention maps are drawn again where checkpoints/ is there and the
-dataset files are found, e.g. with ATTNROBUST_DATA; otherwise the ones the original run drew are kept).
+dataset files are found, e.g. with ATTNROBUST_DATA; otherwise the ones the original run drew are kept). env.json's
+command is rewritten as a user would retype it (runtime.portable_command: no machine paths in a published file).
 
 --recheck rewrites results.jsonl through evaluate.sanity_flags first, as a study does whenever it writes records:
 the cross-record flags are recomputed and each stored minimal eps is lowered to any recorded attack's radius that
@@ -16,6 +17,7 @@ broke the image (evaluate.tighten_minimal), so the records meet the current cont
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 from attnrobust.evaluate import sanity_flags
 from attnrobust.report import build_report
 from attnrobust.results import read_records, write_records
+from attnrobust.runtime import atomic_write, portable_command
 
 RUN_FILES = ("results.jsonl", "config.toml", "env.json", "power_plan.md")
 
@@ -30,6 +33,10 @@ RUN_FILES = ("results.jsonl", "config.toml", "env.json", "power_plan.md")
 def rebuild(published: Path, recheck: bool) -> None:
     if recheck:
         write_records(published / "results.jsonl", sanity_flags(read_records(published / "results.jsonl")))
+    if (published / "env.json").is_file():  # written before commands were portable: made so now (idempotent)
+        env = json.loads((published / "env.json").read_text())
+        env["command"] = portable_command(env.get("command", []))
+        atomic_write(published / "env.json", json.dumps(env, indent=2) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / published.resolve().name
         run.mkdir()

@@ -8,7 +8,7 @@ import torch
 
 from attnrobust.distributed import dist_info, is_main
 from attnrobust.errors import UserError
-from attnrobust.runtime import (atomic_path, atomic_write, resolve_device, seed_everything,
+from attnrobust.runtime import (atomic_path, atomic_write, portable_command, resolve_device, seed_everything,
                                 set_threads, write_env_json)
 
 
@@ -66,6 +66,26 @@ def test_env_json(tmp_path):
     assert saved["threads"] == torch.get_num_threads()
     for key in ("torch", "python", "attnrobust", "device", "git_commit", "time"):
         assert key in saved
+
+
+def test_env_json_command_has_no_machine_paths(tmp_path, monkeypatch):
+    """env.json's command as a user would retype it: the program by name, paths relative to the working directory
+    or the run folder where inside them, else their names; everything else as typed."""
+    work, run = tmp_path / "work", tmp_path / "runs" / "r1"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    argv = [str(tmp_path / "venv/bin/attnrobust"), "run", "quick", "--out", str(run), "--data-dir", "../data/fmnist",
+            "--config", str(run / "config.toml"), "--set", f'verdict.pilot="{work / "results/pilot"}"',
+            f"--out={work / 'runs/r2'}", "--set", "train.epochs=3", "results/x", "/"]
+    saved = write_env_json(run / "env.json", argv, device="cpu")["command"]
+    assert saved == ["attnrobust", "run", "quick", "--out", "r1", "--data-dir", "fmnist", "--config",
+                     "r1/config.toml", "--set", 'verdict.pilot="results/pilot"', "--out=runs/r2", "--set",
+                     "train.epochs=3", "results/x", "/"]
+    assert not any(str(tmp_path) in arg for arg in saved)
+    assert portable_command(saved) == saved  # idempotent: a published env.json may pass through it again
+    # python -m attnrobust: argv[0] is the package's __main__.py
+    assert portable_command([str(tmp_path / "src/attnrobust/__main__.py"), "ls"]) == ["attnrobust", "ls"]
+    assert portable_command([]) == []
 
 
 def test_not_distributed_by_default(monkeypatch):

@@ -224,10 +224,50 @@ def environment(device=None) -> dict:
     }
 
 
+def portable_command(argv: list[str], run_dir: str | Path | None = None, cwd: str | Path | None = None) -> list[str]:
+    """The command line as a user would retype it, without this machine's paths (env.json's "command": a reader of
+    a published run learns nothing from /home/someone/.venv/bin/attnrobust).
+
+    The program by its name (`python -m attnrobust` runs .../attnrobust/__main__.py: `attnrobust`). An absolute
+    path, or a relative one leaving the working directory (../data), becomes: relative to the working directory
+    `cwd` where it is inside it; RUN/... where it is inside the run folder `run_dir` (the folder by its name, as
+    from its parent); else its name alone. Relative paths inside the working directory and arguments that are not
+    paths stay as typed; in KEY=VALUE (--out=PATH, --set study.x="PATH") the value is rewritten, quotes kept.
+    Applied to its own result it changes nothing, so a published env.json can be passed through it again.
+    """
+    if not argv:
+        return []
+    here = Path(os.path.abspath(cwd)) if cwd is not None else None
+    run = Path(os.path.abspath(run_dir)) if run_dir is not None else None
+
+    def portable(arg: str) -> str:
+        if not (os.path.isabs(arg) or arg == ".." or arg.startswith("../")):
+            return arg
+        full = Path(os.path.normpath(os.path.join(here, arg) if here else arg))
+        if here is not None and full.is_relative_to(here):
+            return str(full.relative_to(here))
+        if run is not None and full.is_relative_to(run):
+            return str(Path(run.name) / full.relative_to(run))
+        return full.name or arg
+
+    def rewrite(arg: str) -> str:
+        key, sep, value = arg.partition("=")
+        if not sep or os.path.isabs(arg):
+            return portable(arg)
+        quote = value[:1] if len(value) > 1 and value[0] == value[-1] and value[0] in "\"'" else ""
+        inner = value[len(quote):len(value) - len(quote)]
+        return f"{key}={quote}{portable(inner)}{quote}"
+
+    program = Path(argv[0])
+    name = program.parent.name if program.name == "__main__.py" else program.name
+    return [name or argv[0], *(rewrite(arg) for arg in argv[1:])]
+
+
 def write_env_json(path: str | Path, argv: list[str] | None = None, device=None) -> dict:
-    """Write `environment()` plus the command line and the time to `path` (atomically); return the dict."""
+    """Write `environment()` plus the command line (portable_command: as a user would retype it, relative to this
+    working directory and the run folder `path` is in) and the time to `path` (atomically); return the dict."""
     env = environment(device)
-    env["command"] = list(sys.argv if argv is None else argv)
+    env["command"] = portable_command(list(sys.argv if argv is None else argv), Path(path).parent, Path.cwd())
     env["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     atomic_write(path, json.dumps(env, indent=2) + "\n")
     return env
