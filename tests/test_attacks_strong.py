@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from attnrobust.attacks import (_pgd_best, apgd, apgd_t, minimal_eps, pgd, predict, robust_accuracy_curve,
+from attnrobust.attacks import (apgd, apgd_t, minimal_eps, pgd, predict, robust_accuracy_curve,
                                 square, worst_case)
+from attnrobust.attacks.fgsm_pgd import pgd_best
 from attnrobust.errors import UserError
 from test_attacks import assert_in_ball, batch, small_cnn
 
@@ -131,7 +132,7 @@ def test_the_per_radius_pgd_equals_pgd():
     model, (x, y) = small_cnn(), batch(16)
     y = predict(model, x)
     eps = torch.tensor([2 / 255, 6 / 255] * 8)
-    broken, adv, _ = _pgd_best(model, x, x, y, eps, eps * 2.5 / 4, 4)
+    broken, adv, _ = pgd_best(model, x, x, y, eps, eps * 2.5 / 4, 4)
     for e in (2 / 255, 6 / 255):
         rows = (eps == torch.tensor(e, dtype=torch.float32)).nonzero().squeeze(1)
         ref = pgd(model, x[rows], y[rows], e, 2.5 * e / 4, [4], keep_best=True)[4]
