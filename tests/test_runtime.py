@@ -1,10 +1,12 @@
 """Runtime helpers: device names, atomic writes, env.json, distributed defaults."""
 
 import json
+import os
 import stat
 
 import pytest
 import torch
+from conftest import REPO
 
 from attnrobust.distributed import dist_info, is_main
 from attnrobust.errors import UserError
@@ -86,6 +88,13 @@ def test_env_json_command_has_no_machine_paths(tmp_path, monkeypatch):
     # python -m attnrobust: argv[0] is the package's __main__.py
     assert portable_command([str(tmp_path / "src/attnrobust/__main__.py"), "ls"]) == ["attnrobust", "ls"]
     assert portable_command([]) == []
+
+
+def test_published_env_json_has_no_machine_paths():
+    # scripts/rebuild_published.py rewrites them so; a run published by copying its folder must be too
+    for env in sorted(REPO.glob("results/*/env.json")):
+        command = json.loads(env.read_text())["command"]
+        assert portable_command(command) == command and not any(os.path.isabs(a) for a in command), env
 
 
 def test_not_distributed_by_default(monkeypatch):
