@@ -18,10 +18,11 @@ business.
 
 from attnrobust.attacks.auto_pgd import apgd, apgd_checkpoints, apgd_t
 from attnrobust.attacks.core import attack_hygiene, check_eps, loss_grad, predict, project_, uniform_start
-from attnrobust.attacks.ensemble import worst_case
+from attnrobust.attacks.ensemble import BLACK_BOX, WHITE_BOX, worst_case
 from attnrobust.attacks.fgsm_pgd import fgsm, pgd
 from attnrobust.attacks.minimal import minimal_eps, robust_accuracy_curve
 from attnrobust.attacks.square_attack import square
 
 __all__ = ["fgsm", "pgd", "apgd", "apgd_t", "square", "minimal_eps", "robust_accuracy_curve", "worst_case",
-           "attack_hygiene", "predict", "apgd_checkpoints", "check_eps", "loss_grad", "project_", "uniform_start"]
+           "attack_hygiene", "predict", "apgd_checkpoints", "check_eps", "loss_grad", "project_", "uniform_start",
+           "WHITE_BOX", "BLACK_BOX"]
