@@ -267,7 +267,11 @@ def write_env_json(path: str | Path, argv: list[str] | None = None, device=None)
     """Write `environment()` plus the command line (portable_command: as a user would retype it, relative to this
     working directory and the run folder `path` is in) and the time to `path` (atomically); return the dict."""
     env = environment(device)
-    env["command"] = portable_command(list(sys.argv if argv is None else argv), Path(path).parent, Path.cwd())
+    try:
+        cwd = Path.cwd()
+    except OSError:  # the working directory was removed: every path outside the run folder keeps its name only
+        cwd = None
+    env["command"] = portable_command(list(sys.argv if argv is None else argv), Path(path).parent, cwd)
     env["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     atomic_write(path, json.dumps(env, indent=2) + "\n")
     return env
