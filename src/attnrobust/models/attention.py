@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnrobust.errors import UserError
+from attnrobust.models.gating import pool_spatial, scale_and_pool_channels, scale_channels, scale_positions
 
 REDUCTION = 16  # both papers' default; the published parameter counts assume it
 CBAM_BN_MOMENTUM = 0.01  # the official CBAM code's spatial-BN momentum (see the module docstring)
@@ -45,14 +46,6 @@ def _hidden(channels: int, reduction: int) -> int:
     return max(1, channels // reduction)
 
 
-def _tracks_grad(x: torch.Tensor) -> bool:
-    """Whether autograd will record an op on x. The max-pooling below picks its op by this, for speed only (the
-    values are the same): under autograd the index-returning max (as the official code's torch.max/max_pool2d)
-    has a cheap backward, a scatter through the saved index, where amax's backward compares every element with
-    the max again (3x slower on a CPU); without autograd amax is ~10x faster, as it computes no indices."""
-    return torch.is_grad_enabled() and x.requires_grad
-
-
 class ChannelGate(nn.Module):
     """Channel attention weights in (0, 1), shape [B, C]: sigmoid of a shared MLP summed over pooled descriptors."""
 
@@ -63,20 +56,17 @@ class ChannelGate(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg, xmax = pool_spatial(x, with_max="max" in self.pools)
         logits = 0
         for pool in self.pools:
-            if pool == "avg":
-                desc = x.mean(dim=(2, 3))
-            elif _tracks_grad(x):
-                desc = F.adaptive_max_pool2d(x, 1).flatten(1)
-            else:
-                desc = x.amax(dim=(2, 3))
-            logits = logits + self.mlp(desc)
+            logits = logits + self.mlp(avg if pool == "avg" else xmax)
         return torch.sigmoid(logits)
 
 
 class SpatialGate(nn.Module):
-    """Spatial attention weights in (0, 1), shape [B, 1, H, W]: 7x7 conv + BN over channel-wise [max, mean]."""
+    """Spatial attention weights in (0, 1), shape [B, 1, H, W]: 7x7 conv + BN over a feature map's channel-wise
+    [max, mean], which the caller passes in ([B, 2, H, W]: `gating.scale_and_pool_channels` makes it while it
+    applies the channel gate)."""
 
     def __init__(self, kernel_size: int = 7, bn_momentum: float = CBAM_BN_MOMENTUM):
         super().__init__()
@@ -88,9 +78,7 @@ class SpatialGate(nn.Module):
         nn.init.zeros_(self.bn.weight)
         nn.init.zeros_(self.bn.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cmax = x.max(dim=1, keepdim=True).values if _tracks_grad(x) else x.amax(dim=1, keepdim=True)
-        pooled = torch.cat([cmax, x.mean(dim=1, keepdim=True)], dim=1)
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.bn(self.conv(pooled)))
 
 
@@ -109,12 +97,14 @@ class CBAM(nn.Module):
         self.sink: list[dict[str, torch.Tensor]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The gates' full-size arithmetic goes through `gating` (hand-written backward passes, module docstring
+        # there); this is x1 = x * cgate, then x1 * sgate with sgate from x1's [max, mean] over channels.
         cgate = self.channel(x)
-        x = x * cgate[:, :, None, None]
-        sgate = self.spatial(x)
+        x1, pooled = scale_and_pool_channels(x, cgate)
+        sgate = self.spatial(pooled)
         if self.sink is not None:
             self.sink.append({"channel": cgate.detach(), "spatial": sgate.detach()})
-        return x * sgate
+        return scale_positions(x1, sgate)
 
 
 class SE(nn.Module):
@@ -129,7 +119,7 @@ class SE(nn.Module):
         gate = self.channel(x)
         if self.sink is not None:
             self.sink.append({"channel": gate.detach()})
-        return x * gate[:, :, None, None]
+        return scale_channels(x, gate)
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
@@ -160,11 +150,11 @@ class ECA(nn.Module):
         self.sink: list[dict[str, torch.Tensor]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        desc = x.mean(dim=(2, 3))                                  # [B, C]
+        desc, _ = pool_spatial(x, with_max=False)                  # [B, C]
         gate = torch.sigmoid(self.conv(desc[:, None, :])[:, 0])    # channels as the 1-D sequence: [B, 1, C]
         if self.sink is not None:
             self.sink.append({"channel": gate.detach()})
-        return x * gate[:, :, None, None]
+        return scale_channels(x, gate)
 
 
 # name -> class taking (channels, **options); a block's `attn` argument is one of these names or None.
