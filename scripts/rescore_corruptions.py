@@ -24,6 +24,7 @@ from pathlib import Path
 from attnrobust.checkpoint import load_model, read_meta
 from attnrobust.config import load_config
 from attnrobust.data import DeviceLoader
+from attnrobust.errors import UserError
 from attnrobust.evaluate import corruption_scores
 from attnrobust.jobs import _test_images
 from attnrobust.results import record_key, with_cell
@@ -73,9 +74,12 @@ def main() -> None:
     parser.add_argument("--checkpoints", nargs="+", type=Path, help="default: all of PUBLISHED/checkpoints")
     parser.add_argument("--data-dir", help="where the dataset files are (default: ATTNROBUST_DATA, as the study)")
     args = parser.parse_args()
-    for checkpoint in args.checkpoints or sorted((args.published / "checkpoints").glob("*.safetensors")):
-        print(f"{checkpoint.name}: {rescore(args.published, checkpoint, args.corruptions, args.data_dir)} records "
-              f"replaced", flush=True)
+    try:
+        for checkpoint in args.checkpoints or sorted((args.published / "checkpoints").glob("*.safetensors")):
+            print(f"{checkpoint.name}: {rescore(args.published, checkpoint, args.corruptions, args.data_dir)} "
+                  f"records replaced", flush=True)
+    except UserError as err:  # a missing file, an unknown corruption name: one line, as the CLI
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":
