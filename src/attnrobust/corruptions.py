@@ -9,7 +9,11 @@ so results are labelled "CIFAR-10-C-style" and "MNIST-C-style". Sources of the s
   corruptions.py. MNIST-C publishes one setting per corruption; where its code has a 5-level table we use that
   table (the code's default severity, `Corruption.published`, is the setting of its files), and where it has none
   (stripe, dotted line, zigzag, canny edges) we define a ladder whose severity 5 is MNIST-C's corruption.
-docs/corruptions.md lists every corruption, what is approximated and what is skipped, and why.
+Where the reference scripts do something other than what they read (MNIST-C's glass blur blurs down the columns
+only, CIFAR-10-C's copies pixels where it means to swap them, skimage's warp interpolates across the image edge),
+the images here do what the scripts did, since the published numbers come from those images; tests compare them
+with the scripts' own outputs (tests/fixtures/corruption_reference.md). docs/corruptions.md lists every
+corruption, these quirks, the one algorithm of another source (motion blur) and what is skipped, and why.
 
 `corrupt(images, name, severity, dataset=...)` takes N x C x H x W images (uint8, or float in [0, 1]) and returns
 the corrupted images with the same shape and dtype. The family is chosen by the image shape (`family_of`): grey
@@ -19,7 +23,8 @@ corruption does not depend on the batch it is in, nor on which other images are 
 model and every training seed is scored on the same corrupted test set (paired comparisons stay paired).
 
 Internally every corruption works on float64 arrays [N, H, W, C] in [0, 1] (channels last, as the originals),
-vectorised over the batch; only JPEG and pixelate (Pillow) and the zigzag's few segments loop over images.
+vectorised over the batch; only JPEG and pixelate (Pillow) and the zigzag's few segments loop over images, and
+glass blur over pixel positions (the references' sequential walk, each step done for the whole batch).
 """
 
 from __future__ import annotations
@@ -62,16 +67,19 @@ def _each(rngs, draw: Callable[[np.random.Generator], Any]) -> np.ndarray:
 # ---- helpers --------------------------------------------------------------------------------------------------------
 
 
-def _blur(x: np.ndarray, sigma: float, mode: str = "nearest", truncate: float = 4.0) -> np.ndarray:
-    """Gaussian blur over H and W of [N, H, W, C] (skimage.filters.gaussian's defaults: mode nearest, truncate 4)."""
-    if sigma <= 0:
+def _blur(x: np.ndarray, sigma, mode: str = "nearest", truncate: float = 4.0) -> np.ndarray:
+    """Gaussian blur over H and W of [N, H, W, C] (skimage.filters.gaussian's defaults: mode nearest, truncate 4);
+    sigma a number, or (rows, columns) for a blur along one axis."""
+    rows, cols = (sigma, sigma) if np.isscalar(sigma) else sigma
+    if rows <= 0 and cols <= 0:
         return x
-    return ndimage.gaussian_filter(x, sigma=(0, sigma, sigma, 0), mode=mode, truncate=truncate)
+    return ndimage.gaussian_filter(x, sigma=(0, rows, cols, 0), mode=mode, truncate=truncate)
 
 
 def _sample(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, mode: str, order: int = 1) -> np.ndarray:
     """x [N, H, W, C] read at (rows, cols) [N, H, W] (bilinear), every channel alike; scipy's `mode` at borders
-    (constant 0, mirror = OpenCV's BORDER_REFLECT_101, reflect)."""
+    (grid-constant = skimage's warp: 0 outside, interpolated between the edge pixel and 0 across the last pixel;
+    mirror = OpenCV's BORDER_REFLECT_101; reflect)."""
     n, h, w, c = x.shape
     coords = np.empty((4, n, h, w, c))
     coords[0] = np.arange(n)[:, None, None, None]
@@ -81,9 +89,10 @@ def _sample(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, mode: str, order:
     return ndimage.map_coordinates(x, coords, order=order, mode=mode, cval=0.0)
 
 
-def _affine(x: np.ndarray, matrices: np.ndarray, mode: str = "constant") -> np.ndarray:
+def _affine(x: np.ndarray, matrices: np.ndarray, mode: str = "grid-constant") -> np.ndarray:
     """skimage.transform.warp(x, inverse_map=A) per image: output pixel (col, row) reads the input at
-    A @ (col, row, 1); matrices [N, 3, 3]."""
+    A @ (col, row, 1); matrices [N, 3, 3]. scipy's "constant" would return 0 for any point past the last pixel
+    centre; warp (and "grid-constant") interpolates between the edge pixel and 0 there, as MNIST-C's images do."""
     n, h, w, _ = x.shape
     rows, cols = np.meshgrid(np.arange(h, dtype=float), np.arange(w, dtype=float), indexing="ij")
     src_c = matrices[:, 0, 0, None, None] * cols + matrices[:, 0, 1, None, None] * rows + matrices[:, 0, 2, None, None]
@@ -224,26 +233,34 @@ def defocus_blur(x, c, rngs):
     return ndimage.correlate(x, kernel[None, :, :, None], mode="mirror")  # cv2.filter2D: BORDER_REFLECT_101
 
 
-def glass_blur(x, c, rngs, swap_probability: float = 1.0):
-    """Blur, shuffle pixels locally, blur again. APPROXIMATED: the original walks the image pixel by pixel and swaps
-    each with a random neighbour up to max_delta away (a sequential Python loop, seconds per thousand images);
-    here every interior pixel at once takes the value of a random neighbour in the same window (a gather, not a
-    swap: a value may be copied twice and another lost), `iterations` times. The offsets are drawn from
-    [-max_delta, max_delta]: the original's randint(-max_delta, max_delta) leaves out +max_delta, harmless in a
-    swap (both pixels move) but a drift of half a pixel per iteration in a gather. MNIST-C moves a pixel with
-    probability 1/2 (swap_probability)."""
+def glass_blur(x, c, rngs, *, swap: bool = False, move_probability: float = 1.0, vertical_blur: bool = False):
+    """Blur, shuffle pixels locally, blur again, as the reference code does, quirks included (docs/corruptions.md).
+    Each iteration walks the interior pixels from the bottom right, row by row, and for each draws an offset
+    (dx, dy) from randint(-max_delta, max_delta), i.e. [-max_delta, max_delta - 1]:
+    - CIFAR-10-C (swap=False): its `x[h, w], x[h', w'] = x[h', w'], x[h, w]` runs on numpy views of an RGB pixel,
+      so it copies the neighbour into the pixel and leaves the neighbour as it was. With offsets in [-1, 0] the
+      neighbour is not yet visited: the picture drifts down and right, about half a pixel per iteration;
+    - MNIST-C (swap=True): on a 2-D image the same line swaps two scalars (a true swap), each pixel only with
+      probability 1/2 (move_probability); its gaussian(..., multichannel=True) on a 2-D image takes the columns
+      for channels, so both blurs run down the columns only (vertical_blur).
+    The walk is sequential (a pixel may move again after a swap), so it loops over the pixels, vectorised over the
+    batch: each image draws, per iteration, its coins (MNIST-C only) and then all its offsets at once."""
     sigma, delta, iterations = c
     n, h, w, _ = x.shape
-    x = np.floor(_blur(x, sigma) * 255) / 255  # np.uint8(... * 255), as the original
-    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    interior = (rows > delta) & (rows <= h - delta) & (cols > delta) & (cols <= w - delta)
-    batch = np.arange(n)[:, None, None]
+    sigma = (sigma, 0) if vertical_blur else sigma
+    x = np.floor(_blur(x, sigma) * 255) / 255  # np.uint8(... * 255), as the originals
+    walk = [(r, col) for r in range(h - delta, delta, -1) for col in range(w - delta, delta, -1)]
+    batch = np.arange(n)
     for _ in range(iterations):
-        d = _each(rngs, lambda r: r.integers(-delta, delta + 1, (2, h, w)))
-        move = interior & (_each(rngs, lambda r: r.random((h, w))) < swap_probability)
-        src_r = np.where(move, np.clip(rows + d[:, 0], 0, h - 1), rows)
-        src_c = np.where(move, np.clip(cols + d[:, 1], 0, w - 1), cols)
-        x = x[batch, src_r, src_c]
+        moves = _each(rngs, lambda r: r.random(len(walk)) < move_probability) if move_probability < 1 else \
+            np.ones((n, len(walk)), dtype=bool)
+        offsets = _each(rngs, lambda r: r.integers(-delta, delta, (len(walk), 2))) * moves[..., None]  # (dx, dy)
+        for k, (r, col) in enumerate(walk):
+            r2, c2 = r + offsets[:, k, 1], col + offsets[:, k, 0]
+            neighbour = x[batch, r2, c2]
+            if swap:
+                x[batch, r2, c2] = x[:, r, col]
+            x[:, r, col] = neighbour
     return _blur(x, sigma)
 
 
@@ -277,9 +294,10 @@ def zoom_blur(x, factors, rngs):
 
 
 def motion_blur(x, c, rngs):
-    """APPROXIMATED: ImageMagick's motion blur (radius, sigma, a random angle in [-45, 45] degrees) by the numpy
-    kernel of the `imagecorruptions` package: 2 * radius + 1 taps along the angle, one-sided Gaussian weights,
-    the image edge repeated where a shift leaves it."""
+    """ImageMagick's motion blur (radius, sigma, a random angle in [-45, 45] degrees), which the references call,
+    by the numpy kernel of the `imagecorruptions` package: 2 * radius + 1 taps along the angle, one-sided Gaussian
+    weights, the image edge repeated where a shift leaves it. ImageMagick 6.9.11 gives the same images to 1/255 at
+    the same angles (tests/fixtures/corruption_reference.md)."""
     radius, sigma = c
     n, h, w, _ = x.shape
     width = 2 * radius + 1
@@ -439,34 +457,44 @@ def zigzag(x, strength, rngs):
 
 
 def _canny(x: np.ndarray, sigma: float = 1.0, low: float = 0.1, high: float = 0.2) -> np.ndarray:
-    """Canny edges of [N, H, W] grey images in [0, 1], as skimage.feature.canny's defaults: Gaussian smoothing
-    (sigma 1, normalised at the borders), Sobel gradients, non-maximum suppression, hysteresis between 0.1 and
-    0.2 of the gradient magnitude, the outermost pixels never edges. APPROXIMATED: the suppression compares with
-    the two neighbours along the gradient direction rounded to 45 degrees (skimage interpolates between them)."""
-    ones = np.ones_like(x)
-    smooth = ndimage.gaussian_filter(x, (0, sigma, sigma), mode="constant") / \
-        ndimage.gaussian_filter(ones, (0, sigma, sigma), mode="constant")
-    # scipy's sobel smooths along every other axis, the batch's too: a 2-D kernel keeps the images apart
-    sobel = np.outer([1, 2, 1], [-1, 0, 1]).astype(float)[None]
-    gx = ndimage.correlate(smooth, sobel, mode="reflect")
-    gy = ndimage.correlate(smooth, sobel.transpose(0, 2, 1), mode="reflect")
-    mag = np.hypot(gx, gy)
-    angle = (np.rad2deg(np.arctan2(gy, gx)) + 180) % 180
-    sector = (np.round(angle / 45).astype(int)) % 4  # 0: horizontal gradient, 1: 45, 2: vertical, 3: 135
-    padded = np.pad(mag, ((0, 0), (1, 1), (1, 1)))
+    """Canny edges of [N, H, W] grey images in [0, 1], step by step as skimage.feature.canny with its defaults
+    (MNIST-C calls it so): Gaussian smoothing (sigma 1, zero outside and renormalised by the smoothed all-ones
+    image), Sobel gradients, non-maximum suppression interpolating the magnitude between the two neighbours on
+    each side of the gradient direction, hysteresis between 0.1 and 0.2, the outermost pixels never edges.
+    The suppression is skimage's Cython loop (_nonmaximum_suppression_bilinear) vectorised: its four cases, its
+    tie rules (>= and <=), its arithmetic in the same order, so the edges are skimage's, pixel for pixel
+    (tests/test_corruptions.py checks them against skimage's output stored as a fixture)."""
+    blur = (0, sigma, sigma)
+    smooth = ndimage.gaussian_filter(x, blur, mode="constant") / \
+        (ndimage.gaussian_filter(np.ones_like(x), blur, mode="constant") + np.finfo(float).eps)
+    # scipy's sobel (the difference, then [1, 2, 1] along every other axis) minus the batch axis
+    def sobel(axis, other):
+        return ndimage.correlate1d(ndimage.correlate1d(smooth, [-1, 0, 1], axis, mode="reflect"), [1, 2, 1], other,
+                                   mode="reflect")
+
+    i, j = sobel(1, 2), sobel(2, 1)  # d/d row and d/d column (skimage's isobel, jsobel)
+    mag = np.sqrt(i * i + j * j)
+    ai, aj = np.abs(i), np.abs(j)
+    same_sign = ((i >= 0) & (j >= 0)) | ((i <= 0) & (j <= 0))  # skimage's cond1; else cond2
     h, w = x.shape[1:]
+    padded = np.pad(mag, ((0, 0), (1, 1), (1, 1)))  # only the border, never an edge, reads the padding
 
     def at(dr, dc):
         return padded[:, 1 + dr:1 + dr + h, 1 + dc:1 + dc + w]
 
-    # row axis points down: a gradient at +45 degrees (gx > 0, gy > 0) points to the lower right
-    neighbours = [(at(0, 1), at(0, -1)), (at(1, 1), at(-1, -1)), (at(1, 0), at(-1, 0)), (at(1, -1), at(-1, 1))]
-    keep = np.zeros_like(mag, dtype=bool)
-    for k, (p, q) in enumerate(neighbours):
-        keep |= (sector == k) & (mag >= p) & (mag >= q)
-    border = np.zeros((h, w), dtype=bool)
-    border[1:-1, 1:-1] = True
-    candidates = keep & border & (mag >= low)
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 only where the magnitude is 0: below the threshold
+        # (weight, the first side's (near, diagonal) neighbours, the second side's), per case of skimage's loop
+        cases = [(same_sign & (ai > aj), aj / ai, (at(1, 0), at(1, 1)), (at(-1, 0), at(-1, -1))),
+                 (same_sign & ~(ai > aj), ai / aj, (at(0, 1), at(1, 1)), (at(0, -1), at(-1, -1))),
+                 (~same_sign & (ai < aj), ai / aj, (at(0, 1), at(-1, 1)), (at(0, -1), at(1, -1))),
+                 (~same_sign & ~(ai < aj), aj / ai, (at(-1, 0), at(-1, 1)), (at(1, 0), at(1, -1)))]
+        keep = np.zeros_like(mag, dtype=bool)
+        for case, weight, (near1, diag1), (near2, diag2) in cases:
+            keep |= case & ((diag1 * weight + near1 * (1.0 - weight)) <= mag) & \
+                ((diag2 * weight + near2 * (1.0 - weight)) <= mag)
+    interior = np.zeros((h, w), dtype=bool)
+    interior[1:-1, 1:-1] = True
+    candidates = keep & interior & (mag >= low)
     strong = candidates & (mag >= high)
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = True  # 8-connected within an image, never across images
@@ -501,12 +529,13 @@ def _fog_256(x, c, rngs):
     return fog(x, c, rngs, mapsize=256)
 
 
-def _glass_half(x, c, rngs):
-    return glass_blur(x, c, rngs, swap_probability=0.5)
+def _glass_mnist_c(x, c, rngs):
+    return glass_blur(x, c, rngs, swap=True, move_probability=0.5, vertical_blur=True)
 
 
-_APPROX_GLASS = "approximated: pixels shuffled by a vectorised gather, not the original's sequential swaps"
-_APPROX_MOTION = "approximated: the imagecorruptions package's numpy kernel instead of ImageMagick's motion blur"
+_GLASS_CIFAR = "as the reference, quirk included: each pixel copies a neighbour up or left (no swap), a drift"
+_GLASS_MNIST = "as the reference, quirk included: both blurs run down the columns only"
+_MOTION = "the imagecorruptions package's numpy kernel for ImageMagick's motion blur (equal to 1/255 on the fixture)"
 
 # CIFAR-10-C at 32x32 (make_cifar_c.py). Skipped: snow (ImageMagick's motion blur of a zoomed snow layer) and frost
 # (photographs of frost shipped as image files); the extra corruptions speckle noise, Gaussian blur and spatter.
@@ -516,8 +545,8 @@ CIFAR_C = {c.name: c for c in [
     Corruption("impulse_noise", impulse_noise, (0.01, 0.02, 0.03, 0.05, 0.07)),
     Corruption("defocus_blur", defocus_blur, ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1))),
     Corruption("glass_blur", glass_blur, ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
-               _APPROX_GLASS),
-    Corruption("motion_blur", motion_blur, ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)), _APPROX_MOTION),
+               _GLASS_CIFAR),
+    Corruption("motion_blur", motion_blur, ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)), _MOTION),
     Corruption("zoom_blur", zoom_blur,
                tuple(tuple(np.arange(1, top, 0.01)) for top in (1.06, 1.11, 1.16, 1.21, 1.26))),
     Corruption("fog", fog, ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75))),
@@ -537,9 +566,9 @@ _LADDER = "MNIST-C has one setting; severity k draws it at k/5 of its strength (
 MNIST_C = {c.name: c for c in [
     Corruption("shot_noise", shot_noise, (60, 25, 12, 5, 3), published=5),
     Corruption("impulse_noise", impulse_noise, (0.03, 0.06, 0.09, 0.17, 0.27), published=4),
-    Corruption("glass_blur", _glass_half, ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)),
-               _APPROX_GLASS, published=1),
-    Corruption("motion_blur", motion_blur, ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)), _APPROX_MOTION,
+    Corruption("glass_blur", _glass_mnist_c, ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)),
+               _GLASS_MNIST, published=1),
+    Corruption("motion_blur", motion_blur, ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)), _MOTION,
                published=1),
     Corruption("shear", _mnist_c_affine("shear"), (0.2, 0.4, 0.6, 0.8, 1.0), published=2),
     Corruption("scale", _mnist_c_affine("scale"), (1 / 0.9, 1 / 0.8, 1 / 0.7, 1 / 0.6, 1 / 0.5), published=3),
@@ -556,8 +585,7 @@ MNIST_C = {c.name: c for c in [
     Corruption("dotted_line", dotted_line, (0.2, 0.4, 0.6, 0.8, 1.0), _LADDER, published=5),
     Corruption("zigzag", zigzag, (0.2, 0.4, 0.6, 0.8, 1.0), _LADDER, published=5),
     Corruption("canny_edges", canny_edges, (0.2, 0.4, 0.6, 0.8, 1.0),
-               "MNIST-C has one setting (the edges replace the image); severity k blends k/5 of the edges in; "
-               "approximated: our Canny's non-maximum suppression rounds the direction to 45 degrees",
+               "MNIST-C has one setting (the edges replace the image); severity k blends k/5 of the edges in",
                published=5),
 ]}
 
