@@ -1,0 +1,85 @@
+"""models.gating: the gates' hand-written backward passes compute the published modules' function (tests/
+plain_gates.py) -- outputs, input gradients and parameter gradients within float tolerance, in train and eval
+mode, channels_last and not -- and a whole model's attack gradient is unchanged by them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnrobust.models import build_model
+from attnrobust.models.attention import CBAM, ECA, SE
+from plain_gates import PLAIN, plain_gates
+
+GATES = {"cbam": lambda c: CBAM(c, bn_momentum=0.1), "se": SE, "eca": ECA}
+
+
+def _outputs_and_grads(module, x, g, forward):
+    x = x.detach().requires_grad_(True)
+    out = forward(x)
+    grads = torch.autograd.grad(out, [x, *module.parameters()], g)
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("name", sorted(GATES))
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
+def test_gate_matches_plain_expression(name, train, channels_last):
+    torch.manual_seed(0)
+    module = GATES[name](32).train(train)
+    for p in module.parameters():  # away from the initial zeros and ones, so every path carries gradient
+        torch.nn.init.normal_(p, std=0.5)
+    x, g = torch.randn(4, 32, 9, 7), torch.randn(4, 32, 9, 7)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    out, grads = _outputs_and_grads(module, x, g, module)
+    module.load_state_dict(state)  # the same BN running statistics for the plain pass
+    ref, ref_grads = _outputs_and_grads(module, x, g, lambda t: PLAIN[type(module)](module, t))
+    assert torch.allclose(out, ref, atol=1e-6, rtol=1e-5)
+    for got, want in zip(grads, ref_grads):
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+    # the gradient comes back in the input's layout (a mismatch makes every later op a strided one)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_tied_maxima_share_the_gradient():
+    """A zero map (a block's zero-initialized BN, before the first step) ties every channel at the max: the
+    gradient through the max over channels is shared evenly, so it sums to what one untied max would get."""
+    module = CBAM(16, bn_momentum=0.1).eval()
+    torch.nn.init.normal_(module.spatial.conv.weight)
+    torch.nn.init.ones_(module.spatial.bn.weight)
+    x = torch.zeros(2, 16, 5, 5, requires_grad=True)
+    (grad,) = torch.autograd.grad(module(x).sum(), [x])
+    assert torch.isfinite(grad).all()
+    x2 = x.detach().clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(PLAIN[CBAM](module, x2).sum(), [x2])  # amax: shared evenly too
+    assert torch.allclose(grad, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cbam_resnet14", "se_resnet14", "eca_resnet14"])
+def test_attack_gradient_of_a_model_is_unchanged(name):
+    torch.manual_seed(0)
+    model = build_model(name, 10, in_channels=1, width=4, mean=[0.5], std=[0.5]).eval()
+    for m in model.modules():  # trained-like gates (the zero-initialized BN would make every gate 0.5)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+
+    def input_grad():
+        xa = x.clone().requires_grad_(True)
+        return torch.autograd.grad(F.cross_entropy(model(xa), y), [xa])[0]
+
+    got = input_grad()
+    with plain_gates():
+        want = input_grad()
+    assert torch.allclose(got, want, atol=1e-6, rtol=1e-4), (got - want).abs().max()
+
+
+def test_keep_freed_memory_is_idempotent():
+    from attnrobust.runtime import keep_freed_memory
+    keep_freed_memory()
+    keep_freed_memory()
+    assert torch.ones(3).sum().item() == 3
