@@ -291,9 +291,9 @@ def corruption_section(records: list[dict], rows: list[dict], out: Path, pairs=(
              "Accuracy on the test images under common corruptions generated in code (attnrobust.corruptions; "
              "see docs/corruptions.md): *MNIST-C-style* (Mu & Gilmer 2019) for grey 28x28 images, "
              "*CIFAR-10-C-style* (Hendrycks & Dietterich 2019) for RGB 32x32 images — the same recipes, not the "
-             "published files (a few are approximated, and MNIST-C's single settings are extended to severities "
-             "1-5). Every model and seed is scored on the same corrupted images (seeded per image), so the "
-             "comparison is paired, as the adversarial one.", ""]
+             "published files (only motion blur is another algorithm, matching ImageMagick's to 1/255 on the test "
+             "fixtures; MNIST-C's single settings are extended to severities 1-5). Every model and seed is scored on "
+             "the same corrupted images (seeded per image), so the comparison is paired, as the adversarial one.", ""]
     if rows:
         lines += ["**Verdicts.** Attention model minus its twin, accuracy per image averaged over the corruption's "
                   "severities (pp; > 0: attention more robust); *all corruptions* is the mean corruption accuracy. "
