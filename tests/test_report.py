@@ -289,7 +289,9 @@ def test_summaries_check_the_paper_conclusion():
     rows = verdicts(make_records((0, 1, 2), effect=0.15, datasets=["cifar100", "cifar10"]))
     by = {(s["dataset"], s["scope"]): s for s in summaries(rows)}
     assert by[(Panel("cifar100"), "white-box")]["agreement"] == "reproduced"  # the paper: helps on CIFAR-100
-    assert by[(Panel("cifar10"), "white-box")]["agreement"] == "contradicted"  # the paper: hurts on CIFAR-10
+    # the paper: hurts on CIFAR-10; opposite directions are "not reproduced" (our design is not the paper's), never
+    # "contradicted"
+    assert by[(Panel("cifar10"), "white-box")]["agreement"] == "not reproduced (ours: helps)"
     assert by[(Panel("cifar100"), "transfer")]["agreement"] == "not reproduced (ours: helps)"  # paper: "very low"
     assert by[(Panel("cifar10"), "white-box")]["paper_tables"] == "hurts"
     rows = verdicts(make_records((0, 1, 2), effect={0: 0.05, 1: -0.05, 2: 0.0}, datasets=["cifar10"]))
@@ -497,11 +499,11 @@ def test_margin_decides_equivalence():
     from attnrobust.config import VerdictSection
 
     records = make_records((0, 1, 2), effect=0.0, datasets=["cifar10"])
-    wide = {(r["scenario"], r["attack"]): r for r in verdicts(records, verdict=VerdictSection(margin_pp=50.0))}
+    wide = {(r["scenario"], r["attack"]): r for r in verdicts(records, verdict=VerdictSection(margin_pp=10.0))}
     narrow = {(r["scenario"], r["attack"]): r for r in verdicts(records, verdict=VerdictSection(margin_pp=0.01))}
     key = ("white-box", "fgsm")
-    assert wide[key]["verdict"] == "equivalent" and wide[key]["margin"] == 50.0
-    assert -50 < wide[key]["sim_low"] and wide[key]["sim_high"] < 50  # equivalence = the simultaneous interval fits
+    assert wide[key]["verdict"] == "equivalent" and wide[key]["margin"] == 10.0
+    assert -10 < wide[key]["sim_low"] and wide[key]["sim_high"] < 10  # equivalence = the simultaneous interval fits
     assert narrow[key]["verdict"] == "inconclusive" and narrow[key]["seeds_needed"] != 2
     assert narrow[key]["detectable"] > 0
 
