@@ -624,7 +624,8 @@ def marked_verdict(r: dict) -> str:
     near = r.get("near_floor") and not r["saturated"] and r["verdict"] != WITHHELD
     deciders = r.get("decided_by_seed")
     return (verdict_label(r["verdict"], r["seeds"]) + (" (near floor: no equivalence claim)" if near else "")
-            + (f" [seed {', '.join(map(str, deciders))} decides]" if deciders else "")
+            + (f" [seed{'s' if len(deciders) > 1 else ''} {', '.join(map(str, deciders))} "
+               f"decide{'' if len(deciders) > 1 else 's'}]" if deciders else "")
             + (f" [borderline: {r['borderline_seeds']} of {r['seeds']} seeds change it]"
                if r.get("borderline_seeds") else "")
             + (" [flag]" if r["flags"] else ""))
