@@ -343,7 +343,8 @@ def test_build_report_files(tmp_path, seeds):
     report = build_report(run)
     assert report == run / "report"
     names = {p.relative_to(report).as_posix() for p in report.rglob("*") if p.is_file()}
-    expected = {"README.md", "verdicts.csv", "verdicts.txt", "paired.csv", "paper_comparison.csv"}
+    expected = {"README.md", "verdicts.csv", "verdicts.txt", "paired.csv", "paper_comparison.csv",
+                "paper_settings.csv", "margin_sensitivity.csv"}
     expected |= {f"table{i}.{ext}" for i in (2, 3) for ext in ("md", "csv", "tex")}
     expected |= {f"figures/whitebox_{d}.png" for d in DATASETS}
     expected |= {f"figures/transfer_{d}_{m}.png" for d in DATASETS for m in MODELS}
@@ -401,6 +402,15 @@ def test_build_report_files(tmp_path, seeds):
         assert key in verdict_rows[0], key
     assert {r["verdict"] for r in verdict_rows} <= {"helps", "hurts", "equivalent", "inconclusive"}
     assert len(read_csv(report / "paired.csv")) == len(DATASETS) * 4 * 9  # 4 scenarios x 9 settings
+    # every verdict at 0.5x, 1x and 2x the margins; the 1x column is the verdict table's own
+    sensitivity = read_csv(report / "margin_sensitivity.csv")
+    assert len(sensitivity) == 16 and [r["verdict_x1"].split(" ")[0] for r in sensitivity] == [
+        r["verdict"].split(" ")[0] for r in verdict_rows]
+    assert "Why these margins" in readme and "Margin sensitivity" in readme and "Like for like" in readme
+    # the paper's gaps per setting: 3 scenarios it has (white-box, from VGG, twin) x 9 settings per dataset
+    like = read_csv(report / "paper_settings.csv")
+    assert len(like) == len(DATASETS) * 3 * 9
+    assert all(r["reading"] for r in like) and "contradicted" not in readme
 
 
 @pytest.mark.slow
