@@ -82,3 +82,35 @@ def test_choosing_settings_by_level_keeps_coverage_and_false_positives():
         if relative == 0.0:
             assert np.mean(np.abs(est) > q * se) <= 0.07  # false positives
         assert 0.5 < keep.mean() and chosen[:, 3].mean() < 0.01  # the 0.5% setting is (almost) never used
+
+
+def test_published_reports_claim_no_equivalence_near_a_floor():
+    # the committed verdicts.csv of every published study (rebuilt from its records with this rule)
+    import csv
+
+    from conftest import REPO
+
+    found = 0
+    for path in sorted((REPO / "results").glob("*/verdicts.csv")):
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                if r["verdict"] == "equivalent" and r["unit"] == "pp":
+                    found += 1
+                    m = float(r["margin"])
+                    for v in (float(r["attention_accuracy"]), float(r["baseline_accuracy"])):
+                        assert 2 * m <= v <= 100 - 2 * m, (path.parent.name, r["scenario"], r["attack"])
+    assert found  # the rule was exercised on real rows
+
+
+def test_the_papers_white_box_fgsm_gap_cannot_occur_at_our_accuracies():
+    from attnrobust.report.paper_settings import paper_setting_rows
+    from attnrobust.results import load_records
+    from conftest import REPO
+
+    records = [r for r in load_records(REPO / "results" / "fashion-mnist-cpu" / "results.jsonl")
+               if r["attack"] == "fgsm" and r["source"] == r["target"]]
+    rows = {r["setting"]: r for r in paper_setting_rows(records) if r["scenario"] == "white-box"}
+    first = rows["FGSM 0.05"]
+    assert abs(first["paper_difference"] + 24.83) < 1e-9 and not first["possible"]
+    assert first["reading"] == "cannot occur here; relative gap not reproduced"
+    assert rows["FGSM 0.1"]["reading"] == "reproduced" and rows["FGSM 0.3"]["reading"].startswith("at floor")
