@@ -275,11 +275,12 @@ def _verdicts_section(inputs: ReadmeInputs, reduced: list[str]) -> list[str]:
                    "rule with n = 10000 (the paper publishes accuracies, not per-image outcomes); *reproduced* "
                    "says whether its gap could occur at our accuracies at all (setting by setting: *Comparison "
                    "with the paper*). Full rows: [verdicts.csv](verdicts.csv).")
-        at_floor = [f"{r['scenario']} {r['attack']}: {', '.join(r['settings_at_floor'])}" for r in rows
+        at_floor = [f"{r['dataset']} {r['attention_model']} {r['scenario']} {r['attack']}: used "
+                    f"{', '.join(r['settings'])}; left out {', '.join(r['settings_at_floor'])}" for r in rows
                     if r.get("settings_at_floor")]
         if at_floor:
-            out += ["", "**Settings left out at the floor** (a margin-sized change not possible either way): "
-                    + "; ".join(at_floor) + "."]
+            out += ["", "**Settings used and left out at the floor** (there a margin-sized change is not possible "
+                    "either way; every row's settings are in verdicts.csv): " + "; ".join(at_floor) + "."]
         out += [""] + list(inputs.margin_lines)
     if inputs.power_plan:
         out += ["", "**Declared before the run** (`power_plan.md`, from `verdict.pilot`): what these seeds were "
