@@ -253,17 +253,14 @@ def compare_cells(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], f
     clean = {m: _clean_accuracy(grid, d, m, seeds) for m in {attn_model, base_model, a_cell[0], b_cell[0]}}
     low_clean = [f"{m} {100 * c:.1f}%" for m, c in sorted(clean.items()) if c is not None and c < floor]
 
-    def mean_accuracy(cell):
-        return _mean_value(grid, d, cell, settings, seeds)
-
-    baseline = mean_accuracy(b_cell)
+    baseline = _mean_value(grid, d, b_cell, settings, seeds)
     both = [float(x[m].mean()) for x, m in zip(diffs, masks) if m.any()]
     paper_diff, paper_verdict = _paper_verdict(d, a_cell, b_cell, settings)
     return {
         "settings": column_titles(settings),
         "seeds": len(seeds),
         "n": int(diffs.shape[1]),
-        "attention_accuracy": mean_accuracy(a_cell),
+        "attention_accuracy": _mean_value(grid, d, a_cell, settings, seeds),
         "baseline_accuracy": baseline,
         "unit": unit,
         "difference": scale * iv.estimate,
@@ -302,15 +299,14 @@ def _margin(row: dict, verdict: VerdictSection) -> float:
 
 
 def decide_family(rows: list[dict], verdict: VerdictSection) -> None:
-    """Three-way decisions over one family (the rows of one dataset and family kind that are not withheld), at
-    df = seeds - 1 and, for the sensitivity column, at the Satterthwaite df."""
+    """Three-way decisions over one family (the rows of one dataset and family kind that are not withheld or at a
+    floor), at df = seeds - 1 and, for the sensitivity column, at the Satterthwaite df."""
     # a row at a floor (no usable setting, report/floors.py) tests nothing: it leaves the family like a withheld one
     live = [r for r in rows if r["withheld"] is None and not r.get("at_floor")]
     intervals = [r["_interval"] for r in live]
     margins = [_margin(r, verdict) / r["_scale"] for r in live]
     main = decide(intervals, margins, alpha=verdict.alpha)
     loose = decide(intervals, margins, alpha=verdict.alpha, satterthwaite=True)
-
     for r, dec, alt, mg in zip(live, main, loose, margins):
         scale, near = r["_scale"], bool(r.get("near_floor"))
         r.update(p_holm=dec.p_holm, p_equivalence_holm=dec.p_equivalence_holm,
