@@ -25,12 +25,16 @@ from attnrobust.report.corruptions import (corruption_section, corruption_summar
 from attnrobust.report import figures  # figures.curves etc. looked up at call time (the tests draw placeholders)
 from attnrobust.report.figures import PALETTE, Plot, Series
 from attnrobust.report.grid import Grid, registered_info
+from attnrobust.report.margins import SENSITIVITY_KEYS, margin_lines, margin_sensitivity
 from attnrobust.report.minimal import minimal_section
 from attnrobust.report.paper import comparison_rows, load_paper, matches_paper_pgd, paper_model, paper_value
+from attnrobust.report.paper_settings import (PAPER_SETTING_KEYS, design_differences, paper_setting_lines,
+                                              paper_setting_rows)
 from attnrobust.report.readme import (COMPARISON_KEYS, PAIRED_KEYS, VERDICT_KEYS, ReadmeInputs, readme_text,
                                       rows_csv)
 from attnrobust.report.tables import table2, table3, to_csv, to_latex, to_markdown
 from attnrobust.report.verdicts import paired_rows, verdict_text, verdicts
+from attnrobust.report.slopes import SLOPE_KEYS
 from attnrobust.report.widths import TREND_KEYS, width_section
 from attnrobust.results import CLEAN, STANDARD, Panel, Setting, load_records, file_name_part
 from attnrobust.runfolder import RunFolder, file_stem
@@ -239,15 +243,23 @@ def _write_report(out: Path, folder: RunFolder, records: list[dict]) -> None:
     _write(out / "paired.csv", rows_csv(paired, PAIRED_KEYS))
     comparison = comparison_rows(grid)
     _write(out / "paper_comparison.csv", rows_csv(comparison, COMPARISON_KEYS))
+    like_for_like = paper_setting_rows(records, min_clean_accuracy=floor, pairs=pairs, verdict=verdict)
+    if like_for_like:
+        _write(out / "paper_settings.csv", rows_csv(like_for_like, PAPER_SETTING_KEYS))
+    sensitivity = margin_sensitivity(records, verdict, min_clean_accuracy=floor, pairs=pairs, rows=rows)
+    if sensitivity:
+        _write(out / "margin_sensitivity.csv", rows_csv(sensitivity, SENSITIVITY_KEYS))
     (out / "figures").mkdir(parents=True, exist_ok=True)
     line_figures = _figures(grid, out)
     metas, notes = _checkpoint_metas(folder)
     attention, figure_notes = _attention_figures(grid, metas, out)
     minimal_lines, minimal_figures = minimal_section(grid, out)
     corruption_lines = corruption_section(all_records, corruption_rows, out, pairs)
-    width_lines, width_figures, trend = width_section(rows, out)
+    width_lines, width_figures, trend, slopes = width_section(rows, out)
     if trend:
         _write(out / "width_trend.csv", rows_csv(trend, TREND_KEYS))
+    if slopes:
+        _write(out / "width_slopes.csv", rows_csv(slopes, SLOPE_KEYS))
     _write(out / "README.md", readme_text(ReadmeInputs(
         name=folder.root.resolve().name, grid=grid, records=all_records, config_text=config_text, config=config,
         env=env, tables=tables, rows=rows, paired=paired, comparison=comparison,
@@ -255,7 +267,8 @@ def _write_report(out: Path, folder: RunFolder, records: list[dict]) -> None:
         notes=notes + figure_notes, checkpoint_args=[meta.get("build_args") or {} for _, meta in metas],
         minimal_lines=minimal_lines, corruption_lines=corruption_lines,
         corruption_summary=corruption_summary(corruption_rows), width_lines=width_lines,
-        power_plan=_read_power_plan(folder))))
+        power_plan=_read_power_plan(folder), margin_lines=margin_lines(sensitivity),
+        paper_setting_lines=paper_setting_lines(like_for_like, design_differences(grid, config)))))
 
 
 def _read_power_plan(folder: RunFolder) -> list[str]:

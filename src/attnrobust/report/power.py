@@ -38,7 +38,7 @@ def power_plan(records: list[dict], seeds: int, verdict: VerdictSection, *, pair
     the effect detectable at `seeds`, the effect wanted (detect_* or the margin) and the seeds that detect it."""
     out = []
     for r in verdicts(records, min_clean_accuracy=min_clean_accuracy, pairs=pairs, verdict=verdict):
-        if r["family"] != ROBUSTNESS or r["withheld"] is not None or r["seeds"] < 2:
+        if r["family"] != ROBUSTNESS or r["withheld"] is not None or r["at_floor"] or r["seeds"] < 2:
             continue
         per_eps = r["unit"] == "/255"
         wanted = (verdict.detect_eps if per_eps else verdict.detect_pp) or r["margin"]

@@ -43,6 +43,8 @@ class ReadmeInputs:
     corruption_summary: list[str] = ()  # its one-line answers, shown with the adversarial ones
     width_lines: list[str] = ()  # the width trend (report/widths.py), () when the study does not cross widths
     power_plan: list[str] = ()  # RUN/power_plan.md, written before the run from a pilot; () when there was none
+    margin_lines: list[str] = ()  # why the margins, and every verdict at 0.5x/1x/2x them (report/margins.py)
+    paper_setting_lines: list[str] = ()  # the paper's gaps like for like, per setting (report/paper_settings.py)
 
 
 def _verdict_markdown(rows: list[dict]) -> list[str]:
@@ -67,7 +69,9 @@ VERDICT_KEYS = ["dataset", "attention_model", "baseline_model", "scenario", "fam
                 "sim_high", "margin", "p_value", "p_holm", "p_equivalence_holm", "verdict", "df_verdict", "df",
                 "verdict_satterthwaite", "detectable", "seeds_needed", "seed_var", "image_var", "family_size", "alpha",
                 "both_correct_difference", "both_correct_n", "relative_gap", "wilcoxon_p", "saturated", "flags",
-                "indicative", "withheld", "paper_difference", "paper_verdict", "reproduced", "method", "settings"]
+                "indicative", "withheld", "paper_difference", "paper_verdict", "reproduced", "method", "settings",
+                "settings_at_floor", "near_floor", "equivalent_at_0", "equivalent_at_half", "decided_by_seed",
+                "borderline_seeds", "estimate_without_seed"]
 PAIRED_KEYS = ["dataset", "attention_model", "baseline_model", "scenario", "setting", "seeds", "n",
                 "attention_accuracy", "baseline_accuracy", "difference", "ci_low", "ci_high", "p_value", "verdict",
                 "withheld", "paper_difference", "paper_verdict", "method"]
@@ -124,8 +128,9 @@ def _summary_lines(found: list[dict]) -> list[str]:
             ours += f" ({s['flagged_rows']} of its rows rest on failed sanity flags: see Warnings)"
         if s["gradient_masking"]:
             ours += f" (**gradient masking flagged**: {', '.join(s['gradient_masking'])})"
-        paper = (f" The paper concluded: {s['paper']} -> **{s['agreement']}**." if s["paper"]
-                 else " (No counterpart in the paper.)")
+        paper = (f" The paper concluded: {s['paper']} -> **{s['agreement']}**" + (
+                 " by this design (see *Comparison with the paper*)" if s["agreement"].startswith("not reproduced")
+                 else "") + "." if s["paper"] else " (No counterpart in the paper.)")
         if s["paper_tables"] is not None and s["paper_tables"] != s["paper"]:
             paper += f" (The paper's own tables, judged by the same rule: {s['paper_tables']}.)"
         lines.append(f"- **{s['dataset']}**, {s['attention_model']} vs {s['baseline_model']}, {s['scope']} "
@@ -254,16 +259,29 @@ def _verdicts_section(inputs: ReadmeInputs, reduced: list[str]) -> list[str]:
             f"({', '.join(f'+-{v:g} {k}' for k, v in margins.items())}; `[verdict]` in the config), two one-sided "
             "tests Holm-adjusted over the same family; else *inconclusive* — not 'no effect'. *simultaneous*: "
             "Bonferroni intervals over the family, for any claim about several rows. *detectable*: the smallest "
-            "effect the row finds with 80% power at the family's level; *seeds to decide*: how many seeds would "
-            "bring that down to the margin. *both-correct*: the difference on images both targets classify "
+            "effect the row finds with 80% power at the family's level; *seeds to decide*: the seeds at which an "
+            "effect equal to the margin is found with 80% power. *both-correct*: the difference on images both targets classify "
             "correctly (clean accuracy leaks into robust accuracy); *rel. gap*: the difference over the twin's "
-            "value. A row at a floor or ceiling (both models within 2 pp of 0% or 100%) tests nothing and does "
-            "not count. A row is *withheld* when a compared model's clean accuracy is below the dataset's floor "
+            "value. *Settings away from the floor*: a row averages only the settings where both models are at "
+            "least one margin from 0% and 100% (room for a margin-sized change either way), lists those it left "
+            "out, reads *at floor* (tests nothing, leaves the family) when none is left, and claims no "
+            "equivalence within twice the margin of 0% or 100%. *P(equivalent) if 0 / m/2*: the chance the row reads equivalent with the seeds "
+            "run, at a true effect of 0 and of half the margin. *[seed s decides]*: leaving seed s out changes "
+            "the verdict (*borderline*: leaving out any of half the seeds or more does). A row is *withheld* when a compared model's clean accuracy is below the dataset's floor "
             "(`eval.min_clean_accuracy`); *[flag]*: built on records with a failed sanity flag.", ""]
         out += _verdict_markdown(rows)
         out.append("The paper column applies the same comparison to the paper's published numbers, over the "
-                   "final-iterate settings we share with it, judged by an unpaired one-run rule with n = 10000 "
-                   "(the paper publishes accuracies, not per-image outcomes). Full rows: [verdicts.csv](verdicts.csv).")
+                   "settings the row averages (final-iterate ones we share with it), judged by an unpaired one-run "
+                   "rule with n = 10000 (the paper publishes accuracies, not per-image outcomes); *reproduced* "
+                   "says whether its gap could occur at our accuracies at all (setting by setting: *Comparison "
+                   "with the paper*). Full rows: [verdicts.csv](verdicts.csv).")
+        at_floor = [f"{r['dataset']} {r['attention_model']} {r['scenario']} {r['attack']}: used "
+                    f"{', '.join(r['settings'])}; left out {', '.join(r['settings_at_floor'])}" for r in rows
+                    if r.get("settings_at_floor")]
+        if at_floor:
+            out += ["", "**Settings used and left out at the floor** (there a margin-sized change is not possible "
+                    "either way; every row's settings are in verdicts.csv): " + "; ".join(at_floor) + "."]
+        out += [""] + list(inputs.margin_lines)
     if inputs.power_plan:
         out += ["", "**Declared before the run** (`power_plan.md`, from `verdict.pilot`): what these seeds were "
                 "expected to detect.", ""] + list(inputs.power_plan)
@@ -328,7 +346,7 @@ def _paper_section(inputs: ReadmeInputs, reduced: list[str]) -> list[str]:
                 "[paper_comparison.csv](paper_comparison.csv)."]
         if reduced:
             out += ["", "**The comparison is indicative only**: " + "; ".join(reduced) + "."]
-        out += ["", _comparison_markdown(comparison)]
+        out += ["", _comparison_markdown(comparison), ""] + list(inputs.paper_setting_lines)
     else:
         out += ["None of our settings matches one of the paper's (datasets, model families, FGSM eps or PGD "
                 "eps 0.2 / step 0.01).", ""]

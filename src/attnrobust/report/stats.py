@@ -299,7 +299,7 @@ class Decision:
 
 
 def decide(intervals: Sequence[Interval], margins: Sequence[float], *, alpha: float = ALPHA,
-           satterthwaite: bool = False) -> list[Decision]:
+           satterthwaite: bool = False, power: bool = True) -> list[Decision]:
     """Three-way decisions over one family (a dataset panel's comparisons), each against its own margin.
 
     helps / hurts: Holm-adjusted p of 'no difference' < alpha; equivalent: Holm-adjusted TOST p < alpha (the
@@ -307,7 +307,9 @@ def decide(intervals: Sequence[Interval], margins: Sequence[float], *, alpha: fl
     Simultaneous intervals: Bonferroni at 1 - alpha / m, so any claim read off several of them holds jointly;
     one that excludes 0 (or lies inside the margin) is always also a Holm decision (Holm rejects at least what
     Bonferroni does), Holm can decide a few more. Tests at df = seeds - 1 (`verdict_df`); satterthwaite: at each
-    interval's Satterthwaite df instead (the sensitivity column: what the less conservative df would say)."""
+    interval's Satterthwaite df instead (the sensitivity column: what the less conservative df would say).
+    power=False: the verdicts and intervals only (detectable nan, seeds_needed None), for checks that re-decide a
+    family many times."""
     m = len(intervals)
     if m != len(margins):
         raise ValueError("one margin per interval")
@@ -321,8 +323,8 @@ def decide(intervals: Sequence[Interval], margins: Sequence[float], *, alpha: fl
         q = _quantile(1 - alpha / (2 * m), df)
         verdict = (HELPS if c > 0 else HURTS) if pd < alpha else EQUIVALENT if pe < alpha else INCONCLUSIVE
         needed = None
-        if verdict == INCONCLUSIVE and iv.seeds >= 2:
+        if verdict == INCONCLUSIVE and iv.seeds >= 2 and power:
             needed = seeds_needed(iv.components, mg, family=m, alpha=alpha)
-        out.append(Decision(verdict, pd, pe, c - q * iv.se, c + q * iv.se,
-                            detectable_effect(iv.components, iv.seeds, family=m, alpha=alpha), needed))
+        detectable = detectable_effect(iv.components, iv.seeds, family=m, alpha=alpha) if power else math.nan
+        out.append(Decision(verdict, pd, pe, c - q * iv.se, c + q * iv.se, detectable, needed))
     return out

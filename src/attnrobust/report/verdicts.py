@@ -39,10 +39,14 @@ tests/test_stats.py):
   robust accuracy: a misclassified image counts as broken at eps 0), and the gap relative to the twin's value;
 - sanity flags: a row whose input records carry a failed flag names it;
 - no verdict from models that did not learn: when a compared model's clean accuracy is below the dataset's floor
-  (`clean_floor`), the row is withheld and says why.
+  (`clean_floor`), the row is withheld and says why;
+- settings away from the floor (report/floors.py): a row averages only the settings where both models leave room
+  for a margin-sized change either way, lists those it left out, reads "at floor" when none is left (and leaves
+  the family), and claims no equivalence within twice the margin of 0% or 100% (near_floor).
 The paper's own numbers go through the unpaired one-seed rule (only counts are published, n = 10000). "Not
-reproduced" is said only where the paper's gap lies outside our simultaneous interval and the comparison is not
-at a floor or ceiling (both models within SATURATED_PP of 0% or 100%, where the paper's gap cannot occur).
+reproduced" is said only where the paper's gap lies outside our simultaneous interval, the row is not at a floor,
+and the gap could occur at our accuracies at all (floors.paper_gap_possible); setting by setting, with relative
+gaps, in report/paper_settings.py.
 """
 
 from __future__ import annotations
@@ -52,7 +56,10 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from attnrobust.config import VerdictSection
+from attnrobust.report.equivalence import equivalence_chances
+from attnrobust.report.floors import AT_FLOOR, near_floor, no_equivalence_near_floor, paper_gap_possible, usable
 from attnrobust.report.grid import Grid, registered_info
+from attnrobust.report.loso import leave_one_seed_out
 from attnrobust.report.paper import PAPER_N, load_paper, paper_dataset, paper_model, paper_value
 from attnrobust.report.stats import (EQUIVALENT, INCONCLUSIVE, POWER, Z95, decide, paired_interval,
                                      proportion_diff_se, seeds_interval)
@@ -65,9 +72,6 @@ _SHORT = {NONE: "n.s."}
 # "robust" to nothing); per dataset, else DEFAULT_FLOOR. Override with [eval] min_clean_accuracy.
 CLEAN_FLOORS = {"fashion-mnist": 0.80, "fashion-mnist-mini": 0.75, "cifar10": 0.70, "cifar100": 0.40}
 DEFAULT_FLOOR = 0.5
-# Both models' robust accuracy within this many pp of 0% (or 100%): the comparison is at a floor (ceiling); a gap
-# larger than the accuracies themselves cannot occur there, so it tests nothing about the paper's gap.
-SATURATED_PP = 2.0
 ROBUSTNESS, TRANSFERABILITY = "robustness", "transferability"
 
 
@@ -190,6 +194,44 @@ def _wilcoxon_p(d: np.ndarray) -> float | None:
     return float(scipy_stats.wilcoxon(x, zero_method="wilcox").pvalue)
 
 
+def _mean_value(grid: Grid, d: str, cell, settings: list[Setting], seeds) -> float:
+    """A cell's value in its row's unit, averaged over settings and seeds: robust accuracy in %, or, for minimal
+    eps, the restricted mean eps up to the cap in 1/255."""
+    unit, scale = _unit(settings[0].attack)
+    return scale * float(np.mean([_per_image_scores(grid.runs(d, *cell, s)[seed], s).mean() if unit == "/255"
+                                  else s.accuracy(grid.runs(d, *cell, s)[seed])
+                                  for s in settings for seed in seeds]))
+
+
+def compare_away_from_floor(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], floor: float,
+                            verdict: VerdictSection) -> dict | None:
+    """`compare_cells` over the settings where both models leave room for a margin-sized change either way
+    (report/floors.py); with none, over all of them, marked at_floor. Adds at_floor, near_floor (no equivalence
+    claim) and settings_at_floor (the settings left out)."""
+    settings = [s for s in settings if grid.runs(d, *a_cell, s) and grid.runs(d, *b_cell, s)]
+    if not settings:
+        return None
+    unit, scale = _unit(settings[0].attack)
+    margin = verdict.margin_eps if unit == "/255" else verdict.margin_pp
+
+    def top(s: Setting) -> float:  # the measure's ceiling: 100%, or the minimal eps's cap
+        return scale * s.eps if unit == "/255" else 100.0
+
+    def values(s: Setting) -> tuple[float, float]:
+        seeds = sorted(set(grid.runs(d, *a_cell, s)) & set(grid.runs(d, *b_cell, s)))
+        return _mean_value(grid, d, a_cell, [s], seeds), _mean_value(grid, d, b_cell, [s], seeds)
+
+    used = [s for s in settings if usable(*values(s), margin, top(s))]
+    row = compare_cells(grid, d, a_cell, b_cell, used or settings, floor)
+    if row is None:
+        return None
+    left_out = [s for s in settings if s not in used]
+    row.update(at_floor=not used, settings_at_floor=column_titles(left_out) if used else [],
+               near_floor=near_floor(row["attention_accuracy"], row["baseline_accuracy"], margin,
+                                     min(top(s) for s in used or settings)))
+    return row
+
+
 def compare_cells(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], floor: float) -> dict | None:
     settings = [s for s in settings if grid.runs(d, *a_cell, s) and grid.runs(d, *b_cell, s)]
     if not settings:
@@ -211,19 +253,14 @@ def compare_cells(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], f
     clean = {m: _clean_accuracy(grid, d, m, seeds) for m in {attn_model, base_model, a_cell[0], b_cell[0]}}
     low_clean = [f"{m} {100 * c:.1f}%" for m, c in sorted(clean.items()) if c is not None and c < floor]
 
-    def mean_accuracy(cell):  # or, for minimal eps, the restricted mean eps up to the cap
-        return scale * float(np.mean([_per_image_scores(grid.runs(d, *cell, s)[seed], s).mean() if unit == "/255"
-                                      else s.accuracy(grid.runs(d, *cell, s)[seed])
-                                      for s in settings for seed in seeds]))
-
-    baseline = mean_accuracy(b_cell)
+    baseline = _mean_value(grid, d, b_cell, settings, seeds)
     both = [float(x[m].mean()) for x, m in zip(diffs, masks) if m.any()]
     paper_diff, paper_verdict = _paper_verdict(d, a_cell, b_cell, settings)
     return {
         "settings": column_titles(settings),
         "seeds": len(seeds),
         "n": int(diffs.shape[1]),
-        "attention_accuracy": mean_accuracy(a_cell),
+        "attention_accuracy": _mean_value(grid, d, a_cell, settings, seeds),
         "baseline_accuracy": baseline,
         "unit": unit,
         "difference": scale * iv.estimate,
@@ -245,6 +282,9 @@ def compare_cells(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], f
         "paper_verdict": paper_verdict,
         "_interval": iv,
         "_scale": scale,
+        "_diffs": diffs,  # [seeds, images], for the leave-one-seed-out check (report/loso.py)
+        "_bound": bound,
+        "_seeds": seeds,
     }
 
 
@@ -259,23 +299,26 @@ def _margin(row: dict, verdict: VerdictSection) -> float:
 
 
 def decide_family(rows: list[dict], verdict: VerdictSection) -> None:
-    """Three-way decisions over one family (the rows of one dataset and family kind that are not withheld), at
-    df = seeds - 1 and, for the sensitivity column, at the Satterthwaite df."""
-    live = [r for r in rows if r["withheld"] is None]
+    """Three-way decisions over one family (the rows of one dataset and family kind that are not withheld or at a
+    floor), at df = seeds - 1 and, for the sensitivity column, at the Satterthwaite df."""
+    # a row at a floor (no usable setting, report/floors.py) tests nothing: it leaves the family like a withheld one
+    live = [r for r in rows if r["withheld"] is None and not r.get("at_floor")]
     intervals = [r["_interval"] for r in live]
     margins = [_margin(r, verdict) / r["_scale"] for r in live]
     main = decide(intervals, margins, alpha=verdict.alpha)
     loose = decide(intervals, margins, alpha=verdict.alpha, satterthwaite=True)
     for r, dec, alt, mg in zip(live, main, loose, margins):
-        scale = r["_scale"]
-        r.update(p_holm=dec.p_holm, p_equivalence_holm=dec.p_equivalence_holm, verdict=dec.verdict,
-                 margin=mg * scale, sim_low=scale * dec.sim_low, sim_high=scale * dec.sim_high,
-                 detectable=scale * dec.detectable, seeds_needed=dec.seeds_needed,
-                 df_verdict=r["seeds"] - 1 if r["seeds"] >= 2 else None, verdict_satterthwaite=alt.verdict,
+        scale, near = r["_scale"], bool(r.get("near_floor"))
+        r.update(p_holm=dec.p_holm, p_equivalence_holm=dec.p_equivalence_holm,
+                 verdict=no_equivalence_near_floor(dec.verdict, near), margin=mg * scale,
+                 sim_low=scale * dec.sim_low, sim_high=scale * dec.sim_high, detectable=scale * dec.detectable,
+                 seeds_needed=dec.seeds_needed, df_verdict=r["seeds"] - 1 if r["seeds"] >= 2 else None,
+                 verdict_satterthwaite=no_equivalence_near_floor(alt.verdict, near),
                  family_size=len(live), indicative=r["seeds"] < 2, alpha=verdict.alpha)
     for r in rows:
-        if r["withheld"] is not None:
-            r.update(p_holm=None, p_equivalence_holm=None, verdict=WITHHELD, margin=_margin(r, verdict),
+        if r["withheld"] is not None or r.get("at_floor"):
+            r.update(p_holm=None, p_equivalence_holm=None, margin=_margin(r, verdict),
+                     verdict=WITHHELD if r["withheld"] is not None else AT_FLOOR,
                      sim_low=None, sim_high=None, detectable=None, seeds_needed=None, df_verdict=None,
                      verdict_satterthwaite=None, family_size=len(live), indicative=r["seeds"] < 2,
                      alpha=verdict.alpha)
@@ -289,10 +332,13 @@ def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pa
     compared, settings, seeds, n, attention_accuracy, baseline_accuracy, unit, difference, ci_low, ci_high (per
     comparison), sim_low, sim_high (simultaneous over the family), margin, p_value, p_holm, p_equivalence_holm,
     df (Satterthwaite), df_verdict (seeds - 1), alpha (the family-wise error of the decisions), verdict ("helps" |
-    "hurts" | "equivalent" | "inconclusive" | "withheld"), verdict_satterthwaite (the sensitivity column),
+    "hurts" | "equivalent" | "inconclusive" | "withheld" | "at floor"), verdict_satterthwaite (the sensitivity column),
     detectable, seeds_needed, family_size, both_correct_difference, both_correct_n, relative_gap (% of the twin's
     value), wilcoxon_p (minimal eps), flags (failed sanity flags of its records), method, withheld (None or why),
-    indicative (one seed), saturated (both models within SATURATED_PP of 0% or 100%), paper_difference,
+    indicative (one seed), at_floor / saturated (no setting away from the floor: verdict "at floor"), near_floor
+    (no equivalence claim), settings_at_floor (settings left out of the average), decided_by_seed /
+    estimate_without_seed (leave one seed out, report/loso.py), equivalent_at_0 /
+    equivalent_at_half (the chance of "equivalent" at a true effect of 0 / half the margin), paper_difference,
     paper_verdict, reproduced.
     """
     verdict = verdict or VerdictSection()
@@ -306,29 +352,24 @@ def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pa
             for scenario, a_cell, b_cell, compared, family in _scenarios(models, attn, base, pairs):
                 for attack in _measures(grid, d):
                     settings = [s for s in grid.settings(d) if s.attack == attack]
-                    row = compare_cells(grid, d, a_cell, b_cell, settings, floor)
+                    row = compare_away_from_floor(grid, d, a_cell, b_cell, settings, floor, verdict)
                     if row is not None:
                         families[family].append({"dataset": d, "attention_model": attn, "baseline_model": base,
                                                  "scenario": scenario, "family": family, "attack": attack,
                                                  "compared": compared, **row})
         for family in families.values():
             decide_family(family, verdict)
+            leave_one_seed_out(family, verdict)
             for r in family:
-                r["saturated"] = _saturated(r)
+                r["saturated"] = r["at_floor"]  # the name earlier reports and width_trend.csv use
                 r["reproduced"] = _agreement(r)
                 # the variance components in the row's unit (squared), which a power plan reads back
                 iv, scale = r.pop("_interval"), r.pop("_scale")
+                del r["_diffs"], r["_bound"], r["_seeds"]
                 r.update(seed_var=scale ** 2 * iv.components.seed_var, image_var=scale ** 2 * iv.components.image_var)
+                r.update(equivalence_chances(r))  # beside "seeds to decide": the chance of "equivalent" as run
             out += family
     return out
-
-
-def _saturated(row: dict) -> bool:
-    """Both models at a floor or ceiling of an accuracy measure: no gap of the paper's size can occur there."""
-    if row["unit"] != "pp":
-        return False
-    values = (row["attention_accuracy"], row["baseline_accuracy"])
-    return all(v <= SATURATED_PP for v in values) or all(v >= 100 - SATURATED_PP for v in values)
 
 
 def _agreement(row: dict) -> str:
@@ -338,6 +379,9 @@ def _agreement(row: dict) -> str:
         return "n/a"
     if row["saturated"]:
         return "not tested at this scale (floor/ceiling)"
+    if row["unit"] == "pp" and not paper_gap_possible(row["attention_accuracy"], row["baseline_accuracy"],
+                                                      row["paper_difference"]):
+        return "cannot occur at our accuracies (see the paper comparison per setting)"
     inside = row["sim_low"] <= row["paper_difference"] <= row["sim_high"]
     if row["verdict"] in (HELPS, HURTS) and row["verdict"] == row["paper_verdict"]:
         return "reproduced" if inside else "direction reproduced (gap size not)"
@@ -405,8 +449,8 @@ def summaries(rows: list[dict], records: list[dict] | None = None) -> list[dict]
                 agreement = "not reproduced (equivalent within the margin)"
             elif ours == "mixed":
                 agreement = "partly (mixed)"
-            else:
-                agreement = "contradicted"
+            else:  # opposite directions; our models are not the paper's (report/paper.py reduced_notes)
+                agreement = f"not reproduced (ours: {ours})"
             # The paper's text and its tables can disagree (CIFAR-100 transfer: "very low" difference in the
             # text, significant gaps in Table III), so its tables' verdict by our rule is given beside it.
             from_tables = [r["paper_verdict"] for r in mine if r["paper_verdict"] is not None]
@@ -432,7 +476,7 @@ def _combine_paper(found: list[str]) -> str:
 
 def verdict_label(verdict: str, seeds: int) -> str:
     """The verdict as a reader should take it: one seed is about these weights, not the architecture."""
-    if verdict in (WITHHELD,) or seeds >= 2:
+    if verdict in (WITHHELD, AT_FLOOR) or seeds >= 2:
         return verdict
     return f"{verdict} (indicative, 1 seed)"
 
@@ -462,7 +506,16 @@ def format_df(row: dict) -> str:
 def format_needed(row: dict) -> str:
     if row.get("verdict") != INCONCLUSIVE or row["seeds"] < 2:
         return "-"
-    return "more images" if row["seeds_needed"] is None else str(row["seeds_needed"])
+    if row["seeds_needed"] is None:  # near a floor no number of seeds makes it equivalent
+        return "-" if row.get("near_floor") else "more images"
+    return str(row["seeds_needed"])
+
+
+def format_chances(row: dict) -> str:
+    """The chance of "equivalent" with the seeds run, at a true effect of 0 and of half the margin."""
+    if row.get("equivalent_at_0") is None:
+        return "-"
+    return f"{100 * row['equivalent_at_0']:.0f}% / {100 * row['equivalent_at_half']:.0f}%"
 
 
 def format_both(row: dict) -> str:
@@ -503,8 +556,13 @@ def power_note(rows: list[dict]) -> str:
     if needed:
         finite = [k for k in needed if k is not None]
         tail = (f"; {len(inconclusive)} of {len(live)} rows inconclusive, deciding them at the margin would take "
-                + (f"up to {max(finite)} seeds" if finite else "")
+                + (f"up to {max(finite)} seeds (80% power at an effect equal to the margin)" if finite else "")
                 + (" (some: more images, not seeds)" if None in needed else ""))
+    chances = [r["equivalent_at_0"] for r in live if r.get("equivalent_at_0") is not None]
+    if chances:
+        low, high = 100 * min(chances), 100 * max(chances)
+        tail += (f"; with the seeds run, a true effect of 0 would read equivalent in "
+                 f"{f'{low:.0f}' if round(low) == round(high) else f'{low:.0f}-{high:.0f}'}% of such studies")
     return (f"power: with {'/'.join(map(str, seeds))} seed(s), the smallest effects these rows detect with "
             f"{100 * POWER:.0f}% "
             f"power at the family's level: {'; '.join(parts)}{tail}")
@@ -552,14 +610,20 @@ def warnings_lines(records: list[dict]) -> list[str]:
 
 
 VERDICT_HEADER = ["dataset", "attention vs twin", "scenario", "attack", "seeds", "diff [95% CI]", "simultaneous",
-                  "margin", "verdict", "df (S: Satterthwaite)", "detectable", "seeds to decide", "both-correct",
-                  "rel. gap", "paper", "reproduced"]
+                  "margin", "verdict", "df (S: Satterthwaite)", "detectable", "seeds to decide",
+                  "P(equivalent) if 0 / m/2", "both-correct", "rel. gap", "paper", "reproduced"]
 
 
 def marked_verdict(r: dict) -> str:
-    """A row's verdict as a reader should take it: one seed indicative, a floor or ceiling said, a failed flag
-    marked."""
-    return (verdict_label(r["verdict"], r["seeds"]) + (" (at floor/ceiling)" if r["saturated"] else "")
+    """A row's verdict as a reader should take it: one seed indicative, no equivalence claim near a floor, a failed
+    flag marked."""
+    near = r.get("near_floor") and not r["saturated"] and r["verdict"] != WITHHELD
+    deciders = r.get("decided_by_seed")
+    return (verdict_label(r["verdict"], r["seeds"]) + (" (near floor: no equivalence claim)" if near else "")
+            + (f" [seed{'s' if len(deciders) > 1 else ''} {', '.join(map(str, deciders))} "
+               f"decide{'' if len(deciders) > 1 else 's'}]" if deciders else "")
+            + (f" [borderline: {r['borderline_seeds']} of {r['seeds']} seeds change it]"
+               if r.get("borderline_seeds") else "")
             + (" [flag]" if r["flags"] else ""))
 
 
@@ -568,7 +632,8 @@ def verdict_cells(r: dict) -> list[str]:
     verdict = marked_verdict(r)
     return [str(r["dataset"]), f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["attack"],
             str(r["seeds"]), format_diff(r), format_sim(r), f"+-{r['margin']:g}", verdict, format_df(r),
-            "-" if r["detectable"] is None else f"{r['detectable']:.2f}", format_needed(r), format_both(r),
+            "-" if r["detectable"] is None else f"{r['detectable']:.2f}", format_needed(r), format_chances(r),
+            format_both(r),
             format_relative(r), format_paper(r).replace(NONE, "n.s."), r["reproduced"]]
 
 
@@ -590,7 +655,12 @@ def verdict_text(rows: list[dict], records: list[dict] | None = None) -> str:
                  "(Holm-adjusted over each dataset's family), equivalent (the difference lies within +-margin, "
                  "TOST, Holm-adjusted), else inconclusive; tests at df = seeds - 1, 'S: X!' where the Satterthwaite "
                  "df would decide X. simultaneous: Bonferroni intervals over the family (claims over several rows "
-                 "use them). detectable: the smallest effect found with 80% power at the family's level. "
+                 "use them). detectable: the smallest effect found with 80% power at the family's level; seeds to "
+                 "decide: the seeds at which an effect equal to the margin is found with 80% power; P(equivalent) "
+                 "if 0 / m/2: the chance this row reads equivalent, with the seeds run, at a true effect of 0 and "
+                 "of half the margin. at floor: no setting leaves room for a margin-sized change either way. "
+                 "[seed s decides]: without seed s the verdict changes; [borderline]: without any of half the seeds "
+                 "or more it changes. "
                  "both-correct: the diff on images both targets classify correctly; rel. gap: diff over the twin's "
                  "value")
     for s in summaries(rows, records):

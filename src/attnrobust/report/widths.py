@@ -2,9 +2,9 @@
 against the width it was measured at, as a table and a figure, for the scale question (does the answer at width 8
 hold as the networks grow toward the paper's 64?).
 
-Nothing is compared across widths: every point is a paired comparison within one width (its own verdict row, with
-its own interval), and the trend only lines them up. An extrapolation beyond the widths measured is the reader's,
-stated as such in the report.
+Every point is a paired comparison within one width (its own verdict row, with its own interval); the trend
+itself is tested by the gap's slope per doubling of width (report/slopes.py), with its interval and a three-way
+verdict. An extrapolation beyond the widths measured is the reader's, stated as such in the report.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from attnrobust.runfolder import file_stem
 from attnrobust.report import figures  # figures.curves looked up at call time (the tests draw placeholders)
 from attnrobust.report.figures import PALETTE, Plot, Series
+from attnrobust.report.slopes import slope_lines, width_slopes
 from attnrobust.report.tables import markdown_table
 from attnrobust.report.verdicts import format_diff, marked_verdict
 from attnrobust.results import file_name_part
@@ -97,16 +98,19 @@ def width_figures(trend: list[dict], out: Path) -> list[tuple[str, str]]:
     return made
 
 
-def width_section(rows: list[dict], out: Path) -> tuple[list[str], list[tuple[str, str]], list[dict]]:
-    """(the README section's lines, its figures, the trend rows for width_trend.csv); all empty without widths."""
+def width_section(rows: list[dict], out: Path) -> tuple[list[str], list[tuple[str, str]], list[dict], list[dict]]:
+    """(the README section's lines, its figures, the trend rows for width_trend.csv, the slopes for
+    width_slopes.csv); all empty without widths."""
     trend = width_trend(rows)
     if not trend:
-        return [], [], []
+        return [], [], [], []
     lines = ["## The width trend (the scale question)", "",
              "Attention model minus its twin at each width the study trained (each a paired comparison within one "
-             "width, with its own 95% interval and verdict; nothing is compared across widths). A gap that keeps "
+             "width, with its own 95% interval and verdict). A gap that keeps "
              "its sign and size as the width grows suggests the answer holds toward the paper's width 64; one that "
              "moves with width says it does not transfer from small networks, and anything past the widest network "
              "measured is an extrapolation. Also in [width_trend.csv](width_trend.csv).", ""]
     lines += width_markdown(trend)
-    return lines, width_figures(trend, out), trend
+    slopes = width_slopes(trend)
+    lines += [""] + slope_lines(slopes) if slopes else []
+    return lines, width_figures(trend, out), trend, slopes
