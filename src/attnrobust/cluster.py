@@ -30,12 +30,20 @@ attnrobust.train.train like a local one, which resumes from the checkpoint state
 time limit or preemption (SubmittedJob.checkpoint: submitit requeues it) or resubmitted after a lost node picks
 up from its last epoch. A job whose scheduler state says it ended without writing "done" or "failed" (node lost,
 out of memory, cancelled) counts as lost and is resubmitted by the next run.
+
+Slurm's state of a job comes from squeue (slurm_queue_states), not from sacct as submitit's own watcher asks it:
+sacct needs the accounting database, which small clusters run without ("Slurm accounting storage is disabled").
+There submitit reports every job UNKNOWN forever, and a study waited without end for a job that was cancelled or
+lost (measured on Debian's Slurm 22.05, tests/test_slurm_real.py). squeue answers on every cluster: it lists
+every job that may still run, and an ended one with its final state for MinJobAge seconds (300 by default);
+a job it no longer knows has ended.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +63,12 @@ _OWN_AS = {"partition": "slurm_partition", "account": "slurm_account", "gpus_per
            "array_parallelism": "slurm_array_parallelism"}
 _SET_BY_US = {"partition", "account", "gpus_per_node", "num_gpus", "gpus_per_task", "cpus_per_task", "time", "mem",
               "array_parallelism", "nodes", "ntasks_per_node", "job_name"}
-# Slurm states of a job that may still write its status (sacct's names; submitit says UNKNOWN before sacct knows
-# a new job, READY for a job that is not yet visible)
+# Slurm states of a job that may still write its status (squeue's names), and UNKNOWN: squeue did not answer (the
+# controller busy or restarting), so nothing is known to have ended
 _ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "UNKNOWN",
-          "READY", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
+          "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED")
+# how often a waiting study looks at the status files and asks squeue (one call for all its jobs)
+SLURM_POLL_S = 30.0
 
 
 def import_submitit():
@@ -145,6 +155,23 @@ def run_submitted(job, key: str, run_dir: Path, device: str | None, data_dir: st
 # ---- in the study process --------------------------------------------------------------------------------------
 
 
+def slurm_queue_states(job_ids) -> dict[str, str] | None:
+    """squeue's state of each of these Slurm job ids ("4242_0" for an array's task, "4243") that it still knows
+    (absent: ended long enough ago to be forgotten), or None when squeue does not answer."""
+    arrays = sorted({str(job_id).split("_")[0] for job_id in job_ids})
+    if not arrays:
+        return {}
+    try:  # --array: one line per array task; --states=all: ended jobs too, with their final state
+        answer = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T",
+                                 f"--jobs={','.join(arrays)}"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if answer.returncode != 0:
+        # every id forgotten: "slurm_load_jobs error: Invalid job id specified"; anything else says nothing
+        return {} if "Invalid job id" in answer.stderr else None
+    return dict(line.split("|", 1) for line in answer.stdout.split() if "|" in line)
+
+
 def _pid_alive(pid: str) -> bool:
     """submitit's local executor names a job by its controller's process id: alive unless gone or a zombie."""
     try:
@@ -163,9 +190,7 @@ class SubmititExecutor:
         self.run = RunFolder(run_dir)
         self.data_dir = None if data_dir is None else str(data_dir)
         self.cluster = "slurm" if cfg.eval.executor == "slurm" else "local"
-        # how often a waiting study looks at the status files; Slurm's own state (sacct, a database everyone
-        # shares) is asked through submitit's watcher, which spaces its calls out to minutes
-        self.poll_s = poll_s if poll_s is not None else (30.0 if self.cluster == "slurm" else 0.2)
+        self.poll_s = poll_s if poll_s is not None else (SLURM_POLL_S if self.cluster == "slurm" else 0.2)
         self.folder = self.run.slurm / "logs"
         try:
             self.executor = self.submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
@@ -175,12 +200,8 @@ class SubmititExecutor:
         self.executor.update_parameters(**submitit_parameters(cfg, self.cluster))
         self.ledger = self.run.read_ledger()
         self.running: dict[str, object] = {}  # key -> Job, handed to us and not yet reported
-        self.handles: dict[str, object] = {}  # key -> submitit Job
-        if self.cluster == "slurm":
-            # Every job of earlier runs registered with submitit's watcher before the first question: it then asks
-            # sacct about all of them in one call (each registration makes the next question call sacct afresh)
-            self.handles = {key: self.submitit.SlurmJob(folder=self.folder, job_id=entry["id"])
-                            for key, entry in self.ledger.items()}
+        self.handles: dict[str, object] = {}  # key -> submitit Job (submitit's local executor only)
+        self._queue: tuple[float, dict | None] | None = None  # (when, slurm_queue_states of the ledger's jobs)
 
     # -- states
 
@@ -194,7 +215,13 @@ class SubmititExecutor:
                 return state == "RUNNING", state
             alive = _pid_alive(job_id)
             return alive, "RUNNING" if alive else "process gone"
-        state = str(self.handles[key].state).upper()
+        # one squeue call per pass over the jobs (a pass asks about each one within milliseconds)
+        if self._queue is None or time.monotonic() - self._queue[0] > min(self.poll_s / 2, 5.0):
+            self._queue = (time.monotonic(), slurm_queue_states(entry["id"] for entry in self.ledger.values()))
+        queue = self._queue[1]
+        if queue is None:
+            return True, "UNKNOWN"
+        state = queue.get(job_id, "no longer in squeue").upper()
         return state.startswith(_ALIVE), state
 
     def state(self, key: str) -> tuple[str, dict]:
@@ -245,6 +272,7 @@ class SubmititExecutor:
         except Exception as err:  # sbatch missing or refusing (partition, account, limits): its own words
             raise UserError(f"submitting {len(new)} jobs to {self.cluster} failed: "
                             f"{' '.join(str(err).split())[:500]}; check the [slurm] table") from None
+        self._queue = None  # squeue's answer before these jobs existed would call them gone
         for (key, job), handle in zip(new, handles):
             self.handles[key] = handle
             self.ledger[key] = {"id": str(handle.job_id), "attempt": self.ledger.get(key, {}).get("attempt", 0) + 1,
