@@ -4,9 +4,10 @@ line, where no Slurm answers; ATTNROBUST_REQUIRE_SLURM=1 (.ci/run) makes that a 
 
 What each test claims, on the real scheduler: a tiny study's results.jsonl equals the local pool's byte for byte,
 through a detached run and an attached rerun; `attnrobust ls` shows the jobs queued and running; a training job
-cancelled with scancel is seen to have ended, resubmitted and resumed from its checkpoint to the same weights; a job
-failing inside stops the waiting study with one line while the other jobs go on, and the rerun after the fix
-completes; a job stopped by its time limit is requeued by submitit and resumes.
+cancelled with scancel is seen to have ended by the study waiting for it (one line) and by the next run, which
+resubmits it, and it resumes from its checkpoint to the same weights; a job failing inside stops the waiting study
+with one line while the other jobs go on, and the rerun after the fix completes; a job stopped by its time limit is
+requeued by submitit and resumes.
 
 The jobs that must be caught in the middle use a user model (NETS) whose training forward crawls (sleeps) while
 the test's control file says so: a job then runs for as long as the test needs, costing no CPU, and the test
@@ -20,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 
 import pytest
@@ -76,7 +78,8 @@ def _slurm_answers() -> str | None:
     except subprocess.TimeoutExpired:
         return "scontrol ping did not answer within 20 s"
     if "UP" not in ping.stdout:
-        return f"no Slurm controller answers: {' '.join((ping.stdout + ping.stderr).split())[:200]}"
+        said = (ping.stdout + ping.stderr).strip().splitlines() or ["nothing"]
+        return f"no Slurm controller answers (scontrol ping: {said[-1][:120]})"
     return None
 
 
@@ -221,14 +224,33 @@ def test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint
     (key,) = _ledger(out)
     job_id = _ledger(out)[key]["id"]
     assert "slurm: 1 queued;" in _ls(capsys, out.parent)  # submitted, its Python not yet started
-    state = out / "checkpoints" / f"{key.removeprefix('train-')}.state.safetensors"
-    _wait("the job's first epoch", state.exists)
+    _wait("the job to start", (out / "slurm" / "status" / f"{key}.json").exists)
     assert "slurm: 1 running;" in _ls(capsys, out.parent)
-    subprocess.run(["scancel", job_id], check=True)
-    _wait("the cancelled job to end", lambda: _scontrol_job(job_id)["JobState"] == "CANCELLED")
+
+    # an attached study waits for it; scancel'ed after its first epoch, it is seen to have ended (sacct knows
+    # nothing here: no accounting), and the study stops with one line
+    state = out / "checkpoints" / f"{key.removeprefix('train-')}.state.safetensors"
+
+    def cancel_after_the_first_epoch():
+        deadline = time.monotonic() + 90
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        subprocess.run(["scancel", job_id], check=True)
+
+    canceller = threading.Thread(target=cancel_after_the_first_epoch)
+    canceller.start()
+    try:
+        assert _cli("run", "quick", "--out", str(out), "--quiet", *_sets(overrides)) == 2
+    finally:
+        canceller.join()
+    assert state.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(r"^attnrobust: error: job train fashion-mnist-mini \S+nets.py:net seed 0 "
+                                       r"failed on slurm: ended without finishing \(CANCELLED: node lost, out of "
+                                       r"memory or cancelled\); its log: ", err[0]), err
     assert "slurm: 1 running;" in _ls(capsys, out.parent)  # ls reads the run folder: the job never said it ended
 
-    # the next run asks squeue (sacct has no accounting here), sees the job ended, and resubmits it
+    # the next run sees it ended too, and resubmits it
     control.unlink()
     assert _cli("run", "quick", "--out", str(out), "--detach", *_sets(overrides)) == 0
     said = capsys.readouterr().out
