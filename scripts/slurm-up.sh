@@ -19,17 +19,17 @@ die() { echo "slurm-up: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run it as root (it installs packages and starts munged, slurmctld and slurmd)"
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+mkdir -p "$dir"/{state,spool,log,pids}
+
 # -- the packages (Debian's Slurm 22.05 in bookworm: 8 packages, 13 MB)
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null \
         || ! command -v munged >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     pkgs=(slurmctld slurmd slurm-client munge)
-    apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null \
-        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null; } \
-        || die "could not install ${pkgs[*]} with apt-get"
+    install() { apt-get install -y -q --no-install-recommends "${pkgs[@]}"; }
+    install >"$dir/log/apt.log" 2>&1 || { apt-get update -q && install; } >>"$dir/log/apt.log" 2>&1 \
+        || die "could not install ${pkgs[*]} with apt-get; see $dir/log/apt.log"
 fi
-
-mkdir -p "$dir"/{state,spool,log,pids}
 if [ -f "$conf" ] && ! grep -qF "$marker" "$conf"; then
     die "$conf exists and was not written by this script (a real cluster's?); not touching it"
 fi
