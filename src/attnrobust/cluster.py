@@ -34,9 +34,9 @@ out of memory, cancelled) counts as lost and is resubmitted by the next run.
 Slurm's state of a job comes from squeue (slurm_queue_states), not from sacct as submitit's own watcher asks it:
 sacct needs the accounting database, which small clusters run without ("Slurm accounting storage is disabled").
 There submitit reports every job UNKNOWN forever, and a study waited without end for a job that was cancelled or
-lost (measured on Debian's Slurm 22.05, tests/test_slurm_real.py). squeue answers on every cluster: it lists
-every job that may still run, and an ended one with its final state for MinJobAge seconds (300 by default);
-a job it no longer knows has ended.
+lost (seen on Debian's Slurm 22.05 without accounting; tests/test_slurm_real.py runs a cancellation there). squeue
+answers on every cluster: it lists every job that may still run, and an ended one with its final state for
+MinJobAge seconds (300 by default); a job it no longer knows has ended.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ _SET_BY_US = {"partition", "account", "gpus_per_node", "num_gpus", "gpus_per_tas
 # Slurm states of a job that may still write its status (squeue's names), and UNKNOWN: squeue did not answer (the
 # controller busy or restarting), so nothing is known to have ended
 _ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "UNKNOWN",
-          "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED")
+          "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SIGNALING", "STAGE_OUT", "STOPPED")
 # how often a waiting study looks at the status files and asks squeue (one call for all its jobs)
 SLURM_POLL_S = 30.0
 
