@@ -134,12 +134,9 @@ def _ls(capsys, root) -> str:
     return capsys.readouterr().out
 
 
-def _cli(*args) -> int:
-    return main([a for a in args if a is not None])
-
-
-def _sets(overrides) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
+def _run(out, overrides, *flags) -> int:
+    """`attnrobust run quick --out OUT FLAGS --set ...`, as a user types it; its exit status."""
+    return main(["run", "quick", "--out", str(out), *flags, *[a for o in overrides for a in ("--set", o)]])
 
 
 @pytest.mark.slow
@@ -148,13 +145,13 @@ def test_a_study_on_slurm_detached_then_attached_gives_the_pools_bytes(tmp_path,
     out = tmp_path / "runs" / "slurm"
     overrides = [*SMALL, *ON_SLURM]
     # --detach: submits the training array and exits
-    assert _cli("run", "quick", "--out", str(out), "--detach", "--quiet", *_sets(overrides)) == 0
+    assert _run(out, overrides, "--detach", "--quiet") == 0
     ledger = _ledger(out)
     assert sorted(ledger) == ["train-fashion-mnist-mini-resnet14-s0-w4", "train-fashion-mnist-mini-vgg16_bn-s0-w4"]
-    assert {e["id"].split("_")[0] for e in ledger.values()} == {ledger[min(ledger)]["id"].split("_")[0]}  # 1 array
+    assert len({e["id"].split("_")[0] for e in ledger.values()}) == 1  # one array
     assert not (out / "results.jsonl").exists() and not (out / "report").exists()
     # the rerun, attached: collects the training jobs, submits the attack jobs, waits for them, builds the report
-    assert _cli("run", "quick", "--out", str(out), "--quiet", *_sets(overrides)) == 0
+    assert _run(out, overrides, "--quiet") == 0
     assert (out / "results.jsonl").read_bytes() == (pool / "results.jsonl").read_bytes()
     assert (out / "report" / "README.md").is_file()
     ledger = _ledger(out)
@@ -219,7 +216,7 @@ def test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint
     whole, whole_forwards = _uninterrupted(overrides, tmp_path, forwards)
     control.write_text("crawl 1.0")  # one second per training step: the job is still training when cancelled
     out = tmp_path / "runs" / "cancel"
-    assert _cli("run", "quick", "--out", str(out), "--detach", "--quiet", *_sets(overrides)) == 0
+    assert _run(out, overrides, "--detach", "--quiet") == 0
     (key,) = _ledger(out)
     job_id = _ledger(out)[key]["id"]
     assert "slurm: 1 queued;" in _ls(capsys, out.parent)  # submitted, its Python not yet started
@@ -239,7 +236,7 @@ def test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint
     canceller = threading.Thread(target=cancel_after_the_first_epoch)
     canceller.start()
     try:
-        assert _cli("run", "quick", "--out", str(out), "--quiet", *_sets(overrides)) == 2
+        assert _run(out, overrides, "--quiet") == 2
     finally:
         canceller.join()
     assert state.exists()
@@ -251,12 +248,12 @@ def test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint
 
     # the next run sees it ended too, and resubmits it
     control.unlink()
-    assert _cli("run", "quick", "--out", str(out), "--detach", *_sets(overrides)) == 0
+    assert _run(out, overrides, "--detach") == 0
     said = capsys.readouterr().out
     assert re.search(r"resubmit train +fashion-mnist-mini \S+nets.py:net seed 0  \(attempt 1 ended without "
                      r"finishing: CANCELLED\)", said), said
     assert _ledger(out)[key]["attempt"] == 2 and _ledger(out)[key]["id"] != job_id
-    assert _cli("run", "quick", "--out", str(out), "--quiet", *_sets(overrides)) == 0  # waits for it, then attacks
+    assert _run(out, overrides, "--quiet") == 0  # waits for it, then attacks
     _resumed(forwards, whole_forwards, epochs)
     assert _same_weights(whole, out / "checkpoints" / f"{key.removeprefix('train-')}.safetensors")
     assert (out / "report" / "README.md").is_file() and len(read_records(out / "results.jsonl")) == 3
@@ -268,7 +265,7 @@ def test_a_job_failing_inside_stops_the_waiting_study_in_one_line_and_the_others
     control.write_text("fail")  # the user's model has a bug
     out = tmp_path / "runs" / "fail"
     capsys.readouterr()
-    assert _cli("run", "quick", "--out", str(out), "--quiet", *_sets(overrides)) == 2
+    assert _run(out, overrides, "--quiet") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     ledger = _ledger(out)
@@ -284,7 +281,7 @@ def test_a_job_failing_inside_stops_the_waiting_study_in_one_line_and_the_others
         "state"] == "done"
 
     control.unlink()  # the bug fixed: the rerun resubmits the failed job and completes the study
-    assert _cli("run", "quick", "--out", str(out), *_sets(overrides)) == 0
+    assert _run(out, overrides) == 0
     said = capsys.readouterr().out
     assert re.search(r"resubmit train +fashion-mnist-mini \S+nets.py:net seed 0  \(attempt 1 RuntimeError: a bug "
                      r"in the model's forward\)", said), said
@@ -300,7 +297,7 @@ def test_a_job_stopped_by_its_time_limit_is_requeued_by_submitit_and_resumes(tmp
     whole, whole_forwards = _uninterrupted(overrides, tmp_path, forwards)
     control.write_text("crawl 3.0")  # an epoch takes 12 s or more: the job is still training when the limit falls due
     out = tmp_path / "runs" / "limit"
-    assert _cli("run", "quick", "--out", str(out), "--detach", "--quiet", *_sets(overrides)) == 0
+    assert _run(out, overrides, "--detach", "--quiet") == 0
     (key,) = _ledger(out)
     job_id = _ledger(out)[key]["id"]
     _wait("the job's first epoch", (out / "checkpoints" / f"{key.removeprefix('train-')}.state.safetensors").exists)
@@ -315,7 +312,7 @@ def test_a_job_stopped_by_its_time_limit_is_requeued_by_submitit_and_resumes(tmp
     log = (out / "slurm" / "logs" / f"{job_id}_0_log.err")
     said = log.read_text()
     assert "Caught signal SIGUSR2 on" in said and "this job is timed-out" in said and "DUE TO JOB REQUEUE" in said
-    assert _cli("run", "quick", "--out", str(out), "--quiet", *_sets(overrides)) == 0  # collects it, attacks
+    assert _run(out, overrides, "--quiet") == 0  # collects it, attacks
     assert _ledger(out)[key]["id"] == job_id and _ledger(out)[key]["attempt"] == 1  # the same job, requeued
     assert _scontrol_job(job_id)["Restarts"] == "1"
     _resumed(forwards, whole_forwards, epochs)
