@@ -186,12 +186,14 @@ def test_squeue_says_which_jobs_ended_and_a_silent_squeue_ends_none(tmp_path, mo
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
 
     squeue.write_text(f"#!/bin/sh\necho \"$*\" > {tmp_path / 'args'}\n"
-                      "printf '7_0|RUNNING\\n7_1|PENDING\\n9|CANCELLED'\n")
+                      "printf '7_0|RUNNING|None\\n7_1|PENDING|Resources\\n9|CANCELLED|None\\n"
+                      "11|PENDING|PartitionTimeLimit'\n")
     squeue.chmod(0o755)
-    assert slurm_queue_states(["7_0", "7_1", "9", "7_0"]) == {"7_0": "RUNNING", "7_1": "PENDING", "9": "CANCELLED"}
-    # one call for all: array tasks one per line, ended jobs with their final state
-    assert (tmp_path / "args").read_text().split() == ["--noheader", "--array", "--states=all", "--format=%i|%T",
-                                                       "--jobs=7,9"]
+    # one call for all: array tasks one per line, ended jobs with their final state, a job that never starts why
+    assert slurm_queue_states(["7_0", "7_1", "9", "7_0", "11"]) == {
+        "7_0": "RUNNING", "7_1": "PENDING", "9": "CANCELLED", "11": "PENDING (PartitionTimeLimit)"}
+    assert (tmp_path / "args").read_text().split() == ["--noheader", "--array", "--states=all", "--format=%i|%T|%r",
+                                                       "--jobs=11,7,9"]
     squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
     assert slurm_queue_states(["7_0"]) == {}  # every job forgotten: all ended
     squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n")

@@ -7,7 +7,8 @@ through a detached run and an attached rerun; `attnrobust ls` shows the jobs que
 cancelled with scancel is seen to have ended by the study waiting for it (one line) and by the next run, which
 resubmits it, and it resumes from its checkpoint to the same weights; a job failing inside stops the waiting study
 with one line while the other jobs go on, and the rerun after the fix completes; a job stopped by its time limit is
-requeued by submitit and resumes.
+requeued by submitit and resumes; jobs a partition will never start (PartitionTimeLimit) stop the study in one
+line.
 
 The jobs that must be caught in the middle use a user model (NETS) whose training forward crawls (sleeps) while
 the test's control file says so: a job then runs for as long as the test needs, costing no CPU, and the test
@@ -305,7 +306,7 @@ def test_a_job_stopped_by_its_time_limit_is_requeued_by_submitit_and_resumes(tmp
     # the signal at its next time-limit check (every 30 s); submitit checkpoints the call and requeues the job
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=2"], check=True)
     _wait("Slurm's time-limit signal and submitit's requeue", lambda: _scontrol_job(job_id)["Restarts"] != "0",
-          timeout=60)
+          timeout=90)
     # the second attempt gets its 10 minutes back (else it too is warned at once), and no longer crawls
     control.unlink()
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=10"], check=True)
@@ -317,3 +318,29 @@ def test_a_job_stopped_by_its_time_limit_is_requeued_by_submitit_and_resumes(tmp
     assert _scontrol_job(job_id)["Restarts"] == "1"
     _resumed(forwards, whole_forwards, epochs)
     assert _same_weights(whole, out / "checkpoints" / f"{key.removeprefix('train-')}.safetensors")
+
+
+@pytest.mark.slow
+def test_jobs_a_partition_will_never_start_stop_the_study_in_one_line(tmp_path, on_slurm, capsys):
+    # A partition whose MaxTime is below the jobs' limit: Slurm (EnforcePartLimits=NO, its default) accepts them and
+    # keeps them pending for ever; the study says so instead of waiting for them
+    subprocess.run(["scontrol", "create", "PartitionName=attnrobust-short", "Nodes=ALL", "MaxTime=1"], check=True)
+    out = tmp_path / "runs" / "short"
+    overrides = [*SMALL, *ON_SLURM, "slurm.partition=attnrobust-short", "slurm.timeout_min=5"]
+    try:
+        assert _run(out, overrides, "--detach") == 0  # submitted; Slurm has not looked at the jobs yet
+        ids = [e["id"] for e in _ledger(out).values()]
+        from attnrobust.cluster import slurm_queue_states
+
+        _wait("Slurm's reason", lambda: "(PartitionTimeLimit)" in str(slurm_queue_states(ids)), 20)
+        capsys.readouterr()
+        assert _run(out, overrides) == 2  # a rerun, which would wait for them: stops at its first look
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(
+            r"^attnrobust: error: job train fashion-mnist-mini resnet14 seed 0 cannot start on slurm: Slurm keeps job "
+            rf"{ids[0]} pending for PartitionTimeLimit \(slurm.timeout_min is above the partition's MaxTime; see "
+            r"`sinfo`\); scancel the ids in \S+/slurm/jobs.json", err[0]), err
+    finally:
+        subprocess.run(["scancel", *[e["id"] for e in _ledger(out).values()]], check=False)
+        _wait("the partition's jobs to end", lambda: subprocess.run(
+            ["scontrol", "delete", "PartitionName=attnrobust-short"], capture_output=True).returncode == 0, 20)

@@ -67,6 +67,11 @@ _SET_BY_US = {"partition", "account", "gpus_per_node", "num_gpus", "gpus_per_tas
 # controller busy or restarting), so nothing is known to have ended
 _ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "UNKNOWN",
           "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SIGNALING", "STAGE_OUT", "STOPPED")
+# squeue's reasons for a pending job that Slurm will not start unless someone changes the job or the partition
+# (a partition that leaves EnforcePartLimits=NO, Slurm's default, accepts such jobs and keeps them pending)
+_NEVER_STARTS = {"PartitionTimeLimit": "slurm.timeout_min is above the partition's MaxTime",
+                 "PartitionNodeLimit": "the job asks for more than the partition's nodes allow",
+                 "BadConstraints": "no node of the partition has what the job asks for (slurm.constraint?)"}
 # how often a waiting study looks at the status files and asks squeue (one call for all its jobs)
 SLURM_POLL_S = 30.0
 
@@ -157,19 +162,25 @@ def run_submitted(job, key: str, run_dir: Path, device: str | None, data_dir: st
 
 def slurm_queue_states(job_ids) -> dict[str, str] | None:
     """squeue's state of each of these Slurm job ids ("4242_0" for an array's task, "4243") that it still knows
-    (absent: ended long enough ago to be forgotten), or None when squeue does not answer."""
+    (absent: ended long enough ago to be forgotten), or None when squeue does not answer. A pending job that will
+    never start says why: "PENDING (PartitionTimeLimit)"."""
     arrays = sorted({str(job_id).split("_")[0] for job_id in job_ids})
     if not arrays:
         return {}
     try:  # --array: one line per array task; --states=all: ended jobs too, with their final state
-        answer = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T",
+        answer = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%r",
                                  f"--jobs={','.join(arrays)}"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if answer.returncode != 0:
         # every id forgotten: "slurm_load_jobs error: Invalid job id specified"; anything else says nothing
         return {} if "Invalid job id" in answer.stderr else None
-    return dict(line.split("|", 1) for line in answer.stdout.split() if "|" in line)
+    states = {}
+    for line in answer.stdout.splitlines():
+        job_id, state, reason = (line.strip().split("|", 2) + ["", ""])[:3]
+        if state:
+            states[job_id] = f"{state} ({reason})" if state == "PENDING" and reason in _NEVER_STARTS else state
+    return states
 
 
 def _pid_alive(pid: str) -> bool:
@@ -221,17 +232,20 @@ class SubmititExecutor:
         queue = self._queue[1]
         if queue is None:
             return True, "UNKNOWN"
-        state = queue.get(job_id, "no longer in squeue").upper()
+        state = queue.get(job_id, "NO LONGER IN SQUEUE")
         return state.startswith(_ALIVE), state
 
     def state(self, key: str) -> tuple[str, dict]:
-        """("done" | "failed" | "queued" | "running" | "lost" | "new", the job's status) of a job key."""
+        """("done" | "failed" | "queued" | "stuck" (pending for ever) | "running" | "lost" | "new", the job's
+        status) of a job key."""
         status = self.run.read_slurm_status(key)
         if status.get("state") in ("done", "failed"):
             return status["state"], status
         if key not in self.ledger:
             return "new", status
         alive, name = self._scheduler_alive(key)
+        if alive and name.endswith(tuple(f"({reason})" for reason in _NEVER_STARTS)):
+            return "stuck", {**status, "scheduler": name}
         if alive:
             return ("running" if status or name.startswith("RUNNING") else "queued"), status
         status = self.run.read_slurm_status(key)  # it may have finished between the two reads
@@ -254,8 +268,8 @@ class SubmititExecutor:
             state, status = self.state(key)
             if state == "done" and job.kind == "train":  # handed over unfinished: its checkpoint went since
                 state, status = "failed", {"error": "its checkpoint is not finished"}
-            if state in ("done", "queued", "running"):
-                continue  # submitted by an earlier run: collected like the others
+            if state in ("done", "queued", "stuck", "running"):
+                continue  # submitted by an earlier run: collected like the others (a stuck one stops the study)
             if state in ("failed", "lost"):
                 why = status.get("error") or f"ended without finishing: {status.get('scheduler')}"
                 # (no ledger entry: jobs.json was removed, its status files were not)
@@ -299,6 +313,12 @@ class SubmititExecutor:
                 if state == "done":
                     del self.running[key]
                     done.append((job, status.get("records"), status.get("seconds", 0.0), status.get("threads")))
+                elif state == "stuck":
+                    reason = status["scheduler"].split("(")[-1].rstrip(")")
+                    raise UserError(f"job {' '.join(str(job).split())} cannot start on {self.cluster}: Slurm keeps "
+                                    f"job {self.ledger[key]['id']} pending for {reason} ({_NEVER_STARTS[reason]}; see "
+                                    f"`sinfo`); scancel the ids in {self.run.slurm_ledger}, fix the [slurm] table "
+                                    f"and rerun the same command: it resubmits them")
                 elif state in ("failed", "lost"):
                     why = status.get("error") or (f"ended without finishing ({status.get('scheduler')}: node lost, "
                                                   f"out of memory or cancelled)")
