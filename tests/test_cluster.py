@@ -1,6 +1,6 @@
 """A study's executors: the local pool on several (fake) CUDA devices, and the Slurm path through submitit: with
 submitit's local executor (eval.executor = "submitit-local"), the same bytes as the pool and a detached run
-collected by a rerun; with fake sbatch/sacct/srun on the PATH and the jobs run from their pickles in this process,
+collected by a rerun; with fake sbatch/squeue/srun on the PATH and the jobs run from their pickles in this process,
 as a node would, the sbatch script, a failed job resubmitted, a lost node's job resumed from its checkpoint; the
 [slurm] table checked."""
 
@@ -164,31 +164,58 @@ def test_a_job_the_scheduler_lost_is_found_and_the_local_executor_keeps_off_it(t
 
 
 FAKE_SBATCH = """#!/bin/sh
-# stands in for Slurm's sbatch: keeps the script it was given and answers as sbatch does
+# stands in for Slurm's sbatch: keeps the script it was given, queues the job (or each task of its array) in the
+# fake squeue's $SQUEUE_STATES and answers as sbatch does
 n=$(ls "$SBATCH_SEEN" | wc -l)
 cp "$1" "$SBATCH_SEEN/$n.sh"
+last=$(sed -n 's/^#SBATCH --array=0-\\([0-9]*\\).*/\\1/p' "$1")
+if [ -z "$last" ]; then echo "$((4242 + n))|PENDING" >> "$SQUEUE_STATES"; fi
+for task in $(seq 0 "${last:--1}"); do echo "$((4242 + n))_$task|PENDING" >> "$SQUEUE_STATES"; done
 echo "Submitted batch job $((4242 + n))"
 """
-# stands in for sacct: the job states the test wrote in $SACCT_STATES (none: sacct knows no job yet)
-FAKE_SACCT = """#!/bin/sh
-echo "JobID|State|NodeList"
-cat "$SACCT_STATES" 2>/dev/null
+# stands in for squeue: the job states in $SQUEUE_STATES (queued by sbatch, changed by the test)
+FAKE_SQUEUE = """#!/bin/sh
+cat "$SQUEUE_STATES" 2>/dev/null
 """
+
+
+def test_squeue_says_which_jobs_ended_and_a_silent_squeue_ends_none(tmp_path, monkeypatch):
+    from attnrobust.cluster import slurm_queue_states
+
+    squeue = tmp_path / "squeue"
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+
+    squeue.write_text(f"#!/bin/sh\necho \"$*\" > {tmp_path / 'args'}\n"
+                      "printf '7_0|RUNNING|None\\n7_1|PENDING|Resources\\n9|CANCELLED|None\\n"
+                      "11|PENDING|PartitionTimeLimit'\n")
+    squeue.chmod(0o755)
+    # one call for all: array tasks one per line, ended jobs with their final state, a job that never starts why
+    assert slurm_queue_states(["7_0", "7_1", "9", "7_0", "11"]) == {
+        "7_0": "RUNNING", "7_1": "PENDING", "9": "CANCELLED", "11": "PENDING (PartitionTimeLimit)"}
+    assert (tmp_path / "args").read_text().split() == ["--noheader", "--array", "--states=all", "--format=%i|%T|%r",
+                                                       "--jobs=11,7,9"]
+    squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    assert slurm_queue_states(["7_0"]) == {}  # every job forgotten: all ended
+    squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n")
+    assert slurm_queue_states(["7_0"]) is None  # no answer: nothing is known to have ended
+    squeue.unlink()
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert slurm_queue_states(["7_0"]) is None and slurm_queue_states([]) == {}
 
 
 class FakeSlurm:
-    """sbatch, srun and sacct on the PATH, and the jobs they were given run in this process, as a node would."""
+    """sbatch, srun and squeue on the PATH, and the jobs they were given run in this process, as a node would."""
 
     def __init__(self, root, monkeypatch):
-        self.bin, self.seen, self.states = root / "bin", root / "seen", root / "sacct-states"
+        self.bin, self.seen, self.states = root / "bin", root / "seen", root / "squeue-states"
         self.bin.mkdir()
         self.seen.mkdir()
-        for name, text in (("sbatch", FAKE_SBATCH), ("sacct", FAKE_SACCT), ("srun", "#!/bin/sh\n")):
+        for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("srun", "#!/bin/sh\n")):
             (self.bin / name).write_text(text)  # submitit looks for srun to know it is on a cluster
             (self.bin / name).chmod(0o755)
         monkeypatch.setenv("PATH", f"{self.bin}{os.pathsep}{os.environ['PATH']}")
         monkeypatch.setenv("SBATCH_SEEN", str(self.seen))
-        monkeypatch.setenv("SACCT_STATES", str(self.states))
+        monkeypatch.setenv("SQUEUE_STATES", str(self.states))
         # the jobs run in this process, which may share its cores with other test processes: one thread, as in
         # the pool's workers (two spinning OpenMP threads on a busy core ran these jobs 10x slower)
         monkeypatch.setenv("ATTNROBUST_THREADS", "1")
@@ -242,7 +269,7 @@ def test_slurm_path_with_a_fake_sbatch_and_jobs_run_as_a_node_would(tmp_path, mo
         assert line in script, line
     ledger = json.loads((out / "slurm" / "jobs.json").read_text())
     assert sorted(e["id"] for e in ledger.values()) == ["4242_0", "4242_1"]  # one array
-    assert "slurm: 2 queued;" in list_runs(out.parent)  # submitted, not started (no sacct here: UNKNOWN)
+    assert "slurm: 2 queued;" in list_runs(out.parent)  # submitted, not started (ls reads the status files only)
 
     # one training job fails on its node
     from attnrobust import jobs
@@ -309,7 +336,7 @@ def test_a_job_whose_node_is_lost_is_resubmitted_and_resumes_from_its_checkpoint
         slurm.run_jobs(out, "train")
     first_epoch = len(steps)
     assert "slurm: 1 running;" in list_runs(out.parent)  # the job said it started, and nothing since
-    slurm.states.write_text("4242|NODE_FAIL|node7\n")
+    slurm.states.write_text("4242|NODE_FAIL\n")
     run_study("quick", out=out, overrides=overrides, quiet=True, detach=True)  # finds it lost, resubmits it
     assert json.loads((out / "slurm" / "jobs.json").read_text())["train-fashion-mnist-mini-resnet14-s0-w4"][
         "attempt"] == 2

@@ -30,12 +30,20 @@ attnrobust.train.train like a local one, which resumes from the checkpoint state
 time limit or preemption (SubmittedJob.checkpoint: submitit requeues it) or resubmitted after a lost node picks
 up from its last epoch. A job whose scheduler state says it ended without writing "done" or "failed" (node lost,
 out of memory, cancelled) counts as lost and is resubmitted by the next run.
+
+Slurm's state of a job comes from squeue (slurm_queue_states), not from sacct as submitit's own watcher asks it:
+sacct needs the accounting database, which small clusters run without ("Slurm accounting storage is disabled").
+There submitit reports every job UNKNOWN forever, and a study waited without end for a job that was cancelled or
+lost (seen on Debian's Slurm 22.05 without accounting; tests/test_slurm_real.py runs a cancellation there). squeue
+answers on every cluster: it lists every job that may still run, and an ended one with its final state for
+MinJobAge seconds (300 by default); a job it no longer knows has ended.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +63,17 @@ _OWN_AS = {"partition": "slurm_partition", "account": "slurm_account", "gpus_per
            "array_parallelism": "slurm_array_parallelism"}
 _SET_BY_US = {"partition", "account", "gpus_per_node", "num_gpus", "gpus_per_task", "cpus_per_task", "time", "mem",
               "array_parallelism", "nodes", "ntasks_per_node", "job_name"}
-# Slurm states of a job that may still write its status (sacct's names; submitit says UNKNOWN before sacct knows
-# a new job, READY for a job that is not yet visible)
+# Slurm states of a job that may still write its status (squeue's names), and UNKNOWN: squeue did not answer (the
+# controller busy or restarting), so nothing is known to have ended
 _ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "UNKNOWN",
-          "READY", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
+          "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SIGNALING", "STAGE_OUT", "STOPPED")
+# squeue's reasons for a pending job that Slurm will not start unless someone changes the job or the partition
+# (a partition that leaves EnforcePartLimits=NO, Slurm's default, accepts such jobs and keeps them pending)
+_NEVER_STARTS = {"PartitionTimeLimit": "slurm.timeout_min is above the partition's MaxTime",
+                 "PartitionNodeLimit": "the job asks for more than the partition's nodes allow",
+                 "BadConstraints": "no node of the partition has what the job asks for (slurm.constraint?)"}
+# how often a waiting study looks at the status files and asks squeue (one call for all its jobs)
+SLURM_POLL_S = 30.0
 
 
 def import_submitit():
@@ -145,6 +160,29 @@ def run_submitted(job, key: str, run_dir: Path, device: str | None, data_dir: st
 # ---- in the study process --------------------------------------------------------------------------------------
 
 
+def slurm_queue_states(job_ids) -> dict[str, str] | None:
+    """squeue's state of each of these Slurm job ids ("4242_0" for an array's task, "4243") that it still knows
+    (absent: ended long enough ago to be forgotten), or None when squeue does not answer. A pending job that will
+    never start says why: "PENDING (PartitionTimeLimit)"."""
+    arrays = sorted({str(job_id).split("_")[0] for job_id in job_ids})
+    if not arrays:
+        return {}
+    try:  # --array: one line per array task; --states=all: ended jobs too, with their final state
+        answer = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%r",
+                                 f"--jobs={','.join(arrays)}"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if answer.returncode != 0:
+        # every id forgotten: "slurm_load_jobs error: Invalid job id specified"; anything else says nothing
+        return {} if "Invalid job id" in answer.stderr else None
+    states = {}
+    for line in answer.stdout.splitlines():
+        job_id, state, reason = (line.strip().split("|", 2) + ["", ""])[:3]
+        if state:
+            states[job_id] = f"{state} ({reason})" if state == "PENDING" and reason in _NEVER_STARTS else state
+    return states
+
+
 def _pid_alive(pid: str) -> bool:
     """submitit's local executor names a job by its controller's process id: alive unless gone or a zombie."""
     try:
@@ -163,9 +201,7 @@ class SubmititExecutor:
         self.run = RunFolder(run_dir)
         self.data_dir = None if data_dir is None else str(data_dir)
         self.cluster = "slurm" if cfg.eval.executor == "slurm" else "local"
-        # how often a waiting study looks at the status files; Slurm's own state (sacct, a database everyone
-        # shares) is asked through submitit's watcher, which spaces its calls out to minutes
-        self.poll_s = poll_s if poll_s is not None else (30.0 if self.cluster == "slurm" else 0.2)
+        self.poll_s = poll_s if poll_s is not None else (SLURM_POLL_S if self.cluster == "slurm" else 0.2)
         self.folder = self.run.slurm / "logs"
         try:
             self.executor = self.submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
@@ -175,12 +211,8 @@ class SubmititExecutor:
         self.executor.update_parameters(**submitit_parameters(cfg, self.cluster))
         self.ledger = self.run.read_ledger()
         self.running: dict[str, object] = {}  # key -> Job, handed to us and not yet reported
-        self.handles: dict[str, object] = {}  # key -> submitit Job
-        if self.cluster == "slurm":
-            # Every job of earlier runs registered with submitit's watcher before the first question: it then asks
-            # sacct about all of them in one call (each registration makes the next question call sacct afresh)
-            self.handles = {key: self.submitit.SlurmJob(folder=self.folder, job_id=entry["id"])
-                            for key, entry in self.ledger.items()}
+        self.handles: dict[str, object] = {}  # key -> submitit Job (submitit's local executor only)
+        self._queue: tuple[float, dict | None] | None = None  # (when, slurm_queue_states of the ledger's jobs)
 
     # -- states
 
@@ -194,17 +226,26 @@ class SubmititExecutor:
                 return state == "RUNNING", state
             alive = _pid_alive(job_id)
             return alive, "RUNNING" if alive else "process gone"
-        state = str(self.handles[key].state).upper()
+        # one squeue call per pass over the jobs (a pass asks about each one within milliseconds)
+        if self._queue is None or time.monotonic() - self._queue[0] > min(self.poll_s / 2, 5.0):
+            self._queue = (time.monotonic(), slurm_queue_states(entry["id"] for entry in self.ledger.values()))
+        queue = self._queue[1]
+        if queue is None:
+            return True, "UNKNOWN"
+        state = queue.get(job_id, "NO LONGER IN SQUEUE")
         return state.startswith(_ALIVE), state
 
     def state(self, key: str) -> tuple[str, dict]:
-        """("done" | "failed" | "queued" | "running" | "lost" | "new", the job's status) of a job key."""
+        """("done" | "failed" | "queued" | "stuck" (pending for ever) | "running" | "lost" | "new", the job's
+        status) of a job key."""
         status = self.run.read_slurm_status(key)
         if status.get("state") in ("done", "failed"):
             return status["state"], status
         if key not in self.ledger:
             return "new", status
         alive, name = self._scheduler_alive(key)
+        if alive and name.endswith(tuple(f"({reason})" for reason in _NEVER_STARTS)):
+            return "stuck", {**status, "scheduler": name}
         if alive:
             return ("running" if status or name.startswith("RUNNING") else "queued"), status
         status = self.run.read_slurm_status(key)  # it may have finished between the two reads
@@ -227,8 +268,8 @@ class SubmititExecutor:
             state, status = self.state(key)
             if state == "done" and job.kind == "train":  # handed over unfinished: its checkpoint went since
                 state, status = "failed", {"error": "its checkpoint is not finished"}
-            if state in ("done", "queued", "running"):
-                continue  # submitted by an earlier run: collected like the others
+            if state in ("done", "queued", "stuck", "running"):
+                continue  # submitted by an earlier run: collected like the others (a stuck one stops the study)
             if state in ("failed", "lost"):
                 why = status.get("error") or f"ended without finishing: {status.get('scheduler')}"
                 # (no ledger entry: jobs.json was removed, its status files were not)
@@ -245,6 +286,7 @@ class SubmititExecutor:
         except Exception as err:  # sbatch missing or refusing (partition, account, limits): its own words
             raise UserError(f"submitting {len(new)} jobs to {self.cluster} failed: "
                             f"{' '.join(str(err).split())[:500]}; check the [slurm] table") from None
+        self._queue = None  # squeue's answer before these jobs existed would call them gone
         for (key, job), handle in zip(new, handles):
             self.handles[key] = handle
             self.ledger[key] = {"id": str(handle.job_id), "attempt": self.ledger.get(key, {}).get("attempt", 0) + 1,
@@ -271,6 +313,12 @@ class SubmititExecutor:
                 if state == "done":
                     del self.running[key]
                     done.append((job, status.get("records"), status.get("seconds", 0.0), status.get("threads")))
+                elif state == "stuck":
+                    reason = status["scheduler"].split("(")[-1].rstrip(")")
+                    raise UserError(f"job {' '.join(str(job).split())} cannot start on {self.cluster}: Slurm keeps "
+                                    f"job {self.ledger[key]['id']} pending for {reason} ({_NEVER_STARTS[reason]}; see "
+                                    f"`sinfo`); scancel the ids in {self.run.slurm_ledger}, fix the [slurm] table "
+                                    f"and rerun the same command: it resubmits them")
                 elif state in ("failed", "lost"):
                     why = status.get("error") or (f"ended without finishing ({status.get('scheduler')}: node lost, "
                                                   f"out of memory or cancelled)")
