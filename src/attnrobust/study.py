@@ -219,8 +219,8 @@ def _schedule(jobs: list[Job], executor, on_done, block: bool = True) -> list[Jo
     seconds, threads) is called in this process as each finishes (in completion order). Returns the jobs left
     unfinished: none when `block`; else (a detached study) those still queued, running or not yet handed over.
 
-    An attack job is handed over as soon as the training jobs of its cell (Job.cell) among `jobs`
-    have finished, behind the training jobs still queued: while the last models train, the other workers attack
+    An attack job is handed over as soon as the training jobs of its cell (Job.waits_for: its cell, and with
+    other seeds' targets theirs) among `jobs` have finished, behind the training jobs still queued: while the last models train, the other workers attack
     the cells that are ready instead of waiting for the whole training phase (the quick study's time beyond its
     jobs fell from 13 s to 7 s). A failed job (or Ctrl-C) stops the study: the executor cancels what it queued."""
     untrained = Counter(j.cell for j in jobs if j.kind == "train")
@@ -229,8 +229,9 @@ def _schedule(jobs: list[Job], executor, on_done, block: bool = True) -> list[Jo
     def release_trained_cells() -> None:
         """Submit the held attack jobs whose cell has no training job left, keep holding the rest."""
         nonlocal held
-        executor.submit([j for j in held if not untrained[j.cell]])
-        held = [j for j in held if untrained[j.cell]]
+        ready = [j for j in held if not any(untrained[c] for c in j.waits_for)]
+        executor.submit(ready)
+        held = [j for j in held if j not in ready]
 
     try:
         executor.submit([j for j in jobs if j.kind == "train"])
