@@ -77,6 +77,28 @@ def test_attack_jobs_start_once_their_targets_are_trained(tmp_path, sources):
     assert (first_attack < last_train) == (sources == "same-seed")
 
 
+def test_transfer_from_other_seeds_sources_end_to_end(tmp_path):
+    # Two seeds: each attack job also scores the other seed's models of the other architectures; the records
+    # name both seeds, the transfer rows use them, and a rerun finds every job done.
+    from attnrobust.results import is_cross_seed
+
+    out = tmp_path / "cross"
+    overrides = [*TINY, "study.seeds=[0, 1]", 'attack.attacks=["fgsm"]', "attack.corruptions=[]"]
+    run_study("quick", out=out, overrides=overrides, quiet=True)
+    records = read_records(out / "results.jsonl")
+    cross = [r for r in records if is_cross_seed(r)]
+    assert {(r["source_seed"], r["target_seed"], r["seed"]) for r in cross} == {(0, 1, 1), (1, 0, 0)}
+    # 3 sources x 2 other architectures x 2 FGSM eps > 0 and the clean one, per direction
+    assert all(r["source"] != r["target"] and r["kind"] == "transfer" for r in cross) and len(cross) == 2 * 3 * 2 * 3
+    with open(out / "report" / "verdicts.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["scenario"] != "white-box"]
+    assert rows and {r["transfer_sources"] for r in rows} == {"other-seeds"}
+    assert {r["seed_pairs"] for r in rows} == {"2"}
+    before = (out / "results.jsonl").read_bytes()
+    run_study("quick", out=out, overrides=overrides, quiet=True)
+    assert (out / "results.jsonl").read_bytes() == before
+
+
 def test_a_failed_job_cancels_the_queued_ones(tmp_path):
     # The first training job fails at once; the others are still queued in the pool: they are cancelled, so the
     # error reaches the user when the running jobs end, not after the whole study.

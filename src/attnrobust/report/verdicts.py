@@ -156,7 +156,7 @@ def _failed_flags(runs, cells, settings: list[Setting], units: list) -> list[str
 # A transfer row scores its targets of seed t on attacks crafted on sources of seed s. Under eval.transfer_sources
 # = "other-seeds" (the default) every s != t measured (independent sources; attnrobust.report.crossed's estimator);
 # under "same-seed", or where the records hold no other seed's source (a study run before it existed, or with one
-# seed), s = t, and the row carries the failed flag SAME_SEED_FLAG.
+# seed), s = t, and the row carries the failed flag SAME_SEED_FLAG (with two seeds or more: one seed has no other).
 SAME_SEED_FLAG = "same_seed_sources"
 
 
@@ -269,7 +269,7 @@ def compare_cells(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], f
     paper_diff, paper_verdict = _paper_verdict(d, a_cell, b_cell, settings)
     flags = _failed_flags(runs, (a_cell, b_cell), settings, units)
     excess = None if design is None else _same_seed_excess(grid, d, a_cell, b_cell, settings)
-    if design == SAME_SEED:
+    if design == SAME_SEED and len(units) >= 2:  # one seed: no other to take, and the row is indicative anyway
         flags = sorted(flags + [SAME_SEED_FLAG])
     return {
         "settings": column_titles(settings),
@@ -584,11 +584,11 @@ def power_note(rows: list[dict]) -> str:
 
 
 def verdict_table(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=(),
-                  verdict: VerdictSection | None = None) -> str:
+                  verdict: VerdictSection | None = None, transfer_sources: str = OTHER_SEEDS) -> str:
     """Plain-text verdict table of the records (verdicts.txt, printed at the end of a study), then the per-dataset
     summary and the warnings."""
-    return verdict_text(verdicts(records, min_clean_accuracy=min_clean_accuracy, pairs=pairs, verdict=verdict),
-                        records)
+    return verdict_text(verdicts(records, min_clean_accuracy=min_clean_accuracy, pairs=pairs, verdict=verdict,
+                                 transfer_sources=transfer_sources), records)
 
 
 def failed_flags(records: list[dict]) -> list[dict]:
@@ -610,7 +610,7 @@ def same_seed_lines(rows: list[dict]) -> list[str]:
     same-seed excess measured where the records hold other seeds' sources too, else that it cannot be."""
     out = []
     for r in rows:
-        if r.get("transfer_sources") != SAME_SEED:
+        if SAME_SEED_FLAG not in r["flags"]:
             continue
         unit = "/255" if r["unit"] == "/255" else " pp"
         if r.get("same_seed_excess") is not None:
