@@ -615,8 +615,8 @@ def same_seed_lines(rows: list[dict]) -> list[str]:
         unit = "/255" if r["unit"] == "/255" else " pp"
         if r.get("same_seed_excess") is not None:
             how = (f"a target's own seed's source moves this gap by {r['same_seed_excess']:+.2f}{unit} "
-                   f"[{r['same_seed_excess_low']:+.2f}, {r['same_seed_excess_high']:+.2f}] (p {r['same_seed_excess_p']:.2g}) "
-                   f"against the other seeds' sources measured here")
+                   f"[{r['same_seed_excess_low']:+.2f}, {r['same_seed_excess_high']:+.2f}] "
+                   f"(p {r['same_seed_excess_p']:.2g}) against the other seeds' sources measured here")
         else:
             how = ("no other seed's source scored these targets, so the bias cannot be measured here; set "
                    "eval.transfer_sources = \"other-seeds\" (a finished study: scripts/rescore_transfer.py)")
