@@ -632,6 +632,7 @@ def warnings_lines(records: list[dict], rows: list[dict] = ()) -> list[str]:
     failed = failed_flags(records)
     checked = sum(len(r.get("flags") or {}) for r in records)
     same_seed = same_seed_lines(rows)
+    checked += sum(r.get("transfer_sources") is not None for r in rows)  # each transfer row's SAME_SEED_FLAG
     if same_seed:
         failed.extend({"flag": SAME_SEED_FLAG, "line": line} for line in same_seed)
     if not failed:
