@@ -64,6 +64,7 @@ def _data(**sections):
     (dict(attack={"pgd_steps": [0, 5]}), ["attack.pgd_steps"]),
     (dict(attack={"attacks": ["fgsm", "cw"]}), ["cw"]),
     (dict(eval={"n": -1}), ["eval.n"]),
+    (dict(eval={"transfer_sources": "all"}), ["eval.transfer_sources", "other-seeds", "same-seed", "'all'"]),
 ])
 def test_bad_values_name_the_key(bad, words):
     with pytest.raises(UserError) as err:
@@ -88,6 +89,14 @@ def test_bad_toml_file(tmp_path):
         load_config(path)
     with pytest.raises(UserError, match="SECTION.KEY=VALUE"):
         load_config("quick", ["epochs=3"])
+
+
+def test_transfer_sources_default_is_left_out_of_the_stored_config():
+    cfg = parse_config(_data())
+    assert cfg.eval.transfer_sources == "other-seeds"
+    assert "transfer_sources" not in cfg.to_dict()["eval"]  # a run folder from before the key still resumes
+    cfg = parse_config({**_data(), "eval": {"transfer_sources": "same-seed"}})
+    assert parse_config(tomllib.loads(to_toml(cfg.to_dict()))).eval.transfer_sources == "same-seed"
 
 
 def test_verdict_section_defaults_round_trip_and_errors_name_the_key():

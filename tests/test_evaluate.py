@@ -15,7 +15,8 @@ from attnrobust.config import AttackConfig
 from attnrobust.errors import UserError
 from attnrobust.evaluate import clean_accuracy, craft_and_score, evaluate_checkpoints, white_box, white_box_measures
 from attnrobust.results import (DENOMINATORS, REQUIRED_KEYS, append_records, format_records, read_records,
-                                Setting, pack_bits, record_key, write_records)
+                                Setting, attack_job_of, is_cross_seed, pack_bits,
+                                record_key, write_records)
 
 COUNTS = ("n", "target_clean_correct", "source_clean_correct", "both_clean_correct", "robust_correct",
           "robust_correct_on_both", "robust_correct_on_target_clean")
@@ -264,10 +265,34 @@ def test_malformed_line_is_an_error_naming_file_and_line(tmp_path, some_records)
         read_records(tmp_path / "missing.jsonl")
 
 
+def test_other_seeds_targets_score_the_same_attacks():
+    """A target of another seed (craft_and_score's `others`) is scored on exactly the adversarial images its own
+    seed's copy would be: the same counts and bits, its records naming the target's seed and the source's; never
+    on white-box-only settings; and the same-seed records are what they were without it."""
+    x, y = data()
+    a, b = tiny(0), tiny(1)
+    cfg = fast_cfg(keep_best=True)
+    loader = batches(x, y, 12)
+    plain = craft_and_score({"a": a}, {"b": b}, loader, cfg, dataset="toy", seed=3, quiet=True)
+    crossed = craft_and_score({"a": a}, {}, loader, cfg, dataset="toy", seed=3, quiet=True, others={("b", 5): b})
+    cross = [r for r in crossed if r["target"] == "b"]
+    assert cross and all(r["seed"] == 5 and r["source_seed"] == 3 and r["target_seed"] == 5
+                         and r["kind"] == "transfer" and is_cross_seed(r) and attack_job_of(r)[3:] == ("a", 3)
+                         for r in cross)
+    same = {record_key(r)[:7]: r for r in plain if r["target"] == "b"}
+    assert len(same) == len(cross)  # transfer settings only, as for a target of the source's own seed
+    for r in cross:
+        twin = same[record_key({**r, "seed": 3})[:7]]
+        assert {c: r[c] for c in COUNTS} == {c: twin[c] for c in COUNTS} and r["robust_bits"] == twin["robust_bits"]
+    assert [r for r in crossed if r["target"] == "a"] == [r for r in plain if r["target"] == "a"]
+    with pytest.raises(UserError, match="this seed's targets"):
+        craft_and_score({"a": a}, {}, loader, cfg, dataset="toy", seed=3, quiet=True, others={("b", 3): b})
+
+
 def test_record_key_and_format(some_records):
     keys = {record_key(r) for r in some_records}
     assert len(keys) == len(some_records)
-    assert record_key(some_records[0]) == ("toy", "standard", None, 0, "model", "model", Setting("fgsm", 0.0))
+    assert record_key(some_records[0]) == ("toy", "standard", None, 0, "model", "model", Setting("fgsm", 0.0), 0)
     table = format_records(some_records)
     lines = table.splitlines()
     assert len(lines) == 2 + len(some_records) and "robust%" in lines[0] and "pgd" in table

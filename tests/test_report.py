@@ -28,7 +28,7 @@ MODELS = ["resnet14", "cbam_resnet14", "vgg16_bn"]
 DATASETS = ["fashion-mnist-mini", "cifar10"]
 
 
-def _record(dataset, seed, source, target, attack, eps, steps, n, clean, source_clean, robust):
+def _record(dataset, seed, source, target, attack, eps, steps, n, clean, source_clean, robust, source_seed=None):
     # Robust-correct images are taken among the clean-correct ones (true for FGSM/PGD in practice).
     both = min(clean, source_clean)
     first = [[i < k for i in range(n)] for k in (robust, clean)]
@@ -40,12 +40,15 @@ def _record(dataset, seed, source, target, attack, eps, steps, n, clean, source_
                                "both_clean_correct": both, "robust_correct": robust,
                                "robust_correct_on_both": min(robust, both),
                                "robust_correct_on_target_clean": robust},
-                       flags={"robust_le_clean": {"ok": True, "detail": ""}} if source == target else {})
+                       flags={"robust_le_clean": {"ok": True, "detail": ""}} if source == target else {},
+                       source_seed=source_seed)
 
 
-def make_records(seeds=(0,), effect=0.0, datasets=DATASETS, n=500):
+def make_records(seeds=(0,), effect=0.0, datasets=DATASETS, n=500, cross=False, same_seed_excess=0.0):
     """Full transfer matrices for 3 models; `effect` (fraction, or {seed: fraction}) is added to the CBAM
-    model's robust accuracy as a target, so attention helps (> 0) or hurts (< 0) by construction."""
+    model's robust accuracy as a target, so attention helps (> 0) or hurts (< 0) by construction. cross: every
+    transfer also from the sources of every other seed (eval.transfer_sources = "other-seeds"); same_seed_excess
+    (fraction) is added to the CBAM target's accuracy on attacks from its own seed's source only."""
     records = []
     for d in datasets:
         for seed in seeds:
@@ -54,17 +57,23 @@ def make_records(seeds=(0,), effect=0.0, datasets=DATASETS, n=500):
             for src in MODELS:
                 for tgt in MODELS:
                     strength = 1.0 if src == tgt else 0.4  # white-box attacks are stronger than transferred
+                    for source_seed in (seeds if cross and src != tgt else [seed]):
+                        excess = same_seed_excess if source_seed == seed and src != tgt else 0.0
 
-                    def robust(fraction_of_clean):
-                        acc = clean[tgt] / n * fraction_of_clean + (extra if tgt.startswith("cbam_") else 0.0)
-                        return max(0, min(clean[tgt], round(acc * n)))
+                        def robust(fraction_of_clean):
+                            acc = clean[tgt] / n * fraction_of_clean + (extra + excess if tgt.startswith("cbam_")
+                                                                        else 0.0)
+                            return max(0, min(clean[tgt], round(acc * n)))
 
-                    for eps in EPS:
-                        r = clean[tgt] if eps == 0 else robust(0.15 + 0.85 * math.exp(-10 * strength * eps))
-                        records.append(_record(d, seed, src, tgt, "fgsm", eps, None, n, clean[tgt], clean[src], r))
-                    for steps in STEPS:
-                        r = robust(0.2 + 0.5 * math.exp(-0.05 * strength * steps))
-                        records.append(_record(d, seed, src, tgt, "pgd", 0.2, steps, n, clean[tgt], clean[src], r))
+                        def add(attack, eps, steps, r):
+                            records.append(_record(d, seed, src, tgt, attack, eps, steps, n, clean[tgt], clean[src],
+                                                   r, source_seed))
+
+                        for eps in EPS:
+                            add("fgsm", eps, None,
+                                clean[tgt] if eps == 0 else robust(0.15 + 0.85 * math.exp(-10 * strength * eps)))
+                        for steps in STEPS:
+                            add("pgd", 0.2, steps, robust(0.2 + 0.5 * math.exp(-0.05 * strength * steps)))
     return records
 
 
@@ -337,7 +346,7 @@ def _check_latex(text):
 @pytest.mark.slow
 @pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)])
 def test_build_report_files(tmp_path, seeds):
-    records = make_records(seeds, effect=-0.1)
+    records = make_records(seeds, effect=-0.1, cross=True)
     run = write_run(tmp_path, records)
     (run / "config.toml").write_text('[study]\nname = "t"\n[train]\nwidth = 16\n')
     report = build_report(run)
@@ -541,7 +550,7 @@ def test_both_correct_comparison_removes_the_clean_accuracy_gap():
 
 
 def test_failed_flags_are_listed_and_mark_their_rows():
-    records = make_records((0, 1, 2), effect=0.0, datasets=["cifar10"])
+    records = make_records((0, 1, 2), effect=0.0, datasets=["cifar10"], cross=True)
     bad = next(r for r in records if (r["source"], r["target"], r["attack"], r["seed"]) ==
                ("cbam_resnet14", "cbam_resnet14", "pgd", 1))
     bad["flags"] = {**bad["flags"], "pgd_ge_fgsm": {"ok": False, "detail": "PGD 10 accuracy 40% > FGSM 30%"},
@@ -553,8 +562,37 @@ def test_failed_flags_are_listed_and_mark_their_rows():
     assert "[flag]" in text
     assert "warnings: 2 of" in text and "pgd_ge_fgsm: cifar10, cbam_resnet14 -> cbam_resnet14, seed 1" in text
     assert "GRADIENT MASKING flagged: cbam_resnet14 seed 1" in text
-    clean = make_records((0, 1, 2), effect=0.0, datasets=["cifar10"])
+    clean = make_records((0, 1, 2), effect=0.0, datasets=["cifar10"], cross=True)
     assert verdict_table(clean).splitlines()[-1].startswith("warnings: none")
+
+
+def test_transfer_rows_from_other_seeds_sources_and_the_same_seed_flag():
+    """Every transfer row scores its targets on the other seeds' sources when the records hold them; a same-seed
+    design (eval.transfer_sources = "same-seed", or records without other seeds' sources) is flagged, with the
+    same-seed excess where it can be measured: here the CBAM target gains 6 pp on its own seed's sources only."""
+    records = make_records((0, 1, 2, 3), datasets=["cifar10"], cross=True, same_seed_excess=0.06)
+    rows = [r for r in verdicts(records) if r["scenario"] != "white-box"]
+    assert rows and {r["transfer_sources"] for r in rows} == {"other-seeds"}
+    assert all(r["seed_pairs"] == 12 and r["seeds"] == 4 and "same_seed_sources" not in r["flags"] for r in rows)
+    from_vgg = {r["attack"]: r for r in rows if r["scenario"] == "transfer from vgg16_bn"}
+    assert from_vgg["pgd"]["same_seed_excess"] == pytest.approx(6, abs=0.5)
+    assert "crossed sources x targets" in from_vgg["pgd"]["method"]
+    assert verdict_table(records).splitlines()[-1].startswith("warnings: none")
+
+    same = [r for r in verdicts(records, transfer_sources="same-seed") if r["scenario"] != "white-box"]
+    assert {r["transfer_sources"] for r in same} == {"same-seed"}
+    assert all("same_seed_sources" in r["flags"] and r["seed_pairs"] == 4 for r in same)
+    # the same-seed rows carry the excess the other-seeds rows leave out
+    assert {r["attack"]: r for r in same if r["scenario"] == "transfer from vgg16_bn"}["pgd"]["difference"] \
+        - from_vgg["pgd"]["difference"] == pytest.approx(6, abs=0.5)
+    text = verdict_table(records, transfer_sources="same-seed")
+    assert "same_seed_sources: cifar10, cbam_resnet14 vs resnet14, transfer from vgg16_bn, pgd" in text
+    assert "moves this gap by +6." in text and "[flag]" in text
+
+    old = make_records((0, 1, 2, 3), datasets=["cifar10"])  # the design before: the flag fires, unmeasured
+    text = verdict_table(old)
+    assert "same_seed_sources" in text and "cannot be measured here" in text
+    assert all(r["transfer_sources"] in (None, "same-seed") for r in verdicts(old))
 
 
 def test_a_comparison_at_a_floor_tests_nothing():

@@ -33,10 +33,12 @@ def test_workers_run_jobs_side_by_side_with_one_thread_each(tmp_path):
     assert len(records) == 2 * 2 * 3 + 2 * 4 * 3 and not (out / ".lock").exists()
 
 
-def test_attack_jobs_start_once_their_cell_is_trained(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sources", ["same-seed", "other-seeds"])
+def test_attack_jobs_start_once_their_targets_are_trained(tmp_path, sources):
     # The scheduler alone, with a pool that runs each job when it is submitted: an attack job is submitted only
-    # after every training job of its (dataset, regime, seed) has finished, and no later than that (it does not
-    # wait for the other seeds' training), and every job runs once.
+    # after every training job whose model it scores has finished (same-seed: its own (dataset, regime, seed)
+    # cell; other-seeds: every seed's, whose models are its independent targets), and no later than that, and
+    # every job runs once.
     from concurrent.futures import Future
 
     import torch
@@ -45,7 +47,7 @@ def test_attack_jobs_start_once_their_cell_is_trained(tmp_path, monkeypatch):
     from attnrobust.config import load_config
     from attnrobust.jobs import plan
 
-    cfg = load_config("quick", [*TINY, "study.seeds=[0, 1]", "eval.workers=2"])
+    cfg = load_config("quick", [*TINY, "study.seeds=[0, 1]", "eval.workers=2", f'eval.transfer_sources="{sources}"'])
     jobs = plan(cfg)
     events = []
 
@@ -66,12 +68,35 @@ def test_attack_jobs_start_once_their_cell_is_trained(tmp_path, monkeypatch):
     for i, (event, job) in enumerate(events):
         if event == "start" and job.kind == "attack":
             trained_before = {j for e, j in events[:i] if e == "done" and j.kind == "train"}
-            own_cell = {j for j in jobs if j.kind == "train" and j.seed == job.seed}
-            assert own_cell <= trained_before
-    # seed 0's attacks were submitted before seed 1's training had all finished
+            needed = {j for j in jobs if j.kind == "train" and (sources == "other-seeds" or j.seed == job.seed)}
+            assert needed <= trained_before
+            assert {s for _, s, _ in job.others} == ({1 - job.seed} if sources == "other-seeds" else set())
+    # same-seed: seed 0's attacks were submitted before seed 1's training had all finished
     first_attack = next(i for i, (e, j) in enumerate(events) if e == "start" and j.kind == "attack")
     last_train = max(i for i, (e, j) in enumerate(events) if e == "done" and j.kind == "train")
-    assert first_attack < last_train
+    assert (first_attack < last_train) == (sources == "same-seed")
+
+
+def test_transfer_from_other_seeds_sources_end_to_end(tmp_path):
+    # Two seeds: each attack job also scores the other seed's models of the other architectures; the records
+    # name both seeds, the transfer rows use them, and a rerun finds every job done.
+    from attnrobust.results import is_cross_seed
+
+    out = tmp_path / "cross"
+    overrides = [*TINY, "study.seeds=[0, 1]", 'attack.attacks=["fgsm"]', "attack.corruptions=[]"]
+    run_study("quick", out=out, overrides=overrides, quiet=True)
+    records = read_records(out / "results.jsonl")
+    cross = [r for r in records if is_cross_seed(r)]
+    assert {(r["source_seed"], r["target_seed"], r["seed"]) for r in cross} == {(0, 1, 1), (1, 0, 0)}
+    # 3 sources x 2 other architectures x 2 FGSM eps > 0 and the clean one, per direction
+    assert all(r["source"] != r["target"] and r["kind"] == "transfer" for r in cross) and len(cross) == 2 * 3 * 2 * 3
+    with open(out / "report" / "verdicts.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["scenario"] != "white-box"]
+    assert rows and {r["transfer_sources"] for r in rows} == {"other-seeds"}
+    assert {r["seed_pairs"] for r in rows} == {"2"}
+    before = (out / "results.jsonl").read_bytes()
+    run_study("quick", out=out, overrides=overrides, quiet=True)
+    assert (out / "results.jsonl").read_bytes() == before
 
 
 def test_a_failed_job_cancels_the_queued_ones(tmp_path):

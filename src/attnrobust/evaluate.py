@@ -135,7 +135,8 @@ def _counts(robust: Tensor, target_clean: Tensor, source_clean: Tensor) -> dict[
 
 def craft_and_score(sources: dict[str, nn.Module], targets: dict[str, nn.Module], loader, cfg: AttackConfig, *,
              dataset: str, seed: int = 0, device=None, quiet: bool = False,
-             attack_seed: int | None = None, images: str = "test") -> list[dict[str, Any]]:
+             attack_seed: int | None = None, images: str = "test",
+             others: dict[tuple[str, int], nn.Module] | None = None) -> list[dict[str, Any]]:
     """Craft every attack of `cfg` on each source, once per batch, and score it on every target and the source.
 
     Returns one record per (source, target, attack, eps, steps, iterate); target == source is the white-box
@@ -144,27 +145,36 @@ def craft_and_score(sources: dict[str, nn.Module], targets: dict[str, nn.Module]
     attack_seed (default: seed) and the rank, so a run is reproducible for a given world size. `device`: where
     batches go (None: wherever the loader puts them); the models must already be there. `images` names the
     attacked images in the records (e.g. "test[:1000]").
+
+    others: targets trained with other seeds, keyed (model name, its seed): independent targets of the same
+    adversarial images (a forward pass each), scored on the transfer settings only; their records carry the
+    target's seed as "seed" and `seed` as "source_seed" (results.make_record).
     """
     if not sources:
         raise UserError("transfer: give at least one source model")
-    models: dict[str, nn.Module] = dict(targets)
+    # targets keyed (name, training seed): this seed's models and the other seeds' ones
+    models: dict[tuple[str, int], nn.Module] = {(name, seed): model for name, model in targets.items()}
     for name, model in sources.items():
-        if name in models and models[name] is not model:
+        if (name, seed) in models and models[(name, seed)] is not model:
             raise UserError(f"transfer: two different models are both named {name!r}; give them distinct names")
-        models[name] = model
+        models[(name, seed)] = model
+    for (name, other_seed), model in (others or {}).items():
+        if other_seed == seed:
+            raise UserError(f"transfer: {name!r} of seed {seed} is one of this seed's targets, not another seed's")
+        models[(name, other_seed)] = model
     settings = [st for st in cfg.settings() if st.attack not in WHITE_BOX_MEASURES]
     if not settings:
         return []
     rank = dist_info()[0]
-    robust: dict[tuple[str, str, int], list[Tensor]] = {}  # (source, target, setting index) -> per-batch masks
-    clean: dict[str, list[Tensor]] = {t: [] for t in models}
+    robust: dict[tuple[str, tuple, int], list[Tensor]] = {}  # (source, target, setting index) -> per-batch masks
+    clean: dict[tuple[str, int], list[Tensor]] = {t: [] for t in models}
     unbounded: dict[str, Tensor] = {}  # source -> (correct, n) of the eps = 1 check
     generators = {s: torch.Generator().manual_seed((seed if attack_seed is None else attack_seed) * 65537 + rank)
                   for s in sources}
 
-    def scored_on(setting: Setting, source: str, target: str) -> bool:
+    def scored_on(setting: Setting, source: str, target: tuple[str, int]) -> bool:
         scope = cfg.scope(setting)
-        return scope == "all" or (scope == "white-box") == (source == target)
+        return scope == "all" or (scope == "white-box") == (target == (source, seed))
 
     wanted = {s: {i for i, st in enumerate(settings) if any(scored_on(st, s, t) for t in models)}
               for s in sources}
@@ -200,18 +210,18 @@ def craft_and_score(sources: dict[str, nn.Module], targets: dict[str, nn.Module]
     unbounded_totals = dict(zip(checked, all_sum_(torch.stack([unbounded[s] for s in checked])).tolist())) \
         if checked else {}
     records = []
-    for s, t, i in keys:
-        r, ct = robust_full[(s, t, i)], clean_full[t]
+    for s, (t, target_seed), i in keys:
+        r, ct = robust_full[(s, (t, target_seed), i)], clean_full[(t, target_seed)]
         flags = {}
-        if s == t and s in unbounded_totals:
+        if (s, seed) == (t, target_seed) and s in unbounded_totals:
             correct, m = unbounded_totals[s]
             flags["unbounded_eps"] = _flag(
                 correct <= UNBOUNDED_MAX_ACCURACY * m,
                 f"PGD at eps=1 ({UNBOUNDED_STEPS} steps of {UNBOUNDED_ALPHA}, best iterate) on {m} images: "
                 f"accuracy {100 * correct / m:.1f}% (expected about 0; more suggests masked gradients)")
-        records.append(make_record(dataset=dataset, seed=seed, source=s, target=t, setting=settings[i],
-                                   counts=_counts(r, ct, clean_full[s]), robust_bits=pack_bits(r),
-                                   clean_bits=pack_bits(ct), images=images, flags=flags))
+        records.append(make_record(dataset=dataset, seed=target_seed, source=s, target=t, setting=settings[i],
+                                   counts=_counts(r, ct, clean_full[(s, seed)]), robust_bits=pack_bits(r),
+                                   clean_bits=pack_bits(ct), images=images, flags=flags, source_seed=seed))
     return sanity_flags(records)
 
 

@@ -3,7 +3,9 @@
 `plan(cfg)` lists every job of a study (attnrobust.study runs exactly that list):
 - train: one job per (dataset, regime, width, model, seed), `run_train_job`;
 - attack: one job per (dataset, regime, width, source model, seed), `run_attack_job`: the source's row of the
-  transfer matrix (the diagonal is the white-box result), its white-box measures and common corruptions.
+  transfer matrix (the diagonal is the white-box result), its white-box measures and common corruptions. Under
+  eval.transfer_sources = "other-seeds" (the default) the attacks it crafts are also scored on the other seeds'
+  models of other architectures (Job.others: independent targets, a forward pass each), so it waits for them.
 Each job carries the checked TrainConfigs of its cell, so a worker validates nothing again.
 
 A module of its own because worker processes (the local pool's, submitit's) import it and nothing above it: the
@@ -45,6 +47,10 @@ class Job:
     # plan(): a training job trains its own model's, an attack job loads every one's checkpoint. Not part of the
     # job's identity (the fields above are).
     configs: tuple[tuple[str, TrainConfig], ...] = field(default=(), compare=False, repr=False)
+    # An attack job under eval.transfer_sources = "other-seeds": (model, seed, TrainConfig) of every model of the
+    # other seeds of its (dataset, regime, width), in seed then study.models order; the job scores the attacks it
+    # crafts on those of another architecture too (independent targets), so it waits for them to be trained.
+    others: tuple[tuple[str, int, TrainConfig], ...] = field(default=(), compare=False, repr=False)
 
     def __str__(self) -> str:
         regime = "" if self.regime == STANDARD else f" [{self.regime}]"
@@ -64,6 +70,12 @@ class Job:
         return (self.dataset, self.regime, self.width, self.seed)
 
     @property
+    def waits_for(self) -> tuple:
+        """The cells (Job.cell) whose models must be trained before this job runs: its own, and for an attack
+        job scoring other seeds' targets (Job.others) theirs too."""
+        return (self.cell, *sorted({(self.dataset, self.regime, self.width, s) for _, s, _ in self.others}))
+
+    @property
     def train(self) -> TrainConfig:
         """The TrainConfig of this job's model."""
         return dict(self.configs)[self.model]
@@ -78,8 +90,14 @@ def plan(cfg: StudyConfig) -> list[Job]:
             for w in cfg.widths_of():
                 for s in cfg.study.seeds:
                     cells[(d, r, w, s)] = tuple((m, cfg.train_config(d, m, s, regime, w)) for m in cfg.study.models)
-    return [Job(kind, d, m, s, r, w, configs) for kind in ("train", "attack")
-            for (d, r, w, s), configs in cells.items() for m, _ in configs]
+    def others(d, r, w, s) -> tuple:  # every model of the other seeds of the panel, when they are scored
+        if cfg.eval.transfer_sources == "same-seed":
+            return ()
+        return tuple((m, s2, c) for (d2, r2, w2, s2), configs in cells.items() if (d2, r2, w2) == (d, r, w)
+                     and s2 != s for m, c in configs)
+
+    return [Job(kind, d, m, s, r, w, configs, others(d, r, w, s) if kind == "attack" else ())
+            for kind in ("train", "attack") for (d, r, w, s), configs in cells.items() for m, _ in configs]
 
 
 def _test_images(cfg: StudyConfig, dataset: str, data_dir):
@@ -112,8 +130,8 @@ def run_train_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, dat
     return run_training(job.train, run_dir, device=device, data_dir=data_dir, quiet=quiet)
 
 
-# The models of the cell (Job.cell) whose attack jobs this process ran last, by checkpoint and file
-# identity: a cell's jobs run one after another (plan order) and each needs every model of the cell, so one
+# The models of the cell (Job.cell, and the other seeds' models it scores) whose attack jobs this process ran last,
+# by checkpoint and file identity: a cell's jobs run one after another (plan order) and each needs them all, so one
 # process loads each checkpoint once instead of once per job (a ResNet-50 load, checksum included, costs about a
 # third of a second of CPU). Only one cell is held; a rewritten checkpoint has another identity.
 _CELL: dict[tuple, object] = {}
@@ -137,14 +155,22 @@ def forget_cell_models() -> None:
 
 
 def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, data_dir=None,
-                   quiet: bool = False) -> list[dict]:
-    """The records of one source: its row of the transfer matrix and its white-box measures."""
+                   quiet: bool = False, transfer_only: bool = False) -> list[dict]:
+    """The records of one source: its row of the transfer matrix (with Job.others, its attacks scored on the other
+    seeds' models too) and its white-box measures and corruptions (transfer_only: not these; what re-scoring a
+    finished study's transfer rows needs, scripts/rescore_transfer.py)."""
     device = resolve_device(device)
     rank, world_size, _ = dist_info()
     # The study's own config names its user models: their checkpoints may run that code (nothing else).
     own_code = [m for m in cfg.study.models if is_user_model(m)]
-    paths = [RunFolder(run_dir).checkpoint(c) for _, c in job.configs]
-    models = dict(zip(cfg.study.models, _cell_models(paths, device, own_code)))
+    # the job's cell and the other seeds' models, in seed order: the same list for every job of the panel, so
+    # one process loads each checkpoint once (_cell_models)
+    group = sorted([(m, job.seed, c) for m, c in job.configs] + list(job.others), key=lambda e: e[1])
+    loaded = dict(zip([(m, s) for m, s, _ in group],
+                      _cell_models([RunFolder(run_dir).checkpoint(c) for _, _, c in group], device, own_code)))
+    models = {m: loaded[(m, job.seed)] for m in cfg.study.models}
+    # independent targets: the other seeds' models of another architecture than the source's
+    others = {(m, s): model for (m, s), model in loaded.items() if s != job.seed and m != job.model}
     source = {job.model: models[job.model]}
     everything, subset = _test_images(cfg, job.dataset, data_dir)
     groups = [(cfg.attack, *everything)] if subset is everything else \
@@ -159,13 +185,14 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
     for attack_cfg, x, y, name in groups:
         loader = loader_of(x, y)
         records += craft_and_score(source, models, loader, attack_cfg, dataset=job.dataset, seed=job.seed,
-                                   device=device, quiet=quiet, images=name)
-        records += white_box_measures(models[job.model], loader, attack_cfg, dataset=job.dataset, name=job.model,
-                                      seed=job.seed, device=device, quiet=quiet, images=name)
+                                   device=device, quiet=quiet, images=name, others=others)
+        if not transfer_only:
+            records += white_box_measures(models[job.model], loader, attack_cfg, dataset=job.dataset,
+                                          name=job.model, seed=job.seed, device=device, quiet=quiet, images=name)
     # Common corruptions, on all attacked images or the strong subset (eval.corruption_images), scored on the source
     # only: a corrupted image depends on no model, so scoring every model of the cell here would do the cell's other
     # jobs' work, and their records (source = that model) would mark those jobs done before they ran.
-    if cfg.attack.corruptions:
+    if cfg.attack.corruptions and not transfer_only:
         x, y, name = everything if cfg.eval.corruption_images == "all" else subset
         records += corruption_scores(source, loader_of(x, y), cfg.attack, dataset=job.dataset, seed=job.seed,
                                      device=device, quiet=quiet, images=name)

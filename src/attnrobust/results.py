@@ -48,7 +48,7 @@ from attnrobust.runtime import atomic_write
 __all__ = ["DENOMINATORS", "REQUIRED_KEYS", "make_record", "append_records", "write_records", "read_records",
            "record_key", "format_records", "pack_bits", "unpack_bits", "pack_floats", "unpack_floats",
            "ITERATES", "Setting", "CLEAN", "load_records", "STANDARD", "regime_of", "Panel", "file_name_part",
-           "with_cell", "width_of"]
+           "with_cell", "width_of", "source_seed_of", "is_cross_seed"]
 
 ITERATES = ("final", "best", "best-on-source")
 
@@ -108,9 +108,22 @@ def width_of(record: dict[str, Any]) -> int | None:
     return record.get("width")
 
 
+def source_seed_of(record: dict[str, Any]) -> int:
+    """The training seed of the model the record's attack was crafted on: its "source_seed", written where the
+    source and the target were trained with different seeds; else "seed" (a white-box record, a transfer within
+    one seed's models, and every record written before sources of other seeds existed)."""
+    return int(record.get("source_seed", record["seed"]))
+
+
+def is_cross_seed(record: dict[str, Any]) -> bool:
+    """Whether the record's source and target were trained with different seeds ("seed" is the target's)."""
+    return source_seed_of(record) != int(record["seed"])
+
+
 def attack_job_of(record: dict[str, Any]) -> tuple:
-    """The attack job (dataset, regime, width, source, seed) that wrote a record (attnrobust.jobs.Job.key)."""
-    return (record["dataset"], regime_of(record), width_of(record), record["source"], record["seed"])
+    """The attack job (dataset, regime, width, source, source seed) that wrote a record (attnrobust.jobs.Job.key):
+    the job of the model the attack was crafted on, whichever seed's target scored it."""
+    return (record["dataset"], regime_of(record), width_of(record), record["source"], source_seed_of(record))
 
 
 def attack_jobs_done(records: Iterable[dict[str, Any]]) -> set[tuple]:
@@ -178,17 +191,23 @@ def with_cell(records: list[dict[str, Any]], regime: str, width: int | None = No
 
 def make_record(*, dataset: str, seed: int, source: str, target: str, setting: "Setting",
                 counts: dict[str, int], robust_bits: str, clean_bits: str, images: str,
-                flags: dict[str, dict] | None = None, **extra: Any) -> dict[str, Any]:
+                flags: dict[str, dict] | None = None, source_seed: int | None = None,
+                **extra: Any) -> dict[str, Any]:
     """A complete record from its setting, its integer counts (the keys of COUNT_KEYS) and its per-image
     outcomes (`pack_bits` text). `extra`: measure-specific fields (e.g. per-image minimal eps). The setting is
-    stored as its fields (`Setting.fields`); `Setting.of(record)` reads it back."""
+    stored as its fields (`Setting.fields`); `Setting.of(record)` reads it back. `seed` is the target's training
+    seed; source_seed, when the source was trained with another one: the record then carries both, as
+    "source_seed" and "target_seed" (= seed) right after "seed" (`source_seed_of`)."""
     c = {k: int(counts[k]) for k in COUNT_KEYS}
     n = c["n"]
     robust = _ratio(c["robust_correct"], n)
     fooled = c["target_clean_correct"] - c["robust_correct_on_target_clean"]
     return {
-        "dataset": dataset, "seed": int(seed), "source": source, "target": target,
-        "kind": "white-box" if source == target else "transfer",
+        "dataset": dataset, "seed": int(seed),
+        **({} if source_seed is None or source_seed == seed else
+           {"source_seed": int(source_seed), "target_seed": int(seed)}),
+        "source": source, "target": target,
+        "kind": "white-box" if source == target and source_seed in (None, seed) else "transfer",
         **setting.fields(),
         "images": images,
         **c,
@@ -208,8 +227,10 @@ def make_record(*, dataset: str, seed: int, source: str, target: str, setting: "
 
 
 def record_key(r: dict[str, Any]) -> tuple:
-    """What identifies a record: (dataset, regime, width, seed, source, target, its Setting)."""
-    return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["source"], r["target"], Setting.of(r))
+    """What identifies a record: (dataset, regime, width, seed, source, target, its Setting, the source's seed)
+    ("seed" is the target's: `source_seed_of`)."""
+    return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["source"], r["target"], Setting.of(r),
+            source_seed_of(r))
 
 
 def eps_key(eps: float) -> float:

@@ -219,18 +219,20 @@ def _schedule(jobs: list[Job], executor, on_done, block: bool = True) -> list[Jo
     seconds, threads) is called in this process as each finishes (in completion order). Returns the jobs left
     unfinished: none when `block`; else (a detached study) those still queued, running or not yet handed over.
 
-    An attack job is handed over as soon as the training jobs of its cell (Job.cell) among `jobs`
-    have finished, behind the training jobs still queued: while the last models train, the other workers attack
-    the cells that are ready instead of waiting for the whole training phase (the quick study's time beyond its
-    jobs fell from 13 s to 7 s). A failed job (or Ctrl-C) stops the study: the executor cancels what it queued."""
+    An attack job is handed over as soon as the training jobs of its cells (Job.waits_for: its own, and under
+    eval.transfer_sources = "other-seeds" every seed's of its panel, whose models it scores) among `jobs` have
+    finished, behind the training jobs still queued: while the last models train, the other workers attack the
+    cells that are ready instead of waiting for the whole training phase (the quick study's time beyond its jobs
+    fell from 13 s to 7 s, same-seed). A failed job (or Ctrl-C) stops the study: the executor cancels what it queued."""
     untrained = Counter(j.cell for j in jobs if j.kind == "train")
     held = [j for j in jobs if j.kind == "attack"]
 
     def release_trained_cells() -> None:
-        """Submit the held attack jobs whose cell has no training job left, keep holding the rest."""
+        """Submit the held attack jobs whose cells have no training job left, keep holding the rest."""
         nonlocal held
-        executor.submit([j for j in held if not untrained[j.cell]])
-        held = [j for j in held if untrained[j.cell]]
+        ready = [j for j in held if not any(untrained[c] for c in j.waits_for)]
+        executor.submit(ready)
+        held = [j for j in held if j not in ready]
 
     try:
         executor.submit([j for j in jobs if j.kind == "train"])

@@ -103,10 +103,18 @@ class StudyConfig:
         def clean(d):
             return {k: v for k, v in d.items() if v is not None}
         return {"study": clean(dataclasses.asdict(self.study)), "train": clean(dict(self.train)),
-                "attack": clean(dataclasses.asdict(self.attack)), "eval": clean(dataclasses.asdict(self.eval)),
+                "attack": clean(dataclasses.asdict(self.attack)), "eval": self._eval_table(),
                 # only when set: a run folder written before [verdict] existed still matches its config on resume
                 **({"verdict": clean(dataclasses.asdict(self.verdict))} if self.verdict != VerdictSection() else {}),
                 **({} if self.eval.executor == "local" else {"slurm": self._slurm_table()})}
+
+    def _eval_table(self) -> dict[str, Any]:
+        """[eval] as written: transfer_sources only when not the default, so a run folder written before the key
+        existed still matches its config on resume (its records say which design they hold)."""
+        table = {k: v for k, v in dataclasses.asdict(self.eval).items() if v is not None}
+        if table["transfer_sources"] == EvalSection.transfer_sources:
+            del table["transfer_sources"]
+        return table
 
     def _slurm_table(self) -> dict[str, Any]:
         """[slurm] as written in the config: its own keys, and the submitit parameters beside them."""

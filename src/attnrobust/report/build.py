@@ -33,8 +33,9 @@ from attnrobust.report.paper_settings import (PAPER_SETTING_KEYS, design_differe
 from attnrobust.report.readme import (COMPARISON_KEYS, PAIRED_KEYS, VERDICT_KEYS, ReadmeInputs, readme_text,
                                       rows_csv)
 from attnrobust.report.tables import table2, table3, to_csv, to_latex, to_markdown
-from attnrobust.report.verdicts import paired_rows, verdict_text, verdicts
+from attnrobust.report.crossed import OTHER_SEEDS
 from attnrobust.report.slopes import SLOPE_KEYS
+from attnrobust.report.verdicts import TRANSFER_KEYS, paired_rows, verdict_text, verdicts
 from attnrobust.report.widths import TREND_KEYS, width_section
 from attnrobust.results import CLEAN, STANDARD, Panel, Setting, load_records, file_name_part
 from attnrobust.runfolder import RunFolder, file_stem
@@ -235,10 +236,11 @@ def _write_report(out: Path, folder: RunFolder, records: list[dict]) -> None:
     pairs = ((config or {}).get("study") or {}).get("pairs") or ()  # declared comparisons (study.pairs)
     # the margins the config declared ([verdict]; its defaults for a run folder written before the section existed)
     verdict = verdict_section((config or {}).get("verdict"), str(folder.config))
-    rows = verdicts(records, min_clean_accuracy=floor, pairs=pairs, verdict=verdict)
+    rows = verdicts(records, min_clean_accuracy=floor, pairs=pairs, verdict=verdict,
+                    transfer_sources=((config or {}).get("eval") or {}).get("transfer_sources", OTHER_SEEDS))
     paired = paired_rows(grid, min_clean_accuracy=floor, pairs=pairs)
     corruption_rows = corruption_verdicts(all_records, min_clean_accuracy=floor, pairs=pairs, verdict=verdict)
-    _write(out / "verdicts.csv", rows_csv(rows, VERDICT_KEYS))
+    _write(out / "verdicts.csv", rows_csv(rows, VERDICT_KEYS + TRANSFER_KEYS))
     _write(out / "verdicts.txt", verdict_text(rows, records) + corruption_text(corruption_rows) + "\n")
     _write(out / "paired.csv", rows_csv(paired, PAIRED_KEYS))
     comparison = comparison_rows(grid)

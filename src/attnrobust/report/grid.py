@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from attnrobust.errors import UserError
 from attnrobust.models import model_info
 from attnrobust.report.stats import mean_ci
-from attnrobust.results import CLEAN, Panel, Setting
+from attnrobust.results import CLEAN, Panel, Setting, is_cross_seed, source_seed_of
 
 # Model order, as in the paper's tables: each no-attention network before its attention variants (in the
 # registry's order of attention kinds), VGG last; unregistered names after them.
@@ -40,22 +40,31 @@ def model_sort_key(name: str) -> tuple:
 
 @dataclass
 class Grid:
-    """cells[(dataset, source, target)][setting][seed] = record."""
+    """cells[(dataset, source, target)][setting][seed] = record, a source and target of one seed; and every
+    transfer record, the source's seed crossed with the target's (eval.transfer_sources = "other-seeds"),
+    pairs[(dataset, source, target)][setting][(source seed, target seed)] = record: only the transfer verdict
+    rows read those (the tables and figures show each seed's own cells)."""
 
     cells: dict[tuple[str, str, str], dict[Setting, dict[int, dict]]] = field(default_factory=dict)
+    pairs: dict[tuple[str, str, str], dict[Setting, dict[tuple[int, int], dict]]] = field(default_factory=dict)
 
     @classmethod
     def from_records(cls, records: list[dict]) -> "Grid":
         cells: dict = defaultdict(lambda: defaultdict(dict))
+        pairs: dict = defaultdict(lambda: defaultdict(dict))
         for r in records:
             key = (Panel.of(r), r["source"], r["target"])
             seed = int(r["seed"])
             s = Setting.of(r).column  # one column for APGD's white-box and transfer iterates
+            if r["kind"] == "transfer" and not (s.attack == "fgsm" and s.eps == 0):
+                pairs[key][s][(source_seed_of(r), seed)] = r
+            if is_cross_seed(r):
+                continue
             # FGSM at eps 0 is the clean image: the clean column already shows it.
             if not (s.attack == "fgsm" and s.eps == 0):
                 cells[key][s][seed] = r  # a later record of the same key supersedes an earlier one
             cells[key][CLEAN].setdefault(seed, r)
-        return cls({k: dict(v) for k, v in cells.items()})
+        return cls({k: dict(v) for k, v in cells.items()}, {k: dict(v) for k, v in pairs.items()})
 
     def datasets(self) -> list[str]:
         # panels in name order, widths in numeric order ("width 8" before "width 16")
@@ -75,6 +84,10 @@ class Grid:
     def runs(self, dataset: str, source: str, target: str, setting: Setting) -> dict[int, dict]:
         """seed -> record for one cell and setting ({} when not measured)."""
         return self.cells.get((dataset, source, target), {}).get(setting, {})
+
+    def pair_runs(self, dataset: str, source: str, target: str, setting: Setting) -> dict[tuple[int, int], dict]:
+        """(source seed, target seed) -> transfer record for one cell and setting ({} when not measured)."""
+        return self.pairs.get((dataset, source, target), {}).get(setting, {})
 
     def summary(self, dataset: str, source: str, target: str, setting: Setting) -> tuple[float, float | None] | None:
         """(mean, CI half-width) in percent of the value shown for this cell and setting, over seeds."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from attnrobust.config import VerdictSection
 from attnrobust.report.floors import no_equivalence_near_floor
-from attnrobust.report.stats import decide, seeds_interval
+from attnrobust.report.stats import decide
 
 __all__ = ["leave_one_seed_out"]
 
@@ -28,7 +28,7 @@ def leave_one_seed_out(rows: list[dict], verdict: VerdictSection) -> None:
     """Sets decided_by_seed (seeds whose omission changes the row's verdict, when fewer than half do; None: not
     checked), borderline_seeds (how many do, when half or more) and
     estimate_without_seed ([lowest, highest] estimate with one seed left out, in the row's unit) on each row of
-    one decided family (rows still carrying _diffs, _bound, _seeds, _scale from verdicts.compare_cells)."""
+    one decided family (rows still carrying _without, _seeds, _scale from verdicts.compare_cells)."""
     live = [r for r in rows if r["withheld"] is None and not r.get("at_floor") and r["seeds"] >= 3]
     for r in rows:
         r.update(decided_by_seed=None, borderline_seeds=0, estimate_without_seed=None)
@@ -40,8 +40,7 @@ def leave_one_seed_out(rows: list[dict], verdict: VerdictSection) -> None:
     for seed in sorted({s for r in live for s in r["_seeds"]}):
         intervals = []
         for i, r in enumerate(live):
-            keep = [j for j, s in enumerate(r["_seeds"]) if s != seed]
-            iv = seeds_interval(r["_diffs"][keep], bound=r["_bound"])
+            iv = r["_without"](seed)
             intervals.append(iv)
             estimates[i].append(r["_scale"] * iv.estimate)
         for i, (r, dec) in enumerate(zip(live, decide(intervals, margins, alpha=verdict.alpha, power=False))):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from attnrobust.config import VerdictSection
 from attnrobust.errors import UserError
-from attnrobust.report.stats import Components, detectable_effect, seeds_needed
+from attnrobust.report.crossed import components_of
+from attnrobust.report.stats import detectable_effect, seeds_needed
 from attnrobust.report.verdicts import ROBUSTNESS, verdicts
 from attnrobust.results import load_records
 
@@ -42,7 +43,7 @@ def power_plan(records: list[dict], seeds: int, verdict: VerdictSection, *, pair
             continue
         per_eps = r["unit"] == "/255"
         wanted = (verdict.detect_eps if per_eps else verdict.detect_pp) or r["margin"]
-        components = Components(r["seed_var"], r["image_var"], r["n"])
+        components = components_of(r)
         family = r["family_size"]
         out.append({"dataset": r["dataset"], "attention_model": r["attention_model"],
                     "baseline_model": r["baseline_model"], "scenario": r["scenario"], "attack": r["attack"],

@@ -294,7 +294,7 @@ def _measures_sections(inputs: ReadmeInputs) -> list[str]:
     """Warnings, threat model, deviations, minimal eps, corruptions and the width trend."""
     grid, rows = inputs.grid, inputs.rows
     out = ["", "## Warnings", ""] + [line.strip() if not line.startswith("  ") else f"- {line.strip()}"
-                                      for line in warnings_lines(inputs.records)]
+                                      for line in warnings_lines(inputs.records, inputs.rows)]
     out += ["", "## Threat model", ""] + _threat_model(grid, inputs.records)
     deviations = _deviations(inputs.checkpoint_args, inputs.config)
     if deviations:

@@ -58,6 +58,8 @@ from scipy import stats as scipy_stats
 from attnrobust.config import VerdictSection
 from attnrobust.report.equivalence import equivalence_chances
 from attnrobust.report.floors import AT_FLOOR, near_floor, no_equivalence_near_floor, paper_gap_possible, usable
+from attnrobust.report.crossed import (OTHER_SEEDS, SAME_SEED, CrossedComponents, crossed_interval,
+                                       same_seed_excess)
 from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.loso import leave_one_seed_out
 from attnrobust.report.paper import PAPER_N, load_paper, paper_dataset, paper_model, paper_value
@@ -127,12 +129,13 @@ def _per_image_scores(record: dict, s: Setting) -> np.ndarray:
     return unpack_bits(record[key], record["n"]).astype(np.float64)
 
 
-def _per_image_differences(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], seed: int):
-    """(d_i, both-correct mask) for one seed: mean over settings of A's minus B's per-image score, and the images
-    both compared targets classify correctly (None if the images differ)."""
+def _per_image_differences(runs, a_cell, b_cell, settings: list[Setting], unit):
+    """(d_i, both-correct mask) for one unit (a seed, or a (source seed, target seed) pair; `runs(cell, setting)`
+    gives unit -> record): mean over settings of A's minus B's per-image score, and the images both compared
+    targets classify correctly (None if the images differ)."""
     total, both = None, None
     for s in settings:
-        ra, rb = grid.runs(d, *a_cell, s)[seed], grid.runs(d, *b_cell, s)[seed]
+        ra, rb = runs(a_cell, s)[unit], runs(b_cell, s)[unit]
         if ra["n"] != rb["n"] or ra["images"] != rb["images"]:
             return None
         diff = _per_image_scores(ra, s) - _per_image_scores(rb, s)
@@ -142,15 +145,54 @@ def _per_image_differences(grid: Grid, d: str, a_cell, b_cell, settings: list[Se
     return total / len(settings), both
 
 
-def _failed_flags(grid: Grid, d: str, cells, settings: list[Setting], seeds: list[int]) -> list[str]:
+def _failed_flags(runs, cells, settings: list[Setting], units: list) -> list[str]:
     """Names of the failed sanity flags on the records a row is computed from (sorted, each once)."""
     found = set()
     for cell in cells:
         for s in settings:
-            for seed, record in grid.runs(d, *cell, s).items():
-                if seed in seeds:
+            for unit, record in runs(cell, s).items():
+                if unit in units:
                     found |= {name for name, f in (record.get("flags") or {}).items() if not f.get("ok", True)}
     return sorted(found)
+
+
+# ---- the transfer rows' sources ------------------------------------------------------------------------------------
+# A transfer row scores its targets of seed t on attacks crafted on sources of seed s. Under eval.transfer_sources
+# = "other-seeds" (the default) every s != t measured (independent sources; attnrobust.report.crossed's estimator);
+# under "same-seed", or where the records hold no other seed's source (a study run before it existed, or with one
+# seed), s = t, and the row carries the failed flag SAME_SEED_FLAG (with two seeds or more: one seed has no other).
+SAME_SEED_FLAG = "same_seed_sources"
+
+
+def _transfer_runs(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], transfer_sources: str):
+    """(runs, design) of a row: runs(cell, setting) -> unit -> record, and the design (None: white-box, seeds as
+    units; OTHER_SEEDS: (source seed, target seed) pairs, never the same seed; SAME_SEED: seeds as units)."""
+    def by_seed(cell, s):
+        return grid.runs(d, *cell, s)
+
+    if a_cell[0] == a_cell[1]:
+        return by_seed, None
+
+    def other_seeds(cell, s):
+        return {u: r for u, r in grid.pair_runs(d, *cell, s).items() if u[0] != u[1]}
+
+    measured = [s for s in settings if other_seeds(a_cell, s) and other_seeds(b_cell, s)]
+    if transfer_sources == OTHER_SEEDS and measured and set.intersection(
+            *(set(other_seeds(a_cell, s)) & set(other_seeds(b_cell, s)) for s in measured)):
+        return other_seeds, OTHER_SEEDS
+    return by_seed, SAME_SEED
+
+
+def _same_seed_excess(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting]):
+    """`crossed.same_seed_excess` of the row's gap (A's minus B's accuracy, mean over settings) over every
+    (source seed, target seed) pair both cells measured: how much a target's own seed's source moves it."""
+    pairs = [grid.pair_runs(d, *cell, s) for s in settings for cell in (a_cell, b_cell)]
+    units = sorted(set.intersection(*(set(p) for p in pairs))) if pairs else []
+    if not units:
+        return None
+    gaps = [np.mean([s.accuracy(grid.pair_runs(d, *a_cell, s)[u]) - s.accuracy(grid.pair_runs(d, *b_cell, s)[u])
+                     for s in settings]) for u in units]
+    return same_seed_excess(np.array(gaps), [u[0] for u in units], [u[1] for u in units])
 
 
 def _unit(attack: str) -> tuple[str, float]:
@@ -194,20 +236,21 @@ def _wilcoxon_p(d: np.ndarray) -> float | None:
     return float(scipy_stats.wilcoxon(x, zero_method="wilcox").pvalue)
 
 
-def _mean_value(grid: Grid, d: str, cell, settings: list[Setting], seeds) -> float:
-    """A cell's value in its row's unit, averaged over settings and seeds: robust accuracy in %, or, for minimal
-    eps, the restricted mean eps up to the cap in 1/255."""
+def _mean_value(runs, cell, settings: list[Setting], units) -> float:
+    """A cell's value in its row's unit, averaged over settings and units (seeds, or (source, target) seed pairs;
+    `runs(cell, setting)` maps each to its run): robust accuracy in %, or, for minimal eps, the restricted mean eps
+    up to the cap in 1/255."""
     unit, scale = _unit(settings[0].attack)
-    return scale * float(np.mean([_per_image_scores(grid.runs(d, *cell, s)[seed], s).mean() if unit == "/255"
-                                  else s.accuracy(grid.runs(d, *cell, s)[seed])
-                                  for s in settings for seed in seeds]))
+    return scale * float(np.mean([_per_image_scores(runs(cell, s)[u], s).mean() if unit == "/255"
+                                  else s.accuracy(runs(cell, s)[u]) for s in settings for u in units]))
 
 
 def compare_away_from_floor(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], floor: float,
-                            verdict: VerdictSection) -> dict | None:
+                            verdict: VerdictSection, transfer_sources: str = OTHER_SEEDS) -> dict | None:
     """`compare_cells` over the settings where both models leave room for a margin-sized change either way
-    (report/floors.py); with none, over all of them, marked at_floor. Adds at_floor, near_floor (no equivalence
-    claim) and settings_at_floor (the settings left out)."""
+    (report/floors.py; judged on each seed's own cells, the levels a transfer row's sources hardly move); with
+    none, over all of them, marked at_floor. Adds at_floor, near_floor (no equivalence claim) and settings_at_floor
+    (the settings left out)."""
     settings = [s for s in settings if grid.runs(d, *a_cell, s) and grid.runs(d, *b_cell, s)]
     if not settings:
         return None
@@ -217,12 +260,15 @@ def compare_away_from_floor(grid: Grid, d: str, a_cell, b_cell, settings: list[S
     def top(s: Setting) -> float:  # the measure's ceiling: 100%, or the minimal eps's cap
         return scale * s.eps if unit == "/255" else 100.0
 
+    def cell_runs(cell, s):
+        return grid.runs(d, *cell, s)
+
     def values(s: Setting) -> tuple[float, float]:
-        seeds = sorted(set(grid.runs(d, *a_cell, s)) & set(grid.runs(d, *b_cell, s)))
-        return _mean_value(grid, d, a_cell, [s], seeds), _mean_value(grid, d, b_cell, [s], seeds)
+        seeds = sorted(set(cell_runs(a_cell, s)) & set(cell_runs(b_cell, s)))
+        return _mean_value(cell_runs, a_cell, [s], seeds), _mean_value(cell_runs, b_cell, [s], seeds)
 
     used = [s for s in settings if usable(*values(s), margin, top(s))]
-    row = compare_cells(grid, d, a_cell, b_cell, used or settings, floor)
+    row = compare_cells(grid, d, a_cell, b_cell, used or settings, floor, transfer_sources)
     if row is None:
         return None
     left_out = [s for s in settings if s not in used]
@@ -232,35 +278,54 @@ def compare_away_from_floor(grid: Grid, d: str, a_cell, b_cell, settings: list[S
     return row
 
 
-def compare_cells(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], floor: float) -> dict | None:
-    settings = [s for s in settings if grid.runs(d, *a_cell, s) and grid.runs(d, *b_cell, s)]
+def compare_cells(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], floor: float,
+                  transfer_sources: str = OTHER_SEEDS) -> dict | None:
+    runs, design = _transfer_runs(grid, d, a_cell, b_cell, settings, transfer_sources)
+    settings = [s for s in settings if runs(a_cell, s) and runs(b_cell, s)]
     if not settings:
         return None
-    seed_sets = [set(grid.runs(d, *a_cell, s)) & set(grid.runs(d, *b_cell, s)) for s in settings]
-    seeds = sorted(set.intersection(*seed_sets))
-    per_seed = [_per_image_differences(grid, d, a_cell, b_cell, settings, seed) for seed in seeds]
-    pairs = [(seed, v) for seed, v in zip(seeds, per_seed) if v is not None]
+    unit_sets = [set(runs(a_cell, s)) & set(runs(b_cell, s)) for s in settings]
+    units = sorted(set.intersection(*unit_sets))
+    per_unit = [_per_image_differences(runs, a_cell, b_cell, settings, u) for u in units]
+    pairs = [(u, v) for u, v in zip(units, per_unit) if v is not None]
     if not pairs:
         return None
-    seeds = [seed for seed, _ in pairs]
+    units = [u for u, _ in pairs]
     diffs = np.stack([v[0] for _, v in pairs])
     masks = [v[1] for _, v in pairs]
     unit, scale = _unit(settings[0].attack)
     bound = max(s.eps for s in settings) if unit == "/255" else 1.0
-    iv = seeds_interval(diffs, bound=bound) if len(seeds) >= 2 else paired_interval(diffs[0], bound=bound)
+    if design == OTHER_SEEDS:
+        iv = crossed_interval(diffs, [u[0] for u in units], [u[1] for u in units], bound=bound)
+        seeds = sorted({x for u in units for x in u})  # every seed whose models the row uses
+    else:
+        seeds = units
+        iv = seeds_interval(diffs, bound=bound) if len(seeds) >= 2 else paired_interval(diffs[0], bound=bound)
     # both models targets of the comparison (white-box / as a target); in a source row the target is shared
     attn_model, base_model = a_cell[1], b_cell[1]
     clean = {m: _clean_accuracy(grid, d, m, seeds) for m in {attn_model, base_model, a_cell[0], b_cell[0]}}
     low_clean = [f"{m} {100 * c:.1f}%" for m, c in sorted(clean.items()) if c is not None and c < floor]
 
-    baseline = _mean_value(grid, d, b_cell, settings, seeds)
+    baseline = _mean_value(runs, b_cell, settings, units)
     both = [float(x[m].mean()) for x, m in zip(diffs, masks) if m.any()]
     paper_diff, paper_verdict = _paper_verdict(d, a_cell, b_cell, settings)
+    flags = _failed_flags(runs, (a_cell, b_cell), settings, units)
+    excess = None if design is None else _same_seed_excess(grid, d, a_cell, b_cell, settings)
+    if design == SAME_SEED and len(units) >= 2:  # one seed: no other to take, and the row is indicative anyway
+        flags = sorted(flags + [SAME_SEED_FLAG])
     return {
         "settings": column_titles(settings),
-        "seeds": len(seeds),
+        "seeds": iv.seeds,
         "n": int(diffs.shape[1]),
-        "attention_accuracy": _mean_value(grid, d, a_cell, settings, seeds),
+        # which sources a transfer row's targets were scored on (None: white-box), how many (source, target) seed
+        # pairs, and what a target's own seed's source does to the gap where both were measured (crossed.Excess)
+        "transfer_sources": design,
+        "seed_pairs": len(units) if design is not None else None,
+        "same_seed_excess": None if excess is None else scale * excess.estimate,
+        "same_seed_excess_low": None if excess is None else scale * excess.low,
+        "same_seed_excess_high": None if excess is None else scale * excess.high,
+        "same_seed_excess_p": None if excess is None else excess.p_value,
+        "attention_accuracy": _mean_value(runs, a_cell, settings, units),
         "baseline_accuracy": baseline,
         "unit": unit,
         "difference": scale * iv.estimate,
@@ -275,17 +340,31 @@ def compare_cells(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], f
         "both_correct_n": int(round(np.mean([m.sum() for m in masks]))),
         "relative_gap": 100 * scale * iv.estimate / baseline if baseline > 0 else None,
         "wilcoxon_p": _wilcoxon_p(diffs) if unit == "/255" else None,
-        "flags": _failed_flags(grid, d, (a_cell, b_cell), settings, seeds),
+        "flags": flags,
         "withheld": (f"clean accuracy below the floor of {100 * floor:.0f}% ({', '.join(low_clean)}): the model "
                      f"did not learn enough for its robustness to mean anything") if low_clean else None,
         "paper_difference": paper_diff,
         "paper_verdict": paper_verdict,
         "_interval": iv,
         "_scale": scale,
-        "_diffs": diffs,  # [seeds, images], for the leave-one-seed-out check (report/loso.py)
-        "_bound": bound,
+        # for the leave-one-seed-out check (report/loso.py): the row's interval without one seed's models
+        "_without": lambda seed: _interval_without(diffs, units, design, bound, seed),
         "_seeds": seeds,
     }
+
+
+def _interval_without(diffs: np.ndarray, units: list, design: str | None, bound: float, seed: int):
+    """The row's interval on its units (seeds, or (source, target) seed pairs) that do not use `seed`'s models."""
+    if design == OTHER_SEEDS:
+        keep = [i for i, u in enumerate(units) if seed not in u]
+        return crossed_interval(diffs[keep], [units[i][0] for i in keep], [units[i][1] for i in keep], bound=bound)
+    keep = [i for i, u in enumerate(units) if u != seed]
+    return seeds_interval(diffs[keep], bound=bound)
+
+
+# verdicts.csv's columns of the transfer rows' sources, after readme.VERDICT_KEYS
+TRANSFER_KEYS = ["transfer_sources", "seed_pairs", "same_seed_excess", "same_seed_excess_low", "same_seed_excess_high",
+                 "same_seed_excess_p", "target_var", "source_var", "pair_var"]
 
 
 def _measures(grid: Grid, d: str) -> list[str]:
@@ -325,7 +404,7 @@ def decide_family(rows: list[dict], verdict: VerdictSection) -> None:
 
 
 def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=(),
-             verdict: VerdictSection | None = None) -> list[dict]:
+             verdict: VerdictSection | None = None, transfer_sources: str = OTHER_SEEDS) -> list[dict]:
     """One dict per dataset x (attention model, twin) x scenario x measure; see the module docstring.
 
     Keys: dataset, attention_model, baseline_model, scenario, family ("robustness" | "transferability"), attack,
@@ -339,7 +418,12 @@ def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pa
     (no equivalence claim), settings_at_floor (settings left out of the average), decided_by_seed /
     estimate_without_seed (leave one seed out, report/loso.py), equivalent_at_0 /
     equivalent_at_half (the chance of "equivalent" at a true effect of 0 / half the margin), paper_difference,
-    paper_verdict, reproduced.
+    paper_verdict, reproduced; for transfer rows (TRANSFER_KEYS): transfer_sources ("other-seeds" | "same-seed",
+    None for white-box), seed_pairs, same_seed_excess (with _low, _high, _p), target_var, source_var, pair_var.
+
+    transfer_sources (eval.transfer_sources): "other-seeds" scores a transfer row's targets on the sources of
+    every other seed where the records hold them (else the same seed's, flagged SAME_SEED_FLAG); "same-seed" on
+    their own seed's source only (flagged too).
     """
     verdict = verdict or VerdictSection()
     grid = Grid.from_records(records)
@@ -352,7 +436,8 @@ def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pa
             for scenario, a_cell, b_cell, compared, family in _scenarios(models, attn, base, pairs):
                 for attack in _measures(grid, d):
                     settings = [s for s in grid.settings(d) if s.attack == attack]
-                    row = compare_away_from_floor(grid, d, a_cell, b_cell, settings, floor, verdict)
+                    row = compare_away_from_floor(grid, d, a_cell, b_cell, settings, floor, verdict,
+                                                  transfer_sources)
                     if row is not None:
                         families[family].append({"dataset": d, "attention_model": attn, "baseline_model": base,
                                                  "scenario": scenario, "family": family, "attack": attack,
@@ -365,8 +450,11 @@ def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pa
                 r["reproduced"] = _agreement(r)
                 # the variance components in the row's unit (squared), which a power plan reads back
                 iv, scale = r.pop("_interval"), r.pop("_scale")
-                del r["_diffs"], r["_bound"], r["_seeds"]
-                r.update(seed_var=scale ** 2 * iv.components.seed_var, image_var=scale ** 2 * iv.components.image_var)
+                del r["_without"], r["_seeds"]
+                c = iv.components
+                r.update(seed_var=scale ** 2 * c.seed_var, image_var=scale ** 2 * c.image_var,
+                         **{k: scale ** 2 * getattr(c, k) if isinstance(c, CrossedComponents) else None
+                            for k in ("target_var", "source_var", "pair_var")})
                 r.update(equivalence_chances(r))  # beside "seeds to decide": the chance of "equivalent" as run
             out += family
     return out
@@ -569,11 +657,11 @@ def power_note(rows: list[dict]) -> str:
 
 
 def verdict_table(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=(),
-                  verdict: VerdictSection | None = None) -> str:
+                  verdict: VerdictSection | None = None, transfer_sources: str = OTHER_SEEDS) -> str:
     """Plain-text verdict table of the records (verdicts.txt, printed at the end of a study), then the per-dataset
     summary and the warnings."""
-    return verdict_text(verdicts(records, min_clean_accuracy=min_clean_accuracy, pairs=pairs, verdict=verdict),
-                        records)
+    return verdict_text(verdicts(records, min_clean_accuracy=min_clean_accuracy, pairs=pairs, verdict=verdict,
+                                 transfer_sources=transfer_sources), records)
 
 
 def failed_flags(records: list[dict]) -> list[dict]:
@@ -590,11 +678,36 @@ def failed_flags(records: list[dict]) -> list[dict]:
     return out
 
 
-def warnings_lines(records: list[dict]) -> list[str]:
+def same_seed_lines(rows: list[dict]) -> list[str]:
+    """One line per transfer row whose targets were scored on their own seed's source (SAME_SEED_FLAG): the
+    same-seed excess measured where the records hold other seeds' sources too, else that it cannot be."""
+    out = []
+    for r in rows:
+        if SAME_SEED_FLAG not in r["flags"]:
+            continue
+        unit = "/255" if r["unit"] == "/255" else " pp"
+        if r.get("same_seed_excess") is not None:
+            how = (f"a target's own seed's source moves this gap by {r['same_seed_excess']:+.2f}{unit} "
+                   f"[{r['same_seed_excess_low']:+.2f}, {r['same_seed_excess_high']:+.2f}] "
+                   f"(p {r['same_seed_excess_p']:.2g}) against the other seeds' sources measured here")
+        else:
+            how = ("no other seed's source scored these targets, so the bias cannot be measured here; set "
+                   "eval.transfer_sources = \"other-seeds\" (a finished study: scripts/rescore_transfer.py)")
+        out.append(f"  {SAME_SEED_FLAG}: {r['dataset']}, {r['attention_model']} vs {r['baseline_model']}, "
+                   f"{r['scenario']}, {r['attack']}: targets scored on attacks crafted on a source of their own seed "
+                   f"(same data order: not independent of them); {how}")
+    return out
+
+
+def warnings_lines(records: list[dict], rows: list[dict] = ()) -> list[str]:
     """The warnings: a count per flag, then each failed flag with its model, seed, setting and detail; a clean
-    bill in one line."""
+    bill in one line. rows: the verdict rows, for their own flag (`same_seed_lines`)."""
     failed = failed_flags(records)
     checked = sum(len(r.get("flags") or {}) for r in records)
+    same_seed = same_seed_lines(rows)
+    checked += sum(r.get("transfer_sources") is not None for r in rows)  # each transfer row's SAME_SEED_FLAG
+    if same_seed:
+        failed.extend({"flag": SAME_SEED_FLAG, "line": line} for line in same_seed)
     if not failed:
         return [f"warnings: none (all {checked} sanity flags of {len(records)} records passed)"]
     counts: dict[str, int] = {}
@@ -604,8 +717,8 @@ def warnings_lines(records: list[dict]) -> list[str]:
              + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + "); verdict rows built on them are "
              "marked [flag]"]
     for f in failed:
-        lines.append(f"  {f['flag']}: {f['dataset']}, {f['source']} -> {f['target']}, seed {f['seed']}, "
-                     f"{f['setting']}: {f['detail']}")
+        lines.append(f["line"] if "line" in f else f"  {f['flag']}: {f['dataset']}, {f['source']} -> {f['target']}, "
+                     f"seed {f['seed']}, {f['setting']}: {f['detail']}")
     return lines
 
 
@@ -680,7 +793,7 @@ def verdict_text(rows: list[dict], records: list[dict] | None = None) -> str:
         lines.append(f"{s['dataset']}: {s['scope']}: {s['attention_model']} vs {s['baseline_model']}: "
                      f"{ours} ({paper})")
     if records is not None:
-        lines += [""] + warnings_lines(records)
+        lines += [""] + warnings_lines(records, rows)
     return "\n".join(lines)
 
 
