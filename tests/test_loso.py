@@ -15,7 +15,9 @@ REPS, SEEDS, N = 200, 10, 100
 def _row(d, margin=2.0):
     """A one-row family as verdicts.compare_cells and decide_family leave it (unit = the data's own)."""
     verdict = decide([seeds_interval(d, bound=0.0)], [margin], power=False)[0].verdict
-    return {"withheld": None, "seeds": d.shape[0], "_diffs": d, "_bound": 0.0, "_seeds": list(range(d.shape[0])),
+    seeds = list(range(d.shape[0]))
+    return {"withheld": None, "seeds": d.shape[0], "_diffs": d, "_seeds": seeds,
+            "_without": lambda seed: seeds_interval(d[[s for s in seeds if s != seed]], bound=0.0),
             "_scale": 1.0, "margin": margin, "verdict": verdict}
 
 
