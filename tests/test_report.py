@@ -19,7 +19,8 @@ from attnrobust.errors import UserError
 from attnrobust.report import build_report
 from attnrobust.report.paper import load_paper, paper_value
 from attnrobust.report.stats import mean_ci, proportion_diff_se, t_quantile
-from attnrobust.report.verdicts import summaries, verdict_table, verdicts
+from attnrobust.report.verdicts import verdicts
+from attnrobust.report.verdict_text import summaries, verdict_table
 from attnrobust.results import Panel, Setting, make_record, pack_bits, unpack_bits
 
 EPS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]

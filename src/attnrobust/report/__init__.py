@@ -5,7 +5,8 @@ Parts:
   maps, writes every file and swaps the finished folder in;
 - grid.py: records -> `Grid` of (dataset, source, target) cells per setting and seed;
 - tables.py: Tables II and III as Markdown, CSV, LaTeX; column labels of settings;
-- verdicts.py: paired attention-vs-twin comparisons over seeds, three-way Holm-controlled verdicts, warnings;
+- verdicts.py: paired attention-vs-twin comparisons over seeds, three-way Holm-controlled verdicts; verdict_text.py:
+  how those rows are worded (summaries, verdicts.txt, the power note, warnings);
 - stats.py: the intervals, tests and power behind them (scipy's distributions);
 - power.py: the power plan a study prints before it trains (from a pilot run's variance components);
 - corruptions.py: the common-corruptions section, its verdicts and figures;

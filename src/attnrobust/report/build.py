@@ -35,7 +35,8 @@ from attnrobust.report.readme import (COMPARISON_KEYS, PAIRED_KEYS, VERDICT_KEYS
 from attnrobust.report.tables import table2, table3, to_csv, to_latex, to_markdown
 from attnrobust.report.crossed import OTHER_SEEDS
 from attnrobust.report.slopes import SLOPE_KEYS
-from attnrobust.report.verdicts import TRANSFER_KEYS, paired_rows, verdict_text, verdicts
+from attnrobust.report.verdicts import TRANSFER_KEYS, paired_rows, verdicts
+from attnrobust.report.verdict_text import verdict_text
 from attnrobust.report.widths import TREND_KEYS, width_section
 from attnrobust.results import CLEAN, STANDARD, Panel, Setting, load_records, file_name_part
 from attnrobust.runfolder import RunFolder, file_stem

@@ -17,7 +17,8 @@ from dataclasses import replace
 
 from attnrobust.config import VerdictSection
 from attnrobust.report.tables import markdown_table
-from attnrobust.report.verdicts import marked_verdict, verdicts
+from attnrobust.report.verdicts import verdicts
+from attnrobust.report.verdict_text import marked_verdict
 
 __all__ = ["FACTORS", "MARGIN_REASONS", "SENSITIVITY_KEYS", "margin_lines", "margin_sensitivity"]
 

@@ -16,8 +16,9 @@ from attnrobust.errors import UserError
 from attnrobust.report.grid import Grid, model_sort_key, registered_info
 from attnrobust.report.paper import reduced_notes
 from attnrobust.report.tables import csv_text, markdown_table
-from attnrobust.report.verdicts import (ROBUSTNESS, TRANSFERABILITY, VERDICT_HEADER, format_diff, format_paper,
-                                       power_note, summaries, verdict_cells, warnings_lines)
+from attnrobust.report.verdicts import ROBUSTNESS, TRANSFERABILITY
+from attnrobust.report.verdict_text import (VERDICT_HEADER, format_diff, format_paper, power_note, summaries,
+                                            verdict_cells, warnings_lines)
 from attnrobust.results import Panel
 
 

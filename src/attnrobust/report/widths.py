@@ -16,7 +16,7 @@ from attnrobust.report import figures  # figures.curves looked up at call time (
 from attnrobust.report.figures import PALETTE, Plot, Series
 from attnrobust.report.slopes import slope_lines, width_slopes
 from attnrobust.report.tables import markdown_table
-from attnrobust.report.verdicts import format_diff, marked_verdict
+from attnrobust.report.verdict_text import format_diff, marked_verdict
 from attnrobust.results import file_name_part
 
 # The measures the trend shows, in this order: the primary white-box measure first, then robust accuracy.
