@@ -83,3 +83,11 @@ def test_keep_freed_memory_is_idempotent():
     keep_freed_memory()
     keep_freed_memory()
     assert torch.ones(3).sum().item() == 3
+
+
+def test_second_derivative_raises_instead_of_a_wrong_number():
+    module = CBAM(16, bn_momentum=0.1)
+    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+    (grad,) = torch.autograd.grad(module(x).sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()

@@ -13,15 +13,19 @@ The three pieces, for a feature map x [B, C, H, W]:
 - `pool_spatial(x, with_max)`: x's mean (and max) over the H*W positions, per channel -> [B, C] each;
 - `scale_and_pool_channels(x, c)`: x1 = x * c (c [B, C] broadcast over positions), and x1's max and mean over
   the channels at every position -> ([B, C, H, W], [B, 2, H, W], max first, as CBAM's official code);
-- `scale_positions(x, s)`: x * s (s [B, 1, H, W], or [B, C] to scale channels: SE and ECA).
+- `scale_positions(x, s)` / `scale_channels(x, c)`: x * s for a spatial gate s [B, 1, H, W] (CBAM's second) or a
+  channel gate c [B, C] (SE and ECA).
+
+The other half of what the gates cost was memory that glibc had handed back to the kernel, so that every new
+feature map page-faulted: `runtime.keep_freed_memory` (benchmarks/attention.py measures both together).
 
 Ties at a maximum: the max over positions sends its gradient to the one position `adaptive_max_pool2d` picks
-(as the official code's max-pooling and the plain module's training path); the max over channels shares it evenly
+(as the official code's max-pooling, and this code's before, in training); the max over channels shares it evenly
 between tied channels (as `amax`'s own backward does, where `max(dim)` gives it all to one). Both are valid
 subgradients; ties occur where a block's zero-initialized BN makes a whole map equal, before the first step.
 
-Only first derivatives are provided (training and the attacks need no more); a second derivative through these
-raises autograd's usual error for a function without double backward support.
+Only first derivatives are provided (training and the attacks need no more): the backward passes are marked
+`once_differentiable`, so a second derivative through them raises an error instead of a wrong number.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.autograd import Function
+from torch.autograd.function import once_differentiable
 
 
 def _spatial(t: torch.Tensor) -> torch.Tensor:
@@ -60,6 +65,7 @@ class _PoolSpatial(Function):
         return avg, xmax.flatten(1)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_avg, grad_max):
         b, c, h, w = ctx.shape
         like = grad_avg if grad_avg is not None else grad_max
@@ -87,6 +93,7 @@ class _ScaleAndPoolChannels(Function):
         return x1, pooled
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_x1, grad_pooled):
         x, c, x1, cmax = ctx.saved_tensors
         grad = torch.zeros_like(x) if grad_x1 is None else grad_x1
@@ -113,6 +120,7 @@ class _Scale(Function):
         return x * s
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         x, s = ctx.saved_tensors
         grad_x = grad * s if ctx.needs_input_grad[0] else None
