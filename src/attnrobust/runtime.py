@@ -7,6 +7,7 @@ torch is imported inside the functions that use it: the torch-free modules (resu
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -153,9 +154,9 @@ def set_threads(n: int | None = None) -> int:
 # glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit (32 MiB)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_MAX = 32 * 2 ** 20
-_freed_memory_kept = False
 
 
+@functools.cache  # once per process: the setting is the process's
 def keep_freed_memory() -> None:
     """Let glibc's malloc keep the memory torch frees, for the next tensor of the process, instead of giving it
     back to the kernel. Called by `set_threads`, which every process doing CPU work calls; once per process.
@@ -164,16 +165,12 @@ def keep_freed_memory() -> None:
     trims freed heap memory back to the kernel, so a training step's feature maps (12.8 MB each for a width-8
     ResNet on a batch of 128 28x28 images) kept landing on new pages, and touching a new page is a page fault: on
     this project's 2-core VMs, writing fresh memory runs at 4.8 GB/s against 40-80 GB/s for reused memory
-    (benchmarks/attention.py). Keeping freed memory (blocks up to 32 MiB from the heap, no trimming) removed
+    (docs/benchmarks.md, issue 32). Keeping freed memory (blocks up to 32 MiB from the heap, no trimming) removed
     ~97% of the page faults of a cbam_resnet14 step and made it markedly faster; memory then stays at the
     process's peak, which a study's worker reaches anyway. This is what PyTorch's CPU tuning guides get by
     preloading jemalloc or tcmalloc, without a new dependency. A no-op off glibc (macOS, musl) and where
     MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ is set (the user's choice wins).
     """
-    global _freed_memory_kept
-    if _freed_memory_kept:
-        return
-    _freed_memory_kept = True
     if platform.libc_ver()[0] != "glibc" or any(
             name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return
