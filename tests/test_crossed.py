@@ -104,6 +104,23 @@ def test_an_incomplete_layout_still_covers():
     assert cover / REPS >= 0.93
 
 
+def test_a_cyclic_layout_covers_and_its_power_counts_k_sources_per_target():
+    """eval.transfer_seeds = 2: each target seed scored by the 2 seeds before it; the interval still covers, and
+    the components say k = 2 so the power plan's pair term is pair_var / (K k)."""
+    rng = np.random.default_rng(12)
+    k, cover = 8, 0
+    for _ in range(REPS):
+        d, s, t = _simulate(rng, k, (0.04, 0.02, 0.04))
+        keep = (t - s) % k <= 2  # s = t - 1 or t - 2 (the diagonal is not in the layout)
+        iv = crossed_interval(d[keep], s[keep], t[keep])
+        cover += iv.low <= 0 <= iv.high
+    assert cover / REPS >= 0.93
+    assert iv.components.sources_per_target == 2
+    assert crossed_interval(d, s, t).components.sources_per_target is None  # the full layout
+    comps = CrossedComponents(1e-3, 0.0, 4e-3, 0.0, 1000, sources_per_target=2)
+    assert comps.variance(10) == pytest.approx(1e-4 + 4e-3 / 20)
+
+
 @pytest.mark.parametrize("excess", [0.0, -0.1])
 def test_same_seed_excess_found_where_it_is(excess):
     rng = np.random.default_rng(5)

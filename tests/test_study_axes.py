@@ -77,6 +77,32 @@ def test_attack_jobs_start_once_their_targets_are_trained(tmp_path, sources):
     assert (first_attack < last_train) == (sources == "same-seed")
 
 
+def test_transfer_seeds_scores_each_source_on_the_next_seeds_cyclically():
+    # eval.transfer_seeds = k: seed i's attack jobs score the models of seeds i+1..i+k (in study.seeds order,
+    # wrapping), of the other architectures only; every target seed is then scored by k sources
+    from attnrobust.config import load_config
+    from attnrobust.jobs import plan
+
+    cfg = load_config("quick", [*TINY, "study.seeds=[3, 5, 7, 9]", "eval.transfer_seeds=2"])
+    attacks = [j for j in plan(cfg) if j.kind == "attack"]
+    chosen = {j.seed: {s for _, s, _ in j.others} for j in attacks}
+    assert chosen == {3: {5, 7}, 5: {7, 9}, 7: {9, 3}, 9: {3, 5}}
+    assert all({m for m, _, _ in j.others} == set(cfg.study.models) for j in attacks)
+    # more than there are other seeds: all of them
+    cfg = load_config("quick", [*TINY, "study.seeds=[0, 1]", "eval.transfer_seeds=5"])
+    assert {s for j in plan(cfg) if j.kind == "attack" for _, s, _ in j.others} == {0, 1}
+
+
+@pytest.mark.parametrize("value, message", [("0", "positive integer"), ("true", "int"),
+                                            ("2", "other-seeds")])
+def test_transfer_seeds_bad_values_are_one_line(value, message):
+    from attnrobust.config import load_config
+
+    extra = ['eval.transfer_sources="same-seed"'] if message == "other-seeds" else []
+    with pytest.raises(UserError, match=f"eval.transfer_seeds: .*{message}"):
+        load_config("quick", [*TINY, f"eval.transfer_seeds={value}", *extra])
+
+
 def test_transfer_from_other_seeds_sources_end_to_end(tmp_path):
     # Two seeds: each attack job also scores the other seed's models of the other architectures; the records
     # name both seeds, the transfer rows use them, and a rerun finds every job done.

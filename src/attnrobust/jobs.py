@@ -5,7 +5,8 @@
 - attack: one job per (dataset, regime, width, source model, seed), `run_attack_job`: the source's row of the
   transfer matrix (the diagonal is the white-box result), its white-box measures and common corruptions. Under
   eval.transfer_sources = "other-seeds" (the default) the attacks it crafts are also scored on the other seeds'
-  models of other architectures (Job.others: independent targets, a forward pass each), so it waits for them.
+  (all, or the next eval.transfer_seeds) models of other architectures (Job.others: independent targets, a
+  forward pass each), so it waits for them.
 Each job carries the checked TrainConfigs of its cell, so a worker validates nothing again.
 
 A module of its own because worker processes (the local pool's, submitit's) import it and nothing above it: the
@@ -90,11 +91,15 @@ def plan(cfg: StudyConfig) -> list[Job]:
             for w in cfg.widths_of():
                 for s in cfg.study.seeds:
                     cells[(d, r, w, s)] = tuple((m, cfg.train_config(d, m, s, regime, w)) for m in cfg.study.models)
-    def others(d, r, w, s) -> tuple:  # every model of the other seeds of the panel, when they are scored
+    seeds = cfg.study.seeds
+    def others(d, r, w, s) -> tuple:  # every model of the other seeds of the panel that are scored
         if cfg.eval.transfer_sources == "same-seed":
             return ()
+        # the next eval.transfer_seeds seeds after s in study.seeds, cyclically (None: all of them)
+        k = min(cfg.eval.transfer_seeds or len(seeds), len(seeds) - 1)
+        chosen = {seeds[(seeds.index(s) + j) % len(seeds)] for j in range(1, k + 1)}
         return tuple((m, s2, c) for (d2, r2, w2, s2), configs in cells.items() if (d2, r2, w2) == (d, r, w)
-                     and s2 != s for m, c in configs)
+                     and s2 in chosen for m, c in configs)
 
     return [Job(kind, d, m, s, r, w, configs, others(d, r, w, s) if kind == "attack" else ())
             for kind in ("train", "attack") for (d, r, w, s), configs in cells.items() for m, _ in configs]

@@ -38,6 +38,12 @@ class EvalSection:
     # order, and on fashion-mnist-cpu the same-seed VGG's PGD hit its own CBAM harder than its twin, a -2 pp excess;
     # the report flags it). With one seed there is no other: the same seed's source is used, and flagged.
     transfer_sources: str = "other-seeds"
+    # Under "other-seeds": on how many other seeds' models each source's attacks are scored, the next ones in
+    # study.seeds, cyclically (seed i scores seeds i+1, ..., i+k). None: every other seed. Scoring costs a forward
+    # pass per image, setting and target, so with K seeds it grows as K (K - 1); a target's own training noise
+    # dominates a transfer row (target_var), which every target seed still carries, and the source x target term
+    # shrinks as K k instead of K (K - 1) (report/crossed.py).
+    transfer_seeds: int | None = None
 
 
 EXECUTORS = ("local", "slurm", "submitit-local")
@@ -68,3 +74,10 @@ def validate_eval(e: EvalSection) -> None:
     if e.transfer_sources not in TRANSFER_SOURCES:
         raise UserError(f"eval.transfer_sources: must be \"other-seeds\" (sources of every other seed, the default) "
                         f"or \"same-seed\" (each target's own seed's source), got {e.transfer_sources!r}")
+    k = e.transfer_seeds
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise UserError(f"eval.transfer_seeds: must be a positive integer (how many other seeds' models each "
+                        f"source is scored on; left out: all), got {k!r}")
+    if k is not None and e.transfer_sources == "same-seed":
+        raise UserError("eval.transfer_seeds: applies to transfer_sources = \"other-seeds\" only; remove it or "
+                        "set transfer_sources = \"other-seeds\"")

@@ -15,7 +15,9 @@ the P measured pairs, with m_t pairs of target seed t and m_s of source seed s,
     var = target_var * sum_t (m_t / P)^2 + source_var * sum_s (m_s / P)^2 + pair_var / P + image_var / n,
 
 which for the full off-diagonal layout of K seeds is (target_var + source_var) / K + pair_var / (K (K - 1)) +
-image_var / n: crossing every source with every target shrinks the pair term K - 1 times at no training cost.
+image_var / n: crossing every source with every target shrinks the pair term K - 1 times at no training cost
+(with eval.transfer_seeds = k, each target seed scored on the k seeds before it: pair_var / (K k), at k / (K - 1)
+of the scoring cost).
 
 The components come from moments of pairs of cells (`crossed_pairs_components`): half the squared difference of
 two cells sharing their target seed estimates source_var + pair_var, of two sharing their source seed
@@ -55,7 +57,8 @@ OTHER_SEEDS, SAME_SEED = "other-seeds", "same-seed"
 class CrossedComponents:
     """The variance components of a transfer gap over sources x targets x images (see the module docstring), in
     the units of the differences. `variance(seeds)` is the variance of the mean gap of a study of `seeds` seeds in
-    the design the row used (all K (K - 1) pairs of other seeds, or the K same-seed pairs), so the power plan
+    the design the row used (all K (K - 1) pairs of other seeds, K k with k sources per target seed
+    (eval.transfer_seeds), or the K same-seed pairs), so the power plan
     (`stats.detectable_effect`, `stats.seeds_needed`) reads it as it reads `stats.Components`."""
 
     target_var: float
@@ -64,6 +67,8 @@ class CrossedComponents:
     image_var: float
     n: int
     design: str = OTHER_SEEDS
+    # other seeds each source is scored on (eval.transfer_seeds); None: every other seed
+    sources_per_target: int | None = None
 
     @property
     def seed_var(self) -> float:
@@ -73,8 +78,8 @@ class CrossedComponents:
     def variance(self, seeds: int) -> float:
         if self.design == SAME_SEED or seeds < 2:
             return self.seed_var / seeds + self.image_var / self.n
-        return (self.target_var + self.source_var) / seeds + self.pair_var / (seeds * (seeds - 1)) \
-            + self.image_var / self.n
+        k = seeds - 1 if self.sources_per_target is None else min(self.sources_per_target, seeds - 1)
+        return (self.target_var + self.source_var) / seeds + self.pair_var / (seeds * k) + self.image_var / self.n
 
 
 def crossed_pairs_components(gaps: np.ndarray, sources: np.ndarray, targets: np.ndarray
@@ -126,7 +131,9 @@ def crossed_interval(d: np.ndarray, sources: Sequence[int], targets: Sequence[in
     with np.errstate(divide="ignore", invalid="ignore"):
         den = float(np.sum(np.where(dfs > 0, terms ** 2 / np.maximum(dfs, 1), 0.0)))
     satterthwaite = float(np.clip(terms.sum() ** 2 / den, seeds - 1, p * n - 1)) if den > 0 else float(p * n - 1)
-    comps = CrossedComponents(target_var, source_var, pair_var, image_var, n, OTHER_SEEDS)
+    per_target = round(p / k_t)
+    comps = CrossedComponents(target_var, source_var, pair_var, image_var, n, OTHER_SEEDS,
+                              None if per_target >= k_t - 1 else per_target)
     iv = _interval(float(d.mean()), se, verdict_df(seeds), level,
                    f"crossed sources x targets x images: {p} pairs of {k_s} source and {k_t} target seeds (none "
                    f"on its own seed) x {n} images (df {seeds - 1}; Satterthwaite df {satterthwaite:.1f})",
@@ -170,5 +177,8 @@ def components_of(row: dict) -> Components | CrossedComponents:
     """A verdict row's variance components as the power plan reads them back: crossed for a transfer row from
     other seeds' sources (its target, source and pair terms), else the seed and image terms."""
     if row.get("transfer_sources") == OTHER_SEEDS and row.get("target_var") is not None:
-        return CrossedComponents(row["target_var"], row["source_var"], row["pair_var"], row["image_var"], row["n"])
+        per_target = round(row["seed_pairs"] / row["seeds"]) if row.get("seed_pairs") else None
+        return CrossedComponents(row["target_var"], row["source_var"], row["pair_var"], row["image_var"], row["n"],
+                                 sources_per_target=None if per_target is None or per_target >= row["seeds"] - 1
+                                 else per_target)
     return Components(row["seed_var"], row["image_var"], row["n"])
