@@ -292,7 +292,7 @@ def test_other_seeds_targets_score_the_same_attacks():
 def test_record_key_and_format(some_records):
     keys = {record_key(r) for r in some_records}
     assert len(keys) == len(some_records)
-    assert record_key(some_records[0]) == ("toy", "standard", None, 0, "model", "model", Setting("fgsm", 0.0), 0)
+    assert record_key(some_records[0]) == ("toy", "standard", (), 0, "model", "model", Setting("fgsm", 0.0), 0)
     table = format_records(some_records)
     lines = table.splitlines()
     assert len(lines) == 2 + len(some_records) and "robust%" in lines[0] and "pgd" in table
@@ -329,10 +329,16 @@ def test_a_panel_is_a_value_shown_as_its_label_and_ordered_by_width():
 
     records = [{"dataset": "d", "width": w, "regime": "FGSM-RS eps 0.1"} for w in (16, 8, 32)]
     panels = sorted(Panel.of(r) for r in records)
-    assert [p.width for p in panels] == [8, 16, 32]
+    assert [p.value("width") for p in panels] == [8, 16, 32]
     assert str(panels[0]) == "d · FGSM-RS eps 0.1 · width 8"
-    assert panels[0].without_width == Panel("d", "FGSM-RS eps 0.1")
+    assert panels[0].without("width") == Panel("d", "FGSM-RS eps 0.1")
     assert str(Panel.of({"dataset": "d"})) == "d" and Panel.of({"dataset": "d"}) == Panel("d")
+    # a record of an axes study: its point in config order, the same panel as a legacy width record
+    axes = {"dataset": "d", "axes": {"model_args.stem_stride": 2, "width": 8}}
+    assert str(Panel.of(axes)) == "d · stem_stride 2 · width 8"
+    assert Panel.of({"dataset": "d", "axes": {"width": 8}}) == Panel.of({"dataset": "d", "width": 8})
+    assert sorted([Panel.of(axes), Panel.of({**axes, "axes": {"model_args.stem_stride": 1, "width": 16}})])[0] \
+        .value("model_args.stem_stride") == 1
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from attnrobust.config import SHIPPED, load_config
-from attnrobust.results import read_records, regime_of, width_of
+from attnrobust.results import read_records, regime_of, point_of
 from attnrobust.jobs import plan
 from attnrobust.study import run_study
 from conftest import SHARED_DATA
@@ -74,9 +74,9 @@ def _run_end_to_end(config: str, data_dir: Path, out: Path) -> None:
     records = read_records(run / "results.jsonl")
     models, datasets = cfg.study.models, cfg.study.datasets
     regimes = {d: list(cfg.regimes_of(d)) for d in datasets}
-    widths = cfg.widths_of()
+    widths = cfg.points()
     # every source attacked every target on every dataset, regime and width, with each FGSM eps and PGD step count
-    assert {(r["dataset"], regime_of(r), width_of(r), r["source"], r["target"]) for r in records} == {
+    assert {(r["dataset"], regime_of(r), point_of(r), r["source"], r["target"]) for r in records} == {
         (d, g, w, s, t) for d in datasets for g in regimes[d] for w in widths for s in models for t in models}
     cells = sum(len(regimes[d]) for d in datasets) * len(widths) * len(models) ** 2
     for attack, settings in (("fgsm", 2), ("pgd", 1)):  # TINY's two eps and one step count

@@ -208,44 +208,94 @@ def test_regimes_are_a_study_axis_and_never_mix(tmp_path):
     assert "trained standard; FGSM-RS eps 0.1; 8/8 jobs done" in list_runs(tmp_path)
 
 
-def test_widths_are_a_study_axis_and_never_mix(tmp_path):
-    """Two widths: each model is trained and attacked once per width, records carry the width, attacks are only
-    scored on models of the crafting model's width, the report has a panel per width, and ls names the widths."""
-    out = tmp_path / "widths"
+def test_axes_cross_and_never_mix(tmp_path):
+    """Two widths (the study.widths spelling) x two stem strides (study.axes): each model is trained and attacked
+    once per point, records carry the point, attacks are only scored on models of the crafting model's point, the
+    report has a panel per point, the width trend is followed within each stride, and ls names the axes."""
+    out = tmp_path / "axes"
     run_study("quick", out=out, overrides=[*TINY, "study.widths=[4, 8]", 'attack.attacks=["fgsm"]',
+                                           'study.axes={"model_args.stem_stride" = [1, 2]}',
                                            "attack.corruptions=[]", "study.models=['resnet14','cbam_resnet14']"],
               quiet=True)
-    names = sorted(p.name for p in (out / "checkpoints").glob("*.safetensors"))
-    # width 8 is the fashion-mnist-mini recipe's: its names carry no width part
-    assert names == ["fashion-mnist-mini-cbam_resnet14-s0-w4.safetensors",
-                     "fashion-mnist-mini-cbam_resnet14-s0.safetensors",
-                     "fashion-mnist-mini-resnet14-s0-w4.safetensors", "fashion-mnist-mini-resnet14-s0.safetensors"]
+    names = sorted(p.name for p in (out / "checkpoints").glob("*resnet14-s0*.safetensors") if "cbam" not in p.name)
+    # width 8 is the fashion-mnist-mini recipe's: its names carry no width part; the stride always has its part
+    assert names == ["fashion-mnist-mini-resnet14-s0-stem-stride-1.safetensors",
+                     "fashion-mnist-mini-resnet14-s0-stem-stride-2.safetensors",
+                     "fashion-mnist-mini-resnet14-s0-w4-stem-stride-1.safetensors",
+                     "fashion-mnist-mini-resnet14-s0-w4-stem-stride-2.safetensors"]
     from attnrobust.checkpoint import read_meta
 
-    assert {read_meta(out / "checkpoints" / n)["train"]["width"] for n in names} == {4, 8}
+    metas = [read_meta(p) for p in (out / "checkpoints").glob("*.safetensors")]
+    assert len(metas) == 8 and {(m["train"]["width"], m["train"]["model_args"]["stem_stride"]) for m in metas} == \
+        {(w, s) for w in (4, 8) for s in (1, 2)}
     records = read_records(out / "results.jsonl")
-    assert sorted({r["width"] for r in records}) == [4, 8]
-    for width in (4, 8):  # per width: 2 sources x 2 targets x 3 FGSM eps, each source scored on its own width only
-        mine = [r for r in records if r["width"] == width]
+    points = [(4, 1), (4, 2), (8, 1), (8, 2)]
+    assert sorted({(r["axes"]["width"], r["axes"]["model_args.stem_stride"]) for r in records}) == points
+    for width, stride in points:  # per point: 2 sources x 2 targets x 3 FGSM eps, scored on its own point only
+        mine = [r for r in records if r["axes"] == {"width": width, "model_args.stem_stride": stride}]
         assert len(mine) == 12 and {(r["source"], r["target"]) for r in mine} == \
             {(s, t) for s in ("resnet14", "cbam_resnet14") for t in ("resnet14", "cbam_resnet14")}
-    assert list(records[0])[:4] == ["dataset", "seed", "width", "source"]  # the label sits beside the seed
+    assert list(records[0])[:4] == ["dataset", "seed", "axes", "source"]  # the label sits beside the seed
     report = (out / "report" / "README.md").read_text()
-    assert "fashion-mnist-mini · width 4" in report and "fashion-mnist-mini · width 8" in report
+    panels = [f"fashion-mnist-mini · width {w} · stem_stride {s}" for w, s in points]
+    assert all(p in report for p in panels)
     verdicts = list(csv.DictReader((out / "report" / "verdicts.csv").open()))
-    assert {v["dataset"] for v in verdicts} == {"fashion-mnist-mini · width 4", "fashion-mnist-mini · width 8"}
-    assert "widths 4,8; 8/8 jobs done" in list_runs(tmp_path)
-    # the width trend lines up each width's own verdict row: one per (scenario, measure) and width
+    assert {v["dataset"] for v in verdicts} == set(panels)
+    assert "widths 4,8; stem_stride 1,2; 16/16 jobs done" in list_runs(tmp_path)
+    # the width trend lines up each width's own verdict row, within each stride
     assert "## The width trend" in report and "| white-box | fgsm | " in report
     trend = list(csv.DictReader((out / "report" / "width_trend.csv").open()))
-    wb = {(r["width"], r["scenario"]): r for r in trend}
-    assert sorted(wb) == [("4", "transfer (twin)"), ("4", "white-box"), ("8", "transfer (twin)"), ("8", "white-box")]
+    assert {r["panel"] for r in trend} == {f"fashion-mnist-mini · stem_stride {s}" for s in (1, 2)}
     by_panel = {(v["dataset"], v["scenario"]): v for v in verdicts}
-    for (width, scenario), r in wb.items():
-        assert r["difference"] == by_panel[(f"fashion-mnist-mini · width {width}", scenario)]["difference"]
-    assert (out / "report" / "figures" / "width_trend_fashion-mnist-mini_cbam_resnet14.png").exists()
+    for r in trend:
+        assert r["difference"] == by_panel[(f"fashion-mnist-mini · width {r['width']} · "
+                                            f"{r['panel'].split(' · ')[1]}", r["scenario"])]["difference"]
+    assert (out / "report" / "figures" / "width_trend_fashion-mnist-mini-stem-stride-1_cbam_resnet14.png").exists()
     jobs = [json.loads(line) for line in (out / "logs" / "jobs.jsonl").read_text().splitlines()]
-    assert sorted({j["width"] for j in jobs}) == [4, 8]
+    assert sorted({tuple(j["axes"].values()) for j in jobs}) == points
+    # each axis' other value against its first, within the panels that differ in it alone (one seed: no interval)
+    found = list(csv.DictReader((out / "report" / "interactions.csv").open()))
+    assert {(r["axis"], r["value"], r["reference"], r["panel"]) for r in found} == \
+        {("width", "8", "4", f"fashion-mnist-mini · stem_stride {s}") for s in (1, 2)} | \
+        {("stem_stride", "2", "1", f"fashion-mnist-mini · width {w}") for w in (4, 8)}
+    assert {r["verdict"] for r in found} <= {"too few seeds", "at floor", "withheld"}  # tiny models: withheld
+    assert "## What the axes change in the attention effect" in report
+    # a rerun finds every job done
+    before = (out / "results.jsonl").read_bytes()
+    run_study("quick", out=out, overrides=[*TINY, "study.widths=[4, 8]", 'attack.attacks=["fgsm"]',
+                                           'study.axes={"model_args.stem_stride" = [1, 2]}',
+                                           "attack.corruptions=[]", "study.models=['resnet14','cbam_resnet14']"],
+              quiet=True)
+    assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_a_width_study_written_before_axes_reads_the_same():
+    """Records and job keys of a width study written before study.axes existed ("width": W) are the width axis'
+    points: a resumed study finds their jobs done, the report puts them in the same panels."""
+    from attnrobust.config import load_config
+    from attnrobust.jobs import plan
+    from attnrobust.results import Panel, attack_job_of, with_cell
+
+    cfg = load_config("quick", [*TINY, "study.widths=[4, 8]"])
+    job = next(j for j in plan(cfg) if j.kind == "attack" and j.point == (("width", 4),))
+    old = {"dataset": job.dataset, "seed": job.seed, "width": 4, "source": job.model, "target": job.model}
+    (new,) = with_cell([{k: v for k, v in old.items() if k != "width"}], job.regime, job.point)
+    assert new["axes"] == {"width": 4}
+    assert attack_job_of(old) == attack_job_of(new) == job.key and Panel.of(old) == Panel.of(new)
+
+
+@pytest.mark.parametrize("axes, message", [
+    ('{}', "at least one"), ('{lr = []}', "non-empty list of distinct"), ('{lr = [0.1, 0.1]}', "distinct"),
+    ('{seed = [0, 1]}', "set by the study per job"), ('{adv_eps = [0.1]}', "study.regimes"),
+    ('{lr_max = [0.1]}', "unknown [train] key"), ('{model_args = [1]}', "name the argument"),
+    ('{"model_args.stem_strid" = [1]}', "no model of the study takes"),
+    ('{"model_args.stem_stride" = [3]}', "stem_stride"), ('{width = [4]}', "given twice")])
+def test_bad_axes_are_one_line(capsys, tmp_path, axes, message):
+    extra = ["--set", "study.widths=[4, 8]"] if message == "given twice" else []
+    code = main(["run", "quick", "--out", str(tmp_path / "x"), "--set", f"study.axes={axes}", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "study." in err[0] and message in err[0], err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("widths", ["[]", "[0]", "[8, 8]", "[8.5]", "[true]"])

@@ -86,7 +86,7 @@ def import_submitit():
 
 def job_key(job) -> str:
     """A file-safe name of a study job: its kind and its model's checkpoint name (dataset, model, seed, regime,
-    width)."""
+    axis values)."""
     return f"{job.kind}-{checkpoint_name(job.train)}"
 
 

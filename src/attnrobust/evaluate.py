@@ -37,8 +37,8 @@ from attnrobust.corruptions import corrupt, expand_names, family_of
 from attnrobust.data import DeviceLoader, load_dataset
 from attnrobust.distributed import all_sum_, dist_info, init_distributed, is_distributed
 from attnrobust.errors import UserError
-from attnrobust.results import (COUNT_KEYS, Setting, make_record, pack_bits, pack_floats, regime_of, unpack_bits,
-                                unpack_floats, width_of)
+from attnrobust.results import (COUNT_KEYS, Setting, make_record, pack_bits, pack_floats, point_of, regime_of,
+                                unpack_bits, unpack_floats)
 from attnrobust.runtime import resolve_device
 
 __all__ = ["clean_accuracy", "craft_and_score", "white_box", "white_box_measures", "corruption_scores",
@@ -416,7 +416,7 @@ def tighten_minimal(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (accumulated: a second call lowers nothing more, so it is idempotent). The robust bits, counts, median and
     fine curve are recomputed from the lowered values. New dicts where changed; the inputs are not modified."""
     def same(r: dict) -> tuple:
-        return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["source"], r["images"], r["n"])
+        return (r["dataset"], regime_of(r), point_of(r), r["seed"], r["source"], r["images"], r["n"])
 
     others: dict[tuple, list[dict]] = {}
     for w in records:
@@ -482,7 +482,7 @@ def sanity_flags(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     images than PGD (eval.strong_n). The minimal records are tightened by the others first (`tighten_minimal`):
     every caller that unites records calls this function, so no stored minimal eps escapes it."""
     def same(r: dict) -> tuple:
-        return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["source"], r["target"])
+        return (r["dataset"], regime_of(r), point_of(r), r["seed"], r["source"], r["target"])
 
     out = [{**r, "flags": {k: v for k, v in r["flags"].items() if k not in CROSS_RECORD_FLAGS}}
            for r in tighten_minimal(records)]
@@ -508,7 +508,7 @@ def sanity_flags(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 f"(keeping the best iterate, it cannot decrease)")
 
     def run(r: dict) -> tuple:
-        return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["target"], Setting.of(r).run)
+        return (r["dataset"], regime_of(r), point_of(r), r["seed"], r["target"], Setting.of(r).run)
 
     # the white-box record to compare a transfer with: the same attack run, final iterate preferred (the transfer
     # record's own rule), else the best iterate (which only makes white-box stronger)

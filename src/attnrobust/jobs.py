@@ -1,8 +1,8 @@
 """What a study's worker runs: the jobs `plan()` lists, and the two entry points of a worker process.
 
 `plan(cfg)` lists every job of a study (attnrobust.study runs exactly that list):
-- train: one job per (dataset, regime, width, model, seed), `run_train_job`;
-- attack: one job per (dataset, regime, width, source model, seed), `run_attack_job`: the source's row of the
+- train: one job per (dataset, regime, point of study.axes, model, seed), `run_train_job`;
+- attack: one job per (dataset, regime, point, source model, seed), `run_attack_job`: the source's row of the
   transfer matrix (the diagonal is the white-box result), its white-box measures and common corruptions. Under
   eval.transfer_sources = "other-seeds" (the default) the attacks it crafts are also scored on the other seeds'
   (all, or the next eval.transfer_seeds) models of other architectures (Job.others: independent targets, a
@@ -29,7 +29,7 @@ from attnrobust.data import DeviceLoader, load_dataset
 from attnrobust.distributed import dist_info
 from attnrobust.evaluate import corruption_scores, craft_and_score, white_box_measures
 from attnrobust.models import is_user_model
-from attnrobust.results import STANDARD, with_cell
+from attnrobust.results import STANDARD, point_label, with_cell
 from attnrobust.runfolder import RunFolder
 from attnrobust.runlock import die_with_parent
 from attnrobust.runtime import resolve_device, set_threads
@@ -43,7 +43,8 @@ class Job:
     model: str
     seed: int
     regime: str = STANDARD  # the training regime's label (config.regime_label)
-    width: int | None = None  # one of study.widths; None: the study does not cross widths
+    # the job's values of study.axes ((key, value) pairs, StudyConfig.points); (): the study has no axes
+    point: tuple = ()
     # (model, TrainConfig) of every model of the job's cell, in study.models order, built and checked once by
     # plan(): a training job trains its own model's, an attack job loads every one's checkpoint. Not part of the
     # job's identity (the fields above are).
@@ -55,26 +56,26 @@ class Job:
 
     def __str__(self) -> str:
         regime = "" if self.regime == STANDARD else f" [{self.regime}]"
-        width = "" if self.width is None else f" width {self.width}"
-        return f"{self.kind:<6} {self.dataset}{regime}{width} {self.model} seed {self.seed}"
+        point = f" {point_label(self.point)}" if self.point else ""
+        return f"{self.kind:<6} {self.dataset}{regime}{point} {self.model} seed {self.seed}"
 
     @property
     def key(self) -> tuple:
-        """(dataset, regime, width, model, seed): what identifies the job, as `results.attack_job_of` reads it off a
+        """(dataset, regime, point, model, seed): what identifies the job, as `results.attack_job_of` reads it off a
         record of an attack job."""
-        return (self.dataset, self.regime, self.width, self.model, self.seed)
+        return (self.dataset, self.regime, self.point, self.model, self.seed)
 
     @property
     def cell(self) -> tuple:
-        """(dataset, regime, width, seed): the models trained the same way that this job's model is compared with
+        """(dataset, regime, point, seed): the models trained the same way that this job's model is compared with
         and transferred to."""
-        return (self.dataset, self.regime, self.width, self.seed)
+        return (self.dataset, self.regime, self.point, self.seed)
 
     @property
     def waits_for(self) -> tuple:
         """The cells (Job.cell) whose models must be trained before this job runs: its own, and for an attack
         job scoring other seeds' targets (Job.others) theirs too."""
-        return (self.cell, *sorted({(self.dataset, self.regime, self.width, s) for _, s, _ in self.others}))
+        return (self.cell, *sorted({(self.dataset, self.regime, self.point, s) for _, s, _ in self.others}))
 
     @property
     def train(self) -> TrainConfig:
@@ -83,26 +84,26 @@ class Job:
 
 
 def plan(cfg: StudyConfig) -> list[Job]:
-    """Every job of the study in the order it runs: all training, then all attacks (dataset, regime, width, seed,
+    """Every job of the study in the order it runs: all training, then all attacks (dataset, regime, point, seed,
     model), each carrying the TrainConfigs of its cell (Job.configs)."""
     cells = {}
     for d in cfg.study.datasets:
         for r, regime in cfg.regimes_of(d).items():
-            for w in cfg.widths_of():
+            for p in cfg.points():
                 for s in cfg.study.seeds:
-                    cells[(d, r, w, s)] = tuple((m, cfg.train_config(d, m, s, regime, w)) for m in cfg.study.models)
+                    cells[(d, r, p, s)] = tuple((m, cfg.train_config(d, m, s, regime, p)) for m in cfg.study.models)
     seeds = cfg.study.seeds
-    def others(d, r, w, s) -> tuple:  # every model of the other seeds of the panel that are scored
+    def others(d, r, p, s) -> tuple:  # every model of the other seeds of the panel that are scored
         if cfg.eval.transfer_sources == "same-seed":
             return ()
         # the next eval.transfer_seeds seeds after s in study.seeds, cyclically (None: all of them)
         k = min(cfg.eval.transfer_seeds or len(seeds), len(seeds) - 1)
         chosen = {seeds[(seeds.index(s) + j) % len(seeds)] for j in range(1, k + 1)}
-        return tuple((m, s2, c) for (d2, r2, w2, s2), configs in cells.items() if (d2, r2, w2) == (d, r, w)
+        return tuple((m, s2, c) for (d2, r2, p2, s2), configs in cells.items() if (d2, r2, p2) == (d, r, p)
                      and s2 in chosen for m, c in configs)
 
-    return [Job(kind, d, m, s, r, w, configs, others(d, r, w, s) if kind == "attack" else ())
-            for kind in ("train", "attack") for (d, r, w, s), configs in cells.items() for m, _ in configs]
+    return [Job(kind, d, m, s, r, p, configs, others(d, r, p, s) if kind == "attack" else ())
+            for kind in ("train", "attack") for (d, r, p, s), configs in cells.items() for m, _ in configs]
 
 
 def _test_images(cfg: StudyConfig, dataset: str, data_dir):
@@ -201,7 +202,7 @@ def run_attack_job(cfg: StudyConfig, job: Job, run_dir: Path, *, device=None, da
         x, y, name = everything if cfg.eval.corruption_images == "all" else subset
         records += corruption_scores(source, loader_of(x, y), cfg.attack, dataset=job.dataset, seed=job.seed,
                                      device=device, quiet=quiet, images=name)
-    return with_cell(records, job.regime, job.width)
+    return with_cell(records, job.regime, job.point)
 
 
 # ---- a worker process of the local pool ----------------------------------------------------------------------------

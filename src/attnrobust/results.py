@@ -23,7 +23,7 @@ convention) or "best-on-source" (APGD crafted on another model keeps the iterate
 `Setting` is what the attack plan crafts and what a record measured (`Setting.of(record)`, the one key): the
 attack and its budget, iterations, step size, start and iterate rule (eps compared after `eps_key`), and for a
 common corruption (attack "corruption") its name and severity; `CLEAN` is the clean image. `Panel` is what the
-report compares within (dataset, regime, width). `load_records` reads a run's store for the report (an error when
+report compares within (dataset, regime, point of the study's axes). `load_records` reads a run's store for the report (an error when
 it is missing or empty).
 """
 
@@ -48,7 +48,7 @@ from attnrobust.runtime import atomic_write
 __all__ = ["DENOMINATORS", "REQUIRED_KEYS", "make_record", "append_records", "write_records", "read_records",
            "record_key", "format_records", "pack_bits", "unpack_bits", "pack_floats", "unpack_floats",
            "ITERATES", "Setting", "CLEAN", "load_records", "STANDARD", "regime_of", "Panel", "file_name_part",
-           "with_cell", "width_of", "source_seed_of", "is_cross_seed"]
+           "with_cell", "point_of", "point_label", "axis_name", "source_seed_of", "is_cross_seed"]
 
 ITERATES = ("final", "best", "best-on-source")
 
@@ -103,9 +103,22 @@ def regime_of(record: dict[str, Any]) -> str:
     return record.get("regime", STANDARD)
 
 
-def width_of(record: dict[str, Any]) -> int | None:
-    """The width of the record's models when the study crosses widths (study.widths), else None."""
-    return record.get("width")
+def point_of(record: dict[str, Any]) -> tuple:
+    """The record's models' point on the study's axes (study.axes, study.widths): its "axes" as (key, value) pairs
+    in config order; a record of a width study written before axes existed has "width" instead; () without axes."""
+    if "axes" in record:
+        return tuple(record["axes"].items())
+    return (("width", record["width"]),) if "width" in record else ()
+
+
+def axis_name(key: str) -> str:
+    """How an axis reads in labels: its last dotted part ("model_args.stem_stride" -> "stem_stride")."""
+    return key.rsplit(".", 1)[-1]
+
+
+def point_label(point, *, without: tuple[str, ...] = ()) -> str:
+    """"width 16 · stem_stride 1": a point's values as the report and `ls` show them (keys in `without` left out)."""
+    return " · ".join(f"{axis_name(k)} {v}" for k, v in point if k not in without)
 
 
 def source_seed_of(record: dict[str, Any]) -> int:
@@ -121,9 +134,9 @@ def is_cross_seed(record: dict[str, Any]) -> bool:
 
 
 def attack_job_of(record: dict[str, Any]) -> tuple:
-    """The attack job (dataset, regime, width, source, source seed) that wrote a record (attnrobust.jobs.Job.key):
+    """The attack job (dataset, regime, point, source, source seed) that wrote a record (attnrobust.jobs.Job.key):
     the job of the model the attack was crafted on, whichever seed's target scored it."""
-    return (record["dataset"], regime_of(record), width_of(record), record["source"], source_seed_of(record))
+    return (record["dataset"], regime_of(record), point_of(record), record["source"], source_seed_of(record))
 
 
 def attack_jobs_done(records: Iterable[dict[str, Any]]) -> set[tuple]:
@@ -134,35 +147,36 @@ def attack_jobs_done(records: Iterable[dict[str, Any]]) -> set[tuple]:
 @functools.total_ordering
 @dataclass(frozen=True)
 class Panel:
-    """What the report compares within: a dataset, under one training regime, at one width (in a study that
-    crosses widths). Models are only ever compared with, and transferred to, models of their own panel. Shown as
-    the dataset, then " · regime" for a non-standard regime and " · width W" (str(panel)); ordered by that label
-    without the width, then by width (8 before 16)."""
+    """What the report compares within: a dataset, under one training regime, at one point of the study's axes (in
+    a study that has axes: ((key, value), ...), `point_of`). Models are only ever compared with, and transferred
+    to, models of their own panel. Shown as the dataset, then " · regime" for a non-standard regime and each axis'
+    " · name value" (str(panel): "... · width 16 · stem_stride 1"); ordered by that label without the point, then by
+    the point's values (width 8 before 16)."""
 
     dataset: str
     regime: str = STANDARD
-    width: int | None = None
+    point: tuple = ()
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> "Panel":
-        """The panel of a record's models (its dataset, `regime_of`, `width_of`)."""
-        return cls(record["dataset"], regime_of(record), width_of(record))
+        """The panel of a record's models (its dataset, `regime_of`, `point_of`)."""
+        return cls(record["dataset"], regime_of(record), point_of(record))
 
     def __str__(self) -> str:
-        parts = [self.dataset]
-        if self.regime != STANDARD:
-            parts.append(self.regime)
-        if self.width is not None:
-            parts.append(f"width {self.width}")
-        return " · ".join(parts)
+        parts = [self.dataset] + ([self.regime] if self.regime != STANDARD else [])
+        return " · ".join(parts + ([point_label(self.point)] if self.point else []))
 
-    @property
-    def without_width(self) -> "Panel":
-        """The panel across widths: the trend of a width study is followed within it."""
-        return replace(self, width=None)
+    def value(self, key: str) -> Any:
+        """The panel's value of axis `key` (None: not an axis of its study)."""
+        return dict(self.point).get(key)
 
-    def sort_key(self) -> tuple[str, int]:
-        return str(self.without_width), self.width or 0
+    def without(self, key: str) -> "Panel":
+        """The panel across the values of axis `key` (a trend or an interaction is followed within it)."""
+        return replace(self, point=tuple((k, v) for k, v in self.point if k != key))
+
+    def sort_key(self) -> tuple:
+        return str(replace(self, point=())), tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+                                                  for _, v in self.point)
 
     def __lt__(self, other: "Panel") -> bool:
         return self.sort_key() < other.sort_key()
@@ -175,15 +189,16 @@ def file_name_part(text: object) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", str(text)).strip("-")
 
 
-def with_cell(records: list[dict[str, Any]], regime: str, width: int | None = None) -> list[dict[str, Any]]:
-    """The records labelled with their models' training regime and width (new dicts, "regime" then "width" right
-    after "seed"); a standard regime and no width axis add nothing, so such records read as they always did."""
-    labels = ([] if regime == STANDARD else [("regime", regime)]) + ([] if width is None else [("width", width)])
+def with_cell(records: list[dict[str, Any]], regime: str, point: tuple = ()) -> list[dict[str, Any]]:
+    """The records labelled with their models' training regime and point on the study's axes (new dicts, "regime"
+    then "axes" right after "seed"); a standard regime and no axes add nothing, so such records read as they always
+    did."""
+    labels = ([] if regime == STANDARD else [("regime", regime)]) + ([("axes", dict(point))] if point else [])
     if not labels:
         return records
     out = []
     for r in records:
-        items = [(k, v) for k, v in r.items() if k not in ("regime", "width")]
+        items = [(k, v) for k, v in r.items() if k not in ("regime", "width", "axes")]
         at = [k for k, _ in items].index("seed") + 1
         out.append(dict(items[:at] + labels + items[at:]))
     return out
@@ -227,9 +242,9 @@ def make_record(*, dataset: str, seed: int, source: str, target: str, setting: "
 
 
 def record_key(r: dict[str, Any]) -> tuple:
-    """What identifies a record: (dataset, regime, width, seed, source, target, its Setting, the source's seed)
+    """What identifies a record: (dataset, regime, point, seed, source, target, its Setting, the source's seed)
     ("seed" is the target's: `source_seed_of`)."""
-    return (r["dataset"], regime_of(r), width_of(r), r["seed"], r["source"], r["target"], Setting.of(r),
+    return (r["dataset"], regime_of(r), point_of(r), r["seed"], r["source"], r["target"], Setting.of(r),
             source_seed_of(r))
 
 

@@ -26,9 +26,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnrobust.config import DEFAULTS, REGIME_KEYS, TrainConfig, regime_label
+from attnrobust.config import DEFAULTS, REGIME_KEYS, TrainConfig, apply_point, grid_points, regime_label, study_axes
 from attnrobust.errors import UserError
-from attnrobust.results import STANDARD, attack_jobs_done, file_name_part, read_records
+from attnrobust.results import STANDARD, attack_jobs_done, axis_name, file_name_part, read_records
 
 __all__ = ["RunFolder", "checkpoint_name", "file_stem", "list_runs"]
 
@@ -42,15 +42,18 @@ def file_stem(name: str) -> str:
 
 
 def checkpoint_name(cfg: TrainConfig) -> str:
-    """File stem of a run's checkpoint: unique per (dataset, model, seed, regime, width) within a run folder. A
-    standard run at its dataset recipe's width has neither part ("fashion-mnist-mini-resnet14-s0"); an
-    adversarial one names its regime ("...-s0-fgsm-rs-eps-0.1"), one of another width names it ("...-s0-w16"),
-    so a study crossing widths (study.widths) keeps every width's checkpoints apart."""
+    """File stem of a run's checkpoint: unique per (dataset, model, seed, regime, axis values) within a run folder.
+    A standard run at its dataset recipe's width has none of the parts ("fashion-mnist-mini-resnet14-s0"); an
+    adversarial one names its regime ("...-s0-fgsm-rs-eps-0.1"), one of another width names it ("...-s0-w16"), and
+    a study axis' other values name theirs (TrainConfig.cell: "...-s0-w16-stem-stride-1"), so a study crossing
+    axes (study.axes) keeps every point's checkpoints apart."""
     regime = regime_label(cfg)
     suffix = "" if regime == STANDARD else "-" + file_name_part(regime).lower()
     recipe_width = DEFAULTS.get(cfg.dataset, {}).get("width", TrainConfig.width)
     if cfg.width != recipe_width:
         suffix += f"-w{cfg.width}"
+    if cfg.cell:  # a study axis' values beyond width ("stem_stride 1" -> "-stem-stride-1")
+        suffix += "-" + file_name_part(cfg.cell).lower()
     return f"{cfg.dataset}-{file_stem(cfg.model)}-s{cfg.seed}{suffix}"
 
 
@@ -209,11 +212,11 @@ def list_runs(runs_dir: str | Path = "runs") -> str:
             # only the regime keys: they name the regime and its checkpoints (nothing here builds a model)
             regimes = [{k: v for k, v in {**train, **r}.items() if k in REGIME_KEYS}
                        for r in study.get("regimes") or [{}]]
-            axis = study.get("widths") or []
-            widths = [{"width": w} for w in axis] or [{"width": train["width"]} if "width" in train else {}]
-            # (the job's TrainConfig, its seed, the width its records carry: only a study crossing widths labels them)
-            cells = [(TrainConfig.for_dataset(d, model=str(m), seed=s, **r, **w), s, w["width"] if axis else None)
-                     for d in datasets for r in regimes for w in widths for m in models for s in seeds]
+            axes = study_axes(study.get("widths"), study.get("axes"))
+            base = {"width": train["width"]} if "width" in train else {}
+            # (the job's TrainConfig, its seed, its point on the axes, which its records carry)
+            cells = [(TrainConfig.for_dataset(d, model=str(m), seed=s, **apply_point({**base, **r}, p)), s, p)
+                     for d in datasets for r in regimes for p in grid_points(axes) for m in models for s in seeds]
             attacked = attack_jobs_done(folder.read_results())
         except (UserError, OSError, tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as err:
             rows.append(f"{run_dir.name}: unreadable ({err})")
@@ -221,8 +224,8 @@ def list_runs(runs_dir: str | Path = "runs") -> str:
         trained = sum(folder.checkpoint(c).is_file() and not folder.train_state(c).exists() for c, _, _ in cells)
         done = trained + sum((c.dataset, regime_label(c), w, c.model, s) in attacked for c, s, w in cells)
         labels = list(dict.fromkeys(regime_label(c) for c, _, _ in cells))
-        if axis:
-            labels.append(f"widths {','.join(map(str, axis))}")
+        labels += [f"widths {','.join(map(str, v))}" if k == "width" else f"{axis_name(k)} {','.join(map(str, v))}"
+                   for k, v in axes]
         report = folder.report / "README.md"
         rows.append(f"{run_dir.name}: {','.join(datasets)} x {','.join(map(str, models))} x seeds "
                     f"{','.join(map(str, seeds))}; trained {'; '.join(labels)}; {done}/{2 * len(cells)} jobs done; "

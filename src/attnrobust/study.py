@@ -314,7 +314,7 @@ class _Progress:
     def log_time(self, job: Job, seconds: float, threads: int | None) -> None:
         self.timings.append({"job": job.kind, "dataset": job.dataset,
                              **({} if job.regime == STANDARD else {"regime": job.regime}),
-                             **({} if job.width is None else {"width": job.width}), "model": job.model,
+                             **({"axes": dict(job.point)} if job.point else {}), "model": job.model,
                              "seed": job.seed, "seconds": round(seconds, 2), "threads": threads,
                              "workers": self.workers})
         if self.leader:

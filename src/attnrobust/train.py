@@ -58,7 +58,7 @@ from attnrobust.runtime import (atomic_write, resolve_device, seed_everything, s
 _MAY_CHANGE_ON_RESUME = ("compile", "eval_every", "n_test", "adv_check_n")
 # Fields added after runs were already written, with the value an older run implicitly had: a finished run of
 # before stays finished (and resumable) rather than "a different config".
-_ADDED_LATER = {"adversarial": "none", "model_args": {}}
+_ADDED_LATER = {"adversarial": "none", "model_args": {}, "cell": ""}
 # Collapse test (is_collapse): the held-out PGD accuracy falls below this share of its best so far ...
 _COLLAPSE_SHARE = 0.3
 # ... and that best showed real robustness: a model never robust (standard training, ~0% under PGD) cannot

@@ -1,4 +1,4 @@
-"""[study] and the whole config: StudySection (what to compare: datasets x models x seeds, pairs, regimes, widths)
+"""[study] and the whole config: StudySection (what to compare: datasets x models x seeds, pairs, regimes, axes)
 with its checks, StudyConfig (every section, checked; the TrainConfig of each job), and `validate`, the checks
 across sections and of every job's training config.
 
@@ -16,9 +16,11 @@ from attnrobust.config.attack import AttackConfig
 from attnrobust.config.coerce import check_keys
 from attnrobust.config.eval import EvalSection, validate_eval
 from attnrobust.config.slurm import SlurmSection
-from attnrobust.config.train import REGIME_KEYS, TrainConfig, regime_label
+from attnrobust.config.train import PER_JOB_TRAIN_KEYS, REGIME_KEYS, TrainConfig, apply_point, grid_points, \
+    regime_label, study_axes, train_hints
 from attnrobust.config.verdict import VerdictSection
 from attnrobust.errors import UserError
+from attnrobust.results import point_label
 
 
 @dataclass
@@ -38,6 +40,12 @@ class StudySection:
     # trained, attacked and compared once per width, never across widths, so that a conclusion can be followed
     # as the networks grow. Each width replaces [train] width. None: the one width [train] (or the recipe) sets.
     widths: list[int] | None = None
+    # Axes over any [train] setting, crossed with everything else and with each other: {key = [values]}, a key of
+    # [train] ("width", "epochs", "lr", ...) or "model_args.NAME" for a model build argument, e.g.
+    # {"model_args.stem_stride" = [1, 2], width = [8, 16]}. Every model is trained, attacked and compared at each
+    # point of the grid, never across points; the report adds, per axis, how the attention effect changes between
+    # its values (the interaction verdicts). `widths = [...]` is the width axis, spelled as before. None: none.
+    axes: dict | None = None
 
 
 def _validate_study(s: StudySection, data_dir) -> None:
@@ -84,6 +92,36 @@ def _validate_study(s: StudySection, data_dir) -> None:
                         f"first stage, e.g. [8, 16, 32]), got {s.widths!r}")
     if s.regimes is not None and not s.regimes:
         raise UserError("study.regimes: must list at least one regime (or be left out for the [train] one)")
+    _validate_axes(s, {k for m in s.models for k in model_options(m)})
+
+
+def _validate_axes(s: StudySection, model_args: set[str]) -> None:
+    """study.axes: known [train] keys or model_args.NAME of a study model, not the per-job or regime keys, each a
+    non-empty list of distinct values (the values themselves are checked with every job's TrainConfig)."""
+    if s.axes is None:
+        return
+    if not s.axes:
+        raise UserError("study.axes: must name at least one [train] key (or be left out)")
+    keys = [k for k in train_hints() if k != "model_args"]
+    for key, values in s.axes.items():
+        where = f"study.axes.{key}" if "." not in key else f'study.axes."{key}"'
+        if key.startswith("model_args."):
+            if key.split(".", 1)[1] not in model_args:
+                raise UserError(f"{where}: no model of the study takes {key.split('.', 1)[1]!r}; valid: "
+                                f"{', '.join('model_args.' + k for k in sorted(model_args)) or 'none'}")
+        elif key in PER_JOB_TRAIN_KEYS or key in REGIME_KEYS:
+            why = "set by the study per job" if key in PER_JOB_TRAIN_KEYS else \
+                "how models are trained against attacks: use study.regimes"
+            raise UserError(f"{where}: cannot be an axis ({why})")
+        elif key == "model_args":
+            raise UserError(f"{where}: name the argument, e.g. \"model_args.stem_stride\" = [1, 2]")
+        elif key not in keys:
+            raise UserError(f"{where}: unknown [train] key; valid: {', '.join(keys)}, or model_args.NAME")
+        if not isinstance(values, list) or not values or any(
+                values.count(v) > 1 or isinstance(v, (list, dict)) for v in values):
+            raise UserError(f"{where}: must be a non-empty list of distinct values, got {values!r}")
+    if s.widths is not None and "width" in s.axes:
+        raise UserError("study.widths: the width axis is given twice (study.widths and study.axes.width); keep one")
 
 
 @dataclass
@@ -128,21 +166,25 @@ class StudyConfig:
         return {regime_label(self.train_config(dataset, self.study.models[0], self.study.seeds[0], t)): t
                 for t in tables}
 
-    def widths_of(self) -> list[int | None]:
-        """The study's widths (study.widths), or [None]: the one width of [train] or the dataset's recipe."""
-        return list(self.study.widths) if self.study.widths else [None]
+    def axes_of(self) -> list[tuple[str, list]]:
+        """The study's axes, (key, values) in config order: study.widths as the width axis, then study.axes."""
+        return study_axes(self.study.widths, self.study.axes)
+
+    def points(self) -> list[tuple[tuple[str, Any], ...]]:
+        """Every point of the axes' grid, the first axis outermost: [()] without axes."""
+        return grid_points(self.axes_of())
 
     def train_config(self, dataset: str, model: str, seed: int, regime: dict[str, Any] | None = None,
-                     width: int | None = None) -> TrainConfig:
+                     point: tuple = ()) -> TrainConfig:
         """The TrainConfig of one study job: the dataset's defaults, then the config's [train] overrides, then the
-        job's regime (a table of study.regimes) and width (one of study.widths; None: the [train] width).
+        job's regime (a table of study.regimes) and point (its values of study.axes, `points`).
 
         train.model_args is shared by the study's models: each gets the arguments it takes (e.g. cbam_bn_momentum
         reaches only the CBAM models); `validate` refuses an argument that no model of the study takes.
         """
         from attnrobust.models import model_options
 
-        overrides = {**self.train, **(regime or {}), **({} if width is None else {"width": width})}
+        overrides = apply_point({**self.train, **(regime or {})}, point)
         if "model_args" in overrides:
             accepted = model_options(model)
             overrides["model_args"] = {k: v for k, v in overrides["model_args"].items() if k in accepted}
@@ -185,13 +227,16 @@ def _validate_jobs(cfg: StudyConfig, data_dir) -> None:
     # plan() builds the same configs and the study trains them without checking them again (train.run_training).
     for dataset in s.datasets:
         for i, regime in enumerate(s.regimes or [{}]):
-            for model, width in ((m, w) for m in s.models for w in cfg.widths_of()):
+            for model, point in ((m, p) for m in s.models for p in cfg.points()):
                 try:
-                    cfg.train_config(dataset, model, s.seeds[0], regime, width).validate(data_dir)
+                    cfg.train_config(dataset, model, s.seeds[0], regime, point).validate(data_dir)
                 except UserError as err:
-                    # name the key where it was set: a regime's table, or [train] (TrainConfig says "key: ...")
+                    # name the key where it was set: a regime's table, an axis, or [train] (TrainConfig says
+                    # "key: ...")
                     key = str(err).split(":", 1)[0]
-                    where = f"study.regimes[{i}]." if key in regime else "train."
+                    axis = [k for k, _ in point if k == key or (key == "model_args" and k.startswith("model_args."))]
+                    where = f"study.regimes[{i}]." if key in regime else f"study.axes ({point_label(point)}): " \
+                        if axis else "train."
                     raise UserError(f"{where}{err}" if key.isidentifier() else str(err)) from None
         labels = [regime_label(cfg.train_config(dataset, s.models[0], s.seeds[0], r)) for r in s.regimes or [{}]]
         if len(set(labels)) != len(labels):

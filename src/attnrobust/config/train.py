@@ -4,15 +4,17 @@ table overrides, and regime_label, the name of how a model was trained."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from attnrobust.config.coerce import check_keys, field_hints
 from attnrobust.errors import UserError
+from attnrobust.results import axis_name, point_label
 
 # [train] keys the study itself sets per job; a config may not fix them.
-PER_JOB_TRAIN_KEYS = ("dataset", "model", "seed")
+PER_JOB_TRAIN_KEYS = ("dataset", "model", "seed", "cell")
 # What a study regime (study.regimes) may set: how a model is trained against attacks, nothing else, so that the
 # regimes of a study differ in that alone.
 REGIME_KEYS = ("adversarial", "adv_eps", "adv_alpha", "adv_steps", "adv_check_n")
@@ -41,6 +43,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: bool = True          # the dataset's augmentation (random crop, + flip on CIFAR)
     seed: int = 0
+    # The study cell's axis values beyond width (study.axes), as a label such as "stem_stride 1": part of the
+    # checkpoint's name only, so that one run folder keeps a study's axis values apart (the settings themselves are
+    # in the fields above). Set by the study (StudyConfig.train_config); "" for a single run.
+    cell: str = ""
     n_train: int | None = None    # train on the first n training images only (tests, quick looks)
     n_test: int | None = None     # score test accuracy on the first n test images only
     eval_every: int = 1           # test accuracy every k epochs (and always after the last)
@@ -65,12 +71,12 @@ class TrainConfig:
     adv_check_n: int | None = None
 
     @classmethod
-    def for_dataset(cls, dataset: str, *, model: str, seed: int = 0, **overrides: Any) -> TrainConfig:
+    def for_dataset(cls, dataset: str, *, model: str, seed: int = 0, cell: str = "", **overrides: Any) -> TrainConfig:
         """The recipe for `dataset` (see DEFAULTS) with `overrides` applied; unknown keys raise UserError.
         The one check of [train] keys: a study's overrides reach it through StudyConfig.train_config."""
         check_keys(overrides, sorted({f.name for f in dataclasses.fields(cls)} - set(PER_JOB_TRAIN_KEYS)),
                     "train")
-        return cls(dataset=dataset, model=model, seed=seed, **{**DEFAULTS.get(dataset, {}), **overrides})
+        return cls(dataset=dataset, model=model, seed=seed, cell=cell, **{**DEFAULTS.get(dataset, {}), **overrides})
 
     def validate(self, data_dir=None) -> None:
         """Raise UserError naming the first bad field (data_dir: where a user dataset is)."""
@@ -182,6 +188,36 @@ def regime_label(cfg: TrainConfig | dict[str, Any]) -> str:
     if d.get("adv_alpha") is not None:
         label += f", alpha {d['adv_alpha']:g}" if kind == "pgd" else f" (alpha {d['adv_alpha']:g}"
     return label + ")" if kind == "pgd" or d.get("adv_alpha") is not None else label
+
+
+# ---- study axes: points of a study's grid of [train] settings -------------------------------------------------------
+# A point is a tuple of (key, value) pairs, one per axis of study.axes in config order: a [train] key ("width",
+# "epochs", ...) or "model_args.NAME" for a model build argument.
+
+
+def study_axes(widths: list | None, axes: dict | None) -> list[tuple[str, list]]:
+    """A study's axes, (key, values) in config order: study.widths as the width axis, then study.axes."""
+    return ([("width", list(widths))] if widths else []) + list((axes or {}).items())
+
+
+def grid_points(axes: list[tuple[str, list]]) -> list[tuple[tuple[str, Any], ...]]:
+    """Every point of the axes' grid, the first axis outermost: [()] without axes."""
+    return [tuple(zip([k for k, _ in axes], values)) for values in itertools.product(*(v for _, v in axes))]
+
+
+def apply_point(overrides: dict[str, Any], point) -> dict[str, Any]:
+    """[train] overrides with a point's values set (a model_args.NAME axis into model_args), and `cell` naming the
+    point's values beyond width (TrainConfig.cell: width has its own part of a checkpoint's name)."""
+    out = dict(overrides)
+    for key, value in point:
+        if key.startswith("model_args."):
+            out["model_args"] = {**out.get("model_args", {}), axis_name(key): value}
+        else:
+            out[key] = value
+    label = point_label(point, without=("width",))
+    if label:
+        out["cell"] = label
+    return out
 
 
 def train_hints() -> dict[str, Any]:

@@ -18,13 +18,15 @@ import tomllib
 from pathlib import Path
 
 from attnrobust.checkpoint import read_meta
-from attnrobust.config import verdict_section
+from attnrobust.config import study_axes, verdict_section
 from attnrobust.errors import UserError
+from attnrobust.report.corruptions import ALL as ALL_CORRUPTIONS
 from attnrobust.report.corruptions import (corruption_section, corruption_summary, corruption_text,
                                           corruption_verdicts, is_corruption)
 from attnrobust.report import figures  # figures.curves etc. looked up at call time (the tests draw placeholders)
 from attnrobust.report.figures import PALETTE, Plot, Series
 from attnrobust.report.grid import Grid, registered_info
+from attnrobust.report.interactions import INTERACTION_KEYS, interaction_key, interaction_lines, interactions
 from attnrobust.report.margins import SENSITIVITY_KEYS, margin_lines, margin_sensitivity
 from attnrobust.report.minimal import minimal_section
 from attnrobust.report.paper import comparison_rows, load_paper, matches_paper_pgd, paper_model, paper_value
@@ -38,7 +40,7 @@ from attnrobust.report.slopes import SLOPE_KEYS
 from attnrobust.report.verdicts import TRANSFER_KEYS, paired_rows, verdicts
 from attnrobust.report.verdict_text import verdict_text
 from attnrobust.report.widths import TREND_KEYS, width_section
-from attnrobust.results import CLEAN, STANDARD, Panel, Setting, load_records, file_name_part
+from attnrobust.results import CLEAN, STANDARD, Panel, Setting, axis_name, file_name_part, load_records
 from attnrobust.runfolder import RunFolder, file_stem
 
 __all__ = ["build_report"]
@@ -182,6 +184,18 @@ def _checkpoint_metas(folder: RunFolder) -> tuple[list[tuple[Path, dict]], list[
     return metas, notes
 
 
+def _panel_of_checkpoint(meta: dict, panels: list[Panel]) -> Panel | None:
+    """The panel a checkpoint's model belongs to: its dataset and regime, and the panel's values of the study's
+    axes read from its training config (None: no panel of the grid)."""
+    train = meta.get("train") or {}
+
+    def value(key: str):
+        return (train.get("model_args") or {}).get(axis_name(key)) if key.startswith("model_args.") else train.get(key)
+
+    return next((p for p in panels if p.dataset == meta.get("dataset") and p.regime == meta.get("regime", STANDARD)
+                 and all(value(k) == v for k, v in p.point)), None)
+
+
 def _attention_figures(grid: Grid, metas: list[tuple[Path, dict]], out: Path) -> tuple[list[tuple[str, str]],
                                                                                         list[str]]:
     """CBAM attention maps from the run's checkpoints (their metadata read by _checkpoint_metas), when they and the
@@ -192,12 +206,9 @@ def _attention_figures(grid: Grid, metas: list[tuple[Path, dict]], out: Path) ->
     notes = []
     for p, meta in metas:
         name, seed = meta["build_args"].get("name", ""), meta.get("seed", 0)
-        # the width is part of the panel only in a study that crosses widths
-        dataset = Panel(meta.get("dataset"), meta.get("regime", STANDARD), (meta.get("train") or {}).get("width"))
-        if dataset not in grid.datasets():
-            dataset = dataset.without_width
+        dataset = _panel_of_checkpoint(meta, grid.datasets())
         info = registered_info(name)
-        if info is not None and info.attention == "cbam" and dataset in grid.datasets():
+        if info is not None and info.attention == "cbam" and dataset is not None:
             if (dataset, name) not in chosen or seed < chosen[(dataset, name)][0]:
                 chosen[(dataset, name)] = (seed, p)
     made = []
@@ -237,8 +248,10 @@ def _write_report(out: Path, folder: RunFolder, records: list[dict]) -> None:
     pairs = ((config or {}).get("study") or {}).get("pairs") or ()  # declared comparisons (study.pairs)
     # the margins the config declared ([verdict]; its defaults for a run folder written before the section existed)
     verdict = verdict_section((config or {}).get("verdict"), str(folder.config))
+    paired_data: dict = {}  # each verdict row's per-image differences, for the interactions
     rows = verdicts(records, min_clean_accuracy=floor, pairs=pairs, verdict=verdict,
-                    transfer_sources=((config or {}).get("eval") or {}).get("transfer_sources", OTHER_SEEDS))
+                    transfer_sources=((config or {}).get("eval") or {}).get("transfer_sources", OTHER_SEEDS),
+                    paired=paired_data)
     paired = paired_rows(grid, min_clean_accuracy=floor, pairs=pairs)
     corruption_rows = corruption_verdicts(all_records, min_clean_accuracy=floor, pairs=pairs, verdict=verdict)
     _write(out / "verdicts.csv", rows_csv(rows, VERDICT_KEYS + TRANSFER_KEYS))
@@ -258,6 +271,13 @@ def _write_report(out: Path, folder: RunFolder, records: list[dict]) -> None:
     attention, figure_notes = _attention_figures(grid, metas, out)
     minimal_lines, minimal_figures = minimal_section(grid, out)
     corruption_lines = corruption_section(all_records, corruption_rows, out, pairs)
+    study = (config or {}).get("study") or {}
+    # the axes' interactions: every verdict row, and the corruptions' mean row
+    mean_corruption = [r for r in corruption_rows if r["attack"] == ALL_CORRUPTIONS]
+    paired_data.update({interaction_key(r): r["_paired"] for r in mean_corruption})
+    found = interactions(rows + mean_corruption, paired_data, study_axes(study.get("widths"), study.get("axes")), verdict)
+    if found:
+        _write(out / "interactions.csv", rows_csv(found, INTERACTION_KEYS))
     width_lines, width_figures, trend, slopes = width_section(rows, out)
     if trend:
         _write(out / "width_trend.csv", rows_csv(trend, TREND_KEYS))
@@ -270,6 +290,7 @@ def _write_report(out: Path, folder: RunFolder, records: list[dict]) -> None:
         notes=notes + figure_notes, checkpoint_args=[meta.get("build_args") or {} for _, meta in metas],
         minimal_lines=minimal_lines, corruption_lines=corruption_lines,
         corruption_summary=corruption_summary(corruption_rows), width_lines=width_lines,
+        interaction_lines=interaction_lines(found),
         power_plan=_read_power_plan(folder), margin_lines=margin_lines(sensitivity),
         paper_setting_lines=paper_setting_lines(like_for_like, design_differences(grid, config)))))
 

@@ -67,7 +67,7 @@ class Grid:
         return cls({k: dict(v) for k, v in cells.items()}, {k: dict(v) for k, v in pairs.items()})
 
     def datasets(self) -> list[str]:
-        # panels in name order, widths in numeric order ("width 8" before "width 16")
+        # panels in name order, axis values in numeric order ("width 8" before "width 16"): Panel.sort_key
         return sorted({d for d, _, _ in self.cells})
 
     def models(self, dataset: str) -> list[str]:

@@ -12,7 +12,7 @@ import functools
 import json
 from importlib import resources
 
-from attnrobust.config import DEFAULTS
+from attnrobust.config import DEFAULTS, study_axes
 from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.tables import column_titles
 from attnrobust.results import CLEAN, Panel, Setting
@@ -31,7 +31,7 @@ def load_paper() -> dict:
 
 
 def paper_dataset(panel: Panel) -> str | None:
-    """The paper's dataset our panel stands for: only a standard-training panel without a width axis (the paper
+    """The paper's dataset our panel stands for: only a standard-training panel of a study without axes (the paper
     trained nothing else)."""
     return _DATASETS.get(panel.dataset) if panel == Panel(panel.dataset) else None
 
@@ -124,16 +124,20 @@ def reduced_notes(grid: Grid, config: dict | None) -> list[str]:
                      f"ResNet-50 / CBAM+ResNet-50 / VGG-16")
     # the study's widths axis, else the config's [train] width, else each dataset's recipe (DEFAULTS), else
     # TrainConfig's 64
-    width = ((config or {}).get("train") or {}).get("width")
-    widths = sorted(((config or {}).get("study") or {}).get("widths") or
-                    {width if width is not None else DEFAULTS.get(d.dataset, {}).get("width", 64)
-                     for d in grid.datasets()})
+    study, train = (config or {}).get("study") or {}, (config or {}).get("train") or {}
+    axes = dict(study_axes(study.get("widths"), study.get("axes")))
+    width = train.get("width")
+    widths = sorted(axes.get("width") or {width if width is not None else DEFAULTS.get(d.dataset, {}).get("width", 64)
+                                          for d in grid.datasets()})
     if any(isinstance(w, int) and w < 64 for w in widths):
         notes.append(f"reduced width ({', '.join(map(str, widths))} channels in the first stage; the paper's "
                      f"models have 64)")
-    if ((config or {}).get("train") or {}).get("model_args", {}).get("stem_stride", 1) != 1:
-        notes.append("the ResNets' first convolution has stride 2 (stem_stride, a CPU budget: a quarter of the "
-                     "pixels in the first stage), where the paper's CIFAR-style stem keeps the input side")
+    strides = axes.get("model_args.stem_stride") or [train.get("model_args", {}).get("stem_stride", 1)]
+    if any(s != 1 for s in strides):
+        where = "" if len(strides) == 1 else \
+            f" in the panels with stem_stride {', '.join(str(s) for s in strides if s != 1)}"
+        notes.append(f"the ResNets' first convolution has stride 2{where} (stem_stride, a CPU budget: a quarter of "
+                     f"the pixels in the first stage), where the paper's CIFAR-style stem keeps the input side")
     if any(d.dataset == "fashion-mnist-mini" for d in grid.datasets()):
         notes.append("fashion-mnist-mini is a small embedded subset of Fashion-MNIST, not the full dataset")
     ns = sorted({n for d in grid.datasets() for m in grid.models(d) for n in grid.n_images(d, m, m)})

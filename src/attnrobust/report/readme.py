@@ -43,6 +43,7 @@ class ReadmeInputs:
     corruption_lines: list[str] = ()  # the common-corruptions section (report/corruptions.py), () when not measured
     corruption_summary: list[str] = ()  # its one-line answers, shown with the adversarial ones
     width_lines: list[str] = ()  # the width trend (report/widths.py), () when the study does not cross widths
+    interaction_lines: list[str] = ()  # what the axes change in the attention effect (report/interactions.py)
     power_plan: list[str] = ()  # RUN/power_plan.md, written before the run from a pilot; () when there was none
     margin_lines: list[str] = ()  # why the margins, and every verdict at 0.5x/1x/2x them (report/margins.py)
     paper_setting_lines: list[str] = ()  # the paper's gaps like for like, per setting (report/paper_settings.py)
@@ -292,7 +293,7 @@ def _verdicts_section(inputs: ReadmeInputs, reduced: list[str]) -> list[str]:
 
 
 def _measures_sections(inputs: ReadmeInputs) -> list[str]:
-    """Warnings, threat model, deviations, minimal eps, corruptions and the width trend."""
+    """Warnings, threat model, deviations, minimal eps, corruptions, the axes' interactions and the width trend."""
     grid, rows = inputs.grid, inputs.rows
     out = ["", "## Warnings", ""] + [line.strip() if not line.startswith("  ") else f"- {line.strip()}"
                                       for line in warnings_lines(inputs.records, inputs.rows)]
@@ -311,6 +312,8 @@ def _measures_sections(inputs: ReadmeInputs) -> list[str]:
                 ""] + inputs.minimal_lines + _minimal_comparison(rows)
     if inputs.corruption_lines:
         out += [""] + list(inputs.corruption_lines)
+    if inputs.interaction_lines:
+        out += [""] + list(inputs.interaction_lines)
     if inputs.width_lines:
         out += [""] + list(inputs.width_lines)
     return out

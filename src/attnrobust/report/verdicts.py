@@ -61,6 +61,7 @@ from attnrobust.report.floors import AT_FLOOR, near_floor, no_equivalence_near_f
 from attnrobust.report.crossed import (OTHER_SEEDS, SAME_SEED, CrossedComponents, crossed_interval,
                                        same_seed_excess)
 from attnrobust.report.grid import Grid, registered_info
+from attnrobust.report.interactions import PairedData
 from attnrobust.report.loso import leave_one_seed_out
 from attnrobust.report.paper import PAPER_N, paper_value
 from attnrobust.report.stats import EQUIVALENT, Z95, decide, paired_interval, proportion_diff_se, seeds_interval
@@ -349,6 +350,10 @@ def compare_cells(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], f
         # for the leave-one-seed-out check (report/loso.py): the row's interval without one seed's models
         "_without": lambda seed: _interval_without(diffs, units, design, bound, seed),
         "_seeds": seeds,
+        # for the interaction verdicts (report/interactions.py): what the row averaged, and the same on others
+        "_paired": PairedData(settings, units, diffs, design, bound, on=lambda others: (
+            lambda row: None if row is None else row["_paired"])(
+                compare_cells(grid, d, a_cell, b_cell, others, floor, transfer_sources))),
     }
 
 
@@ -403,7 +408,8 @@ def decide_family(rows: list[dict], verdict: VerdictSection) -> None:
 
 
 def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pairs=(),
-             verdict: VerdictSection | None = None, transfer_sources: str = OTHER_SEEDS) -> list[dict]:
+             verdict: VerdictSection | None = None, transfer_sources: str = OTHER_SEEDS,
+             paired: dict | None = None) -> list[dict]:
     """One dict per dataset x (attention model, twin) x scenario x measure; see the module docstring.
 
     Keys: dataset, attention_model, baseline_model, scenario, family ("robustness" | "transferability"), attack,
@@ -423,6 +429,9 @@ def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pa
     transfer_sources (eval.transfer_sources): "other-seeds" scores a transfer row's targets on the sources of
     every other seed where the records hold them (else the same seed's, flagged SAME_SEED_FLAG); "same-seed" on
     their own seed's source only (flagged too).
+
+    paired: a dict to fill with each row's interactions.PairedData, keyed (dataset, attention_model,
+    baseline_model, scenario, attack): what the interaction verdicts need (report/interactions.py).
     """
     verdict = verdict or VerdictSection()
     grid = Grid.from_records(records)
@@ -449,7 +458,9 @@ def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pa
                 r["reproduced"] = _agreement(r)
                 # the variance components in the row's unit (squared), which a power plan reads back
                 iv, scale = r.pop("_interval"), r.pop("_scale")
-                del r["_without"], r["_seeds"]
+                if paired is not None:
+                    paired[(r["dataset"], r["attention_model"], r["baseline_model"], r["scenario"], r["attack"])] = r["_paired"]
+                del r["_without"], r["_seeds"], r["_paired"]
                 c = iv.components
                 r.update(seed_var=scale ** 2 * c.seed_var, image_var=scale ** 2 * c.image_var,
                          **{k: scale ** 2 * getattr(c, k) if isinstance(c, CrossedComponents) else None

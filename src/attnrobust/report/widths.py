@@ -32,7 +32,7 @@ def width_trend(rows: list[dict]) -> list[dict]:
     `width`, ordered by panel, pair, scenario, measure and width; [] when no row comes from a width panel."""
     out = []
     for r in rows:
-        panel, width = r["dataset"].without_width, r["dataset"].width
+        panel, width = r["dataset"].without("width"), r["dataset"].value("width")
         if width is not None and r["attack"] in TREND_ATTACKS:
             out.append({**r, "panel": panel, "width": width})
     scenarios = list(dict.fromkeys(r["scenario"] for r in rows))  # the verdicts' own order: white-box first
