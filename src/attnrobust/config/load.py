@@ -22,8 +22,8 @@ from attnrobust.config.train import PER_JOB_TRAIN_KEYS, TrainConfig, train_hints
 from attnrobust.config.verdict import verdict_section
 from attnrobust.errors import UserError
 
-SHIPPED = ("quick", "quick-adversarial", "attention-kinds", "width-trend", "fashion-mnist-cpu", "fashion-mnist",
-           "cifar10", "cifar100", "paper")
+SHIPPED = ("quick", "quick-adversarial", "attention-kinds", "width-trend", "reductions", "fashion-mnist-cpu",
+           "fashion-mnist", "cifar10", "cifar100", "paper")
 
 
 def _read_toml(config: str | Path) -> tuple[dict, str]:

@@ -74,7 +74,8 @@ def _interval(ref: PairedData, val: PairedData):
         return None, 0
     at_r, at_v = ({u: i for i, u in enumerate(p.units)} for p in (ref, val))
     d = val.diffs[[at_v[u] for u in common]] - ref.diffs[[at_r[u] for u in common]]
-    bound = 2 * max(ref.bound, val.bound)  # a difference of two differences
+    # the variance floor's unit (stats.crossed_components): one image's outcome moving by one step, as in a row
+    bound = max(ref.bound, val.bound)
     if val.design == OTHER_SEEDS:
         return crossed_interval(d, [u[0] for u in common], [u[1] for u in common], bound=bound), d.shape[1]
     return seeds_interval(d, bound=bound), d.shape[1]
