@@ -9,9 +9,9 @@ line keeps its bytes, so a branch that appends records to the same file merges c
 equal the stored ones bit for bit (same model, same images, same order), or the script stops before writing.
 The file is rewritten atomically after each checkpoint; rebuild the report afterwards:
 
-    python scripts/rescore_corruptions.py results/fashion-mnist-cpu --corruptions glass_blur shear scale rotate \\
-        canny_edges [--checkpoints results/fashion-mnist-cpu/checkpoints/fashion-mnist-resnet14-s0-w8.safetensors]
-    python scripts/rebuild_published.py results/fashion-mnist-cpu
+    python scripts/rescore_corruptions.py results/fashion-mnist-cpu-stride2 --corruptions glass_blur shear scale rotate \\
+        canny_edges [--checkpoints results/fashion-mnist-cpu-stride2/checkpoints/fashion-mnist-resnet14-s0-w8.safetensors]
+    python scripts/rebuild_published.py results/fashion-mnist-cpu-stride2
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def rescore(published: Path, checkpoint: Path, names: list[str], data_dir) -> in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("published", type=Path, help="a published folder, e.g. results/fashion-mnist-cpu")
+    parser.add_argument("published", type=Path, help="a published folder, e.g. results/fashion-mnist-cpu-stride2")
     parser.add_argument("--corruptions", nargs="+", required=True, help="the corruptions whose images changed")
     parser.add_argument("--checkpoints", nargs="+", type=Path, help="default: all of PUBLISHED/checkpoints")
     parser.add_argument("--data-dir", help="where the dataset files are (default: ATTNROBUST_DATA, as the study)")

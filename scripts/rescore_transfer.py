@@ -12,9 +12,9 @@ near the decision boundary flip); every other record stays as it was, line for l
 Run it per source so a shared machine gets turns (a job is written whole, atomically; a rerun skips jobs whose
 cross-seed records are in the file):
 
-    python scripts/rescore_transfer.py results/fashion-mnist-cpu --source vgg16_bn@3
-    python scripts/rescore_transfer.py results/fashion-mnist-cpu            # every job not yet re-scored
-then rebuild the report: python scripts/rebuild_published.py results/fashion-mnist-cpu --recheck
+    python scripts/rescore_transfer.py results/fashion-mnist-cpu-stride2 --source vgg16_bn@3
+    python scripts/rescore_transfer.py results/fashion-mnist-cpu-stride2            # every job not yet re-scored
+then rebuild the report: python scripts/rebuild_published.py results/fashion-mnist-cpu-stride2 --recheck
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def rescore(folder: Path, sources: list[str], data_dir=None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="a published study with checkpoints/, e.g. results/fashion-mnist-cpu")
+    parser.add_argument("folder", type=Path, help="a published study with checkpoints/, e.g. results/fashion-mnist-cpu-stride2")
     parser.add_argument("--source", action="append", default=[], help="MODEL@SEED: only this attack job (repeatable)")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()

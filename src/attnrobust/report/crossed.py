@@ -30,7 +30,7 @@ positives and false equivalences are checked by simulation in tests/test_crossed
 
 `same_seed_excess`: where a target seed has both its own seed's source and others, how much the own-seed source
 moves the gap (G[t, t] minus the mean of G[s, t] over s != t), a t interval over the target seeds: the bias a
-same-seed design carries (on results/fashion-mnist-cpu the same-seed VGG's PGD hit its own CBAM harder than its
+same-seed design carries (on results/fashion-mnist-cpu-stride2 the same-seed VGG's PGD hit its own CBAM harder than its
 twin: an excess of about -2 pp).
 """
 
