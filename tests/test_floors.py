@@ -109,7 +109,7 @@ def test_the_papers_white_box_fgsm_gap_cannot_occur_at_our_accuracies():
     from attnrobust.results import load_records
     from conftest import REPO
 
-    records = [r for r in load_records(REPO / "results" / "fashion-mnist-cpu" / "results.jsonl")
+    records = [r for r in load_records(REPO / "results" / "fashion-mnist-cpu-stride2" / "results.jsonl")
                if r["attack"] == "fgsm" and r["source"] == r["target"]]
     rows = {r["setting"]: r for r in paper_setting_rows(records) if r["scenario"] == "white-box"}
     first = rows["FGSM 0.05"]

@@ -118,8 +118,8 @@ def interactions(rows: list[dict], paired: dict[tuple, PairedData], axes: list[t
         family, live = [], []
         for ref_row, row in pairs:
             entry = {"axis": axis_name(key), "reference": reference, "value": value, "panel": panel,
-                     **{k: row[k] for k in ("attention_model", "baseline_model", "scenario", "family", "attack",
-                                            "unit")},
+                     **{k: row[k] for k in ("attention_model", "baseline_model", "scenario", "attack", "unit")},
+                     "family": row.get("family", "robustness"),  # a corruption row is about robustness
                      "gap_reference": ref_row["difference"], "gap_value": row["difference"],
                      "margin": row["margin"], "settings": [], "seeds": None, "n": None, "interaction": None,
                      "ci_low": None, "ci_high": None, "sim_low": None, "sim_high": None, "p_value": None,
