@@ -23,8 +23,8 @@ convention) or "best-on-source" (APGD crafted on another model keeps the iterate
 `Setting` is what the attack plan crafts and what a record measured (`Setting.of(record)`, the one key): the
 attack and its budget, iterations, step size, start and iterate rule (eps compared after `eps_key`), and for a
 common corruption (attack "corruption") its name and severity; `CLEAN` is the clean image. `Panel` is what the
-report compares within (dataset, regime, point of the study's axes). `load_records` reads a run's store for the report (an error when
-it is missing or empty).
+report compares within (dataset, regime, point of the study's axes). `load_records` reads a run's store for the
+report (an error when it is missing or empty).
 """
 
 from __future__ import annotations

@@ -32,5 +32,5 @@ from attnrobust.config.verdict import VerdictSection, verdict_section
 
 __all__ = ["ADVERSARIAL", "ATTACKS", "AUTOATTACK_VERSIONS", "AttackConfig", "DEFAULTS", "EXECUTORS", "EvalSection",
            "REGIME_KEYS", "SCHEDULES", "SHIPPED", "SlurmSection", "StudyConfig", "StudySection", "TrainConfig",
-           "VerdictSection", "apply_point", "attack_config", "grid_points", "study_axes", "load_config", "parse_config", "regime_label", "single_train_config",
-           "to_toml", "validate", "verdict_section"]
+           "VerdictSection", "apply_point", "attack_config", "grid_points", "load_config", "parse_config",
+           "regime_label", "single_train_config", "study_axes", "to_toml", "validate", "verdict_section"]

@@ -71,7 +71,8 @@ class TrainConfig:
     adv_check_n: int | None = None
 
     @classmethod
-    def for_dataset(cls, dataset: str, *, model: str, seed: int = 0, cell: str = "", **overrides: Any) -> TrainConfig:
+    def for_dataset(cls, dataset: str, *, model: str, seed: int = 0, cell: str = "",
+                    **overrides: Any) -> TrainConfig:
         """The recipe for `dataset` (see DEFAULTS) with `overrides` applied; unknown keys raise UserError.
         The one check of [train] keys: a study's overrides reach it through StudyConfig.train_config."""
         check_keys(overrides, sorted({f.name for f in dataclasses.fields(cls)} - set(PER_JOB_TRAIN_KEYS)),
@@ -221,5 +222,5 @@ def apply_point(overrides: dict[str, Any], point) -> dict[str, Any]:
 
 
 def train_hints() -> dict[str, Any]:
-    """[train]'s keys and their types: TrainConfig's fields but those each job sets (dataset, model, seed)."""
+    """[train]'s keys and their types: TrainConfig's fields but those each job sets (dataset, model, seed, cell)."""
     return {k: v for k, v in field_hints(TrainConfig).items() if k not in PER_JOB_TRAIN_KEYS}

@@ -275,7 +275,8 @@ def _write_report(out: Path, folder: RunFolder, records: list[dict]) -> None:
     # the axes' interactions: every verdict row, and the corruptions' mean row
     mean_corruption = [r for r in corruption_rows if r["attack"] == ALL_CORRUPTIONS]
     paired_data.update({interaction_key(r): r["_paired"] for r in mean_corruption})
-    found = interactions(rows + mean_corruption, paired_data, study_axes(study.get("widths"), study.get("axes")), verdict)
+    found = interactions(rows + mean_corruption, paired_data, study_axes(study.get("widths"), study.get("axes")),
+                         verdict)
     if found:
         _write(out / "interactions.csv", rows_csv(found, INTERACTION_KEYS))
     width_lines, width_figures, trend, slopes = width_section(rows, out)

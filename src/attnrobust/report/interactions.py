@@ -137,8 +137,8 @@ def interactions(rows: list[dict], paired: dict[tuple, PairedData], axes: list[t
                 entry["verdict"] = TOO_FEW_SEEDS
                 continue
             scale = 255.0 if row["unit"] == "/255" else 100.0
-            entry.update(settings=column_titles(val.settings), seeds=iv.seeds, n=n, interaction=scale * iv.estimate, ci_low=scale * iv.low,
-                         ci_high=scale * iv.high, p_value=iv.p_value, method=iv.method)
+            entry.update(settings=column_titles(val.settings), seeds=iv.seeds, n=n, interaction=scale * iv.estimate,
+                         ci_low=scale * iv.low, ci_high=scale * iv.high, p_value=iv.p_value, method=iv.method)
             live.append((entry, iv, row["margin"] / scale, scale))
         for (entry, _, _, scale), dec in zip(live, decide([iv for _, iv, _, _ in live],
                                                           [m for _, _, m, _ in live], alpha=verdict.alpha,

@@ -61,7 +61,7 @@ from attnrobust.report.floors import AT_FLOOR, near_floor, no_equivalence_near_f
 from attnrobust.report.crossed import (OTHER_SEEDS, SAME_SEED, CrossedComponents, crossed_interval,
                                        same_seed_excess)
 from attnrobust.report.grid import Grid, registered_info
-from attnrobust.report.interactions import PairedData
+from attnrobust.report.interactions import PairedData, interaction_key
 from attnrobust.report.loso import leave_one_seed_out
 from attnrobust.report.paper import PAPER_N, paper_value
 from attnrobust.report.stats import EQUIVALENT, Z95, decide, paired_interval, proportion_diff_se, seeds_interval
@@ -459,7 +459,7 @@ def verdicts(records: list[dict], *, min_clean_accuracy: float | None = None, pa
                 # the variance components in the row's unit (squared), which a power plan reads back
                 iv, scale = r.pop("_interval"), r.pop("_scale")
                 if paired is not None:
-                    paired[(r["dataset"], r["attention_model"], r["baseline_model"], r["scenario"], r["attack"])] = r["_paired"]
+                    paired[interaction_key(r)] = r["_paired"]
                 del r["_without"], r["_seeds"], r["_paired"]
                 c = iv.components
                 r.update(seed_var=scale ** 2 * c.seed_var, image_var=scale ** 2 * c.image_var,
