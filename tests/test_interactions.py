@@ -80,6 +80,9 @@ def test_a_large_interaction_is_found_and_a_null_one_with_many_seeds_is_no_chang
     tight = [rng.normal(0.01, 0.001, (SEEDS, 2000)) for _ in range(2)]
     found = _decide(_row(1, tight[0], list(range(SEEDS))), _row(2, tight[1], list(range(SEEDS))))
     assert found["verdict"] == NO_CHANGE
+    # ... but not near a floor, where both gaps are squeezed alike
+    found = _decide(_row(1, tight[0], list(range(SEEDS)), near_floor=True), _row(2, tight[1], list(range(SEEDS))))
+    assert found["verdict"] == "inconclusive"
 
 
 def test_seeds_are_paired_and_rows_without_two_common_seeds_are_too_few():

@@ -16,7 +16,8 @@ different networks at two axis values (another architecture or recipe), so pairi
 seed shares across them (its data order, its initial draw where the shapes agree), and costs nothing where it
 shares nothing. Both rows average the same settings: those both kept away from the floor (report/floors.py); a
 row at its floor or withheld on either side gives no interaction ("at floor" / "withheld"), nor do fewer than two
-seeds measured at both values ("too few seeds").
+seeds measured at both values ("too few seeds"); one near its floor on either side makes no "no change" claim (the
+floor squeezes both gaps alike).
 
 Three-way verdict per family (one axis, one value against the reference, one panel), Holm over its rows as the
 verdicts' own families (`stats.decide`): *changes* (Holm p of 'no change' < alpha: the axis moves the attention
@@ -139,14 +140,17 @@ def interactions(rows: list[dict], paired: dict[tuple, PairedData], axes: list[t
             scale = 255.0 if row["unit"] == "/255" else 100.0
             entry.update(settings=column_titles(val.settings), seeds=iv.seeds, n=n, interaction=scale * iv.estimate,
                          ci_low=scale * iv.low, ci_high=scale * iv.high, p_value=iv.p_value, method=iv.method)
+            # near a floor both gaps are squeezed: no "no change" claim there (report/floors.py's rule)
+            entry["_near_floor"] = bool(row.get("near_floor") or ref_row.get("near_floor"))
             live.append((entry, iv, row["margin"] / scale, scale))
         for (entry, _, _, scale), dec in zip(live, decide([iv for _, iv, _, _ in live],
                                                           [m for _, _, m, _ in live], alpha=verdict.alpha,
                                                           power=False)):
+            verdict = {HELPS: CHANGES, HURTS: CHANGES, EQUIVALENT: NO_CHANGE}.get(dec.verdict, INCONCLUSIVE)
+            if entry.pop("_near_floor") and verdict == NO_CHANGE:
+                verdict = INCONCLUSIVE
             entry.update(p_holm=dec.p_holm, p_equivalence_holm=dec.p_equivalence_holm, sim_low=scale * dec.sim_low,
-                         sim_high=scale * dec.sim_high,
-                         verdict={HELPS: CHANGES, HURTS: CHANGES, EQUIVALENT: NO_CHANGE}.get(dec.verdict,
-                                                                                             INCONCLUSIVE))
+                         sim_high=scale * dec.sim_high, verdict=verdict)
         for entry in family:
             entry["family_size"] = len(live)
         out += family
