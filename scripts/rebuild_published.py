@@ -3,8 +3,8 @@
 A published folder is a run folder's report flattened beside the run's results.jsonl, config.toml, env.json,
 power_plan.md, logs/ and, where they are committed, checkpoints/. This rebuilds the report in a temporary run folder
 of the same name (the report's title) and puts its files back: every file the report writes (README.md, the tables,
-verdicts, margin sensitivity, paired, paper-comparison and like-for-like files, width trend and slopes) and
-figures/ (the attention maps are drawn again where checkpoints/ is there and the
+verdicts, margin sensitivity, paired, paper-comparison and like-for-like files, interactions, width trend and
+slopes) and figures/ (the attention maps are drawn again where checkpoints/ is there and the
 dataset files are found, e.g. with ATTNROBUST_DATA; otherwise the ones the original run drew are kept). env.json's
 command is rewritten as a user would retype it (runtime.portable_command: no machine paths in a published file).
 

@@ -9,8 +9,9 @@ line keeps its bytes, so a branch that appends records to the same file merges c
 equal the stored ones bit for bit (same model, same images, same order), or the script stops before writing.
 The file is rewritten atomically after each checkpoint; rebuild the report afterwards:
 
-    python scripts/rescore_corruptions.py results/fashion-mnist-cpu-stride2 --corruptions glass_blur shear scale rotate \\
-        canny_edges [--checkpoints results/fashion-mnist-cpu-stride2/checkpoints/fashion-mnist-resnet14-s0-w8.safetensors]
+    python scripts/rescore_corruptions.py results/fashion-mnist-cpu-stride2 --corruptions glass_blur shear scale \\
+        rotate canny_edges \\
+        [--checkpoints results/fashion-mnist-cpu-stride2/checkpoints/fashion-mnist-resnet14-s0-w8.safetensors]
     python scripts/rebuild_published.py results/fashion-mnist-cpu-stride2
 """
 
@@ -22,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from attnrobust.checkpoint import load_model, read_meta
-from attnrobust.config import load_config
+from attnrobust.config import load_config, point_of_train
 from attnrobust.data import DeviceLoader
 from attnrobust.errors import UserError
 from attnrobust.evaluate import corruption_scores
@@ -45,8 +46,7 @@ def rescore(published: Path, checkpoint: Path, names: list[str], data_dir) -> in
     loader = DeviceLoader(x, y, batch_size=cfg.eval.batch_size)
     fresh = corruption_scores({name: load_model(checkpoint)}, loader, replace(cfg.attack, corruptions=names),
                               dataset=dataset, seed=seed, quiet=True, images=images)
-    fresh = {record_key(r): r for r in with_cell(fresh, meta["regime"], meta["build_args"].get("width")
-                                                 if cfg.study.widths else None)}
+    fresh = {record_key(r): r for r in with_cell(fresh, meta["regime"], point_of_train(meta["train"], cfg.axes_of()))}
     path = published / "results.jsonl"
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     replaced = 0

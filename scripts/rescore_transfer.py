@@ -69,7 +69,8 @@ def rescore(folder: Path, sources: list[str], data_dir=None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="a published study with checkpoints/, e.g. results/fashion-mnist-cpu-stride2")
+    parser.add_argument("folder", type=Path,
+                        help="a published study with checkpoints/, e.g. results/fashion-mnist-cpu-stride2")
     parser.add_argument("--source", action="append", default=[], help="MODEL@SEED: only this attack job (repeatable)")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()

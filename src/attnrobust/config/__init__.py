@@ -27,10 +27,11 @@ from attnrobust.config.load import SHIPPED, attack_config, load_config, parse_co
 from attnrobust.config.slurm import SlurmSection
 from attnrobust.config.study import StudyConfig, StudySection, validate
 from attnrobust.config.train import ADVERSARIAL, DEFAULTS, REGIME_KEYS, SCHEDULES, TrainConfig, apply_point, \
-    grid_points, regime_label, study_axes
+    grid_points, point_of_train, regime_label, study_axes
 from attnrobust.config.verdict import VerdictSection, verdict_section
 
 __all__ = ["ADVERSARIAL", "ATTACKS", "AUTOATTACK_VERSIONS", "AttackConfig", "DEFAULTS", "EXECUTORS", "EvalSection",
            "REGIME_KEYS", "SCHEDULES", "SHIPPED", "SlurmSection", "StudyConfig", "StudySection", "TrainConfig",
            "VerdictSection", "apply_point", "attack_config", "grid_points", "load_config", "parse_config",
-           "regime_label", "single_train_config", "study_axes", "to_toml", "validate", "verdict_section"]
+           "point_of_train", "regime_label", "single_train_config", "study_axes", "to_toml", "validate",
+           "verdict_section"]

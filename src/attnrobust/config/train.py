@@ -206,6 +206,13 @@ def grid_points(axes: list[tuple[str, list]]) -> list[tuple[tuple[str, Any], ...
     return [tuple(zip([k for k, _ in axes], values)) for values in itertools.product(*(v for _, v in axes))]
 
 
+def point_of_train(train: dict[str, Any], axes: list[tuple[str, list]]) -> tuple[tuple[str, Any], ...]:
+    """The point on `axes` of a model trained with `train` (a TrainConfig's dict, e.g. a checkpoint's
+    meta["train"]): its value of each axis key (a model_args.NAME axis read from model_args)."""
+    return tuple((key, (train.get("model_args") or {}).get(axis_name(key)) if key.startswith("model_args.")
+                  else train.get(key)) for key, _ in axes)
+
+
 def apply_point(overrides: dict[str, Any], point) -> dict[str, Any]:
     """[train] overrides with a point's values set (a model_args.NAME axis into model_args), and `cell` naming the
     point's values beyond width (TrainConfig.cell: width has its own part of a checkpoint's name)."""

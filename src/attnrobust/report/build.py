@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 
 from attnrobust.checkpoint import read_meta
-from attnrobust.config import study_axes, verdict_section
+from attnrobust.config import point_of_train, study_axes, verdict_section
 from attnrobust.errors import UserError
 from attnrobust.report.corruptions import ALL as ALL_CORRUPTIONS
 from attnrobust.report.corruptions import (corruption_section, corruption_summary, corruption_text,
@@ -40,7 +40,7 @@ from attnrobust.report.slopes import SLOPE_KEYS
 from attnrobust.report.verdicts import TRANSFER_KEYS, paired_rows, verdicts
 from attnrobust.report.verdict_text import verdict_text
 from attnrobust.report.widths import TREND_KEYS, width_section
-from attnrobust.results import CLEAN, STANDARD, Panel, Setting, axis_name, file_name_part, load_records
+from attnrobust.results import CLEAN, STANDARD, Panel, Setting, file_name_part, load_records
 from attnrobust.runfolder import RunFolder, file_stem
 
 __all__ = ["build_report"]
@@ -188,12 +188,8 @@ def _panel_of_checkpoint(meta: dict, panels: list[Panel]) -> Panel | None:
     """The panel a checkpoint's model belongs to: its dataset and regime, and the panel's values of the study's
     axes read from its training config (None: no panel of the grid)."""
     train = meta.get("train") or {}
-
-    def value(key: str):
-        return (train.get("model_args") or {}).get(axis_name(key)) if key.startswith("model_args.") else train.get(key)
-
     return next((p for p in panels if p.dataset == meta.get("dataset") and p.regime == meta.get("regime", STANDARD)
-                 and all(value(k) == v for k, v in p.point)), None)
+                 and point_of_train(train, p.point) == p.point), None)
 
 
 def _attention_figures(grid: Grid, metas: list[tuple[Path, dict]], out: Path) -> tuple[list[tuple[str, str]],
