@@ -121,3 +121,14 @@ def test_crossed_transfer_rows_pair_by_source_and_target_seed():
         found = _decide(*rows)
         cover += found["ci_low"] <= 0 <= found["ci_high"]
     assert cover / 200 >= 0.93 and "crossed" in found["method"]
+
+
+def test_each_value_is_set_against_the_reference_in_its_own_family():
+    """Three values of an axis: 2 and 4 each against 1 (the first listed), two families, each decided."""
+    rng = np.random.default_rng(7)
+    d = _simulate(rng, 0.1) + _simulate(rng, 0.0)[1:]
+    rows = [_row(stride, x, list(range(SEEDS))) for stride, x in zip((1, 2, 4), d)]
+    paired = {(r["dataset"], r["attention_model"], r["baseline_model"], r["scenario"], r["attack"]): p for r, p in rows}
+    found = interactions([r for r, _ in rows], paired, [("model_args.stem_stride", [1, 2, 4])], VerdictSection())
+    assert [(f["value"], f["reference"], f["family_size"]) for f in found] == [(2, 1, 1), (4, 1, 1)]
+    assert found[0]["verdict"] == CHANGES and found[1]["verdict"] in (NO_CHANGE, "inconclusive")

@@ -26,7 +26,8 @@ from attnrobust.report.corruptions import (corruption_section, corruption_summar
 from attnrobust.report import figures  # figures.curves etc. looked up at call time (the tests draw placeholders)
 from attnrobust.report.figures import PALETTE, Plot, Series
 from attnrobust.report.grid import Grid, registered_info
-from attnrobust.report.interactions import INTERACTION_KEYS, interaction_key, interaction_lines, interactions
+from attnrobust.report.interactions import (INTERACTION_KEYS, interaction_key, interaction_lines, interaction_text,
+                                            interactions)
 from attnrobust.report.margins import SENSITIVITY_KEYS, margin_lines, margin_sensitivity
 from attnrobust.report.minimal import minimal_section
 from attnrobust.report.paper import comparison_rows, load_paper, matches_paper_pgd, paper_model, paper_value
@@ -251,7 +252,6 @@ def _write_report(out: Path, folder: RunFolder, records: list[dict]) -> None:
     paired = paired_rows(grid, min_clean_accuracy=floor, pairs=pairs)
     corruption_rows = corruption_verdicts(all_records, min_clean_accuracy=floor, pairs=pairs, verdict=verdict)
     _write(out / "verdicts.csv", rows_csv(rows, VERDICT_KEYS + TRANSFER_KEYS))
-    _write(out / "verdicts.txt", verdict_text(rows, records) + corruption_text(corruption_rows) + "\n")
     _write(out / "paired.csv", rows_csv(paired, PAIRED_KEYS))
     comparison = comparison_rows(grid)
     _write(out / "paper_comparison.csv", rows_csv(comparison, COMPARISON_KEYS))
@@ -275,6 +275,8 @@ def _write_report(out: Path, folder: RunFolder, records: list[dict]) -> None:
                          verdict)
     if found:
         _write(out / "interactions.csv", rows_csv(found, INTERACTION_KEYS))
+    _write(out / "verdicts.txt", verdict_text(rows, records) + corruption_text(corruption_rows) +
+           interaction_text(found) + "\n")
     width_lines, width_figures, trend, slopes = width_section(rows, out)
     if trend:
         _write(out / "width_trend.csv", rows_csv(trend, TREND_KEYS))

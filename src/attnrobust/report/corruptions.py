@@ -34,9 +34,9 @@ from attnrobust.report.figures import PALETTE, Plot, Series
 from attnrobust.report.grid import Grid, registered_info
 from attnrobust.report.readme import rows_csv
 from attnrobust.report.stats import mean_ci
-from attnrobust.report.tables import csv_text, markdown_table
+from attnrobust.report.tables import aligned_lines, csv_text, markdown_table
 from attnrobust.report.verdicts import attention_pairs, clean_floor, compare_cells, decide_family
-from attnrobust.report.verdict_text import aligned_lines, format_diff, format_sim, verdict_label
+from attnrobust.report.verdict_text import format_diff, format_sim, verdict_label
 from attnrobust.results import CLEAN, Panel, Setting, file_name_part
 
 __all__ = ["is_corruption", "corruption_verdicts", "corruption_text", "corruption_summary", "corruption_section",

@@ -38,11 +38,11 @@ from attnrobust.config import VerdictSection
 from attnrobust.report.crossed import OTHER_SEEDS, crossed_interval
 from attnrobust.report.stats import EQUIVALENT, HELPS, HURTS, INCONCLUSIVE, decide, seeds_interval
 from attnrobust.report.floors import AT_FLOOR
-from attnrobust.report.tables import column_titles, markdown_table
+from attnrobust.report.tables import aligned_lines, column_titles, markdown_table
 from attnrobust.results import axis_name
 
 __all__ = ["PairedData", "CHANGES", "NO_CHANGE", "INTERACTION_KEYS", "interactions", "interaction_key",
-           "interaction_lines"]
+           "interaction_lines", "interaction_text"]
 
 CHANGES, NO_CHANGE, WITHHELD = "changes", "no change within the margin", "withheld"
 TOO_FEW_SEEDS = "too few seeds"  # fewer than two units measured at both values: no interval
@@ -146,11 +146,11 @@ def interactions(rows: list[dict], paired: dict[tuple, PairedData], axes: list[t
         for (entry, _, _, scale), dec in zip(live, decide([iv for _, iv, _, _ in live],
                                                           [m for _, _, m, _ in live], alpha=verdict.alpha,
                                                           power=False)):
-            verdict = {HELPS: CHANGES, HURTS: CHANGES, EQUIVALENT: NO_CHANGE}.get(dec.verdict, INCONCLUSIVE)
-            if entry.pop("_near_floor") and verdict == NO_CHANGE:
-                verdict = INCONCLUSIVE
+            said = {HELPS: CHANGES, HURTS: CHANGES, EQUIVALENT: NO_CHANGE}.get(dec.verdict, INCONCLUSIVE)
+            if entry.pop("_near_floor") and said == NO_CHANGE:
+                said = INCONCLUSIVE
             entry.update(p_holm=dec.p_holm, p_equivalence_holm=dec.p_equivalence_holm, sim_low=scale * dec.sim_low,
-                         sim_high=scale * dec.sim_high, verdict=verdict)
+                         sim_high=scale * dec.sim_high, verdict=said)
         for entry in family:
             entry["family_size"] = len(live)
         out += family
@@ -160,6 +160,25 @@ def interactions(rows: list[dict], paired: dict[tuple, PairedData], axes: list[t
 def interaction_key(row: dict) -> tuple:
     """What PairedData is kept by: (dataset, attention_model, baseline_model, scenario, attack)."""
     return row["dataset"], row["attention_model"], row["baseline_model"], row["scenario"], row["attack"]
+
+
+def _change(r: dict) -> str:
+    return "–" if r["interaction"] is None else \
+        f"{r['interaction']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] {r['unit']}"
+
+
+def interaction_text(found: list[dict]) -> str:
+    """The interaction verdicts as plain text (verdicts.txt, printed at the end of a study); "" without axes."""
+    if not found:
+        return ""
+    header = ["axis", "value vs reference", "panel", "attention vs twin", "scenario", "measure", "change [95% CI]",
+              "verdict"]
+    body = [[r["axis"], f"{r['value']} vs {r['reference']}", str(r["panel"]),
+             f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["attack"], _change(r), r["verdict"]]
+            for r in found]
+    return "\n".join(["", "", "What the axes change in the attention effect (the gap at each axis value minus the gap "
+                      "at the axis' first value, paired by seed and image; Holm over each axis value and panel):",
+                      *aligned_lines([header] + body)])
 
 
 def interaction_lines(found: list[dict]) -> list[str]:
@@ -177,9 +196,7 @@ def interaction_lines(found: list[dict]) -> list[str]:
               "gap at value", "change [95% CI]", "verdict"]
     body = []
     for r in found:
-        ci = "–" if r["interaction"] is None else \
-            f"{r['interaction']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] {r['unit']}"
         body.append([r["axis"], f"{r['value']} vs {r['reference']}", str(r["panel"]),
                      f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["attack"],
-                     f"{r['gap_reference']:+.2f}", f"{r['gap_value']:+.2f}", ci, f"*{r['verdict']}*"])
+                     f"{r['gap_reference']:+.2f}", f"{r['gap_value']:+.2f}", _change(r), f"*{r['verdict']}*"])
     return lines + markdown_table(header, body).splitlines() + [""]

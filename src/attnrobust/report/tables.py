@@ -186,3 +186,10 @@ def csv_text(header: list[str], rows: list[list]) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def aligned_lines(rows: list[list]) -> list[str]:
+    """Rows of str(cell) in left-aligned columns (a panel shows its label)."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

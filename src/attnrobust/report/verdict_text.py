@@ -13,6 +13,7 @@ from attnrobust.report.crossed import OTHER_SEEDS
 from attnrobust.report.floors import AT_FLOOR
 from attnrobust.report.paper import load_paper, paper_dataset, paper_model
 from attnrobust.report.stats import EQUIVALENT, INCONCLUSIVE, POWER
+from attnrobust.report.tables import aligned_lines
 from attnrobust.report.verdicts import (HELPS, HURTS, NONE, ROBUSTNESS, SAME_SEED_FLAG, TRANSFERABILITY, WITHHELD,
                                         verdicts)
 from attnrobust.results import Panel
@@ -331,10 +332,3 @@ def verdict_text(rows: list[dict], records: list[dict] | None = None) -> str:
     if records is not None:
         lines += [""] + warnings_lines(records, rows)
     return "\n".join(lines)
-
-
-def aligned_lines(rows: list[list]) -> list[str]:
-    """Rows of str(cell) in left-aligned columns (a panel shows its label)."""
-    rows = [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
