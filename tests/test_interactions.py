@@ -85,6 +85,13 @@ def test_a_large_interaction_is_found_and_a_null_one_with_many_seeds_is_no_chang
     assert found["verdict"] == "inconclusive"
 
 
+def test_an_inconclusive_interaction_says_how_many_seeds_would_decide_it():
+    rng = np.random.default_rng(8)
+    d_ref, d_val = _simulate(rng, 0.0)
+    found = _decide(_row(1, d_ref, list(range(SEEDS))), _row(2, d_val, list(range(SEEDS))))
+    assert found["verdict"] == "inconclusive" and found["seeds_needed"] > SEEDS
+
+
 def test_seeds_are_paired_and_rows_without_two_common_seeds_are_too_few():
     rng = np.random.default_rng(4)
     d_ref, d_val = _simulate(rng, 0.0)

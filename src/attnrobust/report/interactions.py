@@ -22,7 +22,9 @@ floor squeezes both gaps alike).
 Three-way verdict per family (one axis, one value against the reference, one panel), Holm over its rows as the
 verdicts' own families (`stats.decide`): *changes* (Holm p of 'no change' < alpha: the axis moves the attention
 effect, up or down as the sign says), *no change within the margin* (two one-sided tests: the interaction lies
-within the row's own margin, the size a verdict calls equivalent), else *inconclusive*. Simulated in
+within the row's own margin, the size a verdict calls equivalent), else *inconclusive*, with the seeds at which
+an interaction of one margin would be found with 80% power (`stats.decide` on the interaction's own variance
+components: an interaction carries two gaps' noise, so it needs more seeds than either row). Simulated in
 tests/test_interactions.py: coverage and false "changes" at 95% / 5% with no interaction, false "no change" at
 most 5% with an interaction of one margin.
 """
@@ -50,7 +52,7 @@ TOO_FEW_SEEDS = "too few seeds"  # fewer than two units measured at both values:
 INTERACTION_KEYS = ["axis", "reference", "value", "panel", "attention_model", "baseline_model", "scenario", "family",
                     "attack", "unit", "settings", "seeds", "n", "gap_reference", "gap_value", "interaction", "ci_low",
                     "ci_high", "sim_low", "sim_high", "margin", "p_value", "p_holm", "p_equivalence_holm", "verdict",
-                    "family_size", "method"]
+                    "seeds_needed", "family_size", "method"]
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def interactions(rows: list[dict], paired: dict[tuple, PairedData], axes: list[t
                      "gap_reference": ref_row["difference"], "gap_value": row["difference"],
                      "margin": row["margin"], "settings": [], "seeds": None, "n": None, "interaction": None,
                      "ci_low": None, "ci_high": None, "sim_low": None, "sim_high": None, "p_value": None,
-                     "p_holm": None, "p_equivalence_holm": None, "method": None}
+                     "p_holm": None, "p_equivalence_holm": None, "seeds_needed": None, "method": None}
             family.append(entry)
             if row["withheld"] or ref_row["withheld"]:
                 entry["verdict"] = WITHHELD
@@ -144,13 +146,14 @@ def interactions(rows: list[dict], paired: dict[tuple, PairedData], axes: list[t
             entry["_near_floor"] = bool(row.get("near_floor") or ref_row.get("near_floor"))
             live.append((entry, iv, row["margin"] / scale, scale))
         for (entry, _, _, scale), dec in zip(live, decide([iv for _, iv, _, _ in live],
-                                                          [m for _, _, m, _ in live], alpha=verdict.alpha,
-                                                          power=False)):
+                                                          [m for _, _, m, _ in live], alpha=verdict.alpha)):
             said = {HELPS: CHANGES, HURTS: CHANGES, EQUIVALENT: NO_CHANGE}.get(dec.verdict, INCONCLUSIVE)
             if entry.pop("_near_floor") and said == NO_CHANGE:
                 said = INCONCLUSIVE
             entry.update(p_holm=dec.p_holm, p_equivalence_holm=dec.p_equivalence_holm, sim_low=scale * dec.sim_low,
-                         sim_high=scale * dec.sim_high, verdict=said)
+                         sim_high=scale * dec.sim_high, verdict=said,
+                         # inconclusive: the seeds at which an interaction of one margin is found with 80% power
+                         seeds_needed=dec.seeds_needed if said == INCONCLUSIVE else None)
         for entry in family:
             entry["family_size"] = len(live)
         out += family
@@ -190,13 +193,15 @@ def interaction_lines(found: list[dict]) -> list[str]:
              "differ in that axis alone: the attention model's gap to its twin at the value minus the same gap at "
              "the reference, paired by seed and image, with its 95% interval. *changes*: Holm over each family "
              "(one axis value and panel); *no change within the margin*: the change lies within the row's margin "
-             "(two one-sided tests); else *inconclusive*. A row at its floor on either side tests nothing. Also in "
+             "(two one-sided tests); else *inconclusive*, with the seeds at which a change of one margin would be "
+             "found with 80% power. A row at its floor on either side tests nothing. Also in "
              "[interactions.csv](interactions.csv).", ""]
     header = ["axis", "value vs reference", "panel", "attention vs twin", "scenario", "measure", "gap at reference",
-              "gap at value", "change [95% CI]", "verdict"]
+              "gap at value", "change [95% CI]", "verdict", "seeds to decide"]
     body = []
     for r in found:
         body.append([r["axis"], f"{r['value']} vs {r['reference']}", str(r["panel"]),
                      f"{r['attention_model']} vs {r['baseline_model']}", r["scenario"], r["attack"],
-                     f"{r['gap_reference']:+.2f}", f"{r['gap_value']:+.2f}", _change(r), f"*{r['verdict']}*"])
+                     f"{r['gap_reference']:+.2f}", f"{r['gap_value']:+.2f}", _change(r), f"*{r['verdict']}*",
+                     "–" if r["seeds_needed"] is None else str(r["seeds_needed"])])
     return lines + markdown_table(header, body).splitlines() + [""]
