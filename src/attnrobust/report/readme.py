@@ -468,8 +468,8 @@ def _deviations(checkpoint_args: list[dict], config: dict | None) -> list[str]:
         if momentum is not None and any(getattr(registered_info(m), "attention", None) == "cbam" for m in models):
             momenta.add(momentum)
     for m in sorted(momenta - {0.01}):
-        out.append(f"CBAM spatial-gate BatchNorm momentum {m:g} instead of the official 0.01: in runs of a few "
-                   f"hundred steps the running statistics would still carry their initial values with 0.01, so "
-                   f"the eval-mode gate (attacks run in eval mode) would differ from the one the network trained "
-                   f"with.")
+        out.append(f"CBAM spatial-gate BatchNorm momentum {m:g} instead of the official 0.01: the eval-mode "
+                   f"statistics (attacks run in eval mode) average over about the last {round(1 / m)} training "
+                   f"steps instead of the last 100, so at the end of a short, high-learning-rate schedule they "
+                   f"follow the weights the network ends with.")
     return out
