@@ -26,11 +26,11 @@ def _row(stride: int, diffs: np.ndarray, units: list, design=None, **extra) -> t
     return row, PairedData(FGSM, units, diffs, design, 1.0, on=lambda settings: None)
 
 
-def _decide(ref: tuple[dict, PairedData], val: tuple[dict, PairedData]) -> dict:
+def _decide(ref: tuple[dict, PairedData], val: tuple[dict, PairedData], power: bool = False) -> dict:
     rows = [ref[0], val[0]]
     paired = {(r["dataset"], r["attention_model"], r["baseline_model"], r["scenario"], r["attack"]): p
               for r, p in (ref, val)}
-    (found,) = interactions(rows, paired, AXIS, VerdictSection())
+    (found,) = interactions(rows, paired, AXIS, VerdictSection(), power=power)
     return found
 
 
@@ -88,7 +88,7 @@ def test_a_large_interaction_is_found_and_a_null_one_with_many_seeds_is_no_chang
 def test_an_inconclusive_interaction_says_how_many_seeds_would_decide_it():
     rng = np.random.default_rng(8)
     d_ref, d_val = _simulate(rng, 0.0)
-    found = _decide(_row(1, d_ref, list(range(SEEDS))), _row(2, d_val, list(range(SEEDS))))
+    found = _decide(_row(1, d_ref, list(range(SEEDS))), _row(2, d_val, list(range(SEEDS))), power=True)
     assert found["verdict"] == "inconclusive" and found["seeds_needed"] > SEEDS
 
 

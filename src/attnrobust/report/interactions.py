@@ -112,10 +112,11 @@ def _families(rows: list[dict], axes: list[tuple[str, list]]):
 
 
 def interactions(rows: list[dict], paired: dict[tuple, PairedData], axes: list[tuple[str, list]],
-                 verdict: VerdictSection) -> list[dict]:
+                 verdict: VerdictSection, power: bool = True) -> list[dict]:
     """One row per axis x value x panel x verdict row (keys: INTERACTION_KEYS), decided per family (see the module
     docstring). rows: `verdicts.verdicts`' rows; paired: their PairedData by (dataset, attention_model,
-    baseline_model, scenario, attack), as `verdicts(..., paired=...)` fills it; axes: `config.study_axes`."""
+    baseline_model, scenario, attack), as `verdicts(..., paired=...)` fills it; axes: `config.study_axes`.
+    power=False: no seeds_needed (what simulations that decide thousands of interactions leave out)."""
     out = []
     for (key, reference, value, panel), pairs in _families(rows, axes).items():
         family, live = [], []
@@ -146,7 +147,8 @@ def interactions(rows: list[dict], paired: dict[tuple, PairedData], axes: list[t
             entry["_near_floor"] = bool(row.get("near_floor") or ref_row.get("near_floor"))
             live.append((entry, iv, row["margin"] / scale, scale))
         for (entry, _, _, scale), dec in zip(live, decide([iv for _, iv, _, _ in live],
-                                                          [m for _, _, m, _ in live], alpha=verdict.alpha)):
+                                                          [m for _, _, m, _ in live], alpha=verdict.alpha,
+                                                          power=power)):
             said = {HELPS: CHANGES, HURTS: CHANGES, EQUIVALENT: NO_CHANGE}.get(dec.verdict, INCONCLUSIVE)
             if entry.pop("_near_floor") and said == NO_CHANGE:
                 said = INCONCLUSIVE
