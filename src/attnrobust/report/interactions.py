@@ -95,7 +95,7 @@ def _same_settings(ref: PairedData, val: PairedData) -> tuple[PairedData | None,
 def _families(rows: list[dict], axes: list[tuple[str, list]]):
     """(axis key, reference value, value, base panel) -> [(reference row, row at value)], per verdict row that both
     panels have."""
-    index = {(r["dataset"], r["attention_model"], r["baseline_model"], r["scenario"], r["attack"]): r for r in rows}
+    index = {interaction_key(r): r for r in rows}
     out: dict[tuple, list[tuple[dict, dict]]] = {}
     for key, values in axes:
         if len(values) < 2:
