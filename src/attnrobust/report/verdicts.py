@@ -313,6 +313,11 @@ def compare_cells(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], f
     excess = None if design is None else _same_seed_excess(grid, d, a_cell, b_cell, settings)
     if design == SAME_SEED and len(units) >= 2:  # one seed: no other to take, and the row is indicative anyway
         flags = sorted(flags + [SAME_SEED_FLAG])
+
+    def on_settings(others: list[Setting]) -> PairedData | None:  # the same comparison on other settings
+        again = compare_cells(grid, d, a_cell, b_cell, others, floor, transfer_sources)
+        return None if again is None else again["_paired"]
+
     return {
         "settings": column_titles(settings),
         "seeds": iv.seeds,
@@ -351,9 +356,7 @@ def compare_cells(grid: Grid, d: str, a_cell, b_cell, settings: list[Setting], f
         "_without": lambda seed: _interval_without(diffs, units, design, bound, seed),
         "_seeds": seeds,
         # for the interaction verdicts (report/interactions.py): what the row averaged, and the same on others
-        "_paired": PairedData(settings, units, diffs, design, bound, on=lambda others: (
-            lambda row: None if row is None else row["_paired"])(
-                compare_cells(grid, d, a_cell, b_cell, others, floor, transfer_sources))),
+        "_paired": PairedData(settings, units, diffs, design, bound, on=on_settings),
     }
 
 
