@@ -144,13 +144,13 @@ def interactions(rows: list[dict], paired: dict[tuple, PairedData], axes: list[t
             entry.update(settings=column_titles(val.settings), seeds=iv.seeds, n=n, interaction=scale * iv.estimate,
                          ci_low=scale * iv.low, ci_high=scale * iv.high, p_value=iv.p_value, method=iv.method)
             # near a floor both gaps are squeezed: no "no change" claim there (report/floors.py's rule)
-            entry["_near_floor"] = bool(row.get("near_floor") or ref_row.get("near_floor"))
-            live.append((entry, iv, row["margin"] / scale, scale))
-        for (entry, _, _, scale), dec in zip(live, decide([iv for _, iv, _, _ in live],
-                                                          [m for _, _, m, _ in live], alpha=verdict.alpha,
-                                                          power=power)):
+            near_floor = bool(row.get("near_floor") or ref_row.get("near_floor"))
+            live.append((entry, iv, row["margin"] / scale, scale, near_floor))
+        decisions = decide([iv for _, iv, _, _, _ in live], [m for _, _, m, _, _ in live], alpha=verdict.alpha,
+                           power=power)
+        for (entry, _, _, scale, near_floor), dec in zip(live, decisions):
             said = {HELPS: CHANGES, HURTS: CHANGES, EQUIVALENT: NO_CHANGE}.get(dec.verdict, INCONCLUSIVE)
-            if entry.pop("_near_floor") and said == NO_CHANGE:
+            if near_floor and said == NO_CHANGE:
                 said = INCONCLUSIVE
             entry.update(p_holm=dec.p_holm, p_equivalence_holm=dec.p_equivalence_holm, sim_low=scale * dec.sim_low,
                          sim_high=scale * dec.sim_high, verdict=said,
