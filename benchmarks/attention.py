@@ -7,7 +7,7 @@ Two variants, each in a fresh process (malloc's state is per process): "plain", 
 expressions (tests/plain_gates.py) with glibc's default malloc, i.e. the code before issue 32; and "ours", the
 gates of models.gating with runtime.keep_freed_memory, as a study runs. Each measures, for every model and stem
 stride, a training step (forward, cross-entropy, backward, SGD with momentum) and an attack pass (eval mode,
-forward + backward to the input), batch 128 of 28x28x1 images, channels_last, one thread (a study's worker):
+parameters frozen as attacks.core.attack_hygiene does, forward + backward to the input), batch 128 of 28x28x1 images, channels_last, one thread (a study's worker):
 the median of interleaved repeats after warm-up. Printed: milliseconds, each attention model over its twin
 (resnet14) in the same variant, ours over plain, and the achieved GFLOP/s beside the FLOPs of a step per image
 (torch.utils.flop_counter; the attack pass does about the same arithmetic without the weight gradients).
@@ -32,6 +32,7 @@ def measure(variant: str, models: list[str], strides: list[int], width: int, bat
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
+    from attnrobust.attacks.core import attack_hygiene
     from attnrobust.models import build_model
     from attnrobust.runtime import keep_freed_memory
 
@@ -51,10 +52,10 @@ def measure(variant: str, models: list[str], strides: list[int], width: int, bat
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
 
-        def attack():
-            model.eval()
-            xa = x.clone().requires_grad_(True)
-            torch.autograd.grad(F.cross_entropy(model(xa), y), [xa])
+        def attack():  # as an attack runs: eval mode, parameters frozen (attacks.core.attack_hygiene)
+            with attack_hygiene(model):
+                xa = x.clone().requires_grad_(True)
+                torch.autograd.grad(F.cross_entropy(model(xa), y), [xa])
         return {"train": train, "attack": attack}
 
     runs = {}

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from attnrobust.models import build_model
 from attnrobust.models.attention import CBAM, ECA, SE
+from attnrobust.models.gating import spatial_conv
 from plain_gates import PLAIN, plain_gates
 
 GATES = {"cbam": lambda c: CBAM(c, bn_momentum=0.1), "se": SE, "eca": ECA}
@@ -85,9 +86,83 @@ def test_keep_freed_memory_is_idempotent():
     assert torch.ones(3).sum().item() == 3
 
 
-def test_second_derivative_raises_instead_of_a_wrong_number():
-    module = CBAM(16, bn_momentum=0.1)
+@pytest.mark.parametrize("name", sorted(GATES))
+def test_second_derivative_raises_instead_of_a_wrong_number(name):
+    """create_graph=True raises at once: the gate's node is one step from this loss, so the incoming gradient has no
+    graph, and a lenient backward would return a first derivative whose own derivative is silently zero."""
+    module = GATES[name](16)
     x = torch.randn(2, 16, 5, 5, requires_grad=True)
-    (grad,) = torch.autograd.grad(module(x).sum(), [x], create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        grad.sum().backward()
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(module(x).sum(), [x], create_graph=True)
+    (grad,) = torch.autograd.grad(module(x).sum(), [x])  # a first derivative alone is fine
+    assert torch.isfinite(grad).all()
+
+
+def _trained_like(name, channels=16):
+    torch.manual_seed(0)
+    module = GATES[name](channels)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(GATES))
+def test_some_parameters_frozen_or_input_without_gradient(name):
+    """Gradients for just what is asked: a frozen half of the parameters gets none and the rest match the plain
+    expression's; with an input that needs no gradient the parameters still get theirs."""
+    module = _trained_like(name).train()
+    frozen = list(module.parameters())[::2]
+    for p in frozen:
+        p.requires_grad_(False)
+    live = [p for p in module.parameters() if p.requires_grad]
+    x, g = torch.randn(3, 16, 6, 5), torch.randn(3, 16, 6, 5)
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    for input_grad in (True, False) if live else (True,):  # (ECA has one parameter, frozen here)
+        module.load_state_dict(state)
+        xa = x.clone().requires_grad_(input_grad)
+        got = torch.autograd.grad(module(xa), [xa] * input_grad + live, g)
+        module.load_state_dict(state)
+        xb = x.clone().requires_grad_(input_grad)
+        want = torch.autograd.grad(PLAIN[type(module)](module, xb), [xb] * input_grad + live, g)
+        for a, b in zip(got, want):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    module(x.requires_grad_()).sum().backward()
+    assert all(p.grad is None for p in frozen) and all(p.grad is not None for p in live)
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize("name", sorted(GATES))
+def test_retained_graph_gives_the_same_gradient_twice_and_no_grad_the_same_output(name):
+    module = _trained_like(name).eval()
+    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+    out = module(x)
+    first = torch.autograd.grad(out.sum(), [x, *module.parameters()], retain_graph=True)
+    second = torch.autograd.grad(out.sum(), [x, *module.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    with torch.no_grad():  # the plain path: no graph, no position of the max kept
+        assert torch.allclose(module(x), out, atol=1e-6)
+
+
+def test_flop_counter_and_module_hooks_see_through_the_gates():
+    """torch's FlopCounterMode tracks modules with hooks on their inputs during the backward, which the gates'
+    sub-networks, differentiated inside the gate's backward, must not trip over."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model = build_model("cbam_resnet14", 10, in_channels=1, width=4, mean=[0.5], std=[0.5])
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(torch.rand(2, 1, 28, 28)), torch.tensor([1, 2])).backward()
+    assert counter.get_total_flops() > 0
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
+def test_spatial_conv_is_the_convolution(channels_last):
+    """The folded depthwise form computes F.conv2d(pooled, weight, padding=k // 2): values and both gradients
+    (gradcheck in float64), odd and even sides, either layout."""
+    torch.manual_seed(0)
+    for h, w, k in ((7, 6, 7), (4, 4, 3), (1, 3, 7)):
+        pooled = torch.randn(3, 2, h, w, dtype=torch.float64)
+        if channels_last:
+            pooled = pooled.contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(1, 2, k, k, dtype=torch.float64)
+        assert torch.allclose(spatial_conv(pooled, weight), F.conv2d(pooled, weight, padding=k // 2))
+        assert torch.autograd.gradcheck(spatial_conv, (pooled.requires_grad_(), weight.requires_grad_()))

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from attnrobust.errors import UserError
-from attnrobust.models.gating import pool_spatial, scale_and_pool_channels, scale_channels, scale_positions
+from attnrobust.models.gating import cbam, channel_gated, spatial_conv
 
 REDUCTION = 16  # both papers' default; the published parameter counts assume it
 CBAM_BN_MOMENTUM = 0.01  # the official CBAM code's spatial-BN momentum (see the module docstring)
@@ -46,26 +46,26 @@ def _hidden(channels: int, reduction: int) -> int:
 
 
 class ChannelGate(nn.Module):
-    """Channel attention weights in (0, 1), shape [B, C]: sigmoid of a shared MLP summed over pooled descriptors."""
+    """Channel attention weights in (0, 1), shape [B, C]: sigmoid of a shared MLP summed over pooled descriptors
+    ([B, C] each: the feature map's mean over positions, and for CBAM its max), which the caller passes in
+    (`gating.cbam` and `gating.channel_gated` pool the feature map)."""
 
-    def __init__(self, channels: int, reduction: int = REDUCTION, pools: tuple[str, ...] = ("avg", "max")):
+    def __init__(self, channels: int, reduction: int = REDUCTION):
         super().__init__()
         hidden = _hidden(channels, reduction)
-        self.pools = tuple(pools)
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg, xmax = pool_spatial(x, with_max="max" in self.pools)
-        logits = 0
-        for pool in self.pools:
-            logits = logits + self.mlp(avg if pool == "avg" else xmax)
-        return torch.sigmoid(logits)
+    def forward(self, *descriptors: torch.Tensor) -> torch.Tensor:
+        # the shared MLP once over the stacked descriptors, then their logits summed
+        logits = self.mlp(torch.cat(descriptors)) if len(descriptors) > 1 else self.mlp(descriptors[0])
+        return torch.sigmoid(logits.view(len(descriptors), *descriptors[0].shape).sum(dim=0))
 
 
 class SpatialGate(nn.Module):
     """Spatial attention weights in (0, 1), shape [B, 1, H, W]: 7x7 conv + BN over a feature map's channel-wise
-    [max, mean], which the caller passes in ([B, 2, H, W]: `gating.scale_and_pool_channels` makes it while it
-    applies the channel gate)."""
+    [max, mean], which the caller passes in ([B, 2, H, W]: `gating.cbam` makes it while it applies the channel
+    gate). The conv is computed by `gating.spatial_conv` (the same function, faster); it stays an nn.Conv2d for
+    its weight, its initialization and its name in checkpoints."""
 
     def __init__(self, kernel_size: int = 7, bn_momentum: float = CBAM_BN_MOMENTUM):
         super().__init__()
@@ -78,7 +78,7 @@ class SpatialGate(nn.Module):
         nn.init.zeros_(self.bn.bias)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.bn(self.conv(pooled)))
+        return torch.sigmoid(self.bn(spatial_conv(pooled, self.conv.weight)))
 
 
 class CBAM(nn.Module):
@@ -91,19 +91,17 @@ class CBAM(nn.Module):
 
     def __init__(self, channels: int, reduction: int = REDUCTION, bn_momentum: float = CBAM_BN_MOMENTUM):
         super().__init__()
-        self.channel = ChannelGate(channels, reduction, ("avg", "max"))
+        self.channel = ChannelGate(channels, reduction)
         self.spatial = SpatialGate(7, bn_momentum)
         self.sink: list[dict[str, torch.Tensor]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The gates' full-size arithmetic goes through `gating` (hand-written backward passes, module docstring
-        # there); this is x1 = x * cgate, then x1 * sgate with sgate from x1's [max, mean] over channels.
-        cgate = self.channel(x)
-        x1, pooled = scale_and_pool_channels(x, cgate)
-        sgate = self.spatial(pooled)
+        # The gates' full-size arithmetic is `gating.cbam` (one autograd node, module docstring there):
+        # x1 = x * cgate, then x1 * sgate with sgate from x1's [max, mean] over channels.
+        out, cgate, sgate = cbam(x, self.channel, self.spatial, list(self.parameters()))
         if self.sink is not None:
-            self.sink.append({"channel": cgate.detach(), "spatial": sgate.detach()})
-        return scale_positions(x1, sgate)
+            self.sink.append({"channel": cgate, "spatial": sgate})
+        return out
 
 
 class SE(nn.Module):
@@ -111,14 +109,14 @@ class SE(nn.Module):
 
     def __init__(self, channels: int, reduction: int = REDUCTION):
         super().__init__()
-        self.channel = ChannelGate(channels, reduction, ("avg",))
+        self.channel = ChannelGate(channels, reduction)
         self.sink: list[dict[str, torch.Tensor]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.channel(x)
+        out, gate = channel_gated(x, self.channel, list(self.parameters()))
         if self.sink is not None:
-            self.sink.append({"channel": gate.detach()})
-        return scale_channels(x, gate)
+            self.sink.append({"channel": gate})
+        return out
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
@@ -148,12 +146,15 @@ class ECA(nn.Module):
         self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
         self.sink: list[dict[str, torch.Tensor]] | None = None
 
+    def gate(self, desc: torch.Tensor) -> torch.Tensor:
+        """[B, C] weights from the average-pooled descriptor [B, C]: the channels as one 1-D sequence."""
+        return torch.sigmoid(self.conv(desc[:, None, :])[:, 0])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        desc, _ = pool_spatial(x, with_max=False)                  # [B, C]
-        gate = torch.sigmoid(self.conv(desc[:, None, :])[:, 0])    # channels as the 1-D sequence: [B, 1, C]
+        out, gate = channel_gated(x, self.gate, list(self.parameters()))
         if self.sink is not None:
-            self.sink.append({"channel": gate.detach()})
-        return scale_channels(x, gate)
+            self.sink.append({"channel": gate})
+        return out
 
 
 # name -> class taking (channels, **options); a block's `attn` argument is one of these names or None.

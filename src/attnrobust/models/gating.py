@@ -1,20 +1,22 @@
-"""The full-size arithmetic of the attention gates (CBAM, SE, ECA), as three autograd functions with hand-written
-backward passes: the same function as the plain tensor expressions, at close to the cost of the memory it touches.
+"""The full-size arithmetic of the attention gates (CBAM, SE, ECA) as autograd functions with hand-written backward
+passes: the same function as the plain tensor expressions, at close to the cost of the memory it touches.
 
 Why: a gate adds about 2% to a block's FLOPs, yet written as plain tensor expressions it doubled a width-8
 cbam_resnet14's training step on a CPU (benchmarks/attention.py). Autograd's generic backward formulas make several
 full-size temporaries per gate (an expanded gradient divided by H*W, zeros scattered at the argmax, a product
-per factor) in whatever layout their inputs happen to give, so a channels_last feature map keeps meeting
-gradients in the other layout, and adding them runs a strided kernel. Here each backward touches the feature map
-in a handful of passes, every full-size tensor in the input's own layout; everything small (the MLP, the 7x7 conv,
-BN, the sigmoids) stays ordinary autograd, so parameters, hooks and running statistics behave as before.
+per factor) in whatever layout their inputs happen to give, and the gradients reaching x by two paths (through
+the pooling and through the scaling) are summed in one more pass. Here each gate is one node whose backward
+touches the feature map in a handful of passes and assembles x's gradient once, in x's own layout.
 
-The three pieces, for a feature map x [B, C, H, W]:
-- `pool_spatial(x, with_max)`: x's mean (and max) over the H*W positions, per channel -> [B, C] each;
-- `scale_and_pool_channels(x, c)`: x1 = x * c (c [B, C] broadcast over positions), and x1's max and mean over
-  the channels at every position -> ([B, C, H, W], [B, 2, H, W], max first, as CBAM's official code);
-- `scale_positions(x, s)` / `scale_channels(x, c)`: x * s for a spatial gate s [B, 1, H, W] (CBAM's second) or a
-  channel gate c [B, C] (SE and ECA).
+Everything small stays ordinary modules: the MLP, ECA's 1-D conv, CBAM's 7x7 conv and BN, the sigmoids. A node
+builds their graphs on detached inputs in its forward and differentiates them in its backward with
+torch.autograd.grad; their parameters are inputs of the node, so their gradients reach the optimizer (and any
+hook) as any other parameter's do, and BN's running statistics move once, in the forward.
+
+- `channel_gated(x, gate, params)`: y = x * c, c = gate(avg) [B, C] from x's mean over positions (SE, ECA);
+- `cbam(x, channel, spatial, params)`: y = x * c * s, c = channel(avg, max) from x's mean and max over positions,
+  s = spatial(pooled) [B, 1, H, W] from x * c's [max, mean] over channels (max first, as the official code);
+- `spatial_conv(pooled, weight)`: CBAM's 7x7 conv from those two maps to one, computed as a depthwise conv.
 
 The other half of what the gates cost was memory that glibc had handed back to the kernel, so that every new
 feature map page-faulted: `runtime.keep_freed_memory` (benchmarks/attention.py measures both together).
@@ -24,16 +26,18 @@ Ties at a maximum: the max over positions sends its gradient to the one position
 between tied channels (as `amax`'s own backward does, where `max(dim)` gives it all to one). Both are valid
 subgradients; ties occur where a block's zero-initialized BN makes a whole map equal, before the first step.
 
-Only first derivatives are provided (training and the attacks need no more): the backward passes are marked
-`once_differentiable`, so a second derivative through them raises an error instead of a wrong number.
+Only first derivatives are provided (training and the attacks need no more): a backward asked to build a graph of
+its own (create_graph=True) raises an error instead of returning a gradient without one, whose second derivative
+would silently be zero (`_first_order`).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 
 
 def _spatial(t: torch.Tensor) -> torch.Tensor:
@@ -41,113 +45,217 @@ def _spatial(t: torch.Tensor) -> torch.Tensor:
     return t[:, :, None, None]
 
 
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    """x's memory format, for a gradient made from scratch to match it (a full-size tensor meeting another in the
-    other layout makes every elementwise op between them a strided, several times slower one)."""
-    return torch.channels_last if x.dim() == 4 and not x.is_contiguous() and \
-        x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+def _first_order(backward):
+    """A backward for first derivatives only. torch's once_differentiable raises at a second derivative only when
+    the incoming gradient itself requires grad; a gate's node, one step from the loss, often gets one that does not,
+    and would hand back a gradient with no graph: a second derivative silently zero. This raises instead."""
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled():  # the engine enables grad mode in a backward exactly when create_graph=True
+            raise RuntimeError("the attention gates (models.gating) give first derivatives only: "
+                               "create_graph=True through them is not supported")
+        return backward(ctx, *grads)
+    return wrapper
 
 
-class _PoolSpatial(Function):
+def _needs_graph(x: torch.Tensor, params: list[torch.Tensor]) -> bool:
+    """Whether a gradient can be asked for: otherwise the gates are plain expressions, with nothing kept."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+
+
+def _subnetwork_input(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """t as a leaf to differentiate a sub-network's graph by, and the view of it that the sub-network takes. Why the
+    view: hooks that watch a module's inputs during a backward (torch's ModuleTracker, as FlopCounterMode uses) fail
+    on a leaf while torch.autograd.grad runs; a view has a node of its own."""
+    leaf = t.requires_grad_()
+    return leaf, leaf.view_as(leaf)
+
+
+def _param_needs(ctx) -> tuple[bool, ...]:
+    """Which of the node's parameters (its last inputs) need a gradient."""
+    return ctx.needs_input_grad[len(ctx.needs_input_grad) - len(ctx.params):]
+
+
+def _wanted(ctx) -> list[torch.Tensor]:
+    """The parameters whose gradients are needed: differentiated along with each sub-network's input."""
+    return [p for p, need in zip(ctx.params, _param_needs(ctx)) if need]
+
+
+def _param_grads(ctx, *per_graph: list) -> tuple:
+    """The gradients of the node's parameters (None where not needed), each taken from the one sub-network's graph
+    that holds it (torch.autograd.grad with allow_unused gives None for the others)."""
+    merged = iter([next((g for g in grads if g is not None), None) for grads in zip(*per_graph)])
+    return tuple(next(merged) if need else None for need in _param_needs(ctx))
+
+
+class _ChannelGated(Function):
+    """y = x * gate(mean of x over positions), gate -> [B, C]: SE's and ECA's gate as one node."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, with_max: bool):
-        ctx.set_materialize_grads(False)
-        ctx.shape, ctx.layout = x.shape, _layout(x)
+    def forward(ctx, x: torch.Tensor, gate, *params: torch.Tensor):
+        with torch.enable_grad():
+            avg_in, avg_seen = _subnetwork_input(x.mean(dim=(2, 3)))
+            c = gate(avg_seen)
+        ctx.save_for_backward(x, c.detach())
+        ctx.graphs, ctx.params = (avg_in, c), params
+        gates = c.detach()
+        ctx.mark_non_differentiable(gates)
+        return x * _spatial(gates), gates
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, grad_y, _grad_c):
+        x, c = ctx.saved_tensors
+        avg_in, c_graph = ctx.graphs
+        h, w = x.shape[2:]
+        # retain_graph: an outer backward with retain_graph=True may come again
+        grad_avg, *grads = torch.autograd.grad(c_graph, [avg_in, *_wanted(ctx)], (grad_y * x).sum(dim=(2, 3)),
+                                               retain_graph=True, allow_unused=True)
+        grad_x = None
+        if ctx.needs_input_grad[0]:  # grad_y * c plus the mean's share, 1/(H*W) everywhere, in one pass
+            grad_x = torch.addcmul(_spatial(grad_avg / (h * w)), grad_y, _spatial(c))
+        return (grad_x, None, *_param_grads(ctx, grads))
+
+
+class _CBAM(Function):
+    """CBAM's whole gate as one node: y = x * c * s, c = channel(avg, max) [B, C], s = spatial(pooled) [B, 1, H, W].
+
+    Why one node: split into pieces, autograd handed each piece's full-size gradient to the next and summed the
+    two that reach x (from the pooling over positions and from the scaling), a full-size pass per hand-over.
+    Here the backward assembles x's gradient once, in the input's layout. The two small sub-networks (the MLP,
+    the 7x7 conv + BN) stay ordinary modules: their graphs are built here on detached inputs and differentiated
+    in the backward with torch.autograd.grad, and the parameters are inputs of this node, so their gradients
+    reach the optimizer (and any hook) as any other parameter's do. BN's running statistics move once, in the
+    forward, as before.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, channel, spatial, *params: torch.Tensor):
+        h, w = x.shape[2:]
         avg = x.mean(dim=(2, 3))
-        if not with_max:
-            return avg, None
-        if not ctx.needs_input_grad[0]:
-            return avg, x.amax(dim=(2, 3))  # no position to keep: amax is ~4x faster
-        # The max's position, for the backward to send its gradient there, as the max-pooling of the official
-        # code does (one position per channel); x itself need not be kept.
+        # the max's position, for the backward to send its gradient there (one position per channel, as the
+        # official code's max-pooling); x itself is kept for the gradient of c anyway
         xmax, where = F.adaptive_max_pool2d(x, 1, return_indices=True)
-        ctx.save_for_backward(where.flatten(1))
-        return avg, xmax.flatten(1)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_avg, grad_max):
-        b, c, h, w = ctx.shape
-        like = grad_avg if grad_avg is not None else grad_max
-        grad = torch.empty(ctx.shape, dtype=like.dtype, device=like.device, memory_format=ctx.layout)
-        if grad_avg is not None:
-            grad.copy_(_spatial(grad_avg / (h * w)).expand(ctx.shape))
-        else:
-            grad.zero_()
-        if grad_max is not None:
-            (where,) = ctx.saved_tensors
-            rows = torch.arange(b, device=where.device)[:, None]
-            cols = torch.arange(c, device=where.device)[None, :]
-            grad.index_put_((rows, cols, where // w, where % w), grad_max, accumulate=True)
-        return grad, None
-
-
-class _ScaleAndPoolChannels(Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, c: torch.Tensor):
-        ctx.set_materialize_grads(False)
-        x1 = x * _spatial(c)
+        with torch.enable_grad():
+            (avg_in, avg_seen), (max_in, max_seen) = _subnetwork_input(avg), _subnetwork_input(xmax.flatten(1))
+            c = channel(avg_seen, max_seen)
+        x1 = x * _spatial(c.detach())
         cmax = x1.amax(dim=1, keepdim=True)
         pooled = torch.cat([cmax, x1.mean(dim=1, keepdim=True)], dim=1)
-        ctx.save_for_backward(x, c, x1, cmax)
-        return x1, pooled
+        with torch.enable_grad():
+            pooled_in, pooled_seen = _subnetwork_input(pooled)
+            s = spatial(pooled_seen)
+        y = x1 * s.detach()
+        ctx.save_for_backward(x, x1, c.detach(), s.detach(), cmax, where.flatten(1))
+        ctx.graphs = (avg_in, max_in, c, pooled_in, s)
+        ctx.params = params
+        gates = (c.detach(), s.detach())
+        ctx.mark_non_differentiable(*gates)
+        return y, *gates
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_x1, grad_pooled):
-        x, c, x1, cmax = ctx.saved_tensors
-        grad = torch.zeros_like(x) if grad_x1 is None else grad_x1
-        if grad_pooled is not None:
-            # x1's share of the spatial gate's gradient: through the max over channels (split evenly between
-            # tied channels, as amax's own backward does: the max over channels has no cheap position to keep,
-            # torch.max's index costs 10x amax here) and through the mean (1/C to each channel).
-            # (in-place steps on one temporary: addcmul and fresh tensors measured slower here)
-            hit = torch.eq(x1, cmax, out=torch.empty_like(x1))  # 1.0 at the max: a float mask, 5x faster than bool
-            share = grad_pooled[:, :1] / hit.sum(dim=1, keepdim=True)
-            grad = hit.mul_(share).add_(grad_pooled[:, 1:] / x.shape[1]).add_(grad)
-        grad_c = (grad * x).sum(dim=(2, 3)) if ctx.needs_input_grad[1] else None
+    @_first_order
+    def backward(ctx, grad_y, _grad_c, _grad_s):
+        x, x1, c, s, cmax, where = ctx.saved_tensors
+        avg_in, max_in, c_graph, pooled_in, s_graph = ctx.graphs
+        b, channels, h, w = x.shape
+        wanted = _wanted(ctx)
+        # spatial gate: its gradient is the sum over channels of grad_y * x1; through the conv and BN to the pooled
+        # maps (retain_graph: an outer backward with retain_graph=True may come again)
+        grad_s = (grad_y * x1).sum(dim=1, keepdim=True)
+        grad_pooled, *grad_spatial = torch.autograd.grad(s_graph, [pooled_in, *wanted], grad_s, retain_graph=True,
+                                                         allow_unused=True)
+        # x1's gradient: grad_y * s, plus the pooled maps' share -- through the max over channels (split evenly
+        # between tied channels, as amax's own backward does: the max over channels has no cheap position to
+        # keep, torch.max's index costs 10x amax here) and through the mean (1/C to each channel). In-place
+        # steps on one temporary; the mask as floats (bool masks ran several times slower here).
+        hit = torch.eq(x1, cmax, out=torch.empty_like(x1))
+        share = grad_pooled[:, :1] / hit.sum(dim=1, keepdim=True)
+        grad_x1 = hit.mul_(share).add_(grad_pooled[:, 1:] / channels).addcmul_(grad_y, s)
+        # channel gate: its gradient is the sum over positions of grad_x1 * x; through the MLP to the pooled values
+        grad_c = (grad_x1 * x).sum(dim=(2, 3))
+        grad_avg, grad_max, *grad_channel = torch.autograd.grad(c_graph, [avg_in, max_in, *wanted], grad_c,
+                                                                retain_graph=True, allow_unused=True)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            # reuse our own temporary for grad_x where we made one (grad_x1 is autograd's, not ours to change)
-            grad_x = grad.mul_(_spatial(c)) if grad is not grad_x1 else grad * _spatial(c)
-        return grad_x, grad_c
+            # grad_x1 * c, plus the mean's share (1/(H*W) everywhere) in the same pass, then the max's at its place
+            grad_x = torch.addcmul(_spatial(grad_avg / (h * w)), grad_x1, _spatial(c), out=grad_x1)
+            # (view, not flatten: an in-place op on a silent copy would lose the update; both layouts allow it)
+            grad_x.view(b, channels, h * w).scatter_add_(2, where[:, :, None], grad_max[:, :, None])
+        return (grad_x, None, None, *_param_grads(ctx, grad_spatial, grad_channel))
 
 
-class _Scale(Function):
+class _SpatialConv(Function):
+    """CBAM's spatial conv (2 maps -> 1, k x k, stride 1, 'same' padding, no bias), the same function as
+    F.conv2d, computed as a depthwise conv over the batch folded into channels ([1, 2B, H, W], one 2-map
+    kernel repeated per image) and summed over the two maps.
+
+    Why: oneDNN's direct conv with 2 input channels and 1 output ran at a tenth of the depthwise kernels' speed
+    here (28x28 maps, batch 128: 1.9 ms forward and 3.3 ms with the input gradient, against 0.5 and 0.8 ms).
+    The weight's gradient is the ordinary one (on the unfolded conv): folded, it would be 2B depthwise weight
+    gradients summed afterwards, slower than oneDNN's.
+    """
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, s: torch.Tensor):
-        ctx.save_for_backward(x, s)
-        return x * s
+    def forward(ctx, pooled: torch.Tensor, weight: torch.Tensor):
+        ctx.save_for_backward(pooled, weight)
+        folded, kernels = _fold(pooled, weight)
+        b, maps, h, w = pooled.shape
+        out = F.conv2d(folded, kernels, padding=weight.shape[-1] // 2, groups=b * maps)
+        return out.view(b, maps, h, w).sum(dim=1, keepdim=True)
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, grad):
-        x, s = ctx.saved_tensors
-        grad_x = grad * s if ctx.needs_input_grad[0] else None
-        grad_s = None
+        pooled, weight = ctx.saved_tensors
+        b, maps, h, w = pooled.shape
+        pad = [weight.shape[-1] // 2] * 2
+        grad_pooled = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            folded, kernels = _fold(pooled, weight)
+            # the sum over maps hands each map the same output gradient
+            grad_folded = grad.contiguous().expand(b, maps, h, w).reshape(1, b * maps, h, w)
+            grad_pooled = torch.ops.aten.convolution_backward(
+                grad_folded, folded, kernels, None, [1, 1], pad, [1, 1], False, [0, 0], b * maps,
+                [True, False, False])[0].view(b, maps, h, w)
         if ctx.needs_input_grad[1]:
-            # s broadcasts over the dims where it has size 1: its gradient sums the product over them
-            dims = tuple(d for d in range(4) if s.shape[d] == 1)
-            grad_s = (grad * x).sum(dim=dims, keepdim=True)
-        return grad_x, grad_s
+            grad_weight = torch.ops.aten.convolution_backward(
+                grad, pooled, weight, None, [1, 1], pad, [1, 1], False, [0, 0], 1, [False, True, False])[1]
+        return grad_pooled, grad_weight
 
 
-def pool_spatial(x: torch.Tensor, with_max: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(mean, max) of x [B, C, H, W] over its positions, each [B, C]; max is None unless `with_max`."""
-    return _PoolSpatial.apply(x, with_max)
+def _fold(pooled: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch folded into channels, [1, B*maps, H, W], and the kernel of each folded channel, [B*maps, 1, k, k]."""
+    b, maps, h, w = pooled.shape
+    kernels = weight.reshape(maps, 1, *weight.shape[2:]).repeat(b, 1, 1, 1)
+    return pooled.contiguous().view(1, b * maps, h, w), kernels
 
 
-def scale_and_pool_channels(x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x1 = x * c (c [B, C]) and [max, mean] of x1 over channels at every position, [B, 2, H, W]."""
-    return _ScaleAndPoolChannels.apply(x, c)
+def channel_gated(x: torch.Tensor, gate, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, c): y = x * c, c = gate(avg) [B, C] from x's mean over positions (SE, ECA); `gate` is the small
+    sub-network (a module or function), `params` its parameters."""
+    if _needs_graph(x, params):
+        return _ChannelGated.apply(x, gate, *params)
+    c = gate(x.mean(dim=(2, 3)))
+    return x * _spatial(c), c
 
 
-def scale_positions(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """x * s, for s [B, 1, H, W] (a spatial gate)."""
-    return _Scale.apply(x, s)
+def cbam(x: torch.Tensor, channel, spatial, params: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """CBAM's gate on x [B, C, H, W]: (y, c, s), y = x * c * s, c = channel(avg, max) [B, C] from x's mean and max
+    over positions, s = spatial(pooled) [B, 1, H, W] from the channel-refined x * c's [max, mean] over channels.
+
+    `channel` and `spatial` are the small sub-networks (modules or functions), `params` their parameters. Where no
+    gradient can be asked for (no_grad, inference mode, nothing requiring grad) the same values come from plain
+    tensor expressions, with no graph and no position of the max to keep.
+    """
+    if _needs_graph(x, params):
+        return _CBAM.apply(x, channel, spatial, *params)
+    c = channel(x.mean(dim=(2, 3)), x.amax(dim=(2, 3)))
+    x1 = x * _spatial(c)
+    s = spatial(torch.cat([x1.amax(dim=1, keepdim=True), x1.mean(dim=1, keepdim=True)], dim=1))
+    return x1.mul_(s), c, s
 
 
-def scale_channels(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """x * c, for c [B, C] (a channel gate) broadcast over positions."""
-    return _Scale.apply(x, _spatial(c))
-
+def spatial_conv(pooled: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.conv2d(pooled, weight, padding=k // 2) for CBAM's spatial conv (weight [1, maps, k, k], no bias)."""
+    return _SpatialConv.apply(pooled, weight)
