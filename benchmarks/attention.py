@@ -4,18 +4,21 @@
                                    [--width 8] [--batch 128] [--repeats 7] [--threads 1]
 
 Two variants, each in a fresh process (malloc's state is per process): "plain", the gates written as plain tensor
-expressions (tests/plain_gates.py) with glibc's default malloc, i.e. the code before issue 32; and "ours", the
+expressions (tests/plain_gates.py) with glibc's default malloc, i.e. the gates before issue 32; and "ours", the
 gates of models.gating with runtime.keep_freed_memory, as a study runs. Each measures, for every model and stem
-stride, a training step (forward, cross-entropy, backward, SGD with momentum) and an attack pass (eval mode,
-parameters frozen as attacks.core.attack_hygiene does, forward + backward to the input), batch 128 of 28x28x1 images, channels_last, one thread (a study's worker):
-the median of interleaved repeats after warm-up. Printed: milliseconds, each attention model over its twin
-(resnet14) in the same variant, ours over plain, and the achieved GFLOP/s beside the FLOPs of a step per image
+stride, batch 128 of 28x28x1 images, channels_last, one thread (a study's worker), the median of interleaved
+repeats after warm-up of: a training step (forward, cross-entropy, backward, SGD with momentum); an attack pass
+(eval mode, parameters frozen as attacks.core.attack_hygiene does, forward + backward to the input); and the same
+attack pass with the model's BatchNorm folded into its convolutions, as checkpoint.load_attack_model gives the
+study's attacks their models. Printed: milliseconds, each attention model over its twin (resnet14) in the same
+variant and pass, ours over plain, and the achieved GFLOP/s beside the FLOPs of a step per image
 (torch.utils.flop_counter; the attack pass does about the same arithmetic without the weight gradients).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -24,6 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the passes measured: a training step, an attack pass on the model as trained, and on it with its BatchNorm folded
+# into the convolutions (models.fold_batchnorm), as checkpoint.load_attack_model gives it to the study's attacks
+PASSES = ("train", "attack", "attack, BN folded")
 
 
 def measure(variant: str, models: list[str], strides: list[int], width: int, batch: int, repeats: int,
@@ -33,7 +39,7 @@ def measure(variant: str, models: list[str], strides: list[int], width: int, bat
     from torch.utils.flop_counter import FlopCounterMode
 
     from attnrobust.attacks.core import attack_hygiene
-    from attnrobust.models import build_model
+    from attnrobust.models import build_model, fold_batchnorm
     from attnrobust.runtime import keep_freed_memory
 
     torch.set_num_threads(threads)
@@ -45,18 +51,18 @@ def measure(variant: str, models: list[str], strides: list[int], width: int, bat
     x = torch.rand(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
 
-    def passes(model, optimizer):
+    def passes(model, optimizer, folded):
         def train():
             model.train()
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
 
-        def attack():  # as an attack runs: eval mode, parameters frozen (attacks.core.attack_hygiene)
-            with attack_hygiene(model):
+        def attack_pass(m):  # as an attack runs: eval mode, parameters frozen (attacks.core.attack_hygiene)
+            with attack_hygiene(m):
                 xa = x.clone().requires_grad_(True)
-                torch.autograd.grad(F.cross_entropy(model(xa), y), [xa])
-        return {"train": train, "attack": attack}
+                torch.autograd.grad(F.cross_entropy(m(xa), y), [xa])
+        return {"train": train, "attack": lambda: attack_pass(model), "attack, BN folded": lambda: attack_pass(folded)}
 
     runs = {}
     for name in models:
@@ -66,25 +72,25 @@ def measure(variant: str, models: list[str], strides: list[int], width: int, bat
             for p in model.parameters():
                 p.requires_grad_(True)
             optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-            fns = passes(model, optimizer)
+            folded = fold_batchnorm(copy.deepcopy(model))  # what checkpoint.load_attack_model gives the attacks
+            fns = passes(model, optimizer, folded)
             with FlopCounterMode(display=False) as counter:
                 fns["train"]()
             runs[(name, stride)] = (fns, counter.get_total_flops() / batch)
-    times: dict = {key: {"train": [], "attack": []} for key in runs}
+    times: dict = {key: {kind: [] for kind in PASSES} for key in runs}
     context = plain_gates() if variant == "plain" else _nothing()
     with context:
         for fns, _ in runs.values():  # warm-up: allocator, oneDNN kernel choice
             for _ in range(3):
-                fns["train"]()
-                fns["attack"]()
+                for kind in PASSES:
+                    fns[kind]()
         for _ in range(repeats):
             for key, (fns, _) in runs.items():
-                for kind in ("train", "attack"):
+                for kind in PASSES:
                     started = time.perf_counter()
                     fns[kind]()
                     times[key][kind].append(time.perf_counter() - started)
-    return {f"{name}/{stride}": {"train_ms": 1000 * statistics.median(t["train"]),
-                                 "attack_ms": 1000 * statistics.median(t["attack"]),
+    return {f"{name}/{stride}": {**{f"{kind}_ms": 1000 * statistics.median(t[kind]) for kind in PASSES},
                                  "flops_per_image": runs[(name, stride)][1]}
             for (name, stride), t in times.items()}
 
@@ -129,7 +135,7 @@ def main() -> None:
     for name in models:
         for stride in strides:
             key = f"{name}/{stride}"
-            for kind in ("train", "attack"):
+            for kind in PASSES:
                 plain, ours = results["plain"][key][f"{kind}_ms"], results["ours"][key][f"{kind}_ms"]
                 base_p = results["plain"][f"{twin}/{stride}"][f"{kind}_ms"]
                 base_o = results["ours"][f"{twin}/{stride}"][f"{kind}_ms"]

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from attnrobust.attacks import apgd, attack_hygiene, fgsm, minimal_eps, pgd, predict, robust_accuracy_curve, worst_case
-from attnrobust.checkpoint import load_model
+from attnrobust.checkpoint import load_attack_model
 from attnrobust.config import AttackConfig
 from attnrobust.corruptions import corrupt, expand_names, family_of
 from attnrobust.data import DeviceLoader, load_dataset
@@ -557,7 +557,7 @@ def evaluate_checkpoints(sources: list[Path], targets: list[Path] | None, cfg: A
     for p in [*sources, *(targets or [])]:
         if Path(p).resolve() not in [q.resolve() for q in paths]:
             paths.append(Path(p))
-    models = [load_model(p, device=device, allow_code=allow_code) for p in paths]
+    models = [load_attack_model(p, device=device, allow_code=allow_code) for p in paths]
     metas = [m.meta for m in models]
     first = metas[0]
     for p, meta in zip(paths[1:], metas[1:]):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from attnrobust.checkpoint import load_model
+from attnrobust.checkpoint import load_attack_model
 from attnrobust.config import StudyConfig, TrainConfig
 from attnrobust.data import DeviceLoader, load_dataset
 from attnrobust.distributed import dist_info
@@ -147,11 +147,11 @@ def _cell_models(paths: list[Path], device, allow_code) -> list:
     try:
         stats = [p.stat() for p in paths]
     except OSError:  # a missing checkpoint: load_model says so in one line
-        return [load_model(p, device=device, allow_code=allow_code) for p in paths]
+        return [load_attack_model(p, device=device, allow_code=allow_code) for p in paths]
     keys = [(str(p), st.st_mtime_ns, st.st_size, str(device)) for p, st in zip(paths, stats)]
     if list(_CELL) != keys:
         _CELL.clear()
-        _CELL.update({k: load_model(p, device=device, allow_code=allow_code) for k, p in zip(keys, paths)})
+        _CELL.update({k: load_attack_model(p, device=device, allow_code=allow_code) for k, p in zip(keys, paths)})
     return [_CELL[k] for k in keys]
 
 

@@ -44,13 +44,13 @@ from torch import nn
 
 from attnrobust.errors import UserError
 from attnrobust.models.attention import ATTENTION, CBAM, ECA, MHSA, SE, SELF_ATTENTION
-from attnrobust.models.common import VARIANTS
+from attnrobust.models.common import VARIANTS, fold_batchnorm
 from attnrobust.models.resnet import ResNet
 from attnrobust.models.vgg import VGG
 
 __all__ = ["build_model", "list_models", "model_info", "model_options", "attention_pairs", "ModelInfo",
            "attention_maps", "recording_attention", "ATTENTION", "CBAM", "SE", "ECA", "MHSA", "is_user_model",
-           "code_origin", "code_allowed"]
+           "code_origin", "code_allowed", "fold_batchnorm"]
 
 IN_CHANNELS = (1, 3)
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from attnrobust.errors import UserError
 
 # A network's variant: "cifar", adapted to 32x32 (and 28x28) inputs; "imagenet", the published 224x224 network.
 # Each family says what that changes: the ResNet stem (3x3 conv vs 7x7 conv + max-pool), the VGG head (one linear
@@ -47,3 +50,37 @@ def init_weights(model: nn.Module) -> None:
     for m in model.modules():
         if hasattr(m, "reset_attention_parameters"):
             m.reset_attention_parameters()
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """The model for attacks and scoring only: every BatchNorm2d that directly follows a Conv2d folded into that
+    conv's weight and bias (torch's fuse_conv_bn_eval), in place, in eval mode.
+
+    Why: in eval mode a BN is a per-channel affine map, so the folded model is the same function (up to float
+    rounding), with one pass less over every feature map in each forward and each backward to the input; an attack
+    job is made of those passes. Pairs are found where the order is known: adjacent in an nn.Sequential (stems,
+    shortcuts, VGG's features), and the (conv, bn) attribute names a module lists in CONV_BN (the ResNet block).
+    Anything else, a user model's layers included, is left as it was.
+
+    A folded model has lost its BN layers: training it would train another network, so a forward in training
+    mode raises instead.
+    """
+    model.eval()
+    for module in list(model.modules()):
+        pairs = list(getattr(module, "CONV_BN", ()))
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            pairs += list(zip(names, names[1:]))
+        for conv_name, bn_name in pairs:
+            conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+            if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
+                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+    model.register_forward_pre_hook(_refuse_training)
+    return model
+
+
+def _refuse_training(model: nn.Module, _inputs) -> None:
+    if model.training:
+        raise UserError("this model's BatchNorm layers were folded into its convolutions for attacks "
+                        "(models.fold_batchnorm); load the checkpoint again to train it")
