@@ -166,3 +166,33 @@ def test_spatial_conv_is_the_convolution(channels_last):
         weight = torch.randn(1, 2, k, k, dtype=torch.float64)
         assert torch.allclose(spatial_conv(pooled, weight), F.conv2d(pooled, weight, padding=k // 2))
         assert torch.autograd.gradcheck(spatial_conv, (pooled.requires_grad_(), weight.requires_grad_()))
+
+
+@pytest.mark.parametrize("name", ["cbam_resnet14", "se_resnet14", "eca_resnet14"])
+def test_gates_under_autocast_are_as_close_to_fp32_as_the_plain_ones(name):
+    """Mixed precision (CPU bf16 autocast here; CUDA's fp16/bf16 take the same code): the gates' nodes mix half
+    and full precision tensors as autograd's own formulas would, so the whole gradient is as near the fp32 one as
+    the plain expressions' gradient under the same autocast is."""
+    import contextlib
+    torch.manual_seed(0)
+    model = build_model(name, 10, in_channels=1, width=8, mean=[0.5], std=[0.5])
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+
+    def gradient(half: bool, plain: bool) -> torch.Tensor:
+        model.load_state_dict(state)
+        model.zero_grad()
+        with plain_gates() if plain else contextlib.nullcontext():
+            with torch.autocast("cpu", dtype=torch.bfloat16) if half else contextlib.nullcontext():
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    exact = gradient(False, True)
+    ours, plain = gradient(True, False), gradient(True, True)
+    assert torch.isfinite(ours).all()
+    err_ours, err_plain = ((g - exact).norm() / exact.norm() for g in (ours, plain))
+    assert err_ours <= 1.5 * err_plain + 0.01, (err_ours, err_plain)

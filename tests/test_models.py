@@ -8,6 +8,7 @@ parameters count in milliseconds. Forward passes use tiny widths (and tiny input
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -575,3 +576,31 @@ def test_recording_stops_after_an_error():
         with recording_attention(model):
             model(torch.rand(1, 2, 32, 32))  # wrong channel count
     assert all(m.sink is None for m in model.modules() if isinstance(m, CBAM))
+
+
+@pytest.mark.parametrize("name", ["resnet14", "cbam_resnet14", "se_resnet14", "bot_resnet14", "vgg16_bn"])
+def test_folded_batchnorm_is_the_same_function_for_attacks(name):
+    """models.fold_batchnorm (what the attacks get, checkpoint.load_attack_model): every BN after a conv folded
+    away, the same logits and input gradients as the eval-mode model, and no training afterwards."""
+    from attnrobust.models import fold_batchnorm
+    torch.manual_seed(0)
+    model = build_model(name, 10, in_channels=1, width=8, mean=[0.5], std=[0.5])
+    for m in model.modules():  # trained-like statistics, so the fold has something to fold
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    folded = fold_batchnorm(copy.deepcopy(model))
+    left = [n for n, m in folded.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    # what stays: CBAM's spatial BN (its conv is computed by gating.spatial_conv) and BoTNet's BN after MHSA
+    assert all(".spatial." in n or (name.startswith("bot") and n.endswith("bn2")) for n in left), left
+    x = torch.rand(4, 1, 28, 28)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    want, got = model(xa), folded(xb)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    (ga,), (gb,) = torch.autograd.grad(want.sum(), [xa]), torch.autograd.grad(got.sum(), [xb])
+    assert torch.allclose(gb, ga, atol=1e-5, rtol=1e-4)
+    with pytest.raises(UserError, match="folded"):
+        folded.train()(x)
