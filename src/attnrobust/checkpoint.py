@@ -195,7 +195,7 @@ def load_model(path: str | Path, device="cpu", *, allow_code=()) -> torch.nn.Mod
 def load_attack_model(path: str | Path, device="cpu", *, allow_code=()) -> torch.nn.Module:
     """load_model for attacks and scoring: its BatchNorm layers folded into the convolutions before them
     (models.fold_batchnorm: the same eval-mode function up to float rounding, with a pass less over every feature
-    map; a width-8 resnet14's attack pass 26% faster, benchmarks/attention.py). The model refuses to train."""
+    map; a width-8 resnet14's attack pass 25% faster, benchmarks/attention.py). The model refuses to train."""
     return models.fold_batchnorm(load_model(path, device, allow_code=allow_code))
 
 

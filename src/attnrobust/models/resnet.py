@@ -141,5 +141,5 @@ class ResNet(PixelClassifier):
         # Global average pool over positions, taken on the channels-last view: its gradient then reaches the last
         # block's ReLU with the channels innermost, as that block's output is stored in the channels_last models
         # every study uses. nn.AdaptiveAvgPool2d's gradient came back in the other layout, and that one [B, C, 4, 4]
-        # ReLU backward took 2.4 ms of a width-8 resnet14's 80 ms training step (benchmarks/attention.py).
+        # ReLU backward took 2.4 ms of a width-8 resnet14's 80 ms training step (docs/benchmarks.md, issue 32).
         return self.fc(x.permute(0, 2, 3, 1).mean(dim=(1, 2)))
