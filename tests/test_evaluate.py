@@ -416,7 +416,9 @@ def test_torchrun_two_processes_give_the_records_of_one(checkpoints, tmp_path):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "attnrobust", "transfer", "--source", source, "--target", target, *args, "--out",
                            str(double)], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # (the failing rank's own words come before the launcher's traceback: keep both ends; an unexplained SIGABRT
+    # of one rank was seen once, under a loaded full suite)
+    assert done.returncode == 0, done.stderr[:3000] + "\n...\n" + done.stderr[-1500:]
     from attnrobust.cli import main
 
     # the single process is this one, with one thread as each rank has
