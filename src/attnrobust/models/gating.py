@@ -118,20 +118,11 @@ class _ChannelGated(Function):
 
 
 class _CBAM(Function):
-    """CBAM's whole gate as one node: y = x * c * s, c = channel(avg, max) [B, C], s = spatial(pooled) [B, 1, H, W].
-
-    Why one node: split into pieces, autograd handed each piece's full-size gradient to the next and summed the
-    two that reach x (from the pooling over positions and from the scaling), a full-size pass per hand-over.
-    Here the backward assembles x's gradient once, in the input's layout. The two small sub-networks (the MLP,
-    the 7x7 conv + BN) stay ordinary modules: their graphs are built here on detached inputs and differentiated
-    in the backward with torch.autograd.grad, and the parameters are inputs of this node, so their gradients
-    reach the optimizer (and any hook) as any other parameter's do. BN's running statistics move once, in the
-    forward, as before.
-    """
+    """CBAM's whole gate as one node: y = x * c * s, c = channel(avg, max) [B, C], s = spatial(pooled) [B, 1, H, W]
+    (why one node, and how the sub-networks are differentiated: the module docstring)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, channel, spatial, *params: torch.Tensor):
-        h, w = x.shape[2:]
         avg = x.mean(dim=(2, 3))
         # the max's position, for the backward to send its gradient there (one position per channel, as the
         # official code's max-pooling); x itself is kept for the gradient of c anyway
@@ -167,7 +158,7 @@ class _CBAM(Function):
                                                          allow_unused=True)
         # x1's gradient: grad_y * s, plus the pooled maps' share -- through the max over channels (split evenly
         # between tied channels, as amax's own backward does: the max over channels has no cheap position to
-        # keep, torch.max's index costs 10x amax here) and through the mean (1/C to each channel). In-place
+        # keep, torch.max's index costs 8x amax here) and through the mean (1/C to each channel). In-place
         # steps on one temporary; the mask as floats (bool masks ran several times slower here).
         hit = torch.eq(x1, cmax, out=torch.empty_like(x1))
         share = grad_pooled[:, :1] / hit.sum(dim=1, keepdim=True)
