@@ -196,3 +196,33 @@ def test_gates_under_autocast_are_as_close_to_fp32_as_the_plain_ones(name):
     assert torch.isfinite(ours).all()
     err_ours, err_plain = ((g - exact).norm() / exact.norm() for g in (ours, plain))
     assert err_ours <= 1.5 * err_plain + 0.01, (err_ours, err_plain)
+
+
+def test_ddp_reduces_the_gates_parameter_gradients(tmp_path):
+    """Under DistributedDataParallel (gloo, one process: the reducer, its buckets and its per-parameter hooks all
+    run) the gate nodes' parameter gradients arrive as any op's do: every parameter reduced (a second step would
+    refuse to start otherwise), each equal to the unwrapped model's."""
+    import copy
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.manual_seed(0)
+    model = build_model("cbam_resnet14", 10, in_channels=1, width=4, mean=[0.5], std=[0.5])
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    twin = copy.deepcopy(model)
+    x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(model)
+        for _ in range(2):
+            F.cross_entropy(wrapped(x), y).backward()
+    finally:
+        dist.destroy_process_group()
+    for _ in range(2):
+        F.cross_entropy(twin(x), y).backward()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert p.grad is not None, name
+        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-5), name
