@@ -88,6 +88,13 @@ def _param_grads(ctx, *per_graph: list) -> tuple:
     return tuple(next(merged) if need else None for need in _param_needs(ctx))
 
 
+def _max_and_mean_over_channels(x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max, [max, mean]) of x1 over its channels at every position: [B, 1, H, W] and [B, 2, H, W], max first
+    (the official code's order), the spatial gate's input."""
+    cmax = x1.amax(dim=1, keepdim=True)
+    return cmax, torch.cat([cmax, x1.mean(dim=1, keepdim=True)], dim=1)
+
+
 class _ChannelGated(Function):
     """y = x * gate(mean of x over positions), gate -> [B, C]: SE's and ECA's gate as one node."""
 
@@ -130,19 +137,18 @@ class _CBAM(Function):
         with torch.enable_grad():
             (avg_in, avg_seen), (max_in, max_seen) = _subnetwork_input(avg), _subnetwork_input(xmax.flatten(1))
             c = channel(avg_seen, max_seen)
-        x1 = x * _spatial(c.detach())
-        cmax = x1.amax(dim=1, keepdim=True)
-        pooled = torch.cat([cmax, x1.mean(dim=1, keepdim=True)], dim=1)
+        gate_c = c.detach()
+        x1 = x * _spatial(gate_c)
+        cmax, pooled = _max_and_mean_over_channels(x1)
         with torch.enable_grad():
             pooled_in, pooled_seen = _subnetwork_input(pooled)
             s = spatial(pooled_seen)
-        y = x1 * s.detach()
-        ctx.save_for_backward(x, x1, c.detach(), s.detach(), cmax, where.flatten(1))
+        gate_s = s.detach()
+        ctx.save_for_backward(x, x1, gate_c, gate_s, cmax, where.flatten(1))
         ctx.graphs = (avg_in, max_in, c, pooled_in, s)
         ctx.params = params
-        gates = (c.detach(), s.detach())
-        ctx.mark_non_differentiable(*gates)
-        return y, *gates
+        ctx.mark_non_differentiable(gate_c, gate_s)
+        return x1 * gate_s, gate_c, gate_s
 
     @staticmethod
     @_first_order
@@ -246,7 +252,7 @@ def cbam(x: torch.Tensor, channel, spatial, params: list[torch.Tensor]) -> tuple
         return _CBAM.apply(x, channel, spatial, *params)
     c = channel(x.mean(dim=(2, 3)), x.amax(dim=(2, 3)))
     x1 = x * _spatial(c)
-    s = spatial(torch.cat([x1.amax(dim=1, keepdim=True), x1.mean(dim=1, keepdim=True)], dim=1))
+    s = spatial(_max_and_mean_over_channels(x1)[1])
     return x1.mul_(s), c, s
 
 
