@@ -25,16 +25,18 @@ def _outputs_and_grads(module, x, g, forward):
 
 @pytest.mark.parametrize("name", sorted(GATES))
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
-def test_gate_matches_plain_expression(name, train, channels_last):
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous", "rows_and_columns_swapped"])
+def test_gate_matches_plain_expression(name, train, layout):
     torch.manual_seed(0)
     module = GATES[name](32).train(train)
     for p in module.parameters():  # away from the initial zeros and ones, so every path carries gradient
         torch.nn.init.normal_(p, std=0.5)
     x, g = torch.randn(4, 32, 9, 7), torch.randn(4, 32, 9, 7)
-    if channels_last:
+    if layout == "channels_last":
         module = module.to(memory_format=torch.channels_last)
         x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    elif layout == "rows_and_columns_swapped":  # dense, but its positions do not flatten by a view (a transpose)
+        x, g = (t.transpose(2, 3).contiguous().transpose(2, 3) for t in (x, g))
     state = {k: v.clone() for k, v in module.state_dict().items()}
     out, grads = _outputs_and_grads(module, x, g, module)
     module.load_state_dict(state)  # the same BN running statistics for the plain pass
@@ -42,8 +44,11 @@ def test_gate_matches_plain_expression(name, train, channels_last):
     assert torch.allclose(out, ref, atol=1e-6, rtol=1e-5)
     for got, want in zip(grads, ref_grads):
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
-    # the gradient comes back in the input's layout (a mismatch makes every later op a strided one)
-    assert grads[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    # the gradient comes back in the input's layout (a mismatch makes every later op a strided one), where that
+    # is one of the two a model uses
+    if layout != "rows_and_columns_swapped":
+        assert grads[0].is_contiguous(memory_format=getattr(torch, layout if layout == "channels_last"
+                                                            else "contiguous_format"))
 
 
 def test_tied_maxima_share_the_gradient():

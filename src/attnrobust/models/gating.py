@@ -88,6 +88,14 @@ def _param_grads(ctx, *per_graph: list) -> tuple:
     return tuple(next(merged) if need else None for need in _param_needs(ctx))
 
 
+def _flattenable_like(t: torch.Tensor) -> torch.Tensor:
+    """An empty tensor shaped like t [B, C, H, W], in t's layout where that is channels_last or contiguous (the two
+    a model uses, so that the gradient comes back in it), else contiguous: either way its positions flatten to
+    [B, C, H*W] by a view."""
+    channels_last = t.is_contiguous(memory_format=torch.channels_last)
+    return torch.empty_like(t, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 def _max_and_mean_over_channels(x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(max, [max, mean]) of x1 over its channels at every position: [B, 1, H, W] and [B, 2, H, W], max first
     (the official code's order), the spatial gate's input."""
@@ -166,7 +174,7 @@ class _CBAM(Function):
         # between tied channels, as amax's own backward does: the max over channels has no cheap position to
         # keep, torch.max's index costs 8x amax here) and through the mean (1/C to each channel). In-place
         # steps on one temporary; the mask as floats (bool masks ran several times slower here).
-        hit = torch.eq(x1, cmax, out=torch.empty_like(x1))
+        hit = torch.eq(x1, cmax, out=_flattenable_like(x1))
         share = grad_pooled[:, :1] / hit.sum(dim=1, keepdim=True)
         grad_x1 = hit.mul_(share).add_(grad_pooled[:, 1:] / channels).addcmul_(grad_y, s)
         # channel gate: its gradient is the sum over positions of grad_x1 * x; through the MLP to the pooled values
@@ -177,7 +185,7 @@ class _CBAM(Function):
         if ctx.needs_input_grad[0]:
             # grad_x1 * c, plus the mean's share (1/(H*W) everywhere) in the same pass, then the max's at its place
             grad_x = torch.addcmul(_spatial(grad_avg / (h * w)), grad_x1, _spatial(c), out=grad_x1)
-            # (view, not flatten: an in-place op on a silent copy would lose the update; both layouts allow it)
+            # (view, not flatten: an in-place op on a silent copy would lose the update; _flattenable_like)
             grad_x.view(b, channels, h * w).scatter_add_(2, where[:, :, None], grad_max[:, :, None])
         return (grad_x, None, None, *_param_grads(ctx, grad_spatial, grad_channel))
 
