@@ -604,3 +604,28 @@ def test_folded_batchnorm_is_the_same_function_for_attacks(name):
     assert torch.allclose(gb, ga, atol=1e-5, rtol=1e-4)
     with pytest.raises(UserError, match="folded"):
         folded.train()(x)
+
+
+def test_fold_leaves_a_sequential_with_its_own_forward_alone():
+    """A Sequential subclass whose forward uses a conv's output twice (a residual around its BN) is not a chain:
+    folding its BN into the conv would change the function, so fold_batchnorm leaves it."""
+    from attnrobust.models import fold_batchnorm
+
+    class ConvPlusBN(torch.nn.Sequential):
+        def forward(self, x):
+            y = self[0](x)
+            return y + self[1](y)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(ConvPlusBN(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.BatchNorm2d(4)),
+                                torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    folded = fold_batchnorm(copy.deepcopy(model))
+    assert isinstance(folded[0][1], torch.nn.BatchNorm2d)  # left as it was
+    assert isinstance(folded[2], torch.nn.Identity)  # the plain chain beside it folded
+    x = torch.rand(3, 2, 6, 6)
+    assert torch.allclose(folded(x), model(x), atol=1e-6)

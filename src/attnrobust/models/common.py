@@ -58,9 +58,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     Why: in eval mode a BN is a per-channel affine map, so the folded model is the same function (up to float
     rounding), with one pass less over every feature map in each forward and each backward to the input; an attack
-    job is made of those passes. Pairs are found where the order is known: adjacent in an nn.Sequential (stems,
-    shortcuts, VGG's features), and the (conv, bn) attribute names a module lists in CONV_BN (the ResNet block).
-    Anything else, a user model's layers included, is left as it was.
+    job is made of those passes. Pairs are found where the order is known: adjacent in an nn.Sequential that runs
+    nn.Sequential's own forward (stems, shortcuts, VGG's features), and the (conv, bn) attribute names a module
+    lists in CONV_BN (the ResNet block). Anything else, a user model's layers included, is left as it was.
 
     A folded model has lost its BN layers: training it would train another network, so a forward in training
     mode raises instead.
@@ -68,7 +68,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     model.eval()
     for module in list(model.modules()):
         pairs = list(getattr(module, "CONV_BN", ()))
-        if isinstance(module, nn.Sequential):
+        # an nn.Sequential's order is its data flow only while it runs Sequential's own forward (a subclass may
+        # reuse a conv's output, e.g. in a residual)
+        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
             names = list(module._modules)
             pairs += list(zip(names, names[1:]))
         for conv_name, bn_name in pairs:
