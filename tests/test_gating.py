@@ -4,6 +4,8 @@ mode, channels_last and not -- and a whole model's attack gradient is unchanged 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -231,3 +233,24 @@ def test_ddp_reduces_the_gates_parameter_gradients(tmp_path):
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         assert p.grad is not None, name
         assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-5), name
+
+
+@pytest.mark.parametrize("name", sorted(GATES))
+def test_a_compiled_model_trains_through_the_gates(name):
+    """Under torch.compile (train.compile) the gates run eagerly, a break in the compiled graph: traced, their
+    sub-networks' backward was compiled and refused the retain_graph the gate's node passes it (a RuntimeError
+    about donated buffers at the first backward: here for SE and ECA; CBAM's raised it inside a whole
+    cbam_resnet14, 15 s of tracing, too long for this suite). aot_eager is inductor's compiled autograd without
+    its C++ compilation."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), GATES[name](32), torch.nn.ReLU()).train()
+    for p in model[1].parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    compiled_twin = copy.deepcopy(model)
+    compiled = torch.compile(compiled_twin, backend="aot_eager")
+    x = torch.randn(4, 3, 8, 8)
+    for _ in range(2):  # the second step runs the compiled code without recompiling
+        compiled(x).square().sum().backward()
+        model(x).square().sum().backward()
+    for got, want in zip(compiled_twin.parameters(), model.parameters()):
+        torch.testing.assert_close(got.grad, want.grad)

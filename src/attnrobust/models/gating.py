@@ -26,6 +26,11 @@ Ties at a maximum: the max over positions sends its gradient to the one position
 between tied channels (as `amax`'s own backward does, where `max(dim)` gives it all to one). Both are valid
 subgradients; ties occur where a block's zero-initialized BN makes a whole map equal, before the first step.
 
+Under torch.compile (`train.compile`) the gates run eagerly, each a break in the compiled graph
+(`torch.compiler.disable`): traced, their sub-networks' graphs would be compiled, and a compiled backward refuses
+the retain_graph that the node's backward passes them (and inductor's fused kernels run the gates' full-size passes
+no faster than these: benchmarks/attention_bounds.py).
+
 Only first derivatives are provided (training and the attacks need no more): a backward asked to build a graph of
 its own (create_graph=True) raises an error instead of returning a gradient without one, whose second derivative
 would silently be zero (`_first_order`).
@@ -239,6 +244,7 @@ def _kernels(weight: torch.Tensor, images: int) -> torch.Tensor:
     return weight.reshape(weight.shape[1], 1, *weight.shape[2:]).repeat(images, 1, 1, 1)
 
 
+@torch.compiler.disable
 def channel_gated(x: torch.Tensor, gate, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, c): y = x * c, c = gate(avg) [B, C] from x's mean over positions (SE, ECA); `gate` is the small
     sub-network (a module or function), `params` its parameters."""
@@ -248,6 +254,7 @@ def channel_gated(x: torch.Tensor, gate, params: list[torch.Tensor]) -> tuple[to
     return x * _spatial(c), c
 
 
+@torch.compiler.disable
 def cbam(x: torch.Tensor, channel, spatial, params: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """CBAM's gate on x [B, C, H, W]: (y, c, s), y = x * c * s, c = channel(avg, max) [B, C] from x's mean and max
     over positions, s = spatial(pooled) [B, 1, H, W] from the channel-refined x * c's [max, mean] over channels.
