@@ -274,8 +274,9 @@ def test_a_job_failing_inside_stops_the_waiting_study_in_one_line_and_the_others
     log = out / "slurm" / "logs" / f"{ledger[failed]['id']}_0_log.err"
     assert re.search(rf"job train fashion-mnist-mini \S*nets.py:net seed 0 failed on slurm: RuntimeError: a bug in "
                      rf"the model's forward; its log: {re.escape(str(log))}; the other submitted jobs go on", err[0])
-    # the traceback is in the log: submitit writes it line by line as the job ends, while the study may already
-    # have read the job's result (once, in CI, the log held the traceback's first lines only when read)
+    # the traceback is in the log: submitit saves the job's error result first and re-raises, so Python writes the
+    # traceback as the job's process exits, when the study may have read the result already (once, in CI, the
+    # log held the traceback's first lines only)
     _wait("the traceback's last line in the job's log",
           lambda: "RuntimeError: a bug in the model's forward" in log.read_text(), timeout=30)
     # the other training job goes on without the study process, and finishes
