@@ -11,7 +11,7 @@ tell "not optimized enough" from "not reachable this way". In one process, inter
 - "twin": resnet14, the model without attention;
 - "ours": cbam_resnet14 with `models.gating.cbam`, as the study runs it;
 - "full-size passes only": the gate's full-size passes as `models.gating` runs them, with CBAM's small
-  sub-networks replaced by one sigmoid each, differentiated in place (`_FullSizeOnly`). Not CBAM: what is left
+  sub-networks replaced by a sigmoid of a sum each, differentiated in place (`_FullSizeOnly`). Not CBAM: what is left
   when the MLP, the 7x7 conv and the BN cost nothing, i.e. a lower bound for any way of computing them (by hand,
   fused, batched) beside the gate's full-size passes as they are;
 - "fused passes": the real sub-networks, with every full-size pass of the gate compiled by `torch.compile`
@@ -43,8 +43,8 @@ PASSES = ("train", "attack", "attack, BN folded")
 
 
 class _FullSizeOnly(Function):
-    """gating._CBAM's full-size passes, line for line, around sub-networks that cost one elementwise op each and
-    are differentiated in place: channel gate c = sigmoid(avg + max), spatial gate s = sigmoid(max + mean) over
+    """gating._CBAM's full-size passes, line for line, around sub-networks that cost two small elementwise ops each
+    and are differentiated in place: channel gate c = sigmoid(avg + max), spatial gate s = sigmoid(max + mean) over
     channels. Not CBAM: its cost over the twin bounds from below any implementation of CBAM's sub-networks (by
     hand, fused, batched) that keeps these passes."""
 
