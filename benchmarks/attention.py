@@ -32,13 +32,32 @@ ROOT = Path(__file__).resolve().parents[1]
 PASSES = ("train", "attack", "attack, BN folded")
 
 
+def passes(model, optimizer, folded, x, y) -> dict:
+    """The three passes (PASSES) as functions of nothing: a training step of model with optimizer on (x, y), and
+    an attack pass on model and on folded, its BN-folded copy."""
+    import torch
+    import torch.nn.functional as F
+
+    from attnrobust.attacks.core import attack_hygiene
+
+    def train():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    def attack_pass(m):  # as an attack runs: eval mode, parameters frozen (attacks.core.attack_hygiene)
+        with attack_hygiene(m):
+            xa = x.clone().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(m(xa), y), [xa])
+    return dict(zip(PASSES, (train, lambda: attack_pass(model), lambda: attack_pass(folded))))
+
+
 def measure(variant: str, models: list[str], strides: list[int], width: int, batch: int, repeats: int,
             threads: int) -> dict:
     import torch
-    import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from attnrobust.attacks.core import attack_hygiene
     from attnrobust.models import build_model, fold_batchnorm
     from attnrobust.runtime import keep_freed_memory
 
@@ -50,20 +69,6 @@ def measure(variant: str, models: list[str], strides: list[int], width: int, bat
     torch.manual_seed(0)
     x = torch.rand(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
-
-    def passes(model, optimizer, folded):
-        def train():
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-
-        def attack_pass(m):  # as an attack runs: eval mode, parameters frozen (attacks.core.attack_hygiene)
-            with attack_hygiene(m):
-                xa = x.clone().requires_grad_(True)
-                torch.autograd.grad(F.cross_entropy(m(xa), y), [xa])
-        return {"train": train, "attack": lambda: attack_pass(model), "attack, BN folded": lambda: attack_pass(folded)}
-
     runs = {}
     for name in models:
         for stride in strides:
@@ -73,7 +78,7 @@ def measure(variant: str, models: list[str], strides: list[int], width: int, bat
                 p.requires_grad_(True)
             optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
             folded = fold_batchnorm(copy.deepcopy(model))  # what checkpoint.load_attack_model gives the attacks
-            fns = passes(model, optimizer, folded)
+            fns = passes(model, optimizer, folded, x, y)
             with FlopCounterMode(display=False) as counter:
                 fns["train"]()
             runs[(name, stride)] = (fns, counter.get_total_flops() / batch)

@@ -34,12 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
-from attnrobust.attacks.core import attack_hygiene
+from attention import PASSES, passes  # benchmarks/ is on the path of a script run from it
 from attnrobust.models import build_model, fold_batchnorm, gating
 from attnrobust.models.attention import CBAM
 from attnrobust.runtime import cpu_facts, keep_freed_memory
-
-PASSES = ("train", "attack", "attack, BN folded")
 
 
 class _FullSizeOnly(Function):
@@ -189,27 +187,15 @@ def main() -> None:
     if not args.no_compile:
         variants["fused passes"] = ("cbam_resnet14", _fused_passes(_kernels()))
 
-    def passes(name, forward):
+    def model_passes(name, forward):
         torch.manual_seed(0)
         model = build_model(name, 10, in_channels=1, width=args.width, mean=[0.5], std=[0.5],
                             stem_stride=args.stride).to(memory_format=torch.channels_last)
         folded = _with_gate(fold_batchnorm(copy.deepcopy(model)), forward)
         model = _with_gate(model, forward)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        return passes(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), folded, x, y)
 
-        def train():
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-
-        def attack(m):  # as benchmarks/attention.py: eval mode, parameters frozen
-            with attack_hygiene(m):
-                xa = x.clone().requires_grad_(True)
-                torch.autograd.grad(F.cross_entropy(m(xa), y), [xa])
-        return dict(zip(PASSES, (train, lambda: attack(model), lambda: attack(folded))))
-
-    runs = {label: passes(*spec) for label, spec in variants.items()}
+    runs = {label: model_passes(*spec) for label, spec in variants.items()}
     started = time.perf_counter()
     for fns in runs.values():  # warm-up (and the compilation)
         for _ in range(3):
