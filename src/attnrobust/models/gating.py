@@ -214,7 +214,7 @@ class _SpatialConv(Function):
             raise ValueError(f"spatial_conv: an odd square kernel, got {tuple(weight.shape[-2:])}")
         folded = pooled.contiguous().view(1, b * maps, h, w)
         ctx.save_for_backward(folded, weight)
-        ctx.shape = pooled.shape
+        ctx.shape, ctx.pooled_dtype = pooled.shape, pooled.dtype
         out = F.conv2d(folded, _kernels(weight, b), padding=weight.shape[-1] // 2, groups=b * maps)
         return out.view(b, maps, h, w).sum(dim=1, keepdim=True)
 
@@ -224,18 +224,21 @@ class _SpatialConv(Function):
         folded, weight = ctx.saved_tensors
         b, maps, h, w = ctx.shape
         k = weight.shape[-1]
+        # In the dtype the forward's conv ran in, the output's: under autocast that conv cast the maps and the
+        # weight to half precision (fp32 maps and weight otherwise); convolution_backward takes one dtype.
+        folded, weight_used = folded.to(grad.dtype), weight.to(grad.dtype)
         # the sum over maps hands each map the same output gradient: [1, B*maps, H, W]
         grad_folded = grad.contiguous().view(b, 1, h, w).expand(b, maps, h, w).reshape(1, b * maps, h, w)
         grad_pooled = grad_weight = None
         if ctx.needs_input_grad[0]:
             grad_pooled = torch.ops.aten.convolution_backward(
-                grad_folded, folded, _kernels(weight, b), None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0],
-                b * maps, [True, False, False])[0].view(b, maps, h, w)
+                grad_folded, folded, _kernels(weight_used, b), None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0],
+                b * maps, [True, False, False])[0].view(b, maps, h, w).to(ctx.pooled_dtype)
         if ctx.needs_input_grad[1]:
             # weight[0, m, i, j] gets sum over images and positions of grad * pooled[m] shifted by (i, j): each
             # folded channel correlated with its own gradient map ([B*maps, 1, H, W] kernels) gives [k, k]
             per_image = F.conv2d(folded, grad_folded.view(b * maps, 1, h, w), padding=k // 2, groups=b * maps)
-            grad_weight = per_image.view(b, maps, k, k).sum(dim=0, keepdim=True)
+            grad_weight = per_image.view(b, maps, k, k).sum(dim=0, keepdim=True, dtype=weight.dtype)
         return grad_pooled, grad_weight
 
 
